@@ -1,0 +1,24 @@
+# The two commands of README.md. Both set up what they need (scripts/setup.sh).
+.PHONY: setup demo test test-fast lint bench clean
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	.venv/bin/pybatch demo
+
+test: setup
+	.venv/bin/python -m pytest
+
+test-fast: setup
+	.venv/bin/python -m pytest -m "not slow"
+
+lint: setup
+	.venv/bin/ruff check .
+	.venv/bin/mypy
+
+bench: setup
+	.venv/bin/pybatch bench
+
+clean:
+	rm -rf .venv build dist *.egg-info

@@ -1,0 +1,3 @@
+from pybatch.cli import entrypoint
+
+entrypoint()

@@ -1,0 +1,49 @@
+"""Helpers shared by the command modules: DSN resolution, JSON output, tables."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from pybatch.config import resolve_dsn
+
+
+def dsn(args: argparse.Namespace) -> str:
+    """The DSN for this run: --dsn, PYBATCH_DSN, PG*, else the embedded cluster."""
+    return resolve_dsn(args.dsn, embedded=not args.no_embedded).dsn
+
+
+def print_json(document: Any) -> None:
+    json.dump(document, sys.stdout, indent=2, sort_keys=True, default=str)
+    sys.stdout.write("\n")
+
+
+def print_table(rows: list[dict[str, Any]], title: str | None = None) -> None:
+    """A plain aligned table (rich when stdout is a terminal)."""
+    if not rows:
+        print(f"{title}: (none)" if title else "(none)")
+        return
+    columns = list(rows[0])
+    if sys.stdout.isatty():
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=title)
+        for column in columns:
+            table.add_column(column)
+        for row in rows:
+            table.add_row(*(_cell(row[c]) for c in columns))
+        Console().print(table)
+        return
+    widths = {c: max(len(c), *(len(_cell(r[c])) for r in rows)) for c in columns}
+    if title:
+        print(title)
+    print("  ".join(c.ljust(widths[c]) for c in columns))
+    for row in rows:
+        print("  ".join(_cell(row[c]).ljust(widths[c]) for c in columns))
+
+
+def _cell(value: Any) -> str:
+    return "" if value is None else str(value)

@@ -1,0 +1,91 @@
+"""Core commands: migrate, flush, psql, demo."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from typing import Any
+
+from pybatch import db, migrate
+from pybatch.cli.common import dsn, print_json
+from pybatch.errors import PybatchError
+from pybatch.flush import flush
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("migrate", help="install or upgrade the pybatch schema (yoyo migrations)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--status", action="store_true", help="list applied and pending migrations")
+    group.add_argument("--rollback", action="store_true", help="undo the last applied migration")
+    p.set_defaults(handler=cmd_migrate)
+
+    p = subparsers.add_parser("flush", help="run one flush now and print its statistics")
+    p.add_argument("--max-rows", type=_positive_int, default=None,
+                   help="drain at most this many staged rows (default: settings.max_rows_per_flush)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(handler=cmd_flush)
+
+    p = subparsers.add_parser("psql", help="open psql on the configured database")
+    p.add_argument("psql_args", nargs=argparse.REMAINDER, help="extra arguments for psql")
+    p.set_defaults(handler=cmd_psql)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
+    return value
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    target = dsn(args)
+    if args.status:
+        for state in migrate.status(target):
+            print(f"{'applied' if state.applied else 'pending'}  {state.id}")
+        return 0
+    if args.rollback:
+        rolled = migrate.rollback(target, before=lambda: _remove_jobs(target))
+        print(f"rolled back {rolled}" if rolled else "nothing to roll back")
+        return 0
+    applied = migrate.apply(target, progress=lambda mid: print(f"applying {mid} ...", file=sys.stderr))
+    print(f"applied {len(applied)} migration(s): {', '.join(applied)}" if applied else "schema is up to date")
+    return 0
+
+
+def _remove_jobs(target: str) -> None:
+    """Remove pybatch's pg_cron jobs for this database before its schema goes."""
+    try:
+        from pybatch.schedule import cron
+    except ImportError:  # scheduling not installed in this build
+        return
+    cron.remove_for_rollback(target)
+
+
+def cmd_flush(args: argparse.Namespace) -> int:
+    with db.connect(dsn(args)) as conn:
+        result = flush(conn, max_rows=args.max_rows)
+    if args.json:
+        print_json(result.as_dict())
+    else:
+        data = result.as_dict()
+        print("  ".join(f"{key}={value}" for key, value in data.items() if value is not None))
+    if result.error is not None:
+        print(f"pybatch: error: flush failed and kept staging: {result.error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_psql(args: argparse.Namespace) -> int:
+    psql = shutil.which("psql")
+    if psql is None:
+        raise PybatchError("psql not found: install postgresql-client")
+    extra = [a for a in args.psql_args if a != "--"]
+    target = dsn(args)
+    argv = [psql, target, *extra] if target else [psql, *extra]
+    os.execv(psql, argv)
+    return 0  # not reached

@@ -1,0 +1,55 @@
+"""The exception types pybatch raises. Every one derives from PybatchError."""
+
+from __future__ import annotations
+
+
+class PybatchError(Exception):
+    """Base class of every error pybatch raises on purpose."""
+
+
+class ConfigError(PybatchError, ValueError):
+    """A setting, flag, DSN or argument has a bad value; the message names it."""
+
+
+class InvalidDuration(ConfigError):
+    """A duration string is not one of `500ms`, `10s`, `1m` or a plain number of seconds."""
+
+
+class DatabaseUnavailable(PybatchError):
+    """The database could not be reached, or the connection dropped."""
+
+
+class PermissionDenied(PybatchError):
+    """The database role lacks a privilege pybatch needs."""
+
+
+class NotMigrated(PybatchError):
+    """The pybatch schema is missing or out of date: run `pybatch migrate`."""
+
+
+class SchemaError(PybatchError):
+    """public.workspace_agents cannot serve as the target (missing column, wrong type)."""
+
+
+class MigrationError(PybatchError):
+    """A migration failed to apply or roll back."""
+
+
+class FlushFailed(PybatchError):
+    """pybatch.flush() failed; it rolled back and kept staging for the next flush."""
+
+
+class HeartbeatWriteError(PybatchError):
+    """A heartbeat or disconnect could not be written."""
+
+
+class ClientClosed(PybatchError):
+    """The client was used after close()."""
+
+
+class LocalClusterError(PybatchError):
+    """The embedded local cluster could not be created, started or stopped."""
+
+
+class CronError(PybatchError):
+    """pg_cron is missing, not preloaded, not permitted, or cannot run the job."""

@@ -1,0 +1,73 @@
+"""Test set-up: one real PostgreSQL cluster with pg_cron, started here (never outside),
+and a fresh database per test cloned by pytest-postgresql from a migrated template."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from pytest_postgresql.janitor import DatabaseJanitor
+
+from pybatch import migrate
+from pybatch.local import SUPERUSER, LocalCluster
+
+TEMPLATE_DB = "pybatch_template"
+# Faster, not less correct: crash tests kill processes, not the machine.
+TEST_SETTINGS = {"fsync": "off", "full_page_writes": "off", "max_connections": "300"}
+
+
+def _dsn(cluster: LocalCluster, dbname: str) -> str:
+    return f"host=127.0.0.1 port={cluster.port} user={SUPERUSER} dbname={dbname}"
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[LocalCluster]:
+    """The session's own cluster, in a temporary directory the server user can reach."""
+    home = Path(tempfile.mkdtemp(prefix="pybatch-tests-", dir=os.environ.get("PYBATCH_TEST_TMP", "/tmp")))
+    cluster = LocalCluster(home / "cluster", settings=TEST_SETTINGS)
+    os.chmod(home, 0o755)
+    cluster.start()
+    template = DatabaseJanitor(user=SUPERUSER, host="127.0.0.1", port=cluster.port, dbname=TEMPLATE_DB)
+    template.init()
+    migrate.apply(_dsn(cluster, TEMPLATE_DB))
+    try:
+        yield cluster
+    finally:
+        cluster.destroy()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _fresh_database(cluster: LocalCluster, template: str | None) -> Iterator[str]:
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    janitor = DatabaseJanitor(
+        user=SUPERUSER, host="127.0.0.1", port=cluster.port, dbname=name, template_dbname=template,
+    )
+    janitor.init()
+    try:
+        yield _dsn(cluster, name)
+    finally:
+        janitor.drop()
+
+
+@pytest.fixture
+def dsn(pg_cluster: LocalCluster) -> Iterator[str]:
+    """A fresh, migrated database for this test."""
+    yield from _fresh_database(pg_cluster, TEMPLATE_DB)
+
+
+@pytest.fixture
+def empty_dsn(pg_cluster: LocalCluster) -> Iterator[str]:
+    """A fresh database with nothing installed."""
+    yield from _fresh_database(pg_cluster, None)
+
+
+@pytest.fixture
+def conn(dsn: str) -> Iterator[psycopg.Connection]:
+    with psycopg.connect(dsn, autocommit=True) as connection:
+        yield connection

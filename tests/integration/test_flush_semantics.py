@@ -1,0 +1,339 @@
+"""pybatch.flush() and pybatch.disconnect() against the reference model (tests/model.py)."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pybatch.flush import flush
+from tests.model import AgentState, Beat, Disconnect, actual_states, expected_states
+
+BASE = datetime(2026, 1, 1, tzinfo=UTC)
+REPLICAS = [uuid.UUID(int=n) for n in (1, 2, 0xFFFF_0000_0000_0000_0000_0000_0000_0000)]
+
+
+def t(seconds: float) -> datetime:
+    return BASE + timedelta(seconds=seconds)
+
+
+def make_agents(conn: psycopg.Connection, n: int) -> list[uuid.UUID]:
+    ids = [uuid.uuid4() for _ in range(n)]
+    conn.execute("INSERT INTO public.workspace_agents (id, created_at) SELECT unnest(%s::uuid[]), %s", (ids, t(-100)))
+    return ids
+
+
+def stage(conn: psycopg.Connection, beats: list[Beat]) -> None:
+    with conn.cursor() as cur, cur.copy("COPY pybatch.heartbeats (agent_id, replica_id, beat_at) FROM STDIN") as cp:
+        for beat in beats:
+            cp.write_row((beat.agent_id, beat.replica_id, beat.at))
+
+
+def disconnect(conn: psycopg.Connection, d: Disconnect) -> bool:
+    row = conn.execute("SELECT pybatch.disconnect(%s, %s)", (d.agent_id, d.at)).fetchone()
+    assert row is not None
+    return bool(row[0])
+
+
+def staged_count(conn: psycopg.Connection) -> int:
+    row = conn.execute("SELECT count(*) FROM pybatch.heartbeats").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_flush_merges_latest_and_empties_staging(conn: psycopg.Connection) -> None:
+    a, b = make_agents(conn, 2)
+    stage(conn, [Beat(a, t(1), REPLICAS[0]), Beat(a, t(3), REPLICAS[1]), Beat(a, t(2)), Beat(b, t(5))])
+    result = flush(conn)
+    assert result.ok and result.rows_staged == 4 and result.agents_updated == 2
+    assert result.stale_heartbeats == 0 and result.unknown_heartbeats == 0 and result.future_heartbeats == 0
+    assert staged_count(conn) == 0
+    states = actual_states(conn, [a, b])
+    assert states[a] == AgentState(t(1), t(3), None, REPLICAS[1])
+    assert states[b] == AgentState(t(5), t(5), None, None)
+
+
+def test_null_replica_stays_null_and_overwrites_older_replica(conn: psycopg.Connection) -> None:
+    (a,) = make_agents(conn, 1)
+    stage(conn, [Beat(a, t(1), REPLICAS[0])])
+    flush(conn)
+    stage(conn, [Beat(a, t(2), None)])
+    flush(conn)
+    assert actual_states(conn, [a])[a].last_connected_replica_id is None
+
+
+def test_older_heartbeat_never_overwrites_newer(conn: psycopg.Connection) -> None:
+    (a,) = make_agents(conn, 1)
+    stage(conn, [Beat(a, t(10), REPLICAS[1])])
+    flush(conn)
+    stage(conn, [Beat(a, t(5), REPLICAS[0])])
+    result = flush(conn)
+    assert result.agents_updated == 1  # only first_connected_at moves back to t(5)
+    assert actual_states(conn, [a])[a] == AgentState(t(5), t(10), None, REPLICAS[1])
+    stage(conn, [Beat(a, t(7), REPLICAS[2])])
+    result = flush(conn)
+    assert result.agents_updated == 0 and result.stale_heartbeats == 1
+
+
+def test_stale_heartbeat_does_not_undo_later_disconnect(conn: psycopg.Connection) -> None:
+    (a,) = make_agents(conn, 1)
+    stage(conn, [Beat(a, t(1))])
+    flush(conn)
+    stage(conn, [Beat(a, t(5))])          # waiting in staging...
+    assert disconnect(conn, Disconnect(a, t(6)))  # ...when the agent disconnects later
+    flush(conn)
+    assert actual_states(conn, [a])[a] == AgentState(t(1), t(5), t(6), None)
+
+
+def test_disconnect_older_than_merged_heartbeat_changes_nothing(conn: psycopg.Connection) -> None:
+    (a,) = make_agents(conn, 1)
+    stage(conn, [Beat(a, t(10))])
+    flush(conn)
+    before = conn.execute("SELECT xmin::text FROM public.workspace_agents WHERE id = %s", (a,)).fetchone()
+    assert disconnect(conn, Disconnect(a, t(9))) is False
+    after = conn.execute("SELECT xmin::text FROM public.workspace_agents WHERE id = %s", (a,)).fetchone()
+    assert before == after
+    assert actual_states(conn, [a])[a].disconnected_at is None
+
+
+def test_tie_disconnect_comes_after_heartbeat(conn: psycopg.Connection) -> None:
+    (a,) = make_agents(conn, 1)
+    assert disconnect(conn, Disconnect(a, t(5)))
+    stage(conn, [Beat(a, t(5), REPLICAS[0])])
+    flush(conn)
+    assert actual_states(conn, [a])[a] == AgentState(t(5), t(5), t(5), REPLICAS[0])
+
+
+def test_tie_between_heartbeats_greater_replica_wins_null_lowest(conn: psycopg.Connection) -> None:
+    (a,) = make_agents(conn, 1)
+    stage(conn, [Beat(a, t(5), REPLICAS[1])])
+    flush(conn)
+    stage(conn, [Beat(a, t(5), None), Beat(a, t(5), REPLICAS[0])])
+    flush(conn)
+    assert actual_states(conn, [a])[a].last_connected_replica_id == REPLICAS[1]
+    stage(conn, [Beat(a, t(5), REPLICAS[2])])
+    flush(conn)
+    assert actual_states(conn, [a])[a].last_connected_replica_id == REPLICAS[2]
+
+
+def test_unchanged_rows_are_not_rewritten(conn: psycopg.Connection) -> None:
+    (a,) = make_agents(conn, 1)
+    stage(conn, [Beat(a, t(5), REPLICAS[0])])
+    flush(conn)
+    before = conn.execute("SELECT xmin::text, updated_at FROM public.workspace_agents WHERE id = %s", (a,)).fetchone()
+    stage(conn, [Beat(a, t(5), REPLICAS[0]), Beat(a, t(5), None)])
+    result = flush(conn)
+    after = conn.execute("SELECT xmin::text, updated_at FROM public.workspace_agents WHERE id = %s", (a,)).fetchone()
+    assert result.agents_updated == 0 and result.stale_heartbeats == 2
+    assert before == after
+
+
+def test_updated_at_set_on_changed_rows(conn: psycopg.Connection) -> None:
+    (a,) = make_agents(conn, 1)
+    stage(conn, [Beat(a, t(5))])
+    flush(conn)
+    row = conn.execute("SELECT updated_at > created_at FROM public.workspace_agents WHERE id = %s", (a,)).fetchone()
+    assert row == (True,)
+
+
+def test_unknown_and_future_heartbeats_are_dropped_and_counted(conn: psycopg.Connection) -> None:
+    (a,) = make_agents(conn, 1)
+    now = datetime.now(UTC)
+    stage(conn, [Beat(uuid.uuid4(), t(1)), Beat(uuid.uuid4(), t(2)), Beat(a, now + timedelta(hours=1)), Beat(a, t(3))])
+    result = flush(conn)
+    assert (result.rows_staged, result.unknown_heartbeats, result.future_heartbeats, result.agents_updated) == (
+        4, 2, 1, 1)
+    assert actual_states(conn, [a])[a].last_connected_at == t(3)
+    assert staged_count(conn) == 0
+
+
+def test_future_tolerance_setting_is_respected(conn: psycopg.Connection) -> None:
+    (a,) = make_agents(conn, 1)
+    conn.execute("UPDATE pybatch.settings SET future_tolerance = '2 hours'")
+    soon = datetime.now(UTC) + timedelta(hours=1)
+    stage(conn, [Beat(a, soon)])
+    assert flush(conn).future_heartbeats == 0
+    assert actual_states(conn, [a])[a].last_connected_at == soon
+
+
+def test_disconnect_rejects_future_null_and_unknown(conn: psycopg.Connection) -> None:
+    (a,) = make_agents(conn, 1)
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="future_tolerance"):
+        disconnect(conn, Disconnect(a, datetime.now(UTC) + timedelta(hours=1)))
+    with pytest.raises(psycopg.errors.NullValueNotAllowed, match="agent_id must not be NULL"):
+        conn.execute("SELECT pybatch.disconnect(NULL)")
+    with pytest.raises(psycopg.errors.NullValueNotAllowed, match="at must not be NULL"):
+        conn.execute("SELECT pybatch.disconnect(%s, NULL)", (a,))
+    with pytest.raises(psycopg.errors.NoDataFound, match="no agent"):
+        disconnect(conn, Disconnect(uuid.uuid4(), t(1)))
+
+
+def test_null_agent_rejected_at_insert(conn: psycopg.Connection) -> None:
+    with pytest.raises(psycopg.errors.NotNullViolation):
+        conn.execute("INSERT INTO pybatch.heartbeats (agent_id) VALUES (NULL)")
+
+
+def test_max_rows_drains_partially_and_keeps_the_rest(conn: psycopg.Connection) -> None:
+    agents = make_agents(conn, 10)
+    beats = [Beat(a, t(i)) for i, a in enumerate(agents)]
+    stage(conn, beats)
+    first = flush(conn, max_rows=4)
+    assert first.rows_staged == 4 and staged_count(conn) == 6
+    flush(conn)
+    assert actual_states(conn, agents) == expected_states(beats)
+
+
+def test_failed_flush_rolls_back_keeps_staging_and_is_logged(conn: psycopg.Connection) -> None:
+    (a,) = make_agents(conn, 1)
+    conn.execute("""
+        CREATE FUNCTION public.fail_once() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN RAISE EXCEPTION 'injected failure'; END $$;
+        CREATE TRIGGER fail_once BEFORE UPDATE ON public.workspace_agents
+            FOR EACH ROW EXECUTE FUNCTION public.fail_once();
+    """)
+    stage(conn, [Beat(a, t(1))])
+    failed = flush(conn)
+    assert failed.error is not None and "injected failure" in failed.error
+    assert staged_count(conn) == 1
+    logged = conn.execute("SELECT error FROM pybatch.flush_log WHERE id = %s", (failed.flush_id,)).fetchone()
+    assert logged is not None and "injected failure" in logged[0]
+    conn.execute("DROP TRIGGER fail_once ON public.workspace_agents")
+    ok = flush(conn)
+    assert ok.ok and ok.agents_updated == 1 and staged_count(conn) == 0
+
+
+def test_statement_timeout_mid_flush_is_recorded(conn: psycopg.Connection) -> None:
+    agents = make_agents(conn, 1)
+    conn.execute("""
+        CREATE FUNCTION public.slow() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN PERFORM pg_sleep(1); RETURN NEW; END $$;
+        CREATE TRIGGER slow BEFORE UPDATE ON public.workspace_agents FOR EACH ROW EXECUTE FUNCTION public.slow();
+    """)
+    stage(conn, [Beat(agents[0], t(1))])
+    conn.execute("SET statement_timeout = '200ms'")
+    result = flush(conn)
+    conn.execute("RESET statement_timeout")
+    assert result.error is not None and "statement timeout" in result.error
+    assert staged_count(conn) == 1
+
+
+def test_concurrent_flush_is_skipped_not_zero(dsn: str, conn: psycopg.Connection) -> None:
+    with psycopg.connect(dsn) as holder:
+        holder.execute("SELECT pg_advisory_xact_lock(7089336938131513954)")
+        result = flush(conn)
+        assert result.skipped and result.error is None
+        holder.rollback()
+    assert not flush(conn).skipped
+
+
+def test_flush_log_is_purged_by_retention(conn: psycopg.Connection) -> None:
+    conn.execute("""INSERT INTO pybatch.flush_log (started_at, duration) VALUES (now() - interval '30 days', '1s')""")
+    flush(conn)
+    row = conn.execute("SELECT count(*) FROM pybatch.flush_log WHERE started_at < now() - interval '7 days'").fetchone()
+    assert row == (0,)
+
+
+# -- the property test: random orders of beats, disconnects and flushes ----------
+
+event_strategy = st.tuples(
+    st.sampled_from(["beat", "disc", "flush"]),
+    st.integers(0, 2),                        # agent index
+    st.integers(0, 6),                        # time, coarse so ties are common
+    st.sampled_from([None, *REPLICAS]),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(event_strategy, max_size=25))
+def test_any_order_equals_timestamp_order(conn: psycopg.Connection, script: list[tuple[str, int, int, uuid.UUID]]) -> None:
+    conn.execute("TRUNCATE public.workspace_agents, pybatch.heartbeats")
+    agents = make_agents(conn, 3)
+    applied: list[Beat | Disconnect] = []
+    for kind, index, second, replica in script:
+        agent = agents[index]
+        if kind == "beat":
+            beat = Beat(agent, t(second), replica)
+            stage(conn, [beat])
+            applied.append(beat)
+        elif kind == "disc":
+            disc = Disconnect(agent, t(second))
+            disconnect(conn, disc)
+            applied.append(disc)
+        else:
+            flush(conn, max_rows=2)
+    while staged_count(conn):
+        flush(conn)
+    expected = expected_states(applied)
+    actual = actual_states(conn, agents)
+    for agent in agents:
+        assert actual[agent] == expected.get(agent, AgentState()), agent
+
+
+# -- concurrency: writers, disconnecters and two flush loops at once ---------------
+
+def test_concurrent_writers_disconnects_and_two_flushers(dsn: str, conn: psycopg.Connection) -> None:
+    agents = make_agents(conn, 50)
+    events: list[Beat | Disconnect] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def writer(seed: int) -> None:
+        import random
+
+        rng = random.Random(seed)
+        try:
+            with psycopg.connect(dsn, autocommit=True) as c:
+                for _ in range(300):
+                    batch = [Beat(rng.choice(agents), t(rng.randint(0, 200)), rng.choice([None, *REPLICAS]))
+                             for _ in range(rng.randint(1, 5))]
+                    stage(c, batch)
+                    with lock:
+                        events.extend(batch)
+        except BaseException as exc:
+            errors.append(exc)
+
+    def disconnecter(seed: int) -> None:
+        import random
+
+        rng = random.Random(seed)
+        try:
+            with psycopg.connect(dsn, autocommit=True) as c:
+                for _ in range(150):
+                    d = Disconnect(rng.choice(agents), t(rng.randint(0, 200)))
+                    disconnect(c, d)
+                    with lock:
+                        events.append(d)
+        except BaseException as exc:
+            errors.append(exc)
+
+    def flusher() -> None:
+        try:
+            with psycopg.connect(dsn, autocommit=True) as c:
+                while not stop.is_set():
+                    flush(c, max_rows=500)
+        except BaseException as exc:
+            errors.append(exc)
+
+    workers = [threading.Thread(target=writer, args=(i,)) for i in range(4)]
+    workers += [threading.Thread(target=disconnecter, args=(100 + i,)) for i in range(2)]
+    flushers = [threading.Thread(target=flusher) for _ in range(2)]
+    for thread in workers + flushers:
+        thread.start()
+    for thread in workers:
+        thread.join()
+    stop.set()
+    for thread in flushers:
+        thread.join()
+    assert not errors, errors
+    while staged_count(conn):
+        flush(conn)
+    failed = conn.execute("SELECT count(*) FROM pybatch.flush_log WHERE error IS NOT NULL").fetchone()
+    assert failed == (0,)
+    expected = expected_states(events)
+    assert actual_states(conn, agents) == {a: expected.get(a, AgentState()) for a in agents}
