@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -71,3 +73,32 @@ def empty_dsn(pg_cluster: LocalCluster) -> Iterator[str]:
 def conn(dsn: str) -> Iterator[psycopg.Connection]:
     with psycopg.connect(dsn, autocommit=True) as connection:
         yield connection
+
+
+@pytest.fixture
+def own_cluster() -> Iterator[LocalCluster]:
+    """A private cluster (pg_cron preloaded) with a migrated `pybatch` database, for tests
+    that stop, kill or restart the server. Slower than `dsn`: use only when needed.
+    Its app database DSN is `own_cluster.url()`."""
+    home = Path(tempfile.mkdtemp(prefix="pybatch-own-", dir=os.environ.get("PYBATCH_TEST_TMP", "/tmp")))
+    os.chmod(home, 0o755)
+    cluster = LocalCluster(home / "cluster", settings=TEST_SETTINGS)
+    cluster.start()
+    migrate.apply(cluster.url())
+    try:
+        yield cluster
+    finally:
+        cluster.destroy()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def run_pybatch(*args: str, env: dict[str, str] | None = None, timeout: float = 120,
+                input: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the CLI as a subprocess (`python -m pybatch ...`) with a clean configuration:
+    no PYBATCH_* or PG* variables leak in unless given in `env`."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("PYBATCH_", "PG"))}
+    base.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "pybatch", *args], env=base, capture_output=True, text=True,
+        timeout=timeout, input=input, check=False,
+    )
