@@ -64,9 +64,9 @@ def flush(
     assert result is not None  # flush() always returns one row
     extra = {"flush": result.as_dict()}
     if result.error is not None:
-        log.error("flush failed: %s", result.error, extra=extra)
-        if raise_on_error:
+        if raise_on_error:  # the caller reports it; logging it too would say it twice
             raise FlushFailed(f"flush failed and kept staging: {result.error}")
+        log.error("flush failed and kept staging: %s", result.error, extra=extra)
     elif result.skipped:
         log.info("flush skipped: another flush is running", extra=extra)
     else:

@@ -20,7 +20,7 @@ from yoyo.connections import DatabaseURI, get_backend_class
 from yoyo.migrations import MigrationList
 
 from pybatch import db, resources
-from pybatch.errors import MigrationError, PybatchError
+from pybatch.errors import MigrationError, PermissionDenied, PybatchError
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +52,31 @@ def _migrations() -> MigrationList:
     return read_migrations(str(resources.migrations_dir()))
 
 
+def _check_can_create(conn: psycopg.Connection) -> None:
+    """Fail early, and clearly, when the role cannot create pybatch's objects
+    (yoyo would otherwise wait on a lock table it could not create)."""
+    row = conn.execute(
+        "SELECT current_user, current_database(), current_schema(),"
+        " has_database_privilege(current_database(), 'CREATE'),"
+        " COALESCE(has_schema_privilege(current_schema(), 'CREATE'), false)"
+    ).fetchone()
+    assert row is not None
+    user, dbname, schema, can_create_schema, can_create_in_schema = row
+    if schema is None:
+        raise PermissionDenied(f"role {user!r} has no schema on its search_path in database {dbname!r}")
+    if not (can_create_schema and can_create_in_schema):
+        raise PermissionDenied(
+            f"permission denied: role {user!r} needs CREATE on database {dbname!r} and on schema {schema!r} "
+            "to install pybatch (run `pybatch migrate` as the database owner)"
+        )
+
+
 @contextlib.contextmanager
 def _locked(dsn: str) -> Iterator[DatabaseBackend]:
     lock_conn = db.connect(dsn)
     try:
         with db.translated("cannot take the migration lock"):
+            _check_can_create(lock_conn)
             lock_conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATE_LOCK_KEY,))
         backend = _backend(dsn)
         try:

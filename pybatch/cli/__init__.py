@@ -13,13 +13,13 @@ import sys
 from collections.abc import Sequence
 
 from pybatch import __version__
-from pybatch.cli import core, local
+from pybatch.cli import core, grant, local
 from pybatch.errors import ConfigError, PybatchError
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 
-COMMAND_MODULES = [core, local]
+COMMAND_MODULES = [core, local, grant]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,7 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except Exception as exc:  # a bug: still one line, the traceback only in debug
         logging.getLogger("pybatch").debug("unexpected error", exc_info=True)
-        print(f"pybatch: unexpected error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        first_line = (str(exc).strip().splitlines() or [""])[0]
+        print(f"pybatch: unexpected error: {type(exc).__name__}: {first_line}", file=sys.stderr)
         return EXIT_ERROR
 
 

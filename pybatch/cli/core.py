@@ -68,15 +68,12 @@ def _remove_jobs(target: str) -> None:
 
 def cmd_flush(args: argparse.Namespace) -> int:
     with db.connect(dsn(args)) as conn:
-        result = flush(conn, max_rows=args.max_rows)
+        result = flush(conn, max_rows=args.max_rows, raise_on_error=True)
     if args.json:
         print_json(result.as_dict())
     else:
         data = result.as_dict()
         print("  ".join(f"{key}={value}" for key, value in data.items() if value is not None))
-    if result.error is not None:
-        print(f"pybatch: error: flush failed and kept staging: {result.error}", file=sys.stderr)
-        return 1
     return 0
 
 

@@ -1,0 +1,145 @@
+"""Migrations: apply, roll back, apply again; concurrent runs; an existing workspace_agents."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from datetime import UTC, datetime
+
+import psycopg
+import pytest
+
+from pybatch import migrate
+from pybatch.errors import MigrationError, NotMigrated
+from pybatch.flush import flush
+
+CODER_LIKE_TABLE = """
+CREATE TABLE public.workspace_resources (id uuid PRIMARY KEY);
+CREATE TABLE public.workspace_agents (
+    id uuid PRIMARY KEY,
+    created_at timestamptz NOT NULL,
+    updated_at timestamptz NOT NULL,
+    name varchar(64) NOT NULL,
+    resource_id uuid NOT NULL REFERENCES public.workspace_resources (id) ON DELETE CASCADE,
+    auth_token uuid NOT NULL,
+    first_connected_at timestamptz,
+    last_connected_at timestamptz,
+    disconnected_at timestamptz,
+    last_connected_replica_id uuid,
+    connection_timeout_seconds integer NOT NULL DEFAULT 0,
+    lifecycle_state text NOT NULL DEFAULT 'created',
+    CONSTRAINT name_not_empty CHECK (name <> '')
+);
+CREATE INDEX workspace_agents_resource_id_idx ON public.workspace_agents (resource_id);
+CREATE UNIQUE INDEX workspace_agents_auth_token_idx ON public.workspace_agents (auth_token);
+CREATE TABLE public.workspace_apps (
+    id uuid PRIMARY KEY,
+    agent_id uuid NOT NULL REFERENCES public.workspace_agents (id) ON DELETE CASCADE
+);
+"""
+
+
+def applied_ids(dsn: str) -> list[str]:
+    return [m.id for m in migrate.status(dsn) if m.applied]
+
+
+def table_exists(dsn: str, name: str) -> bool:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (name,)).fetchone()
+        return bool(row and row[0])
+
+
+def test_apply_rollback_apply(empty_dsn: str) -> None:
+    everything = [m.id for m in migrate.status(empty_dsn)]
+    assert migrate.apply(empty_dsn) == everything
+    assert applied_ids(empty_dsn) == everything
+    assert migrate.apply(empty_dsn) == []  # idempotent
+    # Roll back every migration, newest first.
+    for expected in reversed(everything):
+        assert migrate.rollback(empty_dsn) == expected
+    assert migrate.rollback(empty_dsn) is None
+    assert not table_exists(empty_dsn, "pybatch.heartbeats")
+    assert not table_exists(empty_dsn, "public.workspace_agents")  # pybatch created it, so it went
+    assert migrate.apply(empty_dsn) == everything
+    assert table_exists(empty_dsn, "pybatch.heartbeats")
+
+
+def test_two_migrate_runs_at_once_are_safe(empty_dsn: str) -> None:
+    results: list[list[str]] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            results.append(migrate.apply(empty_dsn))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    everything = [m.id for m in migrate.status(empty_dsn)]
+    assert sorted(results, key=len)[-1] == everything
+    assert sum(len(r) for r in results) == len(everything)  # each migration applied exactly once
+
+
+def test_existing_coder_like_table_is_used_and_survives_rollback(empty_dsn: str) -> None:
+    with psycopg.connect(empty_dsn, autocommit=True) as conn:
+        conn.execute(CODER_LIKE_TABLE)
+        resource = uuid.uuid4()
+        agent = uuid.uuid4()
+        conn.execute("INSERT INTO public.workspace_resources VALUES (%s)", (resource,))
+        conn.execute(
+            "INSERT INTO public.workspace_agents (id, created_at, updated_at, name, resource_id, auth_token) "
+            "VALUES (%s, now(), now(), 'main', %s, gen_random_uuid())", (agent, resource))
+        conn.execute("INSERT INTO public.workspace_apps VALUES (gen_random_uuid(), %s)", (agent,))
+    migrate.apply(empty_dsn)
+    with psycopg.connect(empty_dsn, autocommit=True) as conn:
+        beat_at = datetime(2026, 1, 1, tzinfo=UTC)
+        conn.execute("INSERT INTO pybatch.heartbeats (agent_id, beat_at) VALUES (%s, %s)", (agent, beat_at))
+        result = flush(conn)
+        assert result.ok and result.agents_updated == 1
+        row = conn.execute("SELECT last_connected_at, name, lifecycle_state FROM public.workspace_agents").fetchone()
+        assert row == (beat_at, "main", "created")
+        settings = conn.execute("SELECT created_workspace_agents FROM pybatch.settings").fetchone()
+        assert settings == (False,)
+    while migrate.rollback(empty_dsn):
+        pass
+    assert table_exists(empty_dsn, "public.workspace_agents")
+    assert table_exists(empty_dsn, "public.workspace_apps")
+    assert not table_exists(empty_dsn, "pybatch.settings")
+
+
+@pytest.mark.parametrize(
+    ("ddl", "message"),
+    [
+        ("ALTER TABLE public.workspace_agents DROP COLUMN last_connected_replica_id",
+         'missing column "last_connected_replica_id"'),
+        ("ALTER TABLE public.workspace_agents DROP COLUMN disconnected_at", 'missing column "disconnected_at"'),
+        ("ALTER TABLE public.workspace_agents ALTER COLUMN last_connected_at TYPE timestamp",
+         'column "last_connected_at" has type timestamp without time zone'),
+    ],
+)
+def test_missing_or_wrong_column_fails_naming_it(empty_dsn: str, ddl: str, message: str) -> None:
+    with psycopg.connect(empty_dsn, autocommit=True) as conn:
+        conn.execute(CODER_LIKE_TABLE)
+        conn.execute(ddl)  # type: ignore[arg-type]
+    with pytest.raises(MigrationError, match=message):
+        migrate.apply(empty_dsn)
+    assert applied_ids(empty_dsn) == []
+    assert not table_exists(empty_dsn, "pybatch.heartbeats")  # the failed migration left nothing behind
+
+
+def test_flush_before_migrate_says_run_migrate(empty_dsn: str) -> None:
+    with psycopg.connect(empty_dsn, autocommit=True) as conn, pytest.raises(NotMigrated, match="pybatch migrate"):
+        flush(conn)
+
+
+def test_migration_sql_lists_pending_then_nothing(empty_dsn: str) -> None:
+    text = migrate.migration_sql(empty_dsn)
+    assert "CREATE UNLOGGED TABLE pybatch.heartbeats" in text
+    migrate.apply(empty_dsn)
+    assert migrate.migration_sql(empty_dsn) == ""
+    assert "CREATE UNLOGGED TABLE pybatch.heartbeats" in migrate.migration_sql(empty_dsn, all_migrations=True)
