@@ -53,3 +53,7 @@ class LocalClusterError(PybatchError):
 
 class CronError(PybatchError):
     """pg_cron is missing, not preloaded, not permitted, or cannot run the job."""
+
+
+class UnknownRole(PybatchError):
+    """A role named on the command line or in a call does not exist in the database."""
