@@ -202,13 +202,13 @@ RETURNS pybatch.flush_result
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET work_mem = '64MB'  -- the per-agent sort of a large batch stays in memory
 AS $$
 DECLARE
     result pybatch.flush_result;
     cfg pybatch.settings;
     deadline timestamptz;
     newest_allowed timestamptz;
-    merged_beats bigint;
     error_state text;
     error_message text;
 BEGIN
@@ -284,20 +284,24 @@ BEGIN
                        AND (l.replica_id > wa.last_connected_replica_id
                             OR (wa.last_connected_replica_id IS NULL AND l.replica_id IS NOT NULL)
                             OR wa.disconnected_at < l.last_at)))
-            RETURNING wa.id
+            RETURNING wa.id, l.beats
+        ),
+        unmerged AS (
+            -- Agents whose row did not change: stale beats, or unknown agents.
+            -- Usually few, so only they are looked up again.
+            SELECT l.agent_id, l.beats FROM latest l
+            WHERE NOT EXISTS (SELECT FROM merged m WHERE m.id = l.agent_id)
         )
         SELECT
             (SELECT pg_catalog.count(*) FROM drained),
-            (SELECT pg_catalog.count(*) FROM merged),
-            (SELECT COALESCE(pg_catalog.sum(l.beats), 0) FROM latest l
-              WHERE NOT EXISTS (SELECT FROM public.workspace_agents wa WHERE wa.id = l.agent_id)),
             (SELECT pg_catalog.count(*) FROM drained d WHERE d.beat_at > newest_allowed),
-            (SELECT COALESCE(pg_catalog.sum(l.beats), 0) FROM latest l JOIN merged m ON m.id = l.agent_id)
-        INTO result.rows_staged, result.agents_updated, result.unknown_heartbeats,
-             result.future_heartbeats, merged_beats;
-        -- Stale: beats of known agents that changed nothing (older than the merged state).
-        result.stale_heartbeats := result.rows_staged - result.future_heartbeats
-            - result.unknown_heartbeats - merged_beats;
+            (SELECT pg_catalog.count(*) FROM merged),
+            (SELECT COALESCE(pg_catalog.sum(u.beats), 0) FROM unmerged u
+              WHERE NOT EXISTS (SELECT FROM public.workspace_agents wa WHERE wa.id = u.agent_id)),
+            (SELECT COALESCE(pg_catalog.sum(u.beats), 0) FROM unmerged u
+              WHERE EXISTS (SELECT FROM public.workspace_agents wa WHERE wa.id = u.agent_id))
+        INTO result.rows_staged, result.future_heartbeats, result.agents_updated,
+             result.unknown_heartbeats, result.stale_heartbeats;
     EXCEPTION WHEN OTHERS OR query_canceled THEN
         GET STACKED DIAGNOSTICS error_state = RETURNED_SQLSTATE, error_message = MESSAGE_TEXT;
         result.error := error_state || ': ' || error_message;
