@@ -112,7 +112,9 @@ class LocalCluster:
         try:
             return int((self.home / "port").read_text().strip())
         except (OSError, ValueError):
-            raise LocalClusterError(f"local cluster at {self.home} is not initialised: run `pybatch local start`") from None
+            raise LocalClusterError(
+                f"local cluster at {self.home} is not initialised: run `pybatch local start`"
+            ) from None
 
     @property
     def server_user(self) -> str | None:
@@ -132,8 +134,8 @@ class LocalCluster:
     def url(self, dbname: str = APP_DATABASE) -> str:
         return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{dbname}"
 
-    def conninfo(self, dbname: str = APP_DATABASE) -> dict[str, str | int]:
-        return {"host": "127.0.0.1", "port": self.port, "user": SUPERUSER, "dbname": dbname}
+    def conninfo(self, dbname: str = APP_DATABASE) -> str:
+        return f"host=127.0.0.1 port={self.port} user={SUPERUSER} dbname={dbname}"
 
     # -- lifecycle ------------------------------------------------------------
     def is_initialised(self) -> bool:
@@ -251,7 +253,7 @@ class LocalCluster:
         deadline = time.monotonic() + 30
         while True:
             try:
-                with psycopg.connect(**self.conninfo("postgres"), autocommit=True, connect_timeout=5) as conn:
+                with psycopg.connect(self.conninfo("postgres"), autocommit=True, connect_timeout=5) as conn:
                     exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone()
                     if not exists:
                         with contextlib.suppress(psycopg.errors.DuplicateDatabase):
@@ -259,7 +261,9 @@ class LocalCluster:
                     return
             except psycopg.OperationalError as exc:
                 if time.monotonic() > deadline:
-                    raise LocalClusterError(f"local cluster on port {self.port} does not accept connections: {exc}") from None
+                    raise LocalClusterError(
+                        f"local cluster on port {self.port} does not accept connections: {exc}"
+                    ) from None
                 time.sleep(0.2)
 
     def _log_tail(self) -> str:

@@ -25,7 +25,7 @@ TEST_SETTINGS = {"fsync": "off", "full_page_writes": "off", "max_connections": "
 
 
 def _dsn(cluster: LocalCluster, dbname: str) -> str:
-    return f"host=127.0.0.1 port={cluster.port} user={SUPERUSER} dbname={dbname}"
+    return cluster.conninfo(dbname)
 
 
 @pytest.fixture(scope="session")

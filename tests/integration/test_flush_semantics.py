@@ -250,7 +250,9 @@ event_strategy = st.tuples(
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(event_strategy, max_size=25))
-def test_any_order_equals_timestamp_order(conn: psycopg.Connection, script: list[tuple[str, int, int, uuid.UUID]]) -> None:
+def test_any_order_equals_timestamp_order(
+    conn: psycopg.Connection, script: list[tuple[str, int, int, uuid.UUID]]
+) -> None:
     conn.execute("TRUNCATE public.workspace_agents, pybatch.heartbeats")
     agents = make_agents(conn, 3)
     applied: list[Beat | Disconnect] = []
