@@ -6,6 +6,9 @@ merges the latest per agent into public.workspace_agents; disconnects bypass sta
 
 from __future__ import annotations
 
+from pybatch.aio import AsyncHeartbeatClient
+from pybatch.buffer import ClientStats
+from pybatch.client import HeartbeatClient
 from pybatch.errors import (
     ClientClosed,
     ConfigError,
@@ -13,30 +16,41 @@ from pybatch.errors import (
     DatabaseUnavailable,
     FlushFailed,
     HeartbeatWriteError,
+    InvalidAgentId,
     InvalidDuration,
+    InvalidHeartbeat,
+    InvalidTimestamp,
     LocalClusterError,
     MigrationError,
     NotMigrated,
     PermissionDenied,
     PybatchError,
     SchemaError,
+    UnknownAgent,
 )
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncHeartbeatClient",
     "ClientClosed",
+    "ClientStats",
     "ConfigError",
     "CronError",
     "DatabaseUnavailable",
     "FlushFailed",
+    "HeartbeatClient",
     "HeartbeatWriteError",
+    "InvalidAgentId",
     "InvalidDuration",
+    "InvalidHeartbeat",
+    "InvalidTimestamp",
     "LocalClusterError",
     "MigrationError",
     "NotMigrated",
     "PermissionDenied",
     "PybatchError",
     "SchemaError",
+    "UnknownAgent",
     "__version__",
 ]

@@ -57,3 +57,19 @@ class CronError(PybatchError):
 
 class UnknownRole(PybatchError):
     """A role named on the command line or in a call does not exist in the database."""
+
+
+class InvalidHeartbeat(PybatchError, ValueError):
+    """An argument of beat() or disconnect() is malformed; the message names the value."""
+
+
+class InvalidAgentId(InvalidHeartbeat):
+    """An agent id is None or not a UUID (a uuid.UUID or its string form)."""
+
+
+class InvalidTimestamp(InvalidHeartbeat):
+    """An at= is not a timezone-aware datetime, or lies beyond the future tolerance."""
+
+
+class UnknownAgent(PybatchError, LookupError):
+    """disconnect() named an agent that public.workspace_agents does not hold."""

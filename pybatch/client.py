@@ -1,0 +1,406 @@
+"""HeartbeatClient: report connected agents from an app server, immediately or buffered.
+
+Clocks (without at=):
+- immediate mode stamps a heartbeat with the **server's** clock (`pg_catalog.now()` of the
+  INSERT), so every replica writing immediately shares one clock;
+- buffered mode stamps it with **this client's** clock when beat() is called, because the
+  row is written up to one write_interval later and the server's clock at write time would
+  be late by that much. disconnect() in buffered mode also uses the client's clock, so a
+  disconnect after a beat() of this client always sorts after it, even if the two clocks
+  differ (with the server's clock, a client clock running ahead would let the buffered beat
+  undo the disconnect, the very bug Coder had).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import types
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Protocol, TypeVar
+
+import psycopg
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from pybatch import db
+from pybatch.buffer import (
+    COPY_BEATS,
+    COPY_TYPES,
+    DISCONNECT,
+    INSERT_BEAT,
+    READ_FUTURE_TOLERANCE,
+    ClientStats,
+    FutureTolerance,
+    HeartbeatBuffer,
+    WriteSchedule,
+    WriteTracker,
+    agent_uuid,
+    check_at,
+    check_sources,
+    client_options,
+    replica_uuid,
+    settle_failed,
+    settle_written,
+    write_error,
+)
+from pybatch.config import resolve_dsn
+from pybatch.errors import ClientClosed, ConfigError, InvalidHeartbeat, PybatchError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class _Connections(Protocol):
+    """Where a client gets a connection for one piece of work."""
+
+    def run(self, work: Callable[[psycopg.Connection], T]) -> T: ...
+
+    def close(self) -> None: ...
+
+
+def _read_tolerance(conn: psycopg.Connection, tolerance: FutureTolerance) -> None:
+    def fetch() -> object:
+        # A savepoint (or a short transaction): a failed read must not abort the caller's transaction.
+        with conn.transaction():
+            row = conn.execute(READ_FUTURE_TOLERANCE).fetchone()
+        return row[0] if row else None
+
+    tolerance.read(fetch)
+
+
+class _OwnConnection:
+    """One connection the client opens itself (autocommit: each statement commits), shared
+    under a lock. A connection found broken is replaced; work that failed on a reused
+    connection gone stale (the server restarted since) is retried once on a fresh one:
+    writing a heartbeat or a disconnect twice changes nothing."""
+
+    def __init__(self, dsn: str, connect_timeout: float, tolerance: FutureTolerance) -> None:
+        self._dsn = dsn
+        self._connect_timeout = max(2, math.ceil(connect_timeout))  # libpq's minimum is 2 s
+        self._tolerance = tolerance
+        self._lock = threading.Lock()
+        self._conn: psycopg.Connection | None = None
+
+    def run(self, work: Callable[[psycopg.Connection], T]) -> T:
+        with self._lock:
+            for attempt in (1, 2):
+                fresh = self._conn is None
+                if self._conn is None:
+                    self._conn = db.connect(self._dsn, autocommit=True, connect_timeout=self._connect_timeout)
+                    _read_tolerance(self._conn, self._tolerance)
+                conn = self._conn
+                try:
+                    return work(conn)
+                except psycopg.Error:
+                    if not (conn.broken or conn.closed):
+                        raise
+                    self._conn = None
+                    conn.close()
+                    if fresh or attempt == 2:
+                        raise
+            raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+
+class _PoolConnections:
+    """Connections borrowed from the caller's psycopg_pool.ConnectionPool (committed when returned)."""
+
+    def __init__(self, pool: ConnectionPool, timeout: float, tolerance: FutureTolerance) -> None:
+        self._pool = pool
+        self._timeout = timeout
+        self._tolerance = tolerance
+
+    def run(self, work: Callable[[psycopg.Connection], T]) -> T:
+        for attempt in (1, 2):
+            used: psycopg.Connection | None = None
+            try:
+                with self._pool.connection(timeout=self._timeout) as conn:
+                    used = conn
+                    _read_tolerance(conn, self._tolerance)
+                    return work(conn)
+            except PoolTimeout:
+                raise
+            except psycopg.Error:
+                # A pooled connection left over from before a server restart: try one more.
+                if attempt == 2 or used is None or not used.broken:
+                    raise
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        """The pool belongs to the caller, who closes it."""
+
+
+class _CallerConnection:
+    """The caller's connection (immediate mode only): work runs in the caller's transaction."""
+
+    def __init__(self, conn: psycopg.Connection, tolerance: FutureTolerance) -> None:
+        self._conn = conn
+        self._tolerance = tolerance
+
+    def run(self, work: Callable[[psycopg.Connection], T]) -> T:
+        _read_tolerance(self._conn, self._tolerance)
+        return work(self._conn)
+
+    def close(self) -> None:
+        """The connection belongs to the caller, who closes it."""
+
+
+class HeartbeatClient:
+    """Writes agent heartbeats to pybatch.heartbeats and disconnects through pybatch.disconnect().
+
+    Where it connects (give at most one): `dsn` (default: resolved like the CLI: PYBATCH_DSN,
+    PG* variables, then the embedded cluster), `pool` (a psycopg_pool.ConnectionPool), or,
+    in immediate mode only, `connection` (a psycopg.Connection: beat() and disconnect() then
+    run inside the caller's transaction and commit with it). With a dsn or a pool, beat() in
+    immediate mode has committed when it returns.
+
+    mode="immediate": beat() INSERTs one row at once, stamped with the server's clock, and
+    raises a pybatch error (DatabaseUnavailable, HeartbeatWriteError, ...) when it cannot.
+
+    mode="buffered": beat() only records the heartbeat in memory, stamped with this client's
+    clock, and returns in microseconds. A background thread writes the buffer with one COPY
+    every `write_interval`, or as soon as `max_batch` agents wait. Per agent the buffer keeps
+    only the latest heartbeat (by time; ties go to the greater replica, NULL lowest, as in
+    pybatch.flush()), so memory is bounded by the number of agents, and first_connected_at
+    is exact only to one write_interval. When the database fails, the writer keeps the rows,
+    retries with exponential backoff (capped at `max_backoff`), logs once per outage and once
+    on recovery, and beat() never raises; newer beats arriving meanwhile still win.
+    close(), or leaving the `with` block, writes what is left.
+
+    at= (beat and disconnect) must be timezone-aware and no further ahead of this client's
+    clock than pybatch.settings.future_tolerance, read when the client first connects; until
+    then, or if it cannot be read, the schema default of 5 s applies.
+
+    Thread-safe: any number of threads may call beat() at once. Counters: `stats`.
+    """
+
+    def __init__(
+        self,
+        dsn: str | None = None,
+        *,
+        mode: str = "immediate",
+        write_interval: str | float | timedelta = "1s",
+        max_batch: int = 5000,
+        pool: ConnectionPool | None = None,
+        connection: psycopg.Connection | None = None,
+        max_backoff: str | float | timedelta = "30s",
+        connect_timeout: str | float | timedelta = "5s",
+    ) -> None:
+        self._options = client_options(
+            mode=mode, write_interval=write_interval, max_batch=max_batch,
+            max_backoff=max_backoff, connect_timeout=connect_timeout,
+        )
+        check_sources(self._options, dsn=dsn, pool=pool, connection=connection)
+        self._tolerance = FutureTolerance()
+        self._buffer = HeartbeatBuffer(max_batch)
+        self._tracker = WriteTracker(self._options.max_backoff)
+        self._close_lock = threading.Lock()
+        self._closed = False
+        self._direct: _Connections
+        self._writer_connections: _Connections | None = None
+        if pool is not None:
+            if not isinstance(pool, ConnectionPool):
+                raise ConfigError(
+                    f"pool: expected a psycopg_pool.ConnectionPool, got {type(pool).__name__} "
+                    "(use AsyncHeartbeatClient for an AsyncConnectionPool)"
+                )
+            self._direct = _PoolConnections(pool, self._options.connect_timeout, self._tolerance)
+            self._writer_connections = self._direct
+        elif connection is not None:
+            if not isinstance(connection, psycopg.Connection):
+                raise ConfigError(f"connection: expected a psycopg.Connection, got {type(connection).__name__}")
+            self._direct = _CallerConnection(connection, self._tolerance)
+        else:
+            resolved = resolve_dsn(dsn).dsn
+            self._direct = _OwnConnection(resolved, self._options.connect_timeout, self._tolerance)
+            if self._options.buffered:
+                # The writer has its own connection: a disconnect must never land inside its COPY.
+                self._writer_connections = _OwnConnection(resolved, self._options.connect_timeout, self._tolerance)
+        self._write_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopping = False
+        self._retry_delay = 0.0
+        self._thread: threading.Thread | None = None
+        if self._options.buffered:
+            self._thread = threading.Thread(target=self._run_writer, name="pybatch-heartbeat-writer", daemon=True)
+            self._thread.start()
+
+    # -- public API -----------------------------------------------------------------------
+
+    @property
+    def mode(self) -> str:
+        return self._options.mode
+
+    @property
+    def future_tolerance(self) -> float:
+        """Seconds an at= may lie ahead of this client's clock (5 until read from pybatch.settings)."""
+        return self._tolerance.seconds
+
+    def beat(self, agent_id: object, *, replica_id: object = None, at: datetime | None = None) -> None:
+        """Report that `agent_id` (a uuid.UUID or its string) is connected, seen by `replica_id`.
+
+        Raises InvalidAgentId / InvalidHeartbeat / InvalidTimestamp (all ValueError) for bad
+        arguments, ClientClosed after close(); in immediate mode also a pybatch error when the
+        write fails. In buffered mode it never raises for a database failure."""
+        self._check_open()
+        agent = agent_uuid(agent_id)
+        replica = replica_uuid(replica_id)
+        if self._options.buffered:
+            when = check_at(at, tolerance=self._tolerance.seconds)
+            if self._buffer.add(agent, replica, when or datetime.now(UTC)):
+                self._wake.set()
+            return
+
+        counted = False
+
+        def insert(conn: psycopg.Connection) -> None:
+            nonlocal counted
+            # Checked here, after the first connection has read future_tolerance.
+            checked_at = check_at(at, tolerance=self._tolerance.seconds)
+            if not counted:
+                counted = True
+                self._tracker.accepted()
+            conn.execute(INSERT_BEAT, (agent, replica, checked_at))
+
+        try:
+            self._direct.run(insert)
+        except InvalidHeartbeat:
+            raise
+        except Exception as exc:
+            error = write_error(exc, f"heartbeat of agent {agent} not written")
+            self._tracker.failed(error, waiting=None)
+            raise error from exc
+        self._tracker.succeeded(1)
+
+    def disconnect(self, agent_id: object, *, at: datetime | None = None) -> bool:
+        """Mark the agent disconnected at once through pybatch.disconnect(), bypassing staging.
+
+        Returns True if the row changed, False if a newer heartbeat or disconnect already
+        stands. Raises UnknownAgent (a LookupError) for an agent not in workspace_agents,
+        InvalidTimestamp beyond future_tolerance, DatabaseUnavailable / HeartbeatWriteError
+        when it cannot be written: a lost disconnect is visible to users."""
+        self._check_open()
+        agent = agent_uuid(agent_id)
+
+        def call(conn: psycopg.Connection) -> bool:
+            when = check_at(at, tolerance=self._tolerance.seconds)
+            if when is None and self._options.buffered:
+                when = datetime.now(UTC)  # the clock of this client's buffered beats (module docstring)
+            row = conn.execute(DISCONNECT, (agent, when)).fetchone()
+            return bool(row and row[0])
+
+        try:
+            return self._direct.run(call)
+        except InvalidHeartbeat:
+            raise
+        except Exception as exc:
+            raise write_error(exc, f"disconnect of agent {agent} not written") from exc
+
+    def flush_buffer(self) -> int:
+        """Write the buffer now (buffered mode; a no-op returning 0 in immediate mode).
+
+        Returns the rows written. On failure the rows stay buffered and the pybatch error is raised."""
+        self._check_open()
+        return self._write_buffered() if self._options.buffered else 0
+
+    @property
+    def stats(self) -> ClientStats:
+        """A snapshot of the counters (see ClientStats)."""
+        return self._tracker.snapshot(
+            beats_accepted=self._buffer.accepted, buffer_size=len(self._buffer),
+        )
+
+    def close(self) -> None:
+        """Stop the writer, write what is buffered, release connections. Idempotent.
+
+        If that final write fails, the error is raised (after everything is released) and
+        names how many heartbeats were not written."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        try:
+            if self._thread is not None:
+                self._buffer.seal()
+                self._stopping = True
+                self._wake.set()
+                self._thread.join()
+                self._write_buffered(final=True)
+        finally:
+            self._direct.close()
+            if self._writer_connections is not None:
+                self._writer_connections.close()
+
+    def __enter__(self) -> HeartbeatClient:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: types.TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        try:
+            self.close()
+        except PybatchError:  # do not hide the exception already on its way out
+            log.exception("heartbeat client close failed while handling another error")
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClientClosed("heartbeat client is closed")
+
+    def _write_buffered(self, *, final: bool = False) -> int:
+        assert self._writer_connections is not None
+        with self._write_lock:
+            rows = self._buffer.take()
+            if not rows:
+                return 0
+
+            def copy(conn: psycopg.Connection) -> None:
+                with conn.cursor() as cur, cur.copy(COPY_BEATS) as cp:
+                    cp.set_types(list(COPY_TYPES))
+                    for row in rows:
+                        cp.write_row(row)
+
+            try:
+                self._writer_connections.run(copy)
+            except Exception as exc:
+                error, self._retry_delay = settle_failed(self._buffer, self._tracker, rows, exc, final=final)
+                raise error from exc
+            settle_written(self._buffer, self._tracker, rows)
+            return len(rows)
+
+    def _run_writer(self) -> None:
+        """The background writer: every write_interval, at once when max_batch agents wait,
+        later (backoff) after a failure. Never dies: every error is counted and logged."""
+        assert self._writer_connections is not None
+        try:  # Connect early, so future_tolerance is known before the first write.
+            self._writer_connections.run(lambda conn: None)
+        except Exception as exc:
+            log.debug("heartbeat writer could not connect yet: %s", db.first_line(exc))
+        schedule = WriteSchedule(self._options.write_interval)
+        while True:
+            woken = self._wake.wait(schedule.timeout())
+            if self._stopping:
+                return
+            self._wake.clear()
+            if not schedule.should_write(woken=woken):
+                continue
+            try:
+                self._write_buffered()
+            except PybatchError:
+                schedule.failed(self._retry_delay)
+                continue
+            except Exception:  # a bug, not an outage: keep the thread alive
+                log.exception("heartbeat writer failed unexpectedly")
+            schedule.wrote()
