@@ -1,0 +1,287 @@
+"""Inspection: typed reads of the views from migration 0003 (health, staging,
+flush history, agent status), the settings, and the `pybatch status` document.
+
+The views are the source of truth; this module only reads them. doctor's checks
+live in pybatch.doctor and uninstall in pybatch.uninstall.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import class_row
+
+from pybatch import db
+from pybatch.durations import parse_duration
+from pybatch.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+HEALTH_STATES = ("ok", "late", "stalled")
+AGENT_STATES = ("connecting", "connected", "disconnected", "timeout")
+
+# Settings `pybatch config set` may change, and how each value is parsed.
+# created_workspace_agents is internal (uninstall relies on it) and not settable.
+DURATION_SETTINGS = ("flush_interval", "inactive_timeout", "future_tolerance", "history_retention")
+INTEGER_SETTINGS = ("max_rows_per_flush",)
+SETTABLE = DURATION_SETTINGS + INTEGER_SETTINGS
+ZERO_ALLOWED = ("future_tolerance",)
+
+
+@dataclass(frozen=True)
+class Health:
+    """One row of pybatch.health."""
+
+    last_success_at: datetime | None
+    last_success_age: timedelta | None
+    flush_interval: timedelta
+    status: str
+    reason: str
+    last_failure_at: datetime | None
+    last_error: str | None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+@dataclass(frozen=True)
+class StagingSummary:
+    """One row of pybatch.staging_summary (figures are None when not available)."""
+
+    available: bool
+    reason: str | None
+    estimated: bool | None
+    method: str | None
+    rows_staged: int | None
+    distinct_agents: int | None
+    oldest_beat_at: datetime | None
+    newest_beat_at: datetime | None
+    oldest_beat_age: timedelta | None
+    newest_beat_age: timedelta | None
+    size_bytes: int | None
+
+
+@dataclass(frozen=True)
+class FlushRecord:
+    """One row of pybatch.flush_history."""
+
+    flush_id: int
+    started_at: datetime
+    finished_at: datetime
+    succeeded: bool
+    rows_staged: int
+    agents_updated: int
+    stale_heartbeats: int
+    unknown_heartbeats: int
+    future_heartbeats: int
+    duration: timedelta
+    error: str | None
+
+
+@dataclass(frozen=True)
+class AgentCounts:
+    """Agents by status, and how many have a newer heartbeat waiting in staging (None on a standby)."""
+
+    by_status: dict[str, int]
+    newer_heartbeat_staged: int | None
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_status.values())
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The row of pybatch.settings."""
+
+    flush_interval: timedelta
+    inactive_timeout: timedelta
+    future_tolerance: timedelta
+    history_retention: timedelta
+    max_rows_per_flush: int | None
+    created_workspace_agents: bool
+
+
+@dataclass(frozen=True)
+class Status:
+    """Everything `pybatch status` shows."""
+
+    in_recovery: bool
+    health: Health
+    staging: StagingSummary
+    recent_flushes: list[FlushRecord]
+    agents: AgentCounts
+    settings: Settings = field(repr=False)
+
+    def as_json(self) -> dict[str, Any]:
+        """The stable `pybatch status --json` document (docs/status-json.md). Durations are
+        seconds (float), times ISO 8601, missing figures null."""
+        return {
+            "schema_version": 1,
+            "in_recovery": self.in_recovery,
+            "health": {
+                "status": self.health.status,
+                "reason": self.health.reason,
+                "last_success_at": _iso(self.health.last_success_at),
+                "last_success_age_seconds": _seconds(self.health.last_success_age),
+                "flush_interval_seconds": _seconds(self.health.flush_interval),
+                "last_failure_at": _iso(self.health.last_failure_at),
+                "last_error": self.health.last_error,
+            },
+            "staging": {
+                "available": self.staging.available,
+                "reason": self.staging.reason,
+                "estimated": self.staging.estimated,
+                "method": self.staging.method,
+                "rows_staged": self.staging.rows_staged,
+                "distinct_agents": self.staging.distinct_agents,
+                "oldest_beat_at": _iso(self.staging.oldest_beat_at),
+                "newest_beat_at": _iso(self.staging.newest_beat_at),
+                "oldest_beat_age_seconds": _seconds(self.staging.oldest_beat_age),
+                "newest_beat_age_seconds": _seconds(self.staging.newest_beat_age),
+                "size_bytes": self.staging.size_bytes,
+            },
+            "recent_flushes": [
+                {
+                    "flush_id": f.flush_id,
+                    "started_at": _iso(f.started_at),
+                    "succeeded": f.succeeded,
+                    "rows_staged": f.rows_staged,
+                    "agents_updated": f.agents_updated,
+                    "stale_heartbeats": f.stale_heartbeats,
+                    "unknown_heartbeats": f.unknown_heartbeats,
+                    "future_heartbeats": f.future_heartbeats,
+                    "duration_seconds": _seconds(f.duration),
+                    "error": f.error,
+                }
+                for f in self.recent_flushes
+            ],
+            "agents": {
+                "total": self.agents.total,
+                "by_status": {state: self.agents.by_status.get(state, 0) for state in AGENT_STATES},
+                "newer_heartbeat_staged": self.agents.newer_heartbeat_staged,
+            },
+            "settings": settings_as_json(self.settings),
+        }
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def _seconds(value: timedelta | None) -> float | None:
+    return None if value is None else round(value.total_seconds(), 3)
+
+
+def settings_as_json(settings: Settings) -> dict[str, Any]:
+    data = asdict(settings)
+    for key in DURATION_SETTINGS:
+        data[f"{key}_seconds"] = _seconds(data.pop(key))
+    return data
+
+
+# -- reads ---------------------------------------------------------------------------
+def health(conn: psycopg.Connection) -> Health:
+    with db.translated("cannot read pybatch.health"), conn.cursor(row_factory=class_row(Health)) as cur:
+        row = cur.execute("SELECT * FROM pybatch.health").fetchone()
+    assert row is not None  # the view always has one row
+    return row
+
+
+def staging(conn: psycopg.Connection) -> StagingSummary:
+    with db.translated("cannot read pybatch.staging_summary"), \
+            conn.cursor(row_factory=class_row(StagingSummary)) as cur:
+        row = cur.execute("SELECT * FROM pybatch.staging_summary").fetchone()
+    assert row is not None
+    return row
+
+
+def recent_flushes(conn: psycopg.Connection, limit: int = 10) -> list[FlushRecord]:
+    with db.translated("cannot read pybatch.flush_history"), conn.cursor(row_factory=class_row(FlushRecord)) as cur:
+        return cur.execute("SELECT * FROM pybatch.flush_history LIMIT %s", (limit,)).fetchall()
+
+
+def agent_counts(conn: psycopg.Connection) -> AgentCounts:
+    with db.translated("cannot read pybatch.agent_status"), conn.cursor() as cur:
+        rows = cur.execute(
+            "SELECT status, count(*), count(*) FILTER (WHERE newer_heartbeat_staged), "
+            "bool_or(newer_heartbeat_staged IS NULL) FROM pybatch.agent_status GROUP BY status"
+        ).fetchall()
+    by_status = {state: 0 for state in AGENT_STATES}
+    newer = 0
+    unknown = False
+    for status, count, staged, staged_unknown in rows:
+        by_status[status] = int(count)
+        newer += int(staged)
+        unknown = unknown or bool(staged_unknown)
+    return AgentCounts(by_status, None if unknown else newer)
+
+
+def read_settings(conn: psycopg.Connection) -> Settings:
+    with db.translated("cannot read pybatch.settings"), conn.cursor(row_factory=class_row(Settings)) as cur:
+        row = cur.execute(
+            "SELECT flush_interval, inactive_timeout, future_tolerance, history_retention, "
+            "max_rows_per_flush, created_workspace_agents FROM pybatch.settings"
+        ).fetchone()
+    if row is None:
+        raise ConfigError("pybatch.settings has no row: the schema is damaged; re-run `pybatch migrate`")
+    return row
+
+
+def in_recovery(conn: psycopg.Connection) -> bool:
+    with db.translated("cannot ask the server whether it is a standby"):
+        row = conn.execute("SELECT pg_catalog.pg_is_in_recovery()").fetchone()
+    return bool(row and row[0])
+
+
+def status(conn: psycopg.Connection, *, flushes: int = 10) -> Status:
+    """Read everything `pybatch status` shows, in one repeatable-read snapshot."""
+    if not conn.autocommit:
+        raise ConfigError("inspect.status needs an autocommit connection (it opens its own transaction)")
+    with db.translated("cannot read pybatch status"), conn.transaction():
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        return Status(
+            in_recovery=in_recovery(conn),
+            health=health(conn),
+            staging=staging(conn),
+            recent_flushes=recent_flushes(conn, flushes),
+            agents=agent_counts(conn),
+            settings=read_settings(conn),
+        )
+
+
+# -- settings ------------------------------------------------------------------------
+def set_setting(conn: psycopg.Connection, key: str, value: str) -> Settings:
+    """Validate and store one setting; return the settings after the change."""
+    column, parsed = parse_setting(key, value)
+    query = sql.SQL("UPDATE pybatch.settings SET {} = %s").format(sql.Identifier(column))
+    with db.translated(f"cannot set {key}"):
+        conn.execute(query, (parsed,))
+    log.info("setting changed", extra={"setting": column, "value": value})
+    return read_settings(conn)
+
+
+def parse_setting(key: str, value: str) -> tuple[str, timedelta | int | None]:
+    """The column and typed value for `config set KEY VALUE`; ConfigError names what is wrong."""
+    column = key.strip().lower().replace("-", "_")
+    if column not in SETTABLE:
+        raise ConfigError(f"unknown setting {key!r}: choose one of {', '.join(SETTABLE)}")
+    if column in INTEGER_SETTINGS:
+        if value.strip().lower() in ("none", "null", "unlimited"):
+            return column, None
+        try:
+            number = int(value)
+        except ValueError:
+            raise ConfigError(f"{column}: {value!r} is not a whole number (or 'unlimited')") from None
+        if number <= 0:
+            raise ConfigError(f"{column}: {value!r} must be positive")
+        return column, number
+    if column in ZERO_ALLOWED and value.strip() in ("0", "0s", "0ms"):
+        return column, timedelta(0)
+    return column, timedelta(seconds=parse_duration(value, name=column))
