@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.log_level not in ("debug", "info", "warning", "error"):  # argparse does not check env defaults
+        parser.error(f"PYBATCH_LOG_LEVEL: {args.log_level!r} is not one of debug, info, warning, error")
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
