@@ -391,8 +391,8 @@ class FutureTolerance:
 
 def write_error(exc: BaseException, context: str) -> PybatchError:
     """The pybatch error for a failed write. psycopg errors never reach the caller raw."""
-    if isinstance(exc, PybatchError):
-        return exc
+    if isinstance(exc, PybatchError):  # e.g. DatabaseUnavailable from connecting: add what was lost
+        return type(exc)(f"{context}: {exc}")
     if not isinstance(exc, psycopg.Error):
         return HeartbeatWriteError(f"{context}: {type(exc).__name__}: {db.first_line(exc)}")
     message = f"{context}: {db.first_line(exc)}"

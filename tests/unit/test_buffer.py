@@ -298,6 +298,7 @@ def test_future_tolerance_reads_once_and_falls_back(caplog: pytest.LogCaptureFix
     (pg_errors.UndefinedTable('relation "pybatch.heartbeats" does not exist'), NotMigrated),
     (pg_errors.CheckViolation("violates check constraint"), HeartbeatWriteError),
     (RuntimeError("bug"), HeartbeatWriteError),
+    (DatabaseUnavailable("cannot connect to h:1/db"), DatabaseUnavailable),
 ])
 def test_write_error_maps_to_pybatch_types(exc: BaseException, expected: type[Exception]) -> None:
     error = write_error(exc, "heartbeat of agent x not written")
