@@ -13,13 +13,13 @@ import sys
 from collections.abc import Sequence
 
 from pybatch import __version__
-from pybatch.cli import core, grant, inspect, local
+from pybatch.cli import core, grant, inspect, local, schedule
 from pybatch.errors import ConfigError, PybatchError
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 
-COMMAND_MODULES = [core, local, grant, inspect]
+COMMAND_MODULES = [core, local, grant, inspect, schedule]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -63,7 +63,7 @@ def _remove_jobs(target: str) -> None:
         from pybatch.schedule import cron
     except ImportError:  # scheduling not installed in this build
         return
-    cron.remove_for_rollback(target)
+    cron.remove(target)
 
 
 def cmd_flush(args: argparse.Namespace) -> int:

@@ -1,0 +1,1 @@
+"""Scheduling the flush: pg_cron jobs (`cron`) or the Python scheduler (`runner`)."""

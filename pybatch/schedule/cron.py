@@ -1,0 +1,491 @@
+"""Schedule pybatch.flush() with pg_cron: install, remove and inspect this database's jobs.
+
+pg_cron lives in the database named by `cron.database_name` (usually `postgres`),
+so every job is created there with `cron.schedule_in_database` and runs in the
+app database over a libpq connection. Jobs are named after the app database
+(`pybatch-flush-<db>`, `pybatch-purge-<db>`) so many databases share one server.
+
+- pg_cron 1.5+: a `'N seconds'` schedule running `SELECT pybatch.flush()`.
+- pg_cron 1.4 (or force_loop): a per-minute job running `CALL pybatch.flush_loop(N)`,
+  which flushes every N seconds and returns before the next minute (migration 0002).
+- Whole minutes that divide an hour: a plain cron schedule running `SELECT pybatch.flush()`.
+
+pg_cron never cleans `cron.job_run_details`; the `pybatch-purge-<db>` job deletes
+pybatch's own rows there once an hour, keeping RUN_HISTORY of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import zlib
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import psycopg
+import psycopg.conninfo
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from pybatch import db
+from pybatch.config import describe_dsn
+from pybatch.durations import format_duration
+from pybatch.errors import CronError, NotMigrated, PermissionDenied, PybatchError
+
+log = logging.getLogger(__name__)
+
+FLUSH_JOB_PREFIX = "pybatch-flush-"
+PURGE_JOB_PREFIX = "pybatch-purge-"
+# Set by pybatch.flush_loop_deadline() so remove() can find and end a running loop.
+LOOP_APPLICATION_NAME = "pybatch-flush-loop"
+# How long pybatch keeps its own jobs' rows in cron.job_run_details.
+RUN_HISTORY = timedelta(days=1)
+# Failed connection attempts carry no timestamps in job_run_details; keep only
+# those within this many run ids of the job's newest run.
+TIMELESS_RUNS_KEPT = 1000
+RECENT_RUNS = 10
+SECONDS_SCHEDULES_SINCE = (1, 5)
+SCHEDULE_IN_DATABASE = "cron.schedule_in_database(text,text,text,text,text,boolean)"
+HINT = "or run `pybatch scheduler`"
+# pg_cron writes this as return_message when the job's libpq connection fails
+# (pg_hba rejection, failed authentication, unreachable cron.host).
+CONNECTION_FAILED = "connection failed"
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    """What pg_cron should run: mode is 'seconds', 'loop' or 'minutes'."""
+
+    mode: str
+    schedule: str
+    command: str
+
+
+@dataclass(frozen=True)
+class CronJob:
+    jobid: int
+    name: str
+    schedule: str
+    command: str
+    database: str
+    username: str
+    active: bool
+
+    @property
+    def mode(self) -> str:
+        if "flush_loop" in self.command:
+            return "loop"
+        if self.schedule.endswith("seconds"):
+            return "seconds"
+        if self.name.startswith(PURGE_JOB_PREFIX):
+            return "purge"
+        return "minutes"
+
+
+@dataclass(frozen=True)
+class CronRun:
+    runid: int
+    status: str | None
+    return_message: str | None
+    start_time: datetime | None
+    end_time: datetime | None
+
+
+@dataclass
+class CronStatus:
+    database: str
+    cron_database: str
+    pg_cron_version: str
+    configured_interval: float
+    job: CronJob | None
+    purge_job: CronJob | None
+    runs: list[CronRun] = field(default_factory=list)
+    last_flush_at: datetime | None = None
+    last_flush_age: float | None = None  # seconds since the last successful flush ended
+    error: CronError | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["error"] = str(self.error) if self.error else None
+        for key in ("job", "purge_job"):
+            job = getattr(self, key)
+            if job is not None:
+                data[key]["mode"] = job.mode
+        return data
+
+
+@dataclass(frozen=True)
+class _Target:
+    """The app database and where its pg_cron lives."""
+
+    dsn: str
+    database: str
+    user: str
+    cron_database: str | None  # None: pg_cron is not loaded on this server
+    pg_cron_available: bool
+    server: str
+
+    def cron_dsn(self) -> str:
+        assert self.cron_database is not None
+        return psycopg.conninfo.make_conninfo(self.dsn, dbname=self.cron_database)
+
+
+def flush_job_name(database: str) -> str:
+    return f"{FLUSH_JOB_PREFIX}{database}"
+
+
+def purge_job_name(database: str) -> str:
+    return f"{PURGE_JOB_PREFIX}{database}"
+
+
+def parse_version(text: str) -> tuple[int, int]:
+    """pg_cron's extversion ('1.4-1', '1.6') as (major, minor)."""
+    match = re.match(r"^(\d+)\.(\d+)", text)
+    if not match:
+        raise CronError(f"cannot read the pg_cron version {text!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+def plan_job(interval_seconds: float, version: tuple[int, int], *, force_loop: bool = False) -> JobPlan:
+    """Turn an interval into a pg_cron schedule and command, or raise CronError naming the interval."""
+    whole = round(interval_seconds)
+    if whole <= 0 or abs(interval_seconds - whole) > 1e-6:
+        raise _interval_error(interval_seconds)
+    if whole < 60:
+        if version >= SECONDS_SCHEDULES_SINCE and not force_loop:
+            return JobPlan("seconds", f"{whole} seconds", "SELECT pybatch.flush()")
+        return JobPlan("loop", "* * * * *", f"CALL pybatch.flush_loop('{whole} seconds')")
+    minutes, rest = divmod(whole, 60)
+    if rest or 60 % minutes:
+        raise _interval_error(interval_seconds)
+    schedule = {1: "* * * * *", 60: "0 * * * *"}.get(minutes, f"*/{minutes} * * * *")
+    return JobPlan("minutes", schedule, "SELECT pybatch.flush()")
+
+
+def check_interval(interval_seconds: float) -> None:
+    """Raise CronError when pg_cron cannot run a flush at this interval (same rules on every version)."""
+    plan_job(interval_seconds, SECONDS_SCHEDULES_SINCE)
+
+
+def _interval_error(interval_seconds: float) -> CronError:
+    return CronError(
+        f"interval {format_duration(interval_seconds)} cannot be expressed by pg_cron: use whole seconds "
+        f"from 1s to 59s, or whole minutes that divide an hour (1m, 2m, 5m, 10m, 15m, 30m, 60m), {HINT} "
+        f"(it takes any interval)"
+    )
+
+
+def purge_command(database: str, cron_connection: psycopg.Connection) -> str:
+    """The purge job's SQL: pybatch's own rows of cron.job_run_details past RUN_HISTORY."""
+    return sql.SQL(
+        "DELETE FROM cron.job_run_details d USING cron.job j"
+        " WHERE d.jobid = j.jobid AND j.jobname IN ({flush}, {purge})"
+        " AND (d.end_time < pg_catalog.now() - {keep}::interval"
+        " OR (d.end_time IS NULL AND d.status = 'failed' AND d.runid < (SELECT pg_catalog.max(r.runid)"
+        " FROM cron.job_run_details r WHERE r.jobid = d.jobid) - {kept}))"
+    ).format(
+        flush=sql.Literal(flush_job_name(database)),
+        purge=sql.Literal(purge_job_name(database)),
+        keep=sql.Literal(f"{int(RUN_HISTORY.total_seconds())} seconds"),
+        kept=sql.Literal(TIMELESS_RUNS_KEPT),
+    ).as_string(cron_connection)
+
+
+def purge_schedule(database: str) -> str:
+    """Hourly, at a minute taken from the database name so many databases do not purge at once."""
+    return f"{zlib.crc32(database.encode()) % 60} * * * *"
+
+
+# -- public API ------------------------------------------------------------------
+
+
+def install(dsn: str, interval_seconds: float, *, force_loop: bool = False) -> CronJob:
+    """Create or update this database's flush job (and its purge job); store the interval in settings."""
+    check_interval(interval_seconds)
+    with db.connect(dsn) as app:
+        target = _target(app, dsn)
+        _require_cron_loaded(target)
+        with _connect_cron(target) as cron:
+            version = _ensure_extension(cron, target, create=True)
+            _require_privileges(cron, target)
+            plan = plan_job(interval_seconds, parse_version(version), force_loop=force_loop)
+            _require_executable(app, target, plan)
+            with db.translated("cannot schedule the pg_cron job"), cron.transaction():
+                cron.execute(
+                    "SELECT cron.schedule_in_database(%s, %s, %s, %s)",
+                    (flush_job_name(target.database), plan.schedule, plan.command, target.database),
+                )
+                cron.execute(
+                    "SELECT cron.schedule_in_database(%s, %s, %s, %s)",
+                    (purge_job_name(target.database), purge_schedule(target.database),
+                     purge_command(target.database, cron), target.cron_database),
+                )
+            job = _read_job(cron, flush_job_name(target.database))
+        with db.translated("cannot store the flush interval"):
+            app.execute(
+                "UPDATE pybatch.settings SET flush_interval = make_interval(secs => %s)", (interval_seconds,),
+            )
+    assert job is not None  # just scheduled
+    log.info("installed pg_cron flush job", extra={"cron_job": asdict(job), "mode": plan.mode,
+                                                    "pg_cron_version": version})
+    return job
+
+
+def stored_interval(dsn: str) -> float:
+    """pybatch.settings.flush_interval in seconds: the default when no interval is given."""
+    with db.connect(dsn) as app, db.translated("cannot read pybatch settings"):
+        row = app.execute("SELECT extract(epoch FROM flush_interval)::float8 FROM pybatch.settings").fetchone()
+    if row is None:
+        raise NotMigrated("pybatch.settings is empty; run `pybatch migrate`")
+    return float(row[0])
+
+
+def remove(dsn: str) -> int:
+    """Remove this database's pybatch jobs and end a running flush loop; return how many jobs went.
+
+    A no-op returning 0 where pg_cron is absent. A role without access to the
+    cron schema or database cannot own jobs there, so it also gets 0.
+    """
+    removed = 0
+    with db.connect(dsn) as app:
+        target = _target(app, dsn, require_migrated=False)
+        if target.cron_database is not None:
+            removed = _unschedule(target)
+        _end_loops(app)
+    if removed:
+        log.info("removed pg_cron jobs", extra={"database": target.database, "jobs_removed": removed})
+    return removed
+
+
+def status(dsn: str) -> CronStatus:
+    """The job, its recent runs, the age of the last successful flush, and a diagnosis (status.error)."""
+    with db.connect(dsn) as app:
+        target = _target(app, dsn)
+        _require_cron_loaded(target)
+        with db.translated("cannot read pybatch settings"):
+            row = app.execute(
+                "SELECT extract(epoch FROM s.flush_interval)::float8,"
+                " (SELECT max(f.started_at + f.duration) FROM pybatch.flush_log f WHERE f.error IS NULL),"
+                " clock_timestamp() FROM pybatch.settings s"
+            ).fetchone()
+        assert row is not None
+        interval, last_flush_at, now = row
+        with _connect_cron(target) as cron:
+            version = _ensure_extension(cron, target, create=False)
+            _require_usage(cron, target)
+            job = _read_job(cron, flush_job_name(target.database))
+            purge = _read_job(cron, purge_job_name(target.database))
+            runs = _recent_runs(cron, job.jobid) if job else []
+            cron_host = _setting(cron, "cron.host")
+    result = CronStatus(
+        database=target.database, cron_database=str(target.cron_database), pg_cron_version=version,
+        configured_interval=float(interval), job=job, purge_job=purge, runs=runs,
+        last_flush_at=last_flush_at,
+        last_flush_age=(now - last_flush_at).total_seconds() if last_flush_at else None,
+    )
+    result.error = diagnose(result, cron_host)
+    return result
+
+
+def diagnose(state: CronStatus, cron_host: str | None) -> CronError | None:
+    """A CronError for the newest finished run when it failed (pg_hba refusal first), else None."""
+    finished = [run for run in state.runs if run.status in ("failed", "succeeded")]
+    if not finished or finished[0].status != "failed" or state.job is None:
+        return None
+    run = finished[0]
+    message = (run.return_message or "").strip().splitlines()[0] if run.return_message else "no message"
+    if CONNECTION_FAILED in message or "pg_hba" in message or "authentication failed" in message:
+        return CronError(
+            f"pg_cron's job {state.job.name} could not connect to database {state.database} as role "
+            f"{state.job.username} (run {run.runid}: {message}): pg_hba.conf must let that role connect from "
+            f"cron.host ({cron_host or 'localhost'}) without a password (trust or peer, or a .pgpass for the "
+            f"server's OS user), then reload PostgreSQL; {HINT}"
+        )
+    return CronError(
+        f"pg_cron's last run of {state.job.name} failed (run {run.runid}: {message}): fix the cause shown, "
+        f"or remove the job with `pybatch cron remove` and {HINT.removeprefix('or ')}"
+    )
+
+
+# -- checks ----------------------------------------------------------------------------
+
+
+def _target(app: psycopg.Connection, dsn: str, *, require_migrated: bool = True) -> _Target:
+    with db.translated("cannot inspect the server for pg_cron"):
+        row = app.execute(
+            "SELECT current_database(), current_user, current_setting('cron.database_name', true),"
+            " EXISTS (SELECT FROM pg_available_extensions WHERE name = 'pg_cron'),"
+            " to_regclass('pybatch.settings') IS NOT NULL"
+        ).fetchone()
+    assert row is not None
+    database, user, cron_database, available, migrated = row
+    if require_migrated and not migrated:
+        raise NotMigrated(f"pybatch is not installed in database {database}; run `pybatch migrate`")
+    return _Target(dsn, database, user, cron_database or None, bool(available), describe_dsn(dsn))
+
+
+def _require_cron_loaded(target: _Target) -> None:
+    if not target.pg_cron_available:
+        raise CronError(
+            f"pg_cron is not installed on server {target.server}: install its package (Debian: "
+            f"postgresql-<major>-cron), set shared_preload_libraries = 'pg_cron' and restart PostgreSQL, {HINT}"
+        )
+    if target.cron_database is None:
+        raise CronError(
+            f"pg_cron is not in shared_preload_libraries on server {target.server}: add it "
+            f"(shared_preload_libraries = 'pg_cron'), restart PostgreSQL, {HINT}"
+        )
+
+
+def _connect_cron(target: _Target) -> psycopg.Connection:
+    try:
+        return db.connect(target.cron_dsn())
+    except PybatchError as exc:
+        raise CronError(
+            f"cannot connect to pg_cron's database {target.cron_database} (cron.database_name) as role "
+            f"{target.user}: {exc}; grant CONNECT on it and allow it in pg_hba.conf, {HINT}"
+        ) from None
+
+
+def _ensure_extension(cron: psycopg.Connection, target: _Target, *, create: bool) -> str:
+    """The installed pg_cron version; create the extension when asked and allowed."""
+    version = _extension_version(cron)
+    if version is None and create:
+        try:
+            cron.execute("CREATE EXTENSION IF NOT EXISTS pg_cron")
+        except psycopg.errors.InsufficientPrivilege:
+            pass  # reported below, with what to do
+        except psycopg.Error as exc:
+            raise CronError(f"cannot create extension pg_cron in database {target.cron_database}: "
+                            f"{db.first_line(exc)}; {HINT}") from None
+        else:
+            log.info("created extension pg_cron", extra={"database": target.cron_database})
+        version = _extension_version(cron)
+    if version is None:
+        raise CronError(
+            f"pg_cron is not installed in database {target.cron_database} (cron.database_name) on server "
+            f"{target.server}: a superuser must run CREATE EXTENSION pg_cron there, {HINT}"
+        )
+    return version
+
+
+def _extension_version(cron: psycopg.Connection) -> str | None:
+    with db.translated("cannot read pg_cron's version"):
+        row = cron.execute("SELECT extversion FROM pg_extension WHERE extname = 'pg_cron'").fetchone()
+    return str(row[0]) if row else None
+
+
+def _grant_hint(target: _Target) -> str:
+    return (
+        f"a superuser must run GRANT USAGE ON SCHEMA cron TO {target.user}; GRANT EXECUTE ON FUNCTION "
+        f"{SCHEDULE_IN_DATABASE} TO {target.user}; in database {target.cron_database}, {HINT}"
+    )
+
+
+def _require_usage(cron: psycopg.Connection, target: _Target) -> None:
+    with db.translated("cannot check privileges on schema cron"):
+        row = cron.execute("SELECT has_schema_privilege('cron', 'USAGE')").fetchone()
+    if not (row and row[0]):
+        raise CronError(f"role {target.user} has no privilege on schema cron: {_grant_hint(target)}")
+
+
+def _require_privileges(cron: psycopg.Connection, target: _Target) -> None:
+    _require_usage(cron, target)
+    with db.translated("cannot check privileges on schema cron"):
+        row = cron.execute(
+            "SELECT has_function_privilege(to_regprocedure(%s), 'EXECUTE')", (SCHEDULE_IN_DATABASE,)
+        ).fetchone()
+    if not (row and row[0]):
+        raise CronError(f"role {target.user} may not call cron.schedule_in_database: {_grant_hint(target)}")
+
+
+def _require_executable(app: psycopg.Connection, target: _Target, plan: JobPlan) -> None:
+    """The job runs as this role: it must be allowed to run the job's command in the app database."""
+    routine = "pybatch.flush_loop(interval,timestamptz)" if plan.mode == "loop" else "pybatch.flush(bigint,interval)"
+    with db.translated("cannot check privileges in the app database"):
+        row = app.execute(
+            "SELECT to_regprocedure(%s) IS NOT NULL, has_function_privilege(to_regprocedure(%s), 'EXECUTE')",
+            (routine, routine),
+        ).fetchone()
+    assert row is not None
+    if not row[0]:
+        raise NotMigrated(f"{routine} is missing in database {target.database}; run `pybatch migrate`")
+    if not row[1]:
+        raise PermissionDenied(
+            f"role {target.user} cannot execute {routine} in database {target.database}, so its pg_cron job "
+            f"would fail: GRANT EXECUTE on it to {target.user}, {HINT}"
+        )
+
+
+# -- reading and removing jobs ------------------------------------------------------------
+
+
+def _read_job(cron: psycopg.Connection, name: str) -> CronJob | None:
+    with db.translated("cannot read cron.job"), cron.cursor(row_factory=dict_row) as cur:
+        # cron.job has row-level security: a role sees its own jobs, a superuser every job.
+        cur.execute(
+            "SELECT jobid, jobname AS name, schedule, command, database, username, active"
+            " FROM cron.job WHERE jobname = %s ORDER BY jobid LIMIT 1",
+            (name,),
+        )
+        row = cur.fetchone()
+    return CronJob(**row) if row else None
+
+
+def _recent_runs(cron: psycopg.Connection, jobid: int) -> list[CronRun]:
+    with db.translated("cannot read cron.job_run_details"), cron.cursor(row_factory=dict_row) as cur:
+        # By runid: a run whose connection failed has no start_time.
+        cur.execute(
+            "SELECT runid, status, return_message, start_time, end_time FROM cron.job_run_details"
+            " WHERE jobid = %s ORDER BY runid DESC LIMIT %s",
+            (jobid, RECENT_RUNS),
+        )
+        return [CronRun(**row) for row in cur.fetchall()]
+
+
+def _setting(conn: psycopg.Connection, name: str) -> str | None:
+    row = conn.execute("SELECT current_setting(%s, true)", (name,)).fetchone()
+    return str(row[0]) if row and row[0] is not None else None
+
+
+def _unschedule(target: _Target) -> int:
+    try:
+        cron = _connect_cron(target)
+    except CronError as exc:
+        log.warning("cannot reach pg_cron's database, no jobs removed", extra={"reason": str(exc)})
+        return 0
+    with cron:
+        if _extension_version(cron) is None:
+            return 0
+        with db.translated("cannot check privileges on schema cron"):
+            usage = cron.execute("SELECT has_schema_privilege('cron', 'USAGE')").fetchone()
+        if not (usage and usage[0]):
+            return 0  # without USAGE this role cannot have scheduled anything
+        names = [flush_job_name(target.database), purge_job_name(target.database)]
+        with db.translated("cannot remove the pg_cron jobs"), cron.transaction():
+            rows = cron.execute("SELECT jobid FROM cron.job WHERE jobname = ANY(%s)", (names,)).fetchall()
+            jobids = [row[0] for row in rows]
+            cron.execute("DELETE FROM cron.job_run_details WHERE jobid = ANY(%s)", (jobids,))
+            for jobid in jobids:
+                cron.execute("SELECT cron.unschedule(%s::bigint)", (jobid,))
+    return len(jobids)
+
+
+def _end_loops(app: psycopg.Connection, *, settle: float = 0.3) -> None:
+    """End flush loops running in this database. Each pass commits, so ending one loses nothing
+    (an interrupted flush rolls back and keeps staging). Checked twice: a run pg_cron launched
+    just before its job was removed may still be connecting."""
+    for attempt in range(2):
+        with db.translated("cannot end the running flush loop"):
+            ended = app.execute(
+                "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 5000)) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                " AND (application_name = %s OR query ILIKE 'CALL pybatch.flush_loop(%%')",
+                (LOOP_APPLICATION_NAME,),
+            ).fetchone()
+        if ended and ended[0]:
+            log.info("ended running flush loop", extra={"backends": ended[0]})
+        if attempt == 0:
+            time.sleep(settle)

@@ -1,0 +1,242 @@
+"""`pybatch scheduler`: a long-running process that flushes every interval, for servers without pg_cron.
+
+Many replicas may run at once. Each holds a dedicated connection and tries a
+session advisory lock on it; the holder leads and flushes, the others stand by
+and retry the lock every interval. A session lock dies with its connection, so
+when the leader's process dies a standby takes over within one interval.
+(flush() takes its own transaction lock too, so even two leaders could never
+double-apply a batch.)
+
+The leader flushes on a second connection; before each flush it reads the row
+cap on the lock connection, which also proves it still holds the lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from types import FrameType
+from typing import Any
+
+import psycopg
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from pybatch import db
+from pybatch.errors import DatabaseUnavailable, PybatchError
+from pybatch.flush import FlushResult, flush
+
+log = logging.getLogger(__name__)
+
+# Distinct from flush()'s transaction lock (...954) and migrate's (...955).
+SCHEDULER_LOCK_KEY = 7089336938131513956
+BACKOFF_INITIAL = 0.5
+BACKOFF_MAX = 5.0
+FINAL_FLUSH_LOCK_WAIT = 5.0
+
+
+class SchedulerMetrics:
+    """Prometheus metrics of one scheduler, in their own registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.flush_duration = Histogram(
+            "pybatch_flush_duration_seconds", "Duration of pybatch.flush() calls made by this scheduler",
+            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=r)
+        self.flushes = Counter("pybatch_flushes", "Flushes run, by outcome (ok, skipped, failed)",
+                               ["outcome"], registry=r)
+        self.rows_merged = Counter("pybatch_rows_merged", "Staged heartbeat rows drained and merged",
+                                   registry=r)
+        self.agents_updated = Counter("pybatch_agents_updated", "workspace_agents rows changed by flushes",
+                                      registry=r)
+        self.staging_rows = Gauge("pybatch_staging_rows", "Rows left in pybatch.heartbeats after the last flush",
+                                  registry=r)
+        self.last_success = Gauge("pybatch_last_success_timestamp_seconds",
+                                  "Unix time the last successful flush ended", registry=r)
+        self.errors = Counter("pybatch_errors", "Failed flushes and database errors, by kind",
+                              ["kind"], registry=r)
+        self.leader = Gauge("pybatch_scheduler_leader", "1 while this scheduler holds the leader lock",
+                            registry=r)
+
+    def record(self, result: FlushResult) -> None:
+        self.flush_duration.observe(result.duration.total_seconds())
+        if result.skipped:
+            self.flushes.labels("skipped").inc()
+        elif result.error is not None:
+            self.flushes.labels("failed").inc()
+            self.errors.labels("flush").inc()
+        else:
+            self.flushes.labels("ok").inc()
+            self.rows_merged.inc(result.rows_staged or 0)
+            self.agents_updated.inc(result.agents_updated or 0)
+            self.last_success.set(time.time())
+
+
+class Scheduler:
+    """Leader-elected periodic flusher. run() blocks until request_stop() (or SIGTERM/SIGINT)."""
+
+    def __init__(self, dsn: str, *, interval: float | None = None, metrics_port: int | None = None,
+                 metrics: SchedulerMetrics | None = None) -> None:
+        self.dsn = dsn
+        self.explicit_interval = interval
+        self.interval = interval or 10.0  # replaced by settings.flush_interval when not given
+        self.metrics_port = metrics_port
+        self.metrics = metrics or SchedulerMetrics()
+        self._row_cap: int | None = None
+        self._stop = threading.Event()
+        self._outage_started: float | None = None
+        self._backoff = BACKOFF_INITIAL
+
+    # -- lifecycle --------------------------------------------------------------------
+    def request_stop(self, reason: str = "requested") -> None:
+        if not self._stop.is_set():
+            log.info("stopping scheduler", extra={"reason": reason})
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        def handler(signum: int, frame: FrameType | None) -> None:
+            self.request_stop(signal.Signals(signum).name)
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    def run(self) -> None:
+        server = None
+        if self.metrics_port is not None:
+            server, _thread = start_http_server(self.metrics_port, registry=self.metrics.registry)
+            log.info("serving metrics", extra={"metrics_port": self.metrics_port})
+        log.info("scheduler started", extra={"interval": self.explicit_interval})
+        try:
+            while not self._stop.is_set():
+                try:
+                    self._session()
+                except DatabaseUnavailable as exc:
+                    self._database_down(exc)
+                except PybatchError as exc:
+                    self.metrics.errors.labels("database").inc()
+                    log.error("scheduler error, retrying: %s", exc, extra={"error": str(exc)})
+                    self._wait_backoff()
+        finally:
+            self.metrics.leader.set(0)
+            if server is not None:
+                server.shutdown()
+                server.server_close()
+        log.info("scheduler stopped")
+
+    # -- one connected session: compete, then lead or stand by ------------------------------------
+    def _session(self) -> None:
+        with _closing(db.connect(self.dsn)) as lock_conn:
+            self._read_settings(lock_conn)
+            self._database_up()
+            while not self._stop.is_set():
+                with db.translated("cannot take the scheduler lock"):
+                    row = lock_conn.execute("SELECT pg_try_advisory_lock(%s)", (SCHEDULER_LOCK_KEY,)).fetchone()
+                if row and row[0]:
+                    self._lead(lock_conn)
+                    return
+                log.debug("standing by: another scheduler leads", extra={"interval": self.interval})
+                self._stop.wait(self.interval)
+
+    def _lead(self, lock_conn: psycopg.Connection) -> None:
+        self.metrics.leader.set(1)
+        try:
+            if self.explicit_interval is not None:
+                with db.translated("cannot store the flush interval"):
+                    lock_conn.execute("UPDATE pybatch.settings SET flush_interval = make_interval(secs => %s)",
+                                      (self.explicit_interval,))
+            log.info("became leader", extra={"interval": self.interval})
+            with _closing(db.connect(self.dsn)) as flush_conn:
+                due = time.monotonic()
+                while True:
+                    self._stop.wait(max(0.0, due - time.monotonic()))
+                    if self._stop.is_set():
+                        self._final_flush(flush_conn)
+                        return
+                    self._read_settings(lock_conn)  # also proves the lock connection (and lock) alive
+                    started = time.monotonic()
+                    result = self._flush(flush_conn)
+                    due = time.monotonic() if self._capped(result) else max(started + self.interval,
+                                                                             time.monotonic())
+        finally:
+            self.metrics.leader.set(0)
+
+    def _flush(self, conn: psycopg.Connection, *, lock_wait: float = 0.0) -> FlushResult:
+        result = flush(conn, lock_wait=lock_wait)  # logs each flush's statistics at debug
+        self.metrics.record(result)
+        seconds = result.duration.total_seconds()
+        if seconds > self.interval / 2:
+            log.warning("flush took %.3fs, over half the %gs interval", seconds, self.interval,
+                        extra={"flush": result.as_dict(), "interval": self.interval})
+        if self.metrics_port is not None:
+            with db.translated("cannot count staged rows"):
+                row = conn.execute("SELECT count(*) FROM pybatch.heartbeats").fetchone()
+            self.metrics.staging_rows.set(row[0] if row else 0)
+        return result
+
+    def _final_flush(self, conn: psycopg.Connection) -> None:
+        try:
+            result = self._flush(conn, lock_wait=FINAL_FLUSH_LOCK_WAIT)
+        except PybatchError as exc:
+            log.warning("final flush failed, staged rows stay for the next flush: %s", exc,
+                        extra={"error": str(exc)})
+            return
+        log.info("final flush done", extra={"flush": result.as_dict()})
+
+    def _capped(self, result: FlushResult) -> bool:
+        """A drain that hit max_rows_per_flush left rows behind: flush again at once."""
+        return (result.ok and self._row_cap is not None and result.rows_staged is not None
+                and result.rows_staged >= self._row_cap)
+
+    def _read_settings(self, conn: psycopg.Connection) -> None:
+        with db.translated("cannot read pybatch settings"):
+            row = conn.execute(
+                "SELECT extract(epoch FROM flush_interval)::float8, max_rows_per_flush FROM pybatch.settings"
+            ).fetchone()
+        if row is None:
+            raise PybatchError("pybatch.settings is empty; run `pybatch migrate`")
+        if self.explicit_interval is None:
+            self.interval = float(row[0])
+        self._row_cap = row[1]
+
+    # -- outages: log once, retry with backoff ---------------------------------------------------
+    def _database_down(self, exc: PybatchError) -> None:
+        self.metrics.errors.labels("database").inc()
+        if self._outage_started is None:
+            self._outage_started = time.monotonic()
+            log.warning("database unavailable, retrying with backoff: %s", exc, extra={"error": str(exc)})
+        else:
+            log.debug("database still unavailable: %s", exc, extra={"error": str(exc)})
+        self._wait_backoff()
+
+    def _database_up(self) -> None:
+        if self._outage_started is not None:
+            log.warning("database available again after %.1fs", time.monotonic() - self._outage_started,
+                        extra={"outage_seconds": round(time.monotonic() - self._outage_started, 3)})
+            self._outage_started = None
+        self._backoff = BACKOFF_INITIAL
+
+    def _wait_backoff(self) -> None:
+        self._stop.wait(self._backoff)
+        self._backoff = min(self._backoff * 2, BACKOFF_MAX)
+
+
+@contextmanager
+def _closing(conn: psycopg.Connection) -> Iterator[psycopg.Connection]:
+    """Close without raising: after an outage, closing a dead connection must not mask the cause."""
+    try:
+        yield conn
+    finally:
+        with suppress(psycopg.Error):
+            conn.close()
+
+
+def run_scheduler(dsn: str, *, interval: float | None = None, metrics_port: int | None = None,
+                  **kwargs: Any) -> None:
+    """Run a scheduler in this (main) thread until SIGTERM or SIGINT; a final flush ends it."""
+    scheduler = Scheduler(dsn, interval=interval, metrics_port=metrics_port, **kwargs)
+    scheduler.install_signal_handlers()
+    scheduler.run()
