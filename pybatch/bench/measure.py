@@ -1,0 +1,186 @@
+"""What the bench measures on the server: CPU from the operating system, WAL from
+pg_current_wal_lsn(), row versions and HOT updates from pg_stat_user_tables, and the
+staleness of workspace_agents; plus the latency percentiles of the client side."""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import psutil
+import psycopg
+
+from pybatch import db, resources
+
+log = logging.getLogger(__name__)
+
+# The statistics collector takes up to ~1 s to publish a backend's counters (PG 15
+# flushes pending stats at most once a second); poll until two reads agree.
+STATS_SETTLE_POLL_S = 0.25
+STATS_SETTLE_STABLE_READS = 3
+STATS_SETTLE_TIMEOUT_S = 15.0
+
+
+def parse_lsn(text: str) -> int:
+    """'16/B374D848' -> byte position."""
+    high, low = text.split("/")
+    return (int(high, 16) << 32) + int(low, 16)
+
+
+def percentile(values: Sequence[float], fraction: float) -> float | None:
+    """Nearest-rank percentile (fraction in [0, 1]); None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, math.ceil(fraction * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+@dataclass(frozen=True)
+class TableCounters:
+    """Cumulative server counters at one moment."""
+
+    wal_bytes: int
+    row_updates: int
+    hot_updates: int
+
+    def minus(self, earlier: TableCounters) -> TableCounters:
+        return TableCounters(
+            self.wal_bytes - earlier.wal_bytes,
+            self.row_updates - earlier.row_updates,
+            self.hot_updates - earlier.hot_updates,
+        )
+
+
+def read_counters(conn: psycopg.Connection) -> TableCounters:
+    with db.translated("cannot read the server counters"):
+        row = conn.execute(resources.read_sql("bench/table_counters.sql")).fetchone()
+    assert row is not None
+    wal_lsn, n_tup_upd, n_tup_hot_upd, _n_tup_ins = row
+    return TableCounters(parse_lsn(str(wal_lsn)), int(n_tup_upd), int(n_tup_hot_upd))
+
+
+def settled_counters(conn: psycopg.Connection, *, timeout_s: float = STATS_SETTLE_TIMEOUT_S) -> TableCounters:
+    """Counters once the row statistics stop moving.
+
+    Backends report table statistics asynchronously (about once a second, and at
+    exit), so a read right after the load stops misses the last second of it.
+    The WAL position is exact at once; it is taken from the first read, so the
+    polling itself is not counted.
+    """
+    first = read_counters(conn)
+    last = first
+    stable = 0
+    poll_s = min(STATS_SETTLE_POLL_S, timeout_s / (STATS_SETTLE_STABLE_READS + 1))
+    deadline = time.monotonic() + timeout_s
+    while stable < STATS_SETTLE_STABLE_READS and time.monotonic() < deadline:
+        time.sleep(poll_s)
+        current = read_counters(conn)
+        same = (current.row_updates, current.hot_updates) == (last.row_updates, last.hot_updates)
+        stable = stable + 1 if same else 0
+        last = current
+    if stable < STATS_SETTLE_STABLE_READS:
+        log.info("table statistics still moving after %.2fs", timeout_s,
+                    extra={"row_updates": last.row_updates})
+    return TableCounters(first.wal_bytes, last.row_updates, last.hot_updates)
+
+
+def backend_pid(conn: psycopg.Connection) -> int:
+    return int(conn.info.backend_pid)
+
+
+class ServerCpu:
+    """CPU seconds used by every process of one PostgreSQL server, read from /proc.
+
+    The total is the postmaster's own time, plus the time of its children that have
+    exited (the kernel adds it to the postmaster's children times when it reaps
+    them), plus the time of the children alive now. A difference of two totals
+    therefore counts short-lived backends and autovacuum workers exactly.
+    The bench's own measuring backends are left out.
+    """
+
+    def __init__(self, postmaster: psutil.Process, excluded_pids: Iterable[int] = ()) -> None:
+        self._postmaster = postmaster
+        self.excluded_pids = set(excluded_pids)
+
+    @classmethod
+    def find(cls, conn: psycopg.Connection) -> ServerCpu | None:
+        """The server behind conn, if it runs on this machine and /proc can be read."""
+        try:
+            backend = psutil.Process(backend_pid(conn))
+            postmaster = backend.parent()
+            if postmaster is None or "postgres" not in postmaster.name().lower() + " ".join(postmaster.cmdline()):
+                return None
+            postmaster.cpu_times()
+            return cls(postmaster)
+        except (psutil.Error, OSError):
+            log.info("server CPU unavailable: the server is not a process on this machine")
+            return None
+
+    def total_seconds(self) -> float:
+        own = self._postmaster.cpu_times()
+        total = own.user + own.system + own.children_user + own.children_system
+        for child in self._postmaster.children():
+            if child.pid in self.excluded_pids:
+                continue
+            try:
+                times = child.cpu_times()
+            except psutil.NoSuchProcess:
+                continue  # exited between the listing and the read: now in children_* next time
+            total += times.user + times.system
+        return float(total)
+
+    def excluded_seconds(self) -> float:
+        total = 0.0
+        for pid in self.excluded_pids:
+            try:
+                times = psutil.Process(pid).cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            total += times.user + times.system
+        return total
+
+
+class StalenessMonitor:
+    """Samples the worst age of last_connected_at over the bench agents, in a thread
+    with its own connection (whose backend the CPU figure leaves out)."""
+
+    def __init__(self, dsn: str, id_range: tuple[object, object], interval_s: float) -> None:
+        self._conn = db.connect(dsn)
+        self._query = resources.read_sql("bench/staleness.sql")
+        self._range = {"lo": id_range[0], "hi": id_range[1]}
+        self._interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bench-staleness", daemon=True)
+        self.worst_s: float | None = None
+        self.samples = 0
+
+    @property
+    def pid(self) -> int:
+        return backend_pid(self._conn)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            self.sample()
+
+    def sample(self) -> None:
+        with db.translated("cannot read staleness"):
+            row = self._conn.execute(self._query, self._range).fetchone()
+        if row is None or row[0] is None:
+            return
+        age = float(row[0])
+        self.samples += 1
+        if self.worst_s is None or age > self.worst_s:
+            self.worst_s = age
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._conn.close()

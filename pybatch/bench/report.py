@@ -1,0 +1,123 @@
+"""Present a bench report: a terminal table, a JSON document, a PNG bar chart."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pybatch.bench.runner import BenchReport
+from pybatch.errors import ConfigError
+
+# Every figure under strategies.<name>, in table order: (key, column title, meaning).
+FIGURES: tuple[tuple[str, str, str], ...] = (
+    ("cpu_us_per_beat", "CPU µs/beat", "server CPU (all PostgreSQL processes, from the OS) per heartbeat, µs"),
+    ("wal_bytes_per_beat", "WAL B/beat", "WAL bytes (pg_current_wal_lsn differences) per heartbeat"),
+    ("row_versions_per_beat", "rows/beat", "row versions written to workspace_agents per heartbeat"),
+    ("row_versions_per_s", "rows/s", "row versions written to workspace_agents per second"),
+    ("hot_share", "HOT", "share of those row versions that were HOT updates (0..1)"),
+    ("statements_per_s", "stmts/s", "statements against workspace_agents per second"),
+    ("beat_p50_ms", "beat p50 ms", "heartbeat write latency (the beat call), median, ms"),
+    ("beat_p99_ms", "beat p99 ms", "heartbeat write latency, 99th percentile, ms (flushes included)"),
+    ("beat_max_ms", "beat max ms", "heartbeat write latency, maximum, ms"),
+    ("flush_p50_ms", "flush p50 ms", "duration of a flush (app_batch: of a batch UPDATE), median, ms"),
+    ("flush_max_ms", "flush max ms", "duration of a flush or batch UPDATE, maximum, ms"),
+    ("staleness_max_s", "stale max s", "worst age of last_connected_at over live agents, s"),
+)
+EXTRA_FIGURES: tuple[tuple[str, str], ...] = (
+    ("beats", "heartbeats measured in the window"),
+    ("window_s", "length of the measured window, s"),
+    ("beats_per_s", "heartbeats per second achieved"),
+    ("flushes", "flushes (app_batch: batch UPDATEs) in the window"),
+    ("beat_lag_max_s", "how late the fleet sent a heartbeat at worst, s (a write path that cannot keep up)"),
+)
+DOCUMENTED_KEYS = {key: meaning for key, _, meaning in FIGURES} | dict(EXTRA_FIGURES)
+
+
+def as_json(report: BenchReport) -> dict[str, Any]:
+    document = report.as_dict()
+    document["figures"] = DOCUMENTED_KEYS
+    return document
+
+
+def write_json(report: BenchReport, path: Path) -> None:
+    path.write_text(json.dumps(as_json(report), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def table_rows(report: BenchReport) -> list[dict[str, Any]]:
+    rows = []
+    for name, figures in report.strategies.items():
+        row: dict[str, Any] = {"strategy": name}
+        for key, title, _ in FIGURES:
+            row[title] = _format(figures.get(key))
+        rows.append(row)
+    return rows
+
+
+def headline_rows(report: BenchReport, names: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The demo's side-by-side headline: one row per figure, one column per strategy."""
+    picked = [n for n in names if n in report.strategies]
+    headline = (
+        ("statements/s into workspace_agents", "statements_per_s"),
+        ("row versions/s into workspace_agents", "row_versions_per_s"),
+        ("WAL bytes per heartbeat", "wal_bytes_per_beat"),
+        ("server CPU µs per heartbeat", "cpu_us_per_beat"),
+        ("heartbeat p99 ms", "beat_p99_ms"),
+    )
+    return [{"": label, **{n: _format(report.strategies[n].get(key)) for n in picked}} for label, key in headline]
+
+
+def summary_lines(report: BenchReport) -> list[str]:
+    m, t, p = report.machine, report.target_table, report.parameters
+    lines = [
+        f"{p['agents']} agents, period {p['period_s']:g}s, flush every {p['flush_interval_s']:g}s, "
+        f"{p['seconds']:g}s measured per strategy after {p['warmup_s']:g}s warm-up; flushes by {p['flush_by']}",
+        f"machine: {m['cores']} cores ({m.get('cpu_model') or 'unknown cpu'}), PostgreSQL {m['postgresql']}; "
+        f"workspace_agents fillfactor {t['fillfactor']}, {t['indexes']} index(es)",
+    ]
+    if report.time_compression:
+        lines.append(report.time_compression)
+    if not m.get("server_cpu_measured"):
+        lines.append("server CPU not measured: the server is not a process on this machine")
+    return lines
+
+
+def _format(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if value == 0 or abs(value) >= 100:
+            return f"{value:,.0f}"
+        if abs(value) >= 1:
+            return f"{value:.1f}"
+        return f"{value:.3g}"
+    return str(value)
+
+
+def plot(report: BenchReport, path: Path) -> None:
+    """A PNG bar chart, one panel per figure, one bar per strategy (matplotlib: the `plot` extra)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ConfigError("--plot needs matplotlib: pip install 'pybatch[plot]'") from None
+    names = list(report.strategies)
+    panels = [(key, title) for key, title, _ in FIGURES
+              if any(report.strategies[n].get(key) is not None for n in names)]
+    columns = 4
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3 * rows), squeeze=False)
+    for index, (key, title) in enumerate(panels):
+        ax = axes[index // columns][index % columns]
+        values = [report.strategies[n].get(key) or 0 for n in names]
+        ax.bar(names, values, color=["#999999", "#c98b4b", "#5b8fc9", "#3a9d5d"][: len(names)])
+        ax.set_title(title, fontsize=10)
+        ax.tick_params(axis="x", labelsize=8, rotation=20)
+    for index in range(len(panels), rows * columns):
+        axes[index // columns][index % columns].axis("off")
+    fig.suptitle("pybatch bench: " + summary_lines(report)[0], fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,142 @@
+"""`pybatch bench` and `pybatch demo`: parsing and printing; the work is in pybatch.bench and pybatch.demo."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from pybatch.bench import STRATEGY_NAMES, BenchConfig, run_bench
+from pybatch.bench import report as bench_report
+from pybatch.cli.common import dsn, print_table
+from pybatch.config import resolve_dsn
+from pybatch.durations import parse_duration
+from pybatch.errors import ConfigError
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "bench",
+        help="measure direct UPDATEs, app-side batching and pybatch side by side (resets workspace_agents: "
+             "use a database of its own)",
+    )
+    p.add_argument("--agents", type=_positive_int, default=10_000, help="fleet size (default 10000)")
+    p.add_argument("--period", default="15s", help="heartbeat period of each agent (default 15s)")
+    p.add_argument("--flush-interval", default="10s", help="flush interval for staged and buffered (default 10s)")
+    p.add_argument("--seconds", default="60s",
+                   help="fleet time measured per strategy, rounded to whole flush intervals (default 60s)")
+    p.add_argument("--warmup", default=None,
+                   help="fleet time run before measuring (default: one period plus one flush interval)")
+    p.add_argument("--compress", type=_compress, default=1.0,
+                   help="run N times faster: divides period, flush interval and the batching intervals by N "
+                        "(default 1: real time)")
+    p.add_argument("--strategies", default=",".join(STRATEGY_NAMES),
+                   help=f"comma-separated, run in this order (default {','.join(STRATEGY_NAMES)})")
+    p.add_argument("--fillfactor", type=_fillfactor, default=None,
+                   help="set this fillfactor on workspace_agents first (default: leave the table's own)")
+    p.add_argument("--workers", type=_positive_int, default=4, help="fleet threads sending heartbeats (default 4)")
+    p.add_argument("--json", metavar="FILE", type=Path, default=None,
+                   help="write every figure as JSON (strategies.<name>.<figure>)")
+    p.add_argument("--plot", metavar="FILE.png", type=Path, default=None,
+                   help="write a PNG bar chart (needs the `plot` extra: matplotlib)")
+    p.set_defaults(handler=cmd_bench)
+
+    p = subparsers.add_parser(
+        "demo",
+        help="the showcase: embedded cluster, migrate, pg_cron flush job, direct vs buffered at 10,000 agents "
+             "(about a minute); leaves the cluster running",
+    )
+    p.add_argument("--agents", type=_positive_int, default=10_000, help="fleet size (default 10000)")
+    p.add_argument("--seconds", default="20s", help="time measured per strategy (default 20s)")
+    p.set_defaults(handler=cmd_demo)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
+    return value
+
+
+def _compress(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def _fillfactor(text: str) -> int:
+    value = _positive_int(text)
+    if not 10 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"{text!r} must be between 10 and 100")
+    return value
+
+
+def _say(message: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} {message}", file=sys.stderr, flush=True)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    strategies = tuple(name.strip() for name in args.strategies.split(",") if name.strip())
+    config = BenchConfig(
+        agents=args.agents,
+        period_s=parse_duration(args.period, name="--period"),
+        flush_interval_s=parse_duration(args.flush_interval, name="--flush-interval"),
+        seconds=parse_duration(args.seconds, name="--seconds"),
+        warmup_s=None if args.warmup is None else _warmup(args.warmup),
+        compress=args.compress,
+        strategies=strategies,
+        fillfactor=args.fillfactor,
+        workers=args.workers,
+    )
+    if args.plot is not None and args.plot.suffix.lower() != ".png":
+        raise ConfigError(f"--plot: {str(args.plot)!r} must end in .png")
+    report = run_bench(dsn(args), config, progress=_say)
+    for line in bench_report.summary_lines(report):
+        print(line)
+    print_table(bench_report.table_rows(report))
+    if args.json is not None:
+        bench_report.write_json(report, args.json)
+        print(f"JSON written to {args.json}")
+    if args.plot is not None:
+        bench_report.plot(report, args.plot)
+        print(f"chart written to {args.plot}")
+    return 0
+
+
+def _warmup(text: str) -> float:
+    return 0.0 if text.strip() in ("0", "0s") else parse_duration(text, name="--warmup")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pybatch.demo import DEMO_STRATEGIES, run_demo  # the demo pulls in the cluster and migrations
+
+    resolved = resolve_dsn(args.dsn, embedded=not args.no_embedded)
+    _say(f"database: {resolved.source}")
+    result = run_demo(resolved.dsn, agents=args.agents,
+                      seconds=parse_duration(args.seconds, name="--seconds"), progress=_say)
+    report = result.report
+    print()
+    for line in bench_report.summary_lines(report):
+        print(line)
+    print(result.flush_by)
+    print_table(bench_report.headline_rows(report, DEMO_STRATEGIES), title="direct UPDATEs vs pybatch buffered")
+    direct, buffered = (report.strategies.get(name, {}) for name in DEMO_STRATEGIES)
+    for label, key in (("statements/s", "statements_per_s"), ("server CPU per heartbeat", "cpu_us_per_beat"),
+                       ("WAL per heartbeat", "wal_bytes_per_beat")):
+        if direct.get(key) and buffered.get(key):
+            print(f"{label}: buffered is {direct[key] / buffered[key]:.1f}x lower than direct")
+    print()
+    prefix = "" if resolved.source == "embedded" else f"--dsn '{resolved.dsn}' "
+    print("The cluster is still running. Look inside:")
+    print(f"  pybatch {prefix}psql      # then: SELECT * FROM pybatch.flush_log ORDER BY id DESC LIMIT 5;")
+    print(f"  pybatch {prefix}status")
+    return 0
