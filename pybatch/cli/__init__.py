@@ -13,13 +13,13 @@ import sys
 from collections.abc import Sequence
 
 from pybatch import __version__
-from pybatch.cli import core, grant, inspect, local, schedule
+from pybatch.cli import bench, core, grant, inspect, local, schedule
 from pybatch.errors import ConfigError, PybatchError
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 
-COMMAND_MODULES = [core, local, grant, inspect, schedule]
+COMMAND_MODULES = [core, local, grant, inspect, bench, schedule]
 
 
 def build_parser() -> argparse.ArgumentParser:
