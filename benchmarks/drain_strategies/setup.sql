@@ -1,0 +1,196 @@
+-- Objects for benchmarks/drain_strategies.py, in their own schema so the run
+-- can drop them without touching pybatch. Recreated at the start of each run.
+DROP SCHEMA IF EXISTS drain_bench CASCADE;
+CREATE SCHEMA drain_bench;
+COMMENT ON SCHEMA drain_bench IS 'Scratch objects of benchmarks/drain_strategies.py (safe to drop).';
+
+-- ---------------------------------------------------------------------------
+-- The merge shared by lock_truncate, truncate_unlocked and rotation: the same
+-- rule as pybatch.flush() (latest beat per agent with DISTINCT ON, earliest beat
+-- for first_connected_at, newer-wins guard, unchanged rows not rewritten).
+-- It only READS the source; the caller empties it. Returns the rows read.
+-- ---------------------------------------------------------------------------
+CREATE FUNCTION drain_bench.merge_from(source regclass) RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET work_mem = '64MB'
+AS $fn$
+DECLARE
+    rows_read bigint;
+BEGIN
+    EXECUTE pg_catalog.format($q$
+        WITH drained AS (
+            SELECT s.agent_id, s.replica_id, s.beat_at FROM %s s
+        ),
+        latest AS (
+            SELECT DISTINCT ON (d.agent_id)
+                d.agent_id, d.replica_id, d.beat_at AS last_at,
+                pg_catalog.min(d.beat_at) OVER per_agent AS first_at
+            FROM drained d
+            WINDOW per_agent AS (
+                PARTITION BY d.agent_id
+                ORDER BY d.beat_at DESC, d.replica_id DESC NULLS LAST
+                ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)
+            ORDER BY d.agent_id, d.beat_at DESC, d.replica_id DESC NULLS LAST
+        ),
+        merged AS (
+            UPDATE public.workspace_agents wa SET
+                first_connected_at = LEAST(wa.first_connected_at, l.first_at),
+                last_connected_at = GREATEST(wa.last_connected_at, l.last_at),
+                last_connected_replica_id = CASE
+                    WHEN wa.last_connected_at IS NULL OR l.last_at > wa.last_connected_at THEN l.replica_id
+                    WHEN l.last_at = wa.last_connected_at
+                        THEN GREATEST(wa.last_connected_replica_id, l.replica_id)
+                    ELSE wa.last_connected_replica_id
+                END,
+                disconnected_at = CASE
+                    WHEN wa.last_connected_at > l.last_at THEN wa.disconnected_at
+                    WHEN wa.disconnected_at >= l.last_at THEN wa.disconnected_at
+                END,
+                updated_at = pg_catalog.now()
+            FROM latest l
+            WHERE wa.id = l.agent_id
+              AND (wa.first_connected_at IS NULL OR l.first_at < wa.first_connected_at
+                   OR wa.last_connected_at IS NULL OR l.last_at > wa.last_connected_at
+                   OR (l.last_at = wa.last_connected_at
+                       AND (l.replica_id > wa.last_connected_replica_id
+                            OR (wa.last_connected_replica_id IS NULL AND l.replica_id IS NOT NULL)
+                            OR wa.disconnected_at < l.last_at)))
+            RETURNING wa.id
+        )
+        -- merged runs to completion although unreferenced (data-modifying CTE).
+        SELECT pg_catalog.count(*) FROM drained
+    $q$, source) INTO rows_read;
+    RETURN rows_read;
+END
+$fn$;
+COMMENT ON FUNCTION drain_bench.merge_from(regclass) IS
+    'Merges every row of a staging table into public.workspace_agents (pybatch.flush rule); returns rows read.';
+
+-- ---------------------------------------------------------------------------
+-- lock_truncate: lock staging first, so every committed row is seen by the
+-- merge and no insert can commit between the merge's snapshot and TRUNCATE.
+-- Lossless, but every writer waits for the whole merge.
+-- ---------------------------------------------------------------------------
+CREATE FUNCTION drain_bench.flush_lock_truncate() RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    rows_read bigint;
+BEGIN
+    LOCK TABLE pybatch.heartbeats IN ACCESS EXCLUSIVE MODE;
+    rows_read := drain_bench.merge_from('pybatch.heartbeats');
+    TRUNCATE pybatch.heartbeats;
+    RETURN rows_read;
+END
+$fn$;
+COMMENT ON FUNCTION drain_bench.flush_lock_truncate() IS
+    'Drain strategy lock_truncate: LOCK ACCESS EXCLUSIVE, merge, TRUNCATE pybatch.heartbeats.';
+
+-- ---------------------------------------------------------------------------
+-- truncate_unlocked: the known-wrong variant (FACTS.md), only run on request
+-- to show that the loss check of the benchmark can fail. Rows committed after
+-- the merge's snapshot and before TRUNCATE are wiped.
+-- ---------------------------------------------------------------------------
+CREATE FUNCTION drain_bench.flush_truncate_unlocked() RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    rows_read bigint;
+BEGIN
+    rows_read := drain_bench.merge_from('pybatch.heartbeats');
+    TRUNCATE pybatch.heartbeats;
+    RETURN rows_read;
+END
+$fn$;
+COMMENT ON FUNCTION drain_bench.flush_truncate_unlocked() IS
+    'Drain strategy truncate_unlocked (UNSAFE, loses rows): merge, then TRUNCATE without a lock.';
+
+-- ---------------------------------------------------------------------------
+-- rotation: staging is list-partitioned by slot = generation % 2. Writers
+-- insert into the parent without naming slot; its default reads the current
+-- generation. A flush
+--   1. bumps the generation and COMMITS: every INSERT whose statement snapshot
+--      is taken after that commit routes to the other partition;
+--   2. LOCKs the old partition ACCESS EXCLUSIVE. An INSERT that still routed
+--      to the old slot (snapshot taken before the bump) holds ROW EXCLUSIVE on
+--      that partition from routing until its commit, so the LOCK waits only
+--      for those few in-flight inserts; new inserts go to the other partition
+--      and never wait;
+--   3. merges the old partition with a snapshot taken after the LOCK, so it
+--      sees every row committed there, then TRUNCATEs it and commits.
+-- Why no row is lost: a row in the old partition either committed before the
+-- LOCK was granted (seen by the merge, then truncated) or its INSERT routed
+-- there late and waited for our lock; it then writes into the new, empty
+-- file after our commit and stays there until that slot is drained again two
+-- flushes later. TRUNCATE never removes a row the merge did not read.
+-- ---------------------------------------------------------------------------
+CREATE TABLE drain_bench.generation (
+    singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    generation bigint NOT NULL DEFAULT 0
+);
+INSERT INTO drain_bench.generation DEFAULT VALUES;
+COMMENT ON TABLE drain_bench.generation IS 'Rotation: the current generation; writers insert into slot generation % 2.';
+
+CREATE FUNCTION drain_bench.current_slot() RETURNS smallint
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$ SELECT (g.generation % 2)::smallint FROM drain_bench.generation g $fn$;
+COMMENT ON FUNCTION drain_bench.current_slot() IS 'Rotation: the partition that new heartbeats go to.';
+
+CREATE TABLE drain_bench.staging (
+    agent_id uuid NOT NULL,
+    replica_id uuid,
+    beat_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    slot smallint NOT NULL DEFAULT drain_bench.current_slot()
+) PARTITION BY LIST (slot);
+COMMENT ON TABLE drain_bench.staging IS
+    'Rotation staging: INSERT (agent_id, replica_id, beat_at) like pybatch.heartbeats; slot is filled in.';
+CREATE UNLOGGED TABLE drain_bench.staging_0 PARTITION OF drain_bench.staging FOR VALUES IN (0);
+CREATE UNLOGGED TABLE drain_bench.staging_1 PARTITION OF drain_bench.staging FOR VALUES IN (1);
+COMMENT ON TABLE drain_bench.staging_0 IS 'Rotation partition for even generations.';
+COMMENT ON TABLE drain_bench.staging_1 IS 'Rotation partition for odd generations.';
+
+-- A procedure, so it can COMMIT between the bump and the drain (one CALL; also
+-- what pg_cron 1.4 can run). Call it outside an explicit transaction. No SET
+-- search_path clause: a procedure with SET cannot COMMIT, so every name is qualified.
+CREATE PROCEDURE drain_bench.flush_rotation(INOUT rows_read bigint DEFAULT NULL)
+LANGUAGE plpgsql
+AS $fn$
+DECLARE
+    old_slot smallint;
+    old_partition regclass;
+BEGIN
+    UPDATE drain_bench.generation g SET generation = g.generation OPERATOR(pg_catalog.+) 1
+    RETURNING ((g.generation OPERATOR(pg_catalog.-) 1) OPERATOR(pg_catalog.%) 2)::smallint INTO old_slot;
+    COMMIT;  -- new inserts now route to the other partition
+    old_partition := pg_catalog.format('drain_bench.staging_%s', old_slot)::regclass;
+    EXECUTE pg_catalog.format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', old_partition);
+    rows_read := drain_bench.merge_from(old_partition);
+    EXECUTE pg_catalog.format('TRUNCATE %s', old_partition);
+END
+$fn$;
+COMMENT ON PROCEDURE drain_bench.flush_rotation(bigint) IS
+    'Drain strategy rotation: bump generation, commit, lock the old partition, merge it, truncate it.';
+
+-- ---------------------------------------------------------------------------
+-- reset: the same starting point for every strategy: n fresh agents, empty
+-- staging (both kinds), empty flush log, generation 0. Returns the agent ids.
+-- ---------------------------------------------------------------------------
+CREATE FUNCTION drain_bench.reset(agents integer) RETURNS SETOF uuid
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    TRUNCATE public.workspace_agents, pybatch.heartbeats, pybatch.flush_log, drain_bench.staging;
+    UPDATE drain_bench.generation SET generation = 0;
+    RETURN QUERY
+        INSERT INTO public.workspace_agents (id)
+        SELECT pg_catalog.gen_random_uuid() FROM pg_catalog.generate_series(1, agents)
+        RETURNING id;
+END
+$fn$;
+COMMENT ON FUNCTION drain_bench.reset(integer) IS
+    'Benchmark reset: empties workspace_agents and staging, inserts n agents, returns their ids.';
