@@ -179,7 +179,10 @@ class HeartbeatClient:
     clock than pybatch.settings.future_tolerance, read when the client first connects; until
     then, or if it cannot be read, the schema default of 5 s applies.
 
-    Thread-safe: any number of threads may call beat() at once. Counters: `stats`.
+    Thread-safe: any number of threads may call beat() at once. With a dsn, immediate writes
+    share one connection (one at a time); give a pool to write from many threads in parallel.
+    Counters: `stats`. Call close() (or use `with`): the writer thread is a daemon, so a client
+    never closed drops what is still buffered when the process exits.
     """
 
     def __init__(
