@@ -46,9 +46,12 @@ def test_immediate_beat_and_disconnect(dsn: str, conn: psycopg.Connection, agent
 def test_immediate_with_pool_and_with_connection(dsn: str, conn: psycopg.Connection,
                                                  agents: list[uuid.UUID]) -> None:
     async def main() -> None:
-        async with (AsyncConnectionPool(dsn, min_size=1, max_size=2, open=False) as pool,
-                    AsyncHeartbeatClient(pool=pool) as hb):
-            await hb.beat(agents[0])
+        async with AsyncConnectionPool(dsn, min_size=1, max_size=2, open=False) as pool:
+            async with AsyncHeartbeatClient(pool=pool) as hb:
+                await hb.beat(agents[0])
+            async with AsyncHeartbeatClient(pool=pool, mode="buffered", write_interval="1h") as buffered:
+                await buffered.beat(agents[0])  # same agent: written again by the final COPY
+            assert buffered.stats.rows_written == 1 and not pool.closed
         async with await psycopg.AsyncConnection.connect(dsn) as caller:
             hb = AsyncHeartbeatClient(connection=caller)
             async with caller.transaction(force_rollback=True):
@@ -58,7 +61,7 @@ def test_immediate_with_pool_and_with_connection(dsn: str, conn: psycopg.Connect
             await hb.close()
 
     asyncio.run(main())
-    assert sorted(r[0] for r in staged(conn)) == sorted([agents[0], agents[2]])
+    assert sorted(r[0] for r in staged(conn)) == sorted([agents[0], agents[0], agents[2]])
 
 
 def test_constructor_checks(dsn: str) -> None:
