@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 import math
 import threading
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -17,13 +16,6 @@ import psycopg
 from pybatch import db, resources
 
 log = logging.getLogger(__name__)
-
-# The statistics collector takes up to ~1 s to publish a backend's counters (PG 15
-# flushes pending stats at most once a second); poll until two reads agree.
-STATS_SETTLE_POLL_S = 0.25
-STATS_SETTLE_STABLE_READS = 3
-STATS_SETTLE_TIMEOUT_S = 15.0
-
 
 def parse_lsn(text: str) -> int:
     """'16/B374D848' -> byte position."""
@@ -62,31 +54,6 @@ def read_counters(conn: psycopg.Connection) -> TableCounters:
     assert row is not None
     wal_lsn, n_tup_upd, n_tup_hot_upd, _n_tup_ins = row
     return TableCounters(parse_lsn(str(wal_lsn)), int(n_tup_upd), int(n_tup_hot_upd))
-
-
-def settled_counters(conn: psycopg.Connection, *, timeout_s: float = STATS_SETTLE_TIMEOUT_S) -> TableCounters:
-    """Counters once the row statistics stop moving.
-
-    Backends report table statistics asynchronously (about once a second, and at
-    exit), so a read right after the load stops misses the last second of it.
-    The WAL position is exact at once; it is taken from the first read, so the
-    polling itself is not counted.
-    """
-    first = read_counters(conn)
-    last = first
-    stable = 0
-    poll_s = min(STATS_SETTLE_POLL_S, timeout_s / (STATS_SETTLE_STABLE_READS + 1))
-    deadline = time.monotonic() + timeout_s
-    while stable < STATS_SETTLE_STABLE_READS and time.monotonic() < deadline:
-        time.sleep(poll_s)
-        current = read_counters(conn)
-        same = (current.row_updates, current.hot_updates) == (last.row_updates, last.hot_updates)
-        stable = stable + 1 if same else 0
-        last = current
-    if stable < STATS_SETTLE_STABLE_READS:
-        log.info("table statistics still moving after %.2fs", timeout_s,
-                    extra={"row_updates": last.row_updates})
-    return TableCounters(first.wal_bytes, last.row_updates, last.hot_updates)
 
 
 def backend_pid(conn: psycopg.Connection) -> int:

@@ -32,7 +32,6 @@ from pybatch.bench.measure import (
     backend_pid,
     percentile,
     read_counters,
-    settled_counters,
 )
 from pybatch.bench.strategies import (
     STRATEGY_NAMES,
@@ -58,7 +57,7 @@ class BenchConfig:
     agents: int = 10_000
     period_s: float = 15.0
     flush_interval_s: float = 10.0
-    seconds: float = 60.0  # the measured window per strategy, rounded to whole flush intervals
+    seconds: float = 60.0  # the measured window per strategy, rounded up to whole flush intervals
     compress: float = 1.0
     strategies: tuple[str, ...] = STRATEGY_NAMES
     fillfactor: int | None = None  # set on workspace_agents before the runs; None keeps the table's
@@ -90,7 +89,7 @@ class BenchConfig:
 
     @property
     def flushes_per_window(self) -> int:
-        return max(1, round(self.seconds / self.flush_interval_s))
+        return max(1, math.ceil(self.seconds / self.flush_interval_s - 1e-9))
 
     @property
     def window_s(self) -> float:
@@ -198,17 +197,14 @@ def run_strategy(dsn: str, name: str, config: BenchConfig, say: Progress) -> dic
             say(f"[{name}] warm-up {config.warmup:g}s of fleet time")
             _wait_until(load.started_at + config.warmup / config.compress, load, say, name, "warm-up")
 
-            # Window start: just after a flush (staging freshly drained) or on the clock.
+            # Window start: just after a flush (staging freshly drained), or on the clock.
             first_flush = 0
             if flusher is not None:
                 first_flush = flusher.completed + 1
                 window_start = flusher.wait_completed(first_flush, _flush_timeout(timing)).started
-                start_counters = _settle_between_flushes(measure_conn, read_counters(measure_conn),
-                                                         timing.flush_interval_s / 2)
             else:
                 window_start = time.monotonic()
-                start_counters = read_counters(measure_conn)
-            cpu_start = cpu.total_seconds() if cpu else None
+            start_counters, cpu_start = _boundary(measure_conn, cpu, strategy, timing)
             monitor.start()
             say(f"[{name}] measuring {config.window_s:g}s of fleet time")
 
@@ -216,17 +212,10 @@ def run_strategy(dsn: str, name: str, config: BenchConfig, say: Progress) -> dic
                 _wait_until(window_start + config.window_s / config.compress, load, say, name, "measuring")
                 last = flusher.wait_completed(first_flush + config.flushes_per_window, _flush_timeout(timing))
                 window_end = last.started
-                wal_end = read_counters(measure_conn).wal_bytes
-                cpu_end = cpu.total_seconds() if cpu else None
-                flusher.stop()
-                settled = settled_counters(measure_conn)
-                end_counters = TableCounters(wal_end, settled.row_updates, settled.hot_updates)
             else:
                 window_end = window_start + config.window_s / config.compress
                 _wait_until(window_end, load, say, name, "measuring")
-                # Read at once, like the start: both ends lag the statistics by the same ~1 s.
-                end_counters = read_counters(measure_conn)
-                cpu_end = cpu.total_seconds() if cpu else None
+            end_counters, cpu_end = _boundary(measure_conn, cpu, strategy, timing)
         finally:
             monitor.stop()
             load.stop()
@@ -235,8 +224,13 @@ def run_strategy(dsn: str, name: str, config: BenchConfig, say: Progress) -> dic
             strategy.close()
     window = load.window(window_start, window_end)
     writes = [w for w in (flusher.writes if flusher else strategy.writes) if window_start <= w.started < window_end]
+    counters = end_counters.minus(start_counters)
+    if isinstance(flusher, FlushLogWatcher):
+        # pg_cron's loop procedure never goes idle between flushes, so its table statistics
+        # arrive only when the call ends: count the rows from pybatch.flush_log instead.
+        counters = TableCounters(counters.wal_bytes, sum(w.rows for w in writes), hot_updates=-1)
     return figures(config, strategy, window.beats, window.latencies_s, window.max_lag_s,
-                   end_counters.minus(start_counters),
+                   counters,
                    None if cpu_start is None or cpu_end is None else cpu_end - cpu_start,
                    [w.duration_s for w in writes], len(writes), (window_end - window_start) * config.compress,
                    None if monitor.worst_s is None else monitor.worst_s * config.compress)
@@ -262,7 +256,8 @@ def figures(
         "wal_bytes_per_beat": round(counters.wal_bytes * per_beat, 1),
         "row_versions_per_beat": round(counters.row_updates * per_beat, 4),
         "row_versions_per_s": round(counters.row_updates / window_fleet_s, 2),
-        "hot_share": round(counters.hot_updates / counters.row_updates, 4) if counters.row_updates else None,
+        "hot_share": (round(counters.hot_updates / counters.row_updates, 4)
+                      if counters.row_updates and counters.hot_updates >= 0 else None),
         "statements_per_s": round(statements / window_fleet_s, 3),
         "beat_p50_ms": ms(percentile(latencies_s, 0.50)),
         "beat_p99_ms": ms(percentile(latencies_s, 0.99)),
@@ -279,12 +274,18 @@ def _flush_timeout(timing: Timing) -> float:
     return max(60.0, timing.flush_interval_s * 6)
 
 
-def _settle_between_flushes(conn: psycopg.Connection, first: TableCounters, timeout_s: float) -> TableCounters:
-    """Right after a flush the flusher idles until the next: let its statistics arrive
-    (within half an interval, so the next flush is not counted twice). The WAL position
-    is the one read first, at the flush's end."""
-    settled = settled_counters(conn, timeout_s=timeout_s)
-    return TableCounters(first.wal_bytes, settled.row_updates, settled.hot_updates)
+def _boundary(
+    conn: psycopg.Connection, cpu: ServerCpu | None, strategy: Strategy, timing: Timing,
+) -> tuple[TableCounters, float | None]:
+    """The counters at one end of the window. CPU and WAL are exact at once; the table
+    statistics are published by each backend up to ~1 s late (10 s when idle), so every
+    backend that writes workspace_agents is made to publish them first (a flusher does
+    after each flush, the app batcher after each batch, direct's workers on request)."""
+    cpu_seconds = cpu.total_seconds() if cpu else None
+    wal_bytes = read_counters(conn).wal_bytes
+    strategy.publish_stats(timeout_s=max(5.0, timing.flush_interval_s))
+    rows = read_counters(conn)
+    return TableCounters(wal_bytes, rows.row_updates, rows.hot_updates), cpu_seconds
 
 
 def _wait_until(deadline: float, load: LoadGenerator, say: Progress, name: str, phase: str) -> None:

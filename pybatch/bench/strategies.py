@@ -54,6 +54,18 @@ class TimedWrite:
     rows: int
 
 
+def publish_stats(conn: psycopg.Connection) -> None:
+    """Make this backend publish its pending table statistics before it answers.
+
+    PostgreSQL 15 publishes them when a backend goes idle, at most once a second, else
+    up to 10 s later: without this, pg_stat_user_tables would trail the window's ends.
+    pg_stat_force_next_flush() (15+) lifts that limit for the next idle moment, and the
+    backend reports before it sends ReadyForQuery, so the stats are public on return."""
+    if conn.info.server_version >= 150000:
+        with db.translated("cannot request a statistics report"):
+            conn.execute("SELECT pg_catalog.pg_stat_force_next_flush()")
+
+
 class Strategy(abc.ABC):
     name: ClassVar[str]
     uses_flush: ClassVar[bool] = False
@@ -63,6 +75,10 @@ class Strategy(abc.ABC):
     def __init__(self) -> None:
         self.writes: list[TimedWrite] = []
         self.error: BaseException | None = None
+
+    def publish_stats(self, timeout_s: float) -> None:  # noqa: B027 - a no-op unless a strategy needs it
+        """Make every backend that wrote workspace_agents publish its table statistics now.
+        Strategies whose writers publish after every write (batches, flushes) need nothing."""
 
     @abc.abstractmethod
     def beat(self, worker: int, agent: uuid.UUID, replica: uuid.UUID, at: datetime) -> None:
@@ -81,9 +97,26 @@ class Direct(Strategy):
         super().__init__()
         self._query = resources.read_sql("bench/direct_update.sql")
         self._conns = [db.connect(dsn) for _ in range(workers)]
+        self._publish: list[threading.Event] | None = None
 
     def beat(self, worker: int, agent: uuid.UUID, replica: uuid.UUID, at: datetime) -> None:
-        self._conns[worker].execute(self._query, {"at": at, "replica_id": replica, "agent_id": agent})
+        conn = self._conns[worker]
+        conn.execute(self._query, {"at": at, "replica_id": replica, "agent_id": agent})
+        requested = self._publish
+        if requested is not None and not requested[worker].is_set():
+            publish_stats(conn)  # once per window end, not per beat: it would cost a statement each
+            requested[worker].set()
+
+    def publish_stats(self, timeout_s: float) -> None:
+        """Each worker publishes after its next beat; wait for all of them."""
+        requested = [threading.Event() for _ in self._conns]
+        self._publish = requested
+        deadline = time.monotonic() + timeout_s
+        for event in requested:
+            if not event.wait(max(0.0, deadline - time.monotonic())):
+                log.warning("a direct worker did not publish its statistics within %.1fs", timeout_s)
+                break
+        self._publish = None
 
     def close(self) -> None:
         for conn in self._conns:
@@ -157,7 +190,9 @@ class AppBatch(Strategy):
         started = time.monotonic()
         with db.translated("app batch UPDATE failed"):
             cur = self._conn.execute(self._query, params)
-        self.writes.append(TimedWrite(started, time.monotonic() - started, cur.rowcount))
+        ended = time.monotonic()
+        publish_stats(self._conn)
+        self.writes.append(TimedWrite(started, ended - started, cur.rowcount))
 
     def close(self) -> None:
         with self._cond:
@@ -292,19 +327,12 @@ class ScheduledFlush(Flusher):
                 started = time.monotonic()
                 result = flush(self._conn, raise_on_error=True)
                 ended = time.monotonic()
-                # Publish this backend's table statistics when it goes idle, not up to 10 s
-                # later (PG 15 batches them): the bench reads them between two flushes.
-                self._force_stats_report()
+                publish_stats(self._conn)
                 self._record(TimedWrite(started, ended - started, int(result.agents_updated or 0)))
                 tick = max(tick + 1, int((time.monotonic() - load_started) // self._interval_s) + 1)
         except BaseException as exc:
             log.error("bench flush failed: %s", exc)
             self._fail(exc)
-
-    def _force_stats_report(self) -> None:
-        if self._conn.info.server_version >= 150000:
-            with db.translated("cannot request a statistics report"):
-                self._conn.execute("SELECT pg_catalog.pg_stat_force_next_flush()")
 
     def stop(self) -> None:
         self._stop.set()

@@ -26,7 +26,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--period", default="15s", help="heartbeat period of each agent (default 15s)")
     p.add_argument("--flush-interval", default="10s", help="flush interval for staged and buffered (default 10s)")
     p.add_argument("--seconds", default="60s",
-                   help="fleet time measured per strategy, rounded to whole flush intervals (default 60s)")
+                   help="fleet time measured per strategy, rounded up to whole flush intervals (default 60s)")
     p.add_argument("--warmup", default=None,
                    help="fleet time run before measuring (default: one period plus one flush interval)")
     p.add_argument("--compress", type=_compress, default=1.0,

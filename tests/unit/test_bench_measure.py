@@ -1,0 +1,67 @@
+"""Measurement helpers without a database: percentiles, LSNs, and the CPU accounting of a
+process tree (this test process stands in for the postmaster)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from pybatch.bench.measure import ServerCpu, TableCounters, parse_lsn, percentile
+
+BURN = "import time\nend = time.process_time() + {seconds}\nwhile time.process_time() < end: pass\n"
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 0.50) == 50
+    assert percentile(values, 0.99) == 99
+    assert percentile(values, 1.0) == 100
+    assert percentile([7.0], 0.99) == 7.0
+    assert percentile([], 0.5) is None
+    assert percentile([3.0, 1.0, 2.0], 0.5) == 2.0  # unsorted input
+
+
+def test_parse_lsn() -> None:
+    assert parse_lsn("0/0") == 0
+    assert parse_lsn("0/16B3740") == 0x16B3740
+    assert parse_lsn("16/B374D848") == (0x16 << 32) + 0xB374D848
+    assert parse_lsn("1/0") - parse_lsn("0/FFFFFFFF") == 1
+
+
+def test_counter_difference() -> None:
+    later, earlier = TableCounters(1000, 50, 40), TableCounters(400, 10, 5)
+    assert later.minus(earlier) == TableCounters(600, 40, 35)
+
+
+def test_cpu_of_a_child_that_exited_between_samples_is_counted() -> None:
+    cpu = ServerCpu(psutil.Process())
+    before = cpu.total_seconds()
+    subprocess.run([sys.executable, "-c", BURN.format(seconds=0.4)], check=True)  # started, burnt, reaped
+    after = cpu.total_seconds()
+    assert after - before >= 0.35
+
+
+def test_cpu_of_a_living_child_is_counted_unless_excluded() -> None:
+    child = subprocess.Popen([sys.executable, "-c", BURN.format(seconds=30)])
+    try:
+        excluding = ServerCpu(psutil.Process(), excluded_pids=[child.pid])
+        including = ServerCpu(psutil.Process())
+        first_in, first_ex = including.total_seconds(), excluding.total_seconds()
+        time.sleep(0.5)
+        grown_in = including.total_seconds() - first_in
+        grown_ex = excluding.total_seconds() - first_ex
+        assert grown_in >= 0.2
+        assert grown_ex < grown_in - 0.15
+        assert excluding.excluded_seconds() > 0
+    finally:
+        child.kill()
+        child.wait()
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.001])
+def test_percentile_of_tiny_fractions_is_the_minimum(fraction: float) -> None:
+    assert percentile([5.0, 3.0, 9.0], fraction) == 3.0
