@@ -20,7 +20,6 @@ from pybatch.errors import NotMigrated, PybatchError
 log = logging.getLogger(__name__)
 
 OK, WARN, FAIL = "ok", "warn", "fail"
-JOB_PREFIX = "pybatch-flush-"
 # Columns flush() writes: an index on any of them makes every flush update non-HOT.
 FLUSHED_COLUMNS = ["first_connected_at", "last_connected_at", "disconnected_at",
                    "last_connected_replica_id", "updated_at"]
@@ -57,10 +56,6 @@ class DoctorReport:
     def ok(self) -> bool:
         return all(c.ok for c in self.checks)
 
-
-def job_name(dbname: str) -> str:
-    """The pg_cron job that flushes database `dbname` (same convention as pybatch.schedule.cron)."""
-    return f"{JOB_PREFIX}{dbname}"
 
 
 def doctor(dsn: str, thresholds: Thresholds | None = None) -> DoctorReport:
@@ -192,29 +187,21 @@ class _Context:
         return Check("pg_cron_extension", OK, f"pg_cron {self.cron_version} in database {self.cron_database}")
 
     def cron_job(self) -> Check:
-        name = job_name(self.dbname)
+        from pybatch.schedule import cron  # imported late: only this check needs it
+
+        name = cron.flush_job_name(self.dbname)
         if self.cron_version is None:
             return self._no_job(f"no pg_cron job {name} (pg_cron is not available)")
-        cron = self.cron_connection()
-        with db.translated("cannot read cron.job"):
-            job = cron.execute("SELECT jobid, schedule, active FROM cron.job WHERE jobname = %s", (name,)).fetchone()
-            if job is None:
-                return self._no_job(f"no pg_cron job {name}")
-            jobid, schedule, active = job
-            if not active:
-                return Check("cron_job", FAIL, f"pg_cron job {name} is inactive: run `pybatch cron install`")
-            run = cron.execute(
-                "SELECT status, return_message, end_time FROM cron.job_run_details "
-                "WHERE jobid = %s AND status IN ('succeeded', 'failed') ORDER BY runid DESC LIMIT 1", (jobid,),
-            ).fetchone()
-        if run is None:
-            return Check("cron_job", OK, f"pg_cron job {name} scheduled ({schedule}), no finished run yet")
-        status, message, end_time = run
-        if status == "failed":
-            return Check("cron_job", FAIL,
-                         f"the last run of pg_cron job {name} failed at {end_time}: {_one_line(message)}; "
-                         "see `pybatch cron status`")
-        return Check("cron_job", OK, f"pg_cron job {name} scheduled ({schedule}), last run succeeded at {end_time}")
+        state = cron.status(self.dsn)
+        if state.job is None:
+            return self._no_job(f"no pg_cron job {name}")
+        if not state.job.active:
+            return Check("cron_job", FAIL, f"pg_cron job {name} is inactive: run `pybatch cron install`")
+        if state.error is not None:  # the newest finished run failed; the message says what to do
+            return Check("cron_job", FAIL, str(state.error))
+        finished = [run for run in state.runs if run.status in ("succeeded", "failed")]
+        last = f"last run succeeded at {finished[0].end_time}" if finished else "no finished run yet"
+        return Check("cron_job", OK, f"pg_cron job {name} scheduled ({state.job.schedule}), {last}")
 
     def _no_job(self, what: str) -> Check:
         if self.flushes_arrive():

@@ -1,0 +1,195 @@
+"""`pybatch doctor` on a healthy install and on each broken state it claims to detect,
+each made for real on a real server."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from pybatch import migrate
+from pybatch.doctor import FAIL, OK, WARN, Check, DoctorReport, Thresholds, doctor, judge_hot, judge_server_version
+from pybatch.flush import flush
+from pybatch.local import LocalCluster
+from pybatch.schedule import cron
+from tests.conftest import TEST_SETTINGS
+
+
+def checks(report: DoctorReport) -> dict[str, Check]:
+    return {c.name: c for c in report.checks}
+
+
+@pytest.fixture
+def scheduled(dsn: str) -> Iterator[str]:
+    """The test database with its pg_cron flush job; the job is removed at teardown (jobs are server-wide)."""
+    cron.install(dsn, 10)
+    try:
+        yield dsn
+    finally:
+        cron.remove(dsn)
+
+
+def add_agents(conn: psycopg.Connection, n: int) -> list[uuid.UUID]:
+    ids = [uuid.uuid4() for _ in range(n)]
+    conn.execute("INSERT INTO public.workspace_agents (id) SELECT unnest(%s::uuid[])", (ids,))
+    return ids
+
+
+def beat_and_flush(conn: psycopg.Connection, agents: list[uuid.UUID]) -> None:
+    conn.execute("INSERT INTO pybatch.heartbeats (agent_id) SELECT unnest(%s::uuid[])", (agents,))
+    result = flush(conn)
+    assert result.ok
+
+
+def test_healthy_install_passes_every_check(scheduled: str) -> None:
+    with psycopg.connect(scheduled, autocommit=True) as conn:
+        beat_and_flush(conn, add_agents(conn, 3))
+    report = doctor(scheduled)
+    assert report.ok
+    assert {c.name: c.level for c in report.checks} == {c.name: OK for c in report.checks}, report.checks
+    assert set(checks(report)) == {
+        "server_version", "migrations", "compatibility", "target_table", "pg_cron_preload", "pg_cron_extension",
+        "cron_job", "job_run_details", "flushes", "staging_growth", "hot_updates",
+    }
+    assert "pybatch-flush-" in checks(report)["cron_job"].message
+
+
+def test_no_job_and_no_flushes_fails_and_says_how_to_schedule(dsn: str) -> None:
+    report = doctor(dsn)
+    assert not report.ok
+    job = checks(report)["cron_job"]
+    assert job.level == FAIL and "pybatch cron install" in job.message and "pybatch scheduler" in job.message
+    assert checks(report)["flushes"].level == FAIL
+    # Flushes from another scheduler (here: by hand) make a missing pg_cron job fine.
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        flush(conn)
+    assert checks(doctor(dsn))["cron_job"].level == OK
+
+
+def test_pending_migration_is_reported(empty_dsn: str) -> None:
+    migrate.apply(empty_dsn)
+    rolled_back = migrate.rollback(empty_dsn)
+    report = doctor(empty_dsn)
+    check = checks(report)["migrations"]
+    assert check.level == FAIL and str(rolled_back) in check.message and "pybatch migrate" in check.message
+
+
+def test_migration_unknown_to_this_client_is_incompatible(conn: psycopg.Connection, dsn: str) -> None:
+    conn.execute("INSERT INTO public._yoyo_migration (migration_hash, migration_id, applied_at_utc) "
+                 "VALUES ('f00d', '9999_from_a_newer_pybatch', now())")
+    check = checks(doctor(dsn))["compatibility"]
+    assert check.level == FAIL and "9999_from_a_newer_pybatch" in check.message and "upgrade" in check.message
+
+
+def test_target_table_missing_a_column(conn: psycopg.Connection, dsn: str) -> None:
+    conn.execute("ALTER TABLE public.workspace_agents DROP COLUMN last_connected_replica_id")
+    check = checks(doctor(dsn))["target_table"]
+    assert check.level == FAIL and "last_connected_replica_id" in check.message
+
+
+def test_staging_growing_without_flushes(conn: psycopg.Connection, dsn: str) -> None:
+    agents = add_agents(conn, 2)
+    conn.execute("INSERT INTO pybatch.heartbeats (agent_id, beat_at) "
+                 "SELECT unnest(%s::uuid[]), now() - interval '2 minutes'", (agents,))
+    check = checks(doctor(dsn))["staging_growth"]
+    assert check.level == FAIL and "2 heartbeats" in check.message and "pybatch flush" in check.message
+    flush(conn)
+    assert checks(doctor(dsn))["staging_growth"].level == OK
+
+
+def test_flushes_late_warn_and_stalled_fail(conn: psycopg.Connection, dsn: str) -> None:
+    conn.execute("INSERT INTO pybatch.flush_log (started_at, duration) VALUES (now() - interval '30 seconds', '0')")
+    assert checks(doctor(dsn))["flushes"].level == WARN
+    conn.execute("UPDATE pybatch.settings SET flush_interval = '2 seconds'")
+    assert checks(doctor(dsn))["flushes"].level == FAIL
+
+
+def test_low_hot_ratio_advises_on_indexes_and_fillfactor(conn: psycopg.Connection, dsn: str) -> None:
+    # An index on a column flush() updates makes every update non-HOT; fillfactor 100 leaves no room.
+    conn.execute("CREATE INDEX wa_last_connected_idx ON public.workspace_agents (last_connected_at)")
+    conn.execute("ALTER TABLE public.workspace_agents SET (fillfactor = 100)")
+    agents = add_agents(conn, 300)
+    for _ in range(4):
+        beat_and_flush(conn, agents)
+    conn.execute("SELECT pg_stat_force_next_flush()")
+    deadline = time.monotonic() + 30
+    while True:  # statistics reach shared memory when the updating session goes idle
+        row = conn.execute("SELECT n_tup_upd FROM pg_stat_user_tables "
+                           "WHERE relid = 'public.workspace_agents'::regclass").fetchone()
+        if (row and row[0] >= 1200) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    check = checks(doctor(dsn))["hot_updates"]
+    assert check.level == WARN, check
+    assert "last_connected_at" in check.message and "fillfactor = 70" in check.message
+
+
+def test_judges_without_a_server() -> None:
+    assert judge_server_version(120012, "12.12", 130000).level == FAIL
+    assert judge_server_version(150018, "15.18", 130000).level == OK
+    limits = Thresholds()
+    assert judge_hot(10, 0, 100, [], limits).level == OK  # too few updates to judge
+    assert judge_hot(10_000, 9_000, 70, [], limits).level == OK
+    low = judge_hot(10_000, 1_000, 70, [], limits)
+    assert low.level == WARN and "autovacuum" in low.message  # fillfactor already right
+
+
+@pytest.fixture
+def cluster_without_pg_cron() -> Iterator[LocalCluster]:
+    home = Path(tempfile.mkdtemp(prefix="pybatch-nocron-", dir=os.environ.get("PYBATCH_TEST_TMP", "/tmp")))
+    os.chmod(home, 0o755)
+    cluster = LocalCluster(home / "cluster", settings={**TEST_SETTINGS, "shared_preload_libraries": "''"})
+    cluster.start()
+    migrate.apply(cluster.url())
+    try:
+        yield cluster
+    finally:
+        cluster.destroy()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def test_pg_cron_not_preloaded(cluster_without_pg_cron: LocalCluster) -> None:
+    report = checks(doctor(cluster_without_pg_cron.url()))
+    assert report["pg_cron_preload"].level == WARN
+    assert "shared_preload_libraries" in report["pg_cron_preload"].message
+    assert report["cron_job"].level == FAIL and "pybatch scheduler" in report["cron_job"].message
+
+
+def test_pg_cron_extension_missing_then_job_run_details_too_big(own_cluster: LocalCluster) -> None:
+    report = checks(doctor(own_cluster.url()))
+    assert report["pg_cron_preload"].level == OK
+    extension = report["pg_cron_extension"]
+    assert extension.level == WARN and "CREATE EXTENSION pg_cron" in extension.message
+    with psycopg.connect(own_cluster.url("postgres"), autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION pg_cron")
+        conn.execute("INSERT INTO cron.job_run_details (jobid, runid, job_pid, database, username, command, status,"
+                     " return_message, start_time, end_time) SELECT 1, g, 0, 'pybatch', 'postgres', 'SELECT 1',"
+                     " 'succeeded', '1 row', now(), now() FROM generate_series(1, 50) g")
+    report = checks(doctor(own_cluster.url(), Thresholds(job_run_details_max_rows=40)))
+    assert report["pg_cron_extension"].level == OK and "1.4" in report["pg_cron_extension"].message
+    assert report["job_run_details"].level == WARN and "DELETE FROM cron.job_run_details" in \
+        report["job_run_details"].message
+    assert checks(doctor(own_cluster.url(), Thresholds(job_run_details_max_rows=60)))["job_run_details"].level == OK
+
+
+@pytest.mark.slow
+def test_failing_cron_job_is_reported(scheduled: str) -> None:
+    """A real failed run: the job's procedure is gone, so pg_cron's next minute tick fails."""
+    with psycopg.connect(scheduled, autocommit=True) as conn:
+        conn.execute("ALTER PROCEDURE pybatch.flush_loop RENAME TO flush_loop_gone")
+        flush(conn)  # flushes arrive otherwise: only the job is broken
+    deadline = time.monotonic() + 150
+    while time.monotonic() < deadline:
+        state = cron.status(scheduled)
+        if any(run.status == "failed" for run in state.runs):
+            break
+        time.sleep(2)
+    check = checks(doctor(scheduled))["cron_job"]
+    assert check.level == FAIL and "flush_loop" in check.message, check
