@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -37,6 +38,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--fillfactor", type=_fillfactor, default=None,
                    help="set this fillfactor on workspace_agents first (default: leave the table's own)")
     p.add_argument("--workers", type=_positive_int, default=4, help="fleet threads sending heartbeats (default 4)")
+    p.add_argument("--flush-rounds", metavar="N", type=_positive_int, default=None,
+                   help="instead of the strategies: stage one heartbeat for every agent and time one flush, "
+                        "N rounds in a row (round 1 is the worst case, later rounds the steady state)")
     p.add_argument("--json", metavar="FILE", type=Path, default=None,
                    help="write every figure as JSON (strategies.<name>.<figure>)")
     p.add_argument("--plot", metavar="FILE.png", type=Path, default=None,
@@ -50,6 +54,7 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--agents", type=_positive_int, default=10_000, help="fleet size (default 10000)")
     p.add_argument("--seconds", default="20s", help="time measured per strategy (default 20s)")
+    p.add_argument("--warmup", default="10s", help="time run before measuring, per strategy (default 10s)")
     p.set_defaults(handler=cmd_demo)
 
 
@@ -99,6 +104,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     )
     if args.plot is not None and args.plot.suffix.lower() != ".png":
         raise ConfigError(f"--plot: {str(args.plot)!r} must end in .png")
+    if args.flush_rounds is not None:
+        return _flush_rounds(args)
     report = run_bench(dsn(args), config, progress=_say)
     for line in bench_report.summary_lines(report):
         print(line)
@@ -112,6 +119,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _flush_rounds(args: argparse.Namespace) -> int:
+    from pybatch.bench.flush_rounds import run_flush_rounds
+
+    result = run_flush_rounds(dsn(args), args.agents, args.flush_rounds, fillfactor=args.fillfactor, progress=_say)
+    print_table(result["rounds"], title=f"flush of {args.agents} agents, round after round")
+    print(f"first round {result['first_round_ms']:g} ms; steady state (round 3 on): median "
+          f"{result['steady_median_ms']:g} ms, max {result['steady_max_ms']:g} ms, HOT {result['steady_hot_share']:g}, "
+          f"{result['steady_wal_bytes_per_row']:g} WAL bytes per row")
+    if args.json is not None:
+        args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        print(f"JSON written to {args.json}")
+    return 0
+
+
 def _warmup(text: str) -> float:
     return 0.0 if text.strip() in ("0", "0s") else parse_duration(text, name="--warmup")
 
@@ -121,8 +142,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     resolved = resolve_dsn(args.dsn, embedded=not args.no_embedded)
     _say(f"database: {resolved.source}")
-    result = run_demo(resolved.dsn, agents=args.agents,
-                      seconds=parse_duration(args.seconds, name="--seconds"), progress=_say)
+    result = run_demo(resolved.dsn, agents=args.agents, seconds=parse_duration(args.seconds, name="--seconds"),
+                      warmup_s=_warmup(args.warmup), progress=_say)
     report = result.report
     print()
     for line in bench_report.summary_lines(report):
