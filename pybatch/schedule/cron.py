@@ -16,10 +16,12 @@ pybatch's own rows there once an hour, keeping RUN_HISTORY of them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import time
 import zlib
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -48,10 +50,13 @@ TIMELESS_RUNS_KEPT = 1000
 RECENT_RUNS = 10
 SECONDS_SCHEDULES_SINCE = (1, 5)
 SCHEDULE_IN_DATABASE = "cron.schedule_in_database(text,text,text,text,text,boolean)"
+DEFAULT_CRON_DATABASE = "postgres"  # pg_cron's default cron.database_name
 HINT = "or run `pybatch scheduler`"
 # pg_cron writes this as return_message when the job's libpq connection fails
 # (pg_hba rejection, failed authentication, unreachable cron.host).
 CONNECTION_FAILED = "connection failed"
+# pg_cron's own error when its library is loaded any other way (role cannot see the setting).
+PRELOAD_ERROR = "can only be loaded via shared_preload_libraries"
 
 
 @dataclass(frozen=True)
@@ -126,6 +131,12 @@ class _Target:
     cron_database: str | None  # None: pg_cron is not loaded on this server
     pg_cron_available: bool
     server: str
+
+    def not_preloaded(self) -> CronError:
+        return CronError(
+            f"pg_cron is not in shared_preload_libraries on server {self.server}: add it "
+            f"(shared_preload_libraries = 'pg_cron'), restart PostgreSQL, {HINT}"
+        )
 
     def cron_dsn(self) -> str:
         assert self.cron_database is not None
@@ -212,7 +223,7 @@ def install(dsn: str, interval_seconds: float, *, force_loop: bool = False) -> C
             _require_privileges(cron, target)
             plan = plan_job(interval_seconds, parse_version(version), force_loop=force_loop)
             _require_executable(app, target, plan)
-            with db.translated("cannot schedule the pg_cron job"), cron.transaction():
+            with _cron_call(target, "cannot schedule the pg_cron job"), cron.transaction():
                 cron.execute(
                     "SELECT cron.schedule_in_database(%s, %s, %s, %s)",
                     (flush_job_name(target.database), plan.schedule, plan.command, target.database),
@@ -315,14 +326,25 @@ def diagnose(state: CronStatus, cron_host: str | None) -> CronError | None:
 def _target(app: psycopg.Connection, dsn: str, *, require_migrated: bool = True) -> _Target:
     with db.translated("cannot inspect the server for pg_cron"):
         row = app.execute(
-            "SELECT current_database(), current_user, current_setting('cron.database_name', true),"
+            "SELECT current_database(), current_user,"
             " EXISTS (SELECT FROM pg_available_extensions WHERE name = 'pg_cron'),"
-            " to_regclass('pybatch.settings') IS NOT NULL"
+            " to_regclass('pybatch.settings') IS NOT NULL,"
+            # Both settings are visible to superusers and pg_read_all_settings only.
+            " pg_has_role('pg_read_all_settings', 'USAGE'),"
+            " (SELECT 'pg_cron' = ANY(string_to_array(replace(setting, ' ', ''), ','))"
+            "  FROM pg_settings WHERE name = 'shared_preload_libraries'),"
+            " (SELECT setting FROM pg_settings WHERE name = 'cron.database_name')"
         ).fetchone()
     assert row is not None
-    database, user, cron_database, available, migrated = row
+    database, user, available, migrated, can_read_settings, preloaded, cron_database = row
     if require_migrated and not migrated:
         raise NotMigrated(f"pybatch is not installed in database {database}; run `pybatch migrate`")
+    if not can_read_settings:
+        # Assume pg_cron's default; a not-preloaded pg_cron still shows up when its functions run.
+        cron_database = DEFAULT_CRON_DATABASE
+    elif not preloaded:
+        # cron.database_name may be written in postgresql.conf without pg_cron loaded.
+        cron_database = None
     return _Target(dsn, database, user, cron_database or None, bool(available), describe_dsn(dsn))
 
 
@@ -333,10 +355,18 @@ def _require_cron_loaded(target: _Target) -> None:
             f"postgresql-<major>-cron), set shared_preload_libraries = 'pg_cron' and restart PostgreSQL, {HINT}"
         )
     if target.cron_database is None:
-        raise CronError(
-            f"pg_cron is not in shared_preload_libraries on server {target.server}: add it "
-            f"(shared_preload_libraries = 'pg_cron'), restart PostgreSQL, {HINT}"
-        )
+        raise target.not_preloaded()
+
+
+@contextlib.contextmanager
+def _cron_call(target: _Target, context: str) -> Iterator[None]:
+    """Like db.translated, but pg_cron's not-preloaded error becomes the actionable CronError."""
+    try:
+        yield
+    except psycopg.Error as exc:
+        if PRELOAD_ERROR in str(exc):
+            raise target.not_preloaded() from None
+        raise db.translate(exc, context) from exc
 
 
 def _connect_cron(target: _Target) -> psycopg.Connection:
@@ -358,6 +388,8 @@ def _ensure_extension(cron: psycopg.Connection, target: _Target, *, create: bool
         except psycopg.errors.InsufficientPrivilege:
             pass  # reported below, with what to do
         except psycopg.Error as exc:
+            if PRELOAD_ERROR in str(exc):
+                raise target.not_preloaded() from None
             raise CronError(f"cannot create extension pg_cron in database {target.cron_database}: "
                             f"{db.first_line(exc)}; {HINT}") from None
         else:
@@ -464,7 +496,7 @@ def _unschedule(target: _Target) -> int:
         if not (usage and usage[0]):
             return 0  # without USAGE this role cannot have scheduled anything
         names = [flush_job_name(target.database), purge_job_name(target.database)]
-        with db.translated("cannot remove the pg_cron jobs"), cron.transaction():
+        with _cron_call(target, "cannot remove the pg_cron jobs"), cron.transaction():
             rows = cron.execute("SELECT jobid FROM cron.job WHERE jobname = ANY(%s)", (names,)).fetchall()
             jobids = [row[0] for row in rows]
             cron.execute("DELETE FROM cron.job_run_details WHERE jobid = ANY(%s)", (jobids,))
