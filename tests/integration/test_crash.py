@@ -260,3 +260,32 @@ def test_client_killed_mid_copy_leaves_no_rows(dsn: str, conn: psycopg.Connectio
     assert count(conn, "SELECT count(*) FROM pybatch.heartbeats") == 1
     result = flush(conn)
     assert result.ok and result.rows_staged == 1 and result.agents_updated == 1
+
+
+def test_catch_up_is_capped_per_pass_and_the_scheduler_repeats_at_once(dsn: str, conn: psycopg.Connection) -> None:
+    """After an outage, one pass drains at most settings.max_rows_per_flush and the rest stays;
+    the scheduler then flushes again at once instead of waiting an interval per cap."""
+    agents = [uuid.uuid4() for _ in range(1000)]
+    conn.execute("INSERT INTO public.workspace_agents (id) SELECT unnest(%s::uuid[])", (agents,))
+    conn.execute("""
+        INSERT INTO pybatch.heartbeats (agent_id, beat_at)
+        SELECT a, '2026-01-01'::timestamptz + make_interval(secs => k * 15)
+        FROM unnest(%s::uuid[]) a, generate_series(0, 9) k
+    """, (agents,))
+    conn.execute("UPDATE pybatch.settings SET max_rows_per_flush = 3000")
+    first = flush(conn)  # no max_rows: the settings cap applies
+    assert first.ok and first.rows_staged == 3000
+    assert count(conn, "SELECT count(*) FROM pybatch.heartbeats") == 7000
+    scheduler = Scheduler(dsn, interval=60)  # an interval far longer than the test
+    thread = threading.Thread(target=scheduler.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: count(conn, "SELECT count(*) FROM pybatch.heartbeats") == 0, 20,
+                 "back-to-back capped passes to drain the backlog")
+    finally:
+        scheduler.request_stop()
+        thread.join(timeout=30)
+    passes = conn.execute("SELECT rows_staged FROM pybatch.flush_log WHERE rows_staged > 0 ORDER BY id").fetchall()
+    assert [p[0] for p in passes] == [3000, 3000, 3000, 1000]
+    assert count(conn, "SELECT count(*) FROM public.workspace_agents WHERE last_connected_at = "
+                       "'2026-01-01'::timestamptz + interval '135 seconds'") == 1000
