@@ -105,6 +105,10 @@ def run(dsn: str, agents: int, outage: float, cap: int | None) -> None:
         backlog = stage_backlog(conn, agents, outage)
         label = f"{cap:,}" if cap else "none"
         print(f"\ncap {label}: {backlog:,} rows staged by a {outage:.0f}s outage at {agents:,} agents")
+        # max_rows NULL falls back to settings.max_rows_per_flush; "none" means no cap at all.
+        saved = conn.execute("SELECT max_rows_per_flush FROM pybatch.settings").fetchone()
+        if cap is None:
+            conn.execute("UPDATE pybatch.settings SET max_rows_per_flush = NULL")
         passes: list[tuple[float, int]] = []
         started = time.monotonic()
         with Writers(dsn, agents) as writers:
@@ -114,6 +118,7 @@ def run(dsn: str, agents: int, outage: float, cap: int | None) -> None:
                 if cap is None or (result.rows_staged or 0) < cap:
                     break
         total = time.monotonic() - started
+        conn.execute("UPDATE pybatch.settings SET max_rows_per_flush = %s", (saved[0] if saved else None,))
         for i, (seconds, rows) in enumerate(passes, 1):
             print(f"  pass {i}: {rows:>9,} rows in {seconds:6.2f}s ({rows / max(seconds, 1e-9):,.0f} rows/s)")
         print(f"  caught up in {total:.1f}s over {len(passes)} pass(es); longest pass {max(p[0] for p in passes):.2f}s")
