@@ -1,0 +1,155 @@
+"""status, doctor, sql, uninstall and config as subprocesses against a real database."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import psycopg
+
+from pybatch import migrate
+from pybatch.flush import flush
+from pybatch.schedule import cron
+from tests.conftest import run_pybatch
+
+# The stable `status --json` document (docs/status-json.md): keys per object.
+STATUS_KEYS = {"schema_version", "in_recovery", "health", "staging", "recent_flushes", "agents", "settings"}
+HEALTH_KEYS = {"status", "reason", "last_success_at", "last_success_age_seconds", "flush_interval_seconds",
+               "last_failure_at", "last_error"}
+STAGING_KEYS = {"available", "reason", "estimated", "method", "rows_staged", "distinct_agents", "oldest_beat_at",
+                "newest_beat_at", "oldest_beat_age_seconds", "newest_beat_age_seconds", "size_bytes"}
+FLUSH_KEYS = {"flush_id", "started_at", "succeeded", "rows_staged", "agents_updated", "stale_heartbeats",
+              "unknown_heartbeats", "future_heartbeats", "duration_seconds", "error"}
+AGENT_KEYS = {"total", "by_status", "newer_heartbeat_staged"}
+SETTINGS_KEYS = {"flush_interval_seconds", "inactive_timeout_seconds", "future_tolerance_seconds",
+                 "history_retention_seconds", "max_rows_per_flush", "created_workspace_agents"}
+
+
+def one_line_error(result, *fragments: str) -> None:  # type: ignore[no-untyped-def]
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def status_json(dsn: str) -> tuple[int, dict]:  # type: ignore[type-arg]
+    result = run_pybatch("--dsn", dsn, "status", "--json")
+    assert "Traceback" not in result.stderr, result.stderr
+    return result.returncode, json.loads(result.stdout)
+
+
+def test_status_json_keys_and_exit_codes(conn: psycopg.Connection, dsn: str) -> None:
+    code, doc = status_json(dsn)
+    assert code == 4 and doc["health"]["status"] == "stalled"  # never flushed
+    assert set(doc) == STATUS_KEYS and doc["schema_version"] == 1
+    assert set(doc["health"]) == HEALTH_KEYS and set(doc["staging"]) == STAGING_KEYS
+    assert set(doc["agents"]) == AGENT_KEYS and set(doc["settings"]) == SETTINGS_KEYS
+    assert set(doc["agents"]["by_status"]) == {"connecting", "connected", "disconnected", "timeout"}
+
+    agent = uuid.uuid4()
+    conn.execute("INSERT INTO public.workspace_agents (id) VALUES (%s)", (agent,))
+    conn.execute("INSERT INTO pybatch.heartbeats (agent_id) VALUES (%s), (%s)", (agent, agent))
+    code, doc = status_json(dsn)
+    assert doc["staging"]["rows_staged"] == 2 and doc["agents"]["newer_heartbeat_staged"] == 1
+    flush(conn)
+    code, doc = status_json(dsn)
+    assert code == 0 and doc["health"]["status"] == "ok"
+    assert set(doc["recent_flushes"][0]) == FLUSH_KEYS and doc["recent_flushes"][0]["rows_staged"] == 2
+    assert doc["agents"]["by_status"]["connected"] == 1 and doc["agents"]["total"] == 1
+
+    conn.execute("DELETE FROM pybatch.flush_log")
+    conn.execute("INSERT INTO pybatch.flush_log (started_at, duration) VALUES (now() - interval '30 seconds', '0')")
+    code, doc = status_json(dsn)
+    assert code == 3 and doc["health"]["status"] == "late"
+
+
+def test_status_tables_for_people(conn: psycopg.Connection, dsn: str) -> None:
+    flush(conn)
+    result = run_pybatch("--dsn", dsn, "status")
+    assert result.returncode == 0, result.stderr
+    for fragment in ("health: OK", "staging", "recent flushes", "agents", "connected"):
+        assert fragment in result.stdout
+
+
+def test_doctor_lines_and_exit_codes(dsn: str) -> None:
+    broken = run_pybatch("--dsn", dsn, "doctor")
+    assert broken.returncode == 1, broken
+    lines = broken.stdout.splitlines()
+    assert lines and all(line.split()[0] in ("OK", "WARN", "FAIL") for line in lines)
+    assert any(line.startswith("FAIL cron_job") for line in lines)
+    cron.install(dsn, 10)
+    try:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            flush(conn)
+        healthy = run_pybatch("--dsn", dsn, "doctor")
+        assert healthy.returncode == 0, healthy.stdout
+        assert all(line.startswith("OK") for line in healthy.stdout.splitlines()), healthy.stdout
+    finally:
+        cron.remove(dsn)
+
+
+def test_sql_all_needs_no_database_and_pending_needs_one(dsn: str) -> None:
+    every = run_pybatch("sql", "--all", env={"PYBATCH_NO_EMBEDDED": "1"})
+    assert every.returncode == 0, every.stderr
+    for state in migrate.status(dsn):
+        assert f"-- migration {state.id}" in every.stdout
+    assert "CREATE VIEW pybatch.health" in every.stdout
+    pending = run_pybatch("--dsn", dsn, "sql")
+    assert pending.returncode == 0 and "no pending migrations" in pending.stdout
+    one_line_error(run_pybatch("sql", env={"PYBATCH_NO_EMBEDDED": "1"}), "no database configured")
+
+
+def tables(dsn: str) -> set[str]:
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute("SELECT table_schema || '.' || table_name FROM information_schema.tables "
+                            "WHERE table_schema IN ('public', 'pybatch')").fetchall()
+    return {r[0] for r in rows}
+
+
+def test_uninstall_keeps_a_workspace_agents_it_did_not_create(empty_dsn: str) -> None:
+    agent = uuid.uuid4()
+    with psycopg.connect(empty_dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE public.workspace_agents (id uuid PRIMARY KEY, name text NOT NULL DEFAULT 'a', "
+                     "created_at timestamptz NOT NULL DEFAULT now(), updated_at timestamptz NOT NULL DEFAULT now(), "
+                     "first_connected_at timestamptz, last_connected_at timestamptz, disconnected_at timestamptz, "
+                     "last_connected_replica_id uuid, connection_timeout_seconds integer NOT NULL DEFAULT 0)")
+        conn.execute("INSERT INTO public.workspace_agents (id, name) VALUES (%s, 'kept')", (agent,))
+    migrate.apply(empty_dsn)
+    refused = run_pybatch("--dsn", empty_dsn, "uninstall", input="yes\n")
+    one_line_error(refused, "--yes")
+    assert "pybatch.settings" in tables(empty_dsn)
+
+    result = run_pybatch("--dsn", empty_dsn, "uninstall", "--yes")
+    assert result.returncode == 0, result.stderr
+    assert "kept public.workspace_agents" in result.stdout
+    assert tables(empty_dsn) == {"public.workspace_agents"}  # pybatch and yoyo's tables are gone
+    with psycopg.connect(empty_dsn) as conn:
+        assert conn.execute("SELECT name FROM public.workspace_agents WHERE id = %s", (agent,)).fetchone() == ("kept",)
+        assert conn.execute("SELECT count(*) FROM pg_namespace WHERE nspname = 'pybatch'").fetchone() == (0,)
+
+
+def test_uninstall_drops_the_workspace_agents_it_created(dsn: str) -> None:
+    assert "public.workspace_agents" in tables(dsn)
+    cron.install(dsn, 10)
+    try:
+        result = run_pybatch("--dsn", dsn, "uninstall", "--yes")
+        assert result.returncode == 0, result.stderr
+        assert "removed 2 pg_cron job(s)" in result.stdout and "dropped public.workspace_agents" in result.stdout
+        assert tables(dsn) == set()
+        assert cron.remove(dsn) == 0  # uninstall already removed the jobs
+    finally:
+        cron.remove(dsn)
+
+
+def test_config_show_and_set(dsn: str) -> None:
+    assert run_pybatch("--dsn", dsn, "config", "set", "flush_interval", "5s").returncode == 0
+    assert run_pybatch("--dsn", dsn, "config", "set", "max-rows-per-flush", "5000").returncode == 0
+    shown = run_pybatch("--dsn", dsn, "config", "show", "--json")
+    settings = json.loads(shown.stdout)
+    assert settings["flush_interval_seconds"] == 5.0 and settings["max_rows_per_flush"] == 5000
+    one_line_error(run_pybatch("--dsn", dsn, "config", "set", "created_workspace_agents", "true"),
+                   "created_workspace_agents", "flush_interval")
+    one_line_error(run_pybatch("--dsn", dsn, "config", "set", "inactive_timeout", "soon"), "inactive_timeout", "soon")
+    one_line_error(run_pybatch("--dsn", dsn, "config", "set", "max_rows_per_flush", "-3"), "max_rows_per_flush")
+    assert json.loads(run_pybatch("--dsn", dsn, "config", "show", "--json").stdout) == settings
