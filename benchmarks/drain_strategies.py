@@ -55,6 +55,8 @@ DEFAULT_STRATEGIES = ("lock_truncate", "delete_returning", "rotation")
 ALL_STRATEGIES = (*DEFAULT_STRATEGIES, "truncate_unlocked")
 # pybatch's staging table, and the rotation's partitioned parent.
 STAGING = ("pybatch", "heartbeats")
+WRITER_APP = "drain-bench-writer"
+LOCK_SAMPLE_S = 0.01
 ROTATING_STAGING = ("drain_bench", "staging")
 
 
@@ -138,6 +140,8 @@ class Result:
     insert_max_ms: float
     service_p99_ms: float
     service_max_ms: float
+    lock_wait_samples_pct: float  # share of sampler ticks with at least one writer waiting on a lock
+    lock_wait_max: int  # most writers seen waiting on a lock at once
     flushes: int
     flush_p50_ms: float
     flush_max_ms: float
@@ -145,6 +149,7 @@ class Result:
     rows_left: int
     rows_lost: int
     agents_wrong: int
+    load_1m: float  # machine load average at the end: the box is shared, so read numbers against it
 
 
 def writer(dsn: str, staging: tuple[str, str], agents: Sequence[uuid.UUID], rate: float,
@@ -155,6 +160,7 @@ def writer(dsn: str, staging: tuple[str, str], agents: Sequence[uuid.UUID], rate
     replica = uuid.uuid4()
     try:
         with db.connect(dsn) as conn:
+            conn.execute("SELECT set_config('application_name', %s, false)", (WRITER_APP,))
             i = 0
             while (due := start + i / rate) < stop:
                 if (wait := due - time.monotonic()) > 0:
@@ -187,6 +193,17 @@ def flusher(dsn: str, strategy: Strategy, every: float, start: float, stop: floa
         stats.error = str(exc)
 
 
+def lock_sampler(dsn: str, stop: float, waits: list[int]) -> None:
+    """Every LOCK_SAMPLE_S, count writers waiting on a lock (server side, so CPU
+    starvation of the client does not show up as waiting)."""
+    with db.connect(dsn) as conn:
+        while time.monotonic() < stop:
+            waits.append(_one_int(conn, sql.SQL(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = {} AND wait_event_type = 'Lock'"
+            ).format(sql.Literal(WRITER_APP))))
+            time.sleep(LOCK_SAMPLE_S)
+
+
 def run_strategy(dsn: str, strategy: Strategy, args: argparse.Namespace) -> Result:
     with db.connect(dsn) as conn:
         agents = [row[0] for row in conn.execute("SELECT drain_bench.reset(%s)", (args.agents,))]
@@ -202,6 +219,8 @@ def run_strategy(dsn: str, strategy: Strategy, args: argparse.Namespace) -> Resu
         for w, stats in enumerate(writers)
     ]
     threads.append(threading.Thread(target=flusher, args=(dsn, strategy, args.flush_every, start, stop, flushes)))
+    lock_waits: list[int] = []
+    threads.append(threading.Thread(target=lock_sampler, args=(dsn, stop, lock_waits)))
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -230,6 +249,8 @@ def run_strategy(dsn: str, strategy: Strategy, args: argparse.Namespace) -> Resu
         insert_max_ms=_ms(due, 1.0),
         service_p99_ms=_ms(service, 0.99),
         service_max_ms=_ms(service, 1.0),
+        lock_wait_samples_pct=100 * sum(1 for n in lock_waits if n) / max(1, len(lock_waits)),
+        lock_wait_max=max(lock_waits, default=0),
         flushes=len(flush_times),
         flush_p50_ms=_ms(flush_times, 0.5),
         flush_max_ms=_ms(flush_times, 1.0),
@@ -237,6 +258,7 @@ def run_strategy(dsn: str, strategy: Strategy, args: argparse.Namespace) -> Resu
         rows_left=left,
         rows_lost=len(due) - merged - left,
         agents_wrong=sum(1 for agent, beat in newest.items() if stored.get(agent) != beat),
+        load_1m=os.getloadavg()[0],
     )
 
 
@@ -275,14 +297,17 @@ def check_scratch(dsn: str) -> None:
 def print_table(results: Sequence[Result], args: argparse.Namespace) -> None:
     print(f"\n{args.agents} agents, {args.rate:g} inserts/s from {args.writers} writers, "
           f"{args.seconds:g} s per strategy, flush every {args.flush_every:g} s")
-    print("insert latency from when the insert was due (ms); service = INSERT call alone\n")
-    header = ("strategy", "inserts", "p50", "p99", "p99.9", "max", "svc p99", "svc max",
-              "flushes", "flush p50", "flush max", "merged", "left", "lost", "agents wrong")
+    print("insert latency from when the insert was due (ms); svc = INSERT call alone (ms);\n"
+          f"lockwait% = share of {LOCK_SAMPLE_S * 1000:g} ms samples with a writer waiting on a lock; "
+          "lockwait max = most writers waiting at once\n")
+    header = ("strategy", "inserts", "p50", "p99", "p99.9", "max", "svc p99", "svc max", "lockwait%", "lockwait max",
+              "flushes", "flush p50", "flush max", "merged", "left", "lost", "agents wrong", "load")
     rows = [(r.strategy, str(r.inserts), *(f"{v:.2f}" for v in (
                 r.insert_p50_ms, r.insert_p99_ms, r.insert_p999_ms, r.insert_max_ms,
-                r.service_p99_ms, r.service_max_ms)),
+                r.service_p99_ms, r.service_max_ms, r.lock_wait_samples_pct)), str(r.lock_wait_max),
              str(r.flushes), f"{r.flush_p50_ms:.1f}", f"{r.flush_max_ms:.1f}",
-             str(r.rows_merged), str(r.rows_left), str(r.rows_lost), str(r.agents_wrong))
+             str(r.rows_merged), str(r.rows_left), str(r.rows_lost), str(r.agents_wrong),
+             f"{r.load_1m:.1f}")
             for r in results]
     widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
     for row in (header, *rows):
