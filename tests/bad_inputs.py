@@ -81,8 +81,8 @@ BAD_INPUTS: list[BadInput] = [
     BadInput("sql_beat_out_of_range", "far-future timestamp", SQL, "beat_at = '300000-01-01'",
              "rejected by the timestamptz type", r"out of range"),
     BadInput("sql_beat_minus_infinity", "far-past timestamp", SQL, "beat_at = '-infinity'",
-             "see docs/permissions.md#bad-input: merged by the timestamp-order rule; first_connected_at "
-             "becomes -infinity (reported to the lead)", None),
+             "accepted and merged like any past beat: it never makes an agent look connected, but "
+             "first_connected_at becomes -infinity for good (a fix to drop it is proposed)", None),
     BadInput("sql_beat_year_1", "far-past timestamp", SQL, "beat_at = '0001-01-01' on an agent seen in 2026",
              "merged by the timestamp-order rule: only first_connected_at moves back; last_connected_at, "
              "the replica and a later disconnect stand", None),
