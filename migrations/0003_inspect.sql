@@ -277,4 +277,5 @@ COMMENT ON COLUMN pybatch.health.last_error IS 'Error of the last failed flush.'
 -- ---------------------------------------------------------------------------
 GRANT USAGE ON SCHEMA pybatch TO pg_monitor;
 GRANT SELECT ON pybatch.staging_summary, pybatch.flush_history, pybatch.agent_status, pybatch.health TO pg_monitor;
+GRANT SELECT ON pybatch.settings TO pg_monitor;  -- the yardsticks the views use
 GRANT EXECUTE ON FUNCTION pybatch.staging_stats(), pybatch.staged_latest_beats() TO pg_monitor;

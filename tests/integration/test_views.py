@@ -16,6 +16,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
 
 from pybatch import inspect
 from pybatch.flush import flush
@@ -211,11 +212,21 @@ def test_staging_summary_estimates_when_large(conn: psycopg.Connection) -> None:
 
 
 # -- access and documentation -----------------------------------------------------------------
-def test_pg_monitor_reads_every_view(conn: psycopg.Connection) -> None:
+def test_pg_monitor_reads_every_view_and_runs_inspect_sql(conn: psycopg.Connection, dsn: str) -> None:
     role = f"monitor_{uuid.uuid4().hex[:8]}"
-    conn.execute(f"CREATE ROLE {role} IN ROLE pg_monitor")  # type: ignore[arg-type]
+    conn.execute(f"CREATE ROLE {role} LOGIN IN ROLE pg_monitor")  # type: ignore[arg-type]
     try:
         conn.execute("INSERT INTO pybatch.heartbeats (agent_id) VALUES (%s)", (add_agent(conn),))
+        flush(conn)
+        script = Path(__file__).resolve().parents[2] / "sql" / "inspect.sql"
+        psql = subprocess.run(
+            ["psql", "-X", "-v", "ON_ERROR_STOP=1", "-d", make_conninfo(dsn, user=role), "-f", str(script)],
+            capture_output=True, text=True, check=False,
+        )
+        assert psql.returncode == 0, psql.stderr
+        for heading in ("== health", "== staging", "== last 10 flushes", "== agents by status", "== settings"):
+            assert heading in psql.stdout
+        assert "| ok " in psql.stdout and "connected" in psql.stdout
         conn.execute(f"SET ROLE {role}")  # type: ignore[arg-type]
         for view in VIEWS:
             conn.execute(f"SELECT * FROM pybatch.{view}").fetchall()  # type: ignore[arg-type]

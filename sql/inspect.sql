@@ -1,0 +1,54 @@
+-- pybatch at a glance, for psql:  \i sql/inspect.sql
+-- Reads only the views of schema pybatch (readable by pg_monitor); works on a
+-- hot standby too, where the staging figures are left out with a reason.
+\set QUIET on
+\pset null '-'
+\pset border 2
+\pset expanded off
+
+\echo
+\echo '== health: ok (last flush <= 2 intervals ago), late (<= 5), stalled =='
+SELECT status,
+       reason,
+       last_success_at,
+       pg_catalog.round(EXTRACT(EPOCH FROM last_success_age), 1) AS last_success_age_s,
+       flush_interval,
+       last_error
+FROM pybatch.health;
+
+\echo '== staging (estimated = true: figures from a block sample) =='
+SELECT available,
+       COALESCE(reason, method) AS figures,
+       rows_staged,
+       distinct_agents,
+       pg_catalog.round(EXTRACT(EPOCH FROM oldest_beat_age), 1) AS oldest_beat_age_s,
+       pg_catalog.round(EXTRACT(EPOCH FROM newest_beat_age), 1) AS newest_beat_age_s,
+       pg_catalog.pg_size_pretty(size_bytes) AS size
+FROM pybatch.staging_summary;
+
+\echo '== last 10 flushes, newest first =='
+SELECT started_at,
+       succeeded AS ok,
+       rows_staged,
+       agents_updated,
+       stale_heartbeats AS stale,
+       unknown_heartbeats AS unknown,
+       future_heartbeats AS future,
+       pg_catalog.round(EXTRACT(EPOCH FROM duration) * 1000, 1) AS duration_ms,
+       error
+FROM pybatch.flush_history
+LIMIT 10;
+
+\echo '== agents by status (Coder''s rules; newer_staged: a newer heartbeat waits for the next flush) =='
+SELECT status,
+       pg_catalog.count(*) AS agents,
+       pg_catalog.count(*) FILTER (WHERE newer_heartbeat_staged) AS newer_staged
+FROM pybatch.agent_status
+GROUP BY status
+ORDER BY status;
+
+\echo '== settings (change with `pybatch config set KEY VALUE`) =='
+SELECT flush_interval, inactive_timeout, future_tolerance, history_retention, max_rows_per_flush
+FROM pybatch.settings;
+\pset border 1
+\set QUIET off
