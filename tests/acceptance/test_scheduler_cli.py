@@ -1,0 +1,94 @@
+"""`pybatch cron install|remove|status` and `pybatch scheduler` as a user runs them (subprocesses)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from pybatch.schedule import cron
+from tests.conftest import run_pybatch
+
+
+@pytest.fixture
+def cron_dsn(dsn: str) -> Iterator[str]:
+    """A migrated database whose pg_cron jobs are removed at teardown (jobs are server-wide)."""
+    yield dsn
+    cron.remove(dsn)
+
+
+def one_error_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip() and not line.startswith(("usage:", " "))]
+    assert len(lines) == 1, stderr
+    assert "Traceback" not in stderr
+    return lines[0]
+
+
+def test_cron_install_status_remove(cron_dsn: str) -> None:
+    database = psycopg.conninfo.conninfo_to_dict(cron_dsn)["dbname"]
+    installed = run_pybatch("--dsn", cron_dsn, "cron", "install", "--interval", "15s", "--force-loop")
+    assert installed.returncode == 0, installed.stderr
+    assert f"installed pybatch-flush-{database}" in installed.stdout and "loop" in installed.stdout
+
+    again = run_pybatch("--dsn", cron_dsn, "cron", "install", env={"PYBATCH_INTERVAL": "20s"}, )
+    assert again.returncode == 0, again.stderr
+    assert "every 20s" in again.stdout
+
+    status = run_pybatch("--dsn", cron_dsn, "cron", "status")
+    assert status.returncode == 0, status.stderr
+    assert f"job pybatch-flush-{database}" in status.stdout
+    assert "CALL pybatch.flush_loop('20 seconds')" in status.stdout
+    assert "configured interval 20s" in status.stdout
+    assert "last successful flush: never" in status.stdout
+
+    removed = run_pybatch("--dsn", cron_dsn, "cron", "remove")
+    assert (removed.returncode, removed.stdout.strip()) == (0, "removed 2 pg_cron job(s)")
+    after = run_pybatch("--dsn", cron_dsn, "cron", "status")
+    assert after.returncode == 3
+    assert "no pg_cron job" in after.stdout
+
+
+def test_cron_install_uses_the_stored_interval_by_default(cron_dsn: str) -> None:
+    with psycopg.connect(cron_dsn, autocommit=True) as conn:
+        conn.execute("UPDATE pybatch.settings SET flush_interval = '7 seconds'")
+    result = run_pybatch("--dsn", cron_dsn, "cron", "install", "--force-loop")
+    assert result.returncode == 0, result.stderr
+    assert "every 7s" in result.stdout
+
+
+def test_cron_install_rejects_an_interval_pg_cron_cannot_express(cron_dsn: str) -> None:
+    result = run_pybatch("--dsn", cron_dsn, "cron", "install", "--interval", "90s")
+    assert result.returncode == 1
+    line = one_error_line(result.stderr)
+    assert "90s cannot be expressed by pg_cron" in line and "pybatch scheduler" in line
+
+
+def test_rollback_removes_the_jobs(cron_dsn: str) -> None:
+    database = psycopg.conninfo.conninfo_to_dict(cron_dsn)["dbname"]
+    assert run_pybatch("--dsn", cron_dsn, "cron", "install", "--interval", "10s").returncode == 0
+    rolled = run_pybatch("--dsn", cron_dsn, "migrate", "--rollback")
+    assert rolled.returncode == 0, rolled.stderr
+    with psycopg.connect(psycopg.conninfo.make_conninfo(cron_dsn, dbname="postgres")) as conn:
+        jobs = conn.execute("SELECT count(*) FROM cron.job WHERE jobname LIKE %s", (f"%-{database}",)).fetchone()
+    assert jobs == (0,)
+
+
+@pytest.mark.parametrize(("argv", "env", "needle"), [
+    (["scheduler", "--interval", "soon"], {}, "--interval"),
+    (["scheduler"], {"PYBATCH_INTERVAL": "soon"}, "PYBATCH_INTERVAL"),
+    (["scheduler", "--metrics-port", "99999"], {}, "port"),
+    (["scheduler"], {"PYBATCH_METRICS_PORT": "http"}, "PYBATCH_METRICS_PORT"),
+    (["cron", "install", "--interval", "-1s"], {}, "--interval"),
+])
+def test_bad_flags_are_one_line_usage_errors(dsn: str, argv: list[str], env: dict[str, str], needle: str) -> None:
+    result = run_pybatch("--dsn", dsn, *argv, env=env, timeout=30)
+    assert result.returncode == 2
+    assert needle in one_error_line(result.stderr)
+
+
+def test_help_names_the_environment_variables() -> None:
+    scheduler = run_pybatch("scheduler", "--help")
+    assert "PYBATCH_INTERVAL" in scheduler.stdout and "PYBATCH_METRICS_PORT" in scheduler.stdout
+    install = run_pybatch("cron", "install", "--help")
+    assert "PYBATCH_INTERVAL" in install.stdout

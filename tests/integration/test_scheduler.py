@@ -1,0 +1,273 @@
+"""The Python scheduler against a real server: leader election with real processes, takeover
+after SIGKILL, SIGTERM/SIGINT with a final flush, a database outage, catch-up drains, metrics."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from pybatch.local import LocalCluster
+from pybatch.schedule.runner import SCHEDULER_LOCK_KEY, Scheduler
+
+LEADER_LINE = "became leader"
+
+
+class SchedulerProcess:
+    """`python -m pybatch scheduler` as a subprocess, its stderr in a file we can read while it runs."""
+
+    def __init__(self, dsn: str, *args: str) -> None:
+        self.log = Path(tempfile.mkstemp(prefix="pybatch-scheduler-", suffix=".log")[1])
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PYBATCH_", "PG"))}
+        with self.log.open("w") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "pybatch", "--dsn", dsn, "--log-level", "info", "scheduler", *args],
+                stdout=subprocess.DEVNULL, stderr=err, env=env,
+            )
+
+    def text(self) -> str:
+        return self.log.read_text()
+
+    def wait_for(self, needle: str, timeout: float = 20, count: int = 1) -> float:
+        """Seconds until `needle` appears `count` times in the log."""
+        started = time.monotonic()
+        while self.text().count(needle) < count:
+            assert self.proc.poll() is None, f"scheduler exited early:\n{self.text()}"
+            assert time.monotonic() - started < timeout, f"no {needle!r} in time:\n{self.text()}"
+            time.sleep(0.05)
+        return time.monotonic() - started
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        self.proc.send_signal(sig)
+        return self.proc.wait(timeout=timeout)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def spawn() -> Iterator[Callable[..., SchedulerProcess]]:
+    started: list[SchedulerProcess] = []
+
+    def start(dsn: str, *args: str) -> SchedulerProcess:
+        process = SchedulerProcess(dsn, *args)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.close()
+
+
+def make_agents(conn: psycopg.Connection, n: int) -> list[uuid.UUID]:
+    ids = [uuid.uuid4() for _ in range(n)]
+    conn.execute("INSERT INTO public.workspace_agents (id) SELECT unnest(%s::uuid[])", (ids,))
+    return ids
+
+
+def stage(conn: psycopg.Connection, agents: list[uuid.UUID], at: datetime) -> None:
+    conn.execute("INSERT INTO pybatch.heartbeats (agent_id, beat_at) SELECT unnest(%s::uuid[]), %s", (agents, at))
+
+
+def states(conn: psycopg.Connection, agents: list[uuid.UUID]) -> dict[uuid.UUID, datetime | None]:
+    return dict(conn.execute("SELECT id, last_connected_at FROM public.workspace_agents WHERE id = ANY(%s)",
+                             (agents,)).fetchall())
+
+
+def staged(conn: psycopg.Connection) -> int:
+    row = conn.execute("SELECT count(*) FROM pybatch.heartbeats").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def lock_holders(conn: psycopg.Connection) -> int:
+    row = conn.execute(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+        " AND ((classid::bigint << 32) | objid::bigint) = %s AND objsubid = 1", (SCHEDULER_LOCK_KEY,),
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_two_replicas_one_leader_and_takeover_after_sigkill(
+    conn: psycopg.Connection, dsn: str, spawn: Callable[..., SchedulerProcess],
+) -> None:
+    agents = make_agents(conn, 200)
+    latest: dict[uuid.UUID, datetime] = {}
+    writing = threading.Event()
+    writing.set()
+
+    def writer() -> None:
+        """Heartbeats for every agent, every 50 ms, right through the kill."""
+        with psycopg.connect(dsn, autocommit=True) as wconn:
+            while writing.is_set():
+                at = datetime.now(UTC) - timedelta(milliseconds=1)
+                stage(wconn, agents, at)
+                latest.update(dict.fromkeys(agents, at))
+                time.sleep(0.05)
+
+    first = spawn(dsn, "--interval", "1s")
+    first.wait_for(LEADER_LINE)
+    second = spawn(dsn, "--interval", "1s")
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        time.sleep(2.5)  # both running: the second stands by
+        assert LEADER_LINE not in second.text()
+        assert lock_holders(conn) == 1
+        flushes_before = conn.execute("SELECT count(*) FROM pybatch.flush_log").fetchone()
+        assert flushes_before is not None and flushes_before[0] >= 2
+
+        first.proc.kill()  # SIGKILL: no final flush, no unlock; the server drops its session lock
+        first.proc.wait()
+        takeover = second.wait_for(LEADER_LINE, timeout=10)
+        print(f"standby took over {takeover:.2f}s after SIGKILL (interval 1s)")
+        assert takeover <= 3.0  # within one interval, plus slack for a busy 2-core machine
+        time.sleep(1.5)
+    finally:
+        writing.clear()
+        thread.join()
+    assert second.stop() == 0  # final flush drains what the writer left
+    assert "final flush done" in second.text()
+    assert staged(conn) == 0
+    assert states(conn, agents) == latest  # every agent has its newest heartbeat: nothing lost
+    errors = conn.execute("SELECT count(*) FROM pybatch.flush_log WHERE error IS NOT NULL").fetchone()
+    assert errors == (0,)
+    starts = [r[0] for r in conn.execute("SELECT started_at FROM pybatch.flush_log ORDER BY id").fetchall()]
+    widest = max((b - a).total_seconds() for a, b in itertools.pairwise(starts))
+    print(f"widest gap between flushes across the takeover: {widest:.2f}s (interval 1s)")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_stops_after_a_final_flush(conn: psycopg.Connection, dsn: str,
+                                          spawn: Callable[..., SchedulerProcess], sig: int) -> None:
+    agents = make_agents(conn, 10)
+    scheduler = spawn(dsn, "--interval", "1m")  # long: only the final flush can merge what comes next
+    scheduler.wait_for(LEADER_LINE)
+    wait_until(lambda: conn.execute("SELECT count(*) FROM pybatch.flush_log").fetchone() == (1,), 10,
+               "the first flush")
+    at = datetime.now(UTC) - timedelta(seconds=1)
+    stage(conn, agents, at)
+    assert scheduler.stop(sig) == 0
+    assert set(states(conn, agents).values()) == {at}
+    assert staged(conn) == 0
+    assert conn.execute("SELECT flush_interval FROM pybatch.settings").fetchone() == (timedelta(minutes=1),)
+
+
+def test_database_outage_is_logged_once_and_flushing_resumes(
+    own_cluster: LocalCluster, spawn: Callable[..., SchedulerProcess],
+) -> None:
+    dsn = own_cluster.url()
+    scheduler = spawn(dsn, "--interval", "1s")
+    scheduler.wait_for(LEADER_LINE)
+    own_cluster.stop()
+    time.sleep(4)  # several failed retries
+    assert scheduler.proc.poll() is None
+    own_cluster.start()
+    scheduler.wait_for(LEADER_LINE, count=2, timeout=20)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        agents = make_agents(conn, 5)
+        at = datetime.now(UTC) - timedelta(seconds=1)
+        stage(conn, agents, at)
+        wait_until(lambda: set(states(conn, agents).values()) == {at}, 10, "a flush after the outage")
+    assert scheduler.stop() == 0
+    text = scheduler.text()
+    assert text.count("database unavailable") == 1, text
+    assert text.count("database available again") == 1, text
+
+
+def test_capped_drains_flush_again_at_once(conn: psycopg.Connection, dsn: str) -> None:
+    agents = make_agents(conn, 35)
+    stage(conn, agents, datetime.now(UTC) - timedelta(seconds=1))
+    conn.execute("UPDATE pybatch.settings SET max_rows_per_flush = 10")
+    with running(Scheduler(dsn, interval=60)):
+        wait_until(lambda: staged(conn) == 0, 10, "the catch-up drains")
+    rows = conn.execute("SELECT rows_staged, started_at FROM pybatch.flush_log ORDER BY id").fetchall()
+    assert [r[0] for r in rows[:4]] == [10, 10, 10, 5]
+    assert (rows[3][1] - rows[0][1]).total_seconds() < 5  # not one 60 s interval apart
+
+
+def test_slow_flush_is_warned_and_stats_logged_at_debug(conn: psycopg.Connection, dsn: str,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    make_agents(conn, 1)
+    # An interval of 2 ms: any real flush takes more than half of it.
+    caplog.set_level(logging.DEBUG, logger="pybatch")
+    with running(Scheduler(dsn, interval=0.002)):
+        wait_until(lambda: any("over half" in r.getMessage() for r in caplog.records), 10, "the warning")
+    warning = next(r for r in caplog.records if "over half" in r.getMessage())
+    assert warning.levelno == logging.WARNING
+    assert warning.__dict__["flush"]["duration_ms"] > 1
+    stats = [r for r in caplog.records if r.levelno == logging.DEBUG and "flush" in r.__dict__]
+    assert stats and "rows_staged" in stats[0].__dict__["flush"]
+
+
+def test_metrics_endpoint_serves_flush_metrics(conn: psycopg.Connection, dsn: str,
+                                               spawn: Callable[..., SchedulerProcess]) -> None:
+    agents = make_agents(conn, 20)
+    port = free_port()
+    scheduler = spawn(dsn, "--interval", "1s", "--metrics-port", str(port))
+    scheduler.wait_for(LEADER_LINE)
+    stage(conn, agents, datetime.now(UTC) - timedelta(seconds=1))
+    wait_until(lambda: staged(conn) == 0, 10, "a flush")
+    stage(conn, agents[:3], datetime.now(UTC))  # merged by a later flush: the counter adds up
+
+    def scrape() -> dict[str, float]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            body = response.read().decode()
+        return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+                for line in body.splitlines() if line and not line.startswith("#")}
+
+    wait_until(lambda: scrape().get("pybatch_rows_merged_total", 0) >= 23, 10, "23 merged rows")
+    samples = scrape()
+    assert samples["pybatch_flush_duration_seconds_count"] >= 2
+    assert samples['pybatch_flushes_total{outcome="ok"}'] >= 2
+    assert samples["pybatch_last_success_timestamp_seconds"] > time.time() - 30
+    assert samples["pybatch_staging_rows"] == 0
+    assert samples["pybatch_scheduler_leader"] == 1
+    assert samples.get('pybatch_errors_total{kind="database"}', 0) == 0
+    assert scheduler.stop() == 0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def running(scheduler: Scheduler) -> Iterator[Scheduler]:
+    """Run a scheduler in a thread (no signal handlers there) and stop it on exit."""
+    thread = threading.Thread(target=scheduler.run)
+    thread.start()
+    try:
+        yield scheduler
+    finally:
+        scheduler.request_stop()
+        thread.join(timeout=20)
+        assert not thread.is_alive()
