@@ -42,6 +42,7 @@ DECLARE
     sample_size bigint;
     sample_distinct bigint;
     sample_singletons bigint;
+    live_counter bigint;
 BEGIN
     IF pg_catalog.pg_is_in_recovery() THEN
         available := false;
@@ -75,8 +76,16 @@ BEGIN
             GROUP BY h.agent_id
         ) c;
         sample_size := COALESCE(sample_size, 0);
-        -- Each block is in the sample with probability sample_percent: unbiased.
+        -- Each block is in the sample with probability sample_percent: unbiased,
+        -- but +-5-10 % from block to block. The statistics' live-tuple counter
+        -- (kept per insert and delete, up to ~1 s behind) is closer; it is used
+        -- unless a stats reset has made it disagree with the sample by a third.
         rows_staged := pg_catalog.round(sample_size * 100 / sample_percent)::bigint;
+        live_counter := pg_catalog.pg_stat_get_live_tuples('pybatch.heartbeats'::pg_catalog.regclass);
+        IF live_counter BETWEEN rows_staged * 2 / 3 AND rows_staged * 3 / 2 THEN
+            rows_staged := live_counter;
+            method := method || ', rows from the live-tuple counter';
+        END IF;
         IF sample_size > 0 THEN
             -- Haas-Stokes "Duj1", the estimator ANALYZE uses for n_distinct:
             -- n*d / (n - f1 + f1*n/N), where f1 counts agents seen once in the sample.
@@ -128,11 +137,11 @@ SELECT s.available, s.reason, s.estimated, s.method, s.rows_staged, s.distinct_a
        s.oldest_beat_at, s.newest_beat_at, s.oldest_beat_age, s.newest_beat_age, s.size_bytes
 FROM pybatch.staging_stats() s;
 COMMENT ON VIEW pybatch.staging_summary IS
-    'One row: what waits in staging (pybatch.heartbeats). Exact while staging is small (up to 8 MB); beyond that rows_staged, distinct_agents and the oldest/newest beats are estimated from a block sample and estimated is true. On a hot standby available is false, reason says why and the figures are NULL.';
+    'One row: what waits in staging (pybatch.heartbeats). Exact while staging is small (up to 8 MB); beyond that rows_staged, distinct_agents and the oldest/newest beats are estimates (from a block sample; rows_staged from the statistics live-tuple counter when the sample agrees) and estimated is true. On a hot standby available is false, reason says why and the figures are NULL.';
 COMMENT ON COLUMN pybatch.staging_summary.available IS 'False on a hot standby, where UNLOGGED staging cannot be read.';
 COMMENT ON COLUMN pybatch.staging_summary.reason IS 'Why the figures are NULL; NULL when available.';
 COMMENT ON COLUMN pybatch.staging_summary.estimated IS 'True when rows_staged, distinct_agents and the oldest/newest beats are sample estimates (staging over 8 MB).';
-COMMENT ON COLUMN pybatch.staging_summary.method IS '"exact", or the size of the block sample the estimates come from.';
+COMMENT ON COLUMN pybatch.staging_summary.method IS '"exact", or how the estimates were made (block sample size; whether rows_staged is the live-tuple counter).';
 COMMENT ON COLUMN pybatch.staging_summary.rows_staged IS 'Heartbeats waiting for the next flush (an estimate when estimated).';
 COMMENT ON COLUMN pybatch.staging_summary.distinct_agents IS 'Agents with a staged heartbeat (an estimate when estimated).';
 COMMENT ON COLUMN pybatch.staging_summary.oldest_beat_at IS 'Oldest staged beat_at (when estimated: the oldest in the sample, never older than the true one).';
