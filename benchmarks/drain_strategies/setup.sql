@@ -118,7 +118,11 @@ COMMENT ON FUNCTION drain_bench.flush_truncate_unlocked() IS
 --      to the old slot (snapshot taken before the bump) holds ROW EXCLUSIVE on
 --      that partition from routing until its commit, so the LOCK waits only
 --      for those few in-flight inserts; new inserts go to the other partition
---      and never wait;
+--      and never wait. Before the LOCK, the flush waits (bounded) for the client
+--      transactions that were running at the switch to end: a late one that
+--      routed to the old slot after the LOCK was queued would otherwise wait
+--      behind it for the whole merge. That wait only avoids queueing; the LOCK
+--      alone is what makes the drain lossless;
 --   3. merges the old partition with a snapshot taken after the LOCK, so it
 --      sees every row committed there, then TRUNCATEs it and commits.
 -- Why no row is lost: a row in the old partition either committed before the
@@ -162,10 +166,24 @@ AS $fn$
 DECLARE
     old_slot smallint;
     old_partition regclass;
+    running text[];
+    give_up_at timestamptz;
 BEGIN
     UPDATE drain_bench.generation g SET generation = g.generation OPERATOR(pg_catalog.+) 1
     RETURNING ((g.generation OPERATOR(pg_catalog.-) 1) OPERATOR(pg_catalog.%) 2)::smallint INTO old_slot;
     COMMIT;  -- new inserts now route to the other partition
+    SELECT pg_catalog.array_agg(l.virtualxid) INTO running
+    FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_stat_activity a ON a.pid OPERATOR(pg_catalog.=) l.pid
+    WHERE l.locktype OPERATOR(pg_catalog.=) 'virtualxid' AND l.granted
+      AND a.backend_type OPERATOR(pg_catalog.=) 'client backend'
+      AND l.pid OPERATOR(pg_catalog.<>) pg_catalog.pg_backend_pid();
+    give_up_at := pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+) interval '1 second';
+    WHILE pg_catalog.clock_timestamp() OPERATOR(pg_catalog.<) give_up_at AND EXISTS (
+        SELECT FROM pg_catalog.pg_locks l
+        WHERE l.locktype OPERATOR(pg_catalog.=) 'virtualxid' AND l.granted
+          AND l.virtualxid OPERATOR(pg_catalog.=) ANY (running)) LOOP
+        PERFORM pg_catalog.pg_sleep(0.001);
+    END LOOP;
     old_partition := pg_catalog.format('drain_bench.staging_%s', old_slot)::regclass;
     EXECUTE pg_catalog.format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', old_partition);
     rows_read := drain_bench.merge_from(old_partition);
@@ -173,7 +191,7 @@ BEGIN
 END
 $fn$;
 COMMENT ON PROCEDURE drain_bench.flush_rotation(bigint) IS
-    'Drain strategy rotation: bump generation, commit, lock the old partition, merge it, truncate it.';
+    'Drain strategy rotation: bump generation, commit, wait for older transactions, lock the old partition, merge it, truncate it.';
 
 -- ---------------------------------------------------------------------------
 -- reset: the same starting point for every strategy: n fresh agents, empty
