@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import psycopg
@@ -41,6 +42,12 @@ def test_cron_install_status_remove(cron_dsn: str) -> None:
     assert "CALL pybatch.flush_loop('20 seconds')" in status.stdout
     assert "configured interval 20s" in status.stdout
     assert "last successful flush: never" in status.stdout
+
+    as_json = run_pybatch("--dsn", cron_dsn, "cron", "status", "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    document = json.loads(as_json.stdout)
+    assert (document["job"]["name"], document["job"]["mode"]) == (f"pybatch-flush-{database}", "loop")
+    assert document["configured_interval"] == 20 and document["error"] is None
 
     removed = run_pybatch("--dsn", cron_dsn, "cron", "remove")
     assert (removed.returncode, removed.stdout.strip()) == (0, "removed 2 pg_cron job(s)")
