@@ -2,7 +2,8 @@
 
 - writer:  USAGE on schema pybatch, INSERT on pybatch.heartbeats (INSERT and COPY FROM),
            EXECUTE on pybatch.disconnect(uuid, timestamptz).
-- reader:  USAGE on schema pybatch, SELECT on every view in schema pybatch, and EXECUTE on
+- reader:  USAGE on schema pybatch, SELECT on pybatch.settings (no agent data; `pybatch
+           status` shows it), SELECT on every view in schema pybatch, and EXECUTE on
            the pybatch functions those views call (PostgreSQL checks a function called in a
            view against the caller, not the view owner). Both are found in the catalog, so
            views added by later migrations are covered. Views read tables with their owner's
@@ -43,7 +44,8 @@ FIXED_STATEMENTS: dict[Grant, list[sql.SQL]] = {
         sql.SQL("GRANT INSERT ON TABLE pybatch.heartbeats TO {role}"),
         sql.SQL("GRANT EXECUTE ON FUNCTION pybatch.disconnect(uuid, timestamptz) TO {role}"),
     ],
-    Grant.READER: [SCHEMA_USAGE],
+    # settings holds the yardsticks (intervals, cap) that `pybatch status` shows; no agent data.
+    Grant.READER: [SCHEMA_USAGE, sql.SQL("GRANT SELECT ON TABLE pybatch.settings TO {role}")],
     Grant.FLUSHER: [
         SCHEMA_USAGE,
         sql.SQL("GRANT EXECUTE ON FUNCTION pybatch.flush(bigint, interval) TO {role}"),

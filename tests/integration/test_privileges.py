@@ -184,13 +184,15 @@ def test_reader_reads_every_view_and_no_table(dsn: str, conn: psycopg.Connection
     assert "pybatch.flush(bigint,interval)" not in view_functions
     with login_role(conn, "reader") as role:
         grant(conn, Grant.READER, role)
-        assert held(conn, role) == ({("schema", "pybatch", "USAGE")} | {("relation", v, "SELECT") for v in views}
+        assert held(conn, role) == ({("schema", "pybatch", "USAGE"), ("relation", "pybatch.settings", "SELECT")}
+                                    | {("relation", v, "SELECT") for v in views}
                                     | {("function", f, "EXECUTE") for f in view_functions})
         with as_role(dsn, role) as r:
             for view in views:
                 r.execute(f"SELECT * FROM {view}").fetchall()
             assert r.execute("SELECT agents FROM pybatch.zz_test_agents").fetchone() == (1,)
-            tables = [t for t in user_tables(conn) if t not in views]
+            assert r.execute("SELECT count(*) FROM pybatch.settings").fetchone() == (1,)
+            tables = [t for t in user_tables(conn) if t not in views and t != "pybatch.settings"]
             for table in tables:
                 with pytest.raises(pg_errors.InsufficientPrivilege):
                     r.execute(f"SELECT 1 FROM {table} LIMIT 1")
