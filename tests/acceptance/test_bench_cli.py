@@ -85,12 +85,15 @@ def test_figures_keep_their_relations(bench_run: tuple[str, dict[str, Any], str,
     for name in STRATEGIES:
         f = s[name]
         assert 0.75 * offered <= f["beats"] <= 1.25 * offered, (name, f["beats"])
-        assert f["cpu_us_per_beat"] > 0 and f["wal_bytes_per_beat"] > 0, name
+        # /proc counts CPU in 10 ms ticks: a tiny batched run may round to 0.
+        assert f["cpu_us_per_beat"] >= 0 and f["wal_bytes_per_beat"] > 0, name
         # A heartbeat rewrites its agent's row at most once (period 15 s > flush 10 s: about once).
         assert 0.8 <= f["row_versions_per_beat"] <= 1.05, (name, f["row_versions_per_beat"])
         assert 0 <= f["hot_share"] <= 1
         assert f["beat_p50_ms"] <= f["beat_p99_ms"] <= f["beat_max_ms"], name
         assert f["staleness_max_s"] > 0
+    # A server round trip per heartbeat costs more server CPU than one COPY per write interval.
+    assert s["direct"]["cpu_us_per_beat"] > s["buffered"]["cpu_us_per_beat"]
     # One UPDATE per heartbeat; batches and flushes issue far fewer statements.
     assert s["direct"]["statements_per_s"] == pytest.approx(s["direct"]["beats_per_s"], rel=0.01)
     assert s["app_batch"]["statements_per_s"] < s["direct"]["statements_per_s"] / 10
