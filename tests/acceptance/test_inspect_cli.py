@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import pty
+import subprocess
+import sys
 import uuid
 
 import psycopg
@@ -153,3 +157,19 @@ def test_config_show_and_set(dsn: str) -> None:
     one_line_error(run_pybatch("--dsn", dsn, "config", "set", "inactive_timeout", "soon"), "inactive_timeout", "soon")
     one_line_error(run_pybatch("--dsn", dsn, "config", "set", "max_rows_per_flush", "-3"), "max_rows_per_flush")
     assert json.loads(run_pybatch("--dsn", dsn, "config", "show", "--json").stdout) == settings
+
+
+def test_uninstall_asks_on_a_terminal(dsn: str) -> None:
+    """On a TTY, anything but 'yes' keeps everything; 'yes' uninstalls."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYBATCH_", "PG"))}
+    for answer, code in (("no\n", 1), ("yes\n", 0)):
+        leader, follower = pty.openpty()
+        try:
+            os.write(leader, answer.encode())
+            result = subprocess.run([sys.executable, "-m", "pybatch", "--dsn", dsn, "uninstall"], stdin=follower,
+                                    capture_output=True, text=True, env=env, timeout=120, check=False)
+        finally:
+            os.close(leader)
+            os.close(follower)
+        assert result.returncode == code, result
+        assert ("pybatch.settings" in tables(dsn)) == (answer == "no\n")
