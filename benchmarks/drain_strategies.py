@@ -142,6 +142,7 @@ class Result:
     service_max_ms: float
     lock_wait_samples_pct: float  # share of sampler ticks with at least one writer waiting on a lock
     lock_wait_max: int  # most writers seen waiting on a lock at once
+    blocked_by: str  # "<lock> by <holder>" seen while writers waited
     flushes: int
     flush_p50_ms: float
     flush_max_ms: float
@@ -193,14 +194,16 @@ def flusher(dsn: str, strategy: Strategy, every: float, start: float, stop: floa
         stats.error = str(exc)
 
 
-def lock_sampler(dsn: str, stop: float, waits: list[int]) -> None:
-    """Every LOCK_SAMPLE_S, count writers waiting on a lock (server side, so CPU
-    starvation of the client does not show up as waiting)."""
+def lock_sampler(dsn: str, stop: float, waits: list[int], blockers: set[str]) -> None:
+    """Every LOCK_SAMPLE_S, count writers waiting on a lock and note who blocks them
+    (server side, so CPU starvation of the client does not show up as waiting)."""
+    query = read_sql("lock_waits.sql")
     with db.connect(dsn) as conn:
         while time.monotonic() < stop:
-            waits.append(_one_int(conn, sql.SQL(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = {} AND wait_event_type = 'Lock'"
-            ).format(sql.Literal(WRITER_APP))))
+            row = conn.execute(query, {"writer_app": WRITER_APP}).fetchone()
+            assert row is not None
+            waits.append(row[0])
+            blockers.update(row[1])
             time.sleep(LOCK_SAMPLE_S)
 
 
@@ -220,7 +223,8 @@ def run_strategy(dsn: str, strategy: Strategy, args: argparse.Namespace) -> Resu
     ]
     threads.append(threading.Thread(target=flusher, args=(dsn, strategy, args.flush_every, start, stop, flushes)))
     lock_waits: list[int] = []
-    threads.append(threading.Thread(target=lock_sampler, args=(dsn, stop, lock_waits)))
+    blockers: set[str] = set()
+    threads.append(threading.Thread(target=lock_sampler, args=(dsn, stop, lock_waits, blockers)))
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -251,6 +255,7 @@ def run_strategy(dsn: str, strategy: Strategy, args: argparse.Namespace) -> Resu
         service_max_ms=_ms(service, 1.0),
         lock_wait_samples_pct=100 * sum(1 for n in lock_waits if n) / max(1, len(lock_waits)),
         lock_wait_max=max(lock_waits, default=0),
+        blocked_by=",".join(sorted(blockers)) or "-",
         flushes=len(flush_times),
         flush_p50_ms=_ms(flush_times, 0.5),
         flush_max_ms=_ms(flush_times, 1.0),
@@ -300,11 +305,12 @@ def print_table(results: Sequence[Result], args: argparse.Namespace) -> None:
     print("insert latency from when the insert was due (ms); svc = INSERT call alone (ms);\n"
           f"lockwait% = share of {LOCK_SAMPLE_S * 1000:g} ms samples with a writer waiting on a lock; "
           "lockwait max = most writers waiting at once\n")
-    header = ("strategy", "inserts", "p50", "p99", "p99.9", "max", "svc p99", "svc max", "lockwait%", "lockwait max",
-              "flushes", "flush p50", "flush max", "merged", "left", "lost", "agents wrong", "load")
+    header = ("strategy", "inserts", "p50", "p99", "p99.9", "max", "svc p99", "svc max",
+              "lockwait%", "lockwait max", "blocked by", "flushes", "flush p50", "flush max",
+              "merged", "left", "lost", "agents wrong", "load")
     rows = [(r.strategy, str(r.inserts), *(f"{v:.2f}" for v in (
                 r.insert_p50_ms, r.insert_p99_ms, r.insert_p999_ms, r.insert_max_ms,
-                r.service_p99_ms, r.service_max_ms, r.lock_wait_samples_pct)), str(r.lock_wait_max),
+                r.service_p99_ms, r.service_max_ms, r.lock_wait_samples_pct)), str(r.lock_wait_max), r.blocked_by,
              str(r.flushes), f"{r.flush_p50_ms:.1f}", f"{r.flush_max_ms:.1f}",
              str(r.rows_merged), str(r.rows_left), str(r.rows_lost), str(r.agents_wrong),
              f"{r.load_1m:.1f}")
