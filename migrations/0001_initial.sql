@@ -116,7 +116,9 @@ DO $$ BEGIN PERFORM pybatch.check_target(); END $$;
 CREATE UNLOGGED TABLE pybatch.heartbeats (
     agent_id uuid NOT NULL,
     replica_id uuid,
-    beat_at timestamptz NOT NULL DEFAULT pg_catalog.now()
+    beat_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    -- 'infinity' would freeze an agent and '-infinity' would stick in first_connected_at.
+    CONSTRAINT heartbeats_beat_at_finite CHECK (pg_catalog.isfinite(beat_at))
 ) WITH (
     autovacuum_vacuum_scale_factor = 0,
     autovacuum_vacuum_threshold = 5000,
@@ -212,6 +214,10 @@ DECLARE
     error_state text;
     error_message text;
 BEGIN
+    IF max_rows < 0 THEN
+        RAISE EXCEPTION 'pybatch.flush: max_rows must be 0 or more, not %', max_rows
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     result.started_at := pg_catalog.clock_timestamp();
     result.skipped := false;
     deadline := result.started_at + COALESCE(lock_wait, interval '0');
@@ -344,6 +350,10 @@ BEGIN
     IF disconnect.at IS NULL THEN
         RAISE EXCEPTION 'pybatch.disconnect: at must not be NULL'
             USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF NOT pg_catalog.isfinite(disconnect.at) THEN
+        RAISE EXCEPTION 'pybatch.disconnect: at must be a finite time, not %', disconnect.at
+            USING ERRCODE = 'invalid_parameter_value';
     END IF;
     SELECT s.future_tolerance INTO STRICT tolerance FROM pybatch.settings s;
     IF disconnect.at > pg_catalog.now() + tolerance THEN

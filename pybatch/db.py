@@ -50,6 +50,8 @@ def translate(exc: psycopg.Error, context: str) -> PybatchError:
     message = f"{context}: {first_line(exc)}"
     if isinstance(exc, pg_errors.InsufficientPrivilege):
         return PermissionDenied(message)
+    if isinstance(exc, pg_errors.InvalidParameterValue):
+        return ConfigError(message)
     if isinstance(exc, (pg_errors.InvalidSchemaName, pg_errors.UndefinedFunction, pg_errors.UndefinedTable)) and (
         "pybatch" in str(exc)
     ):

@@ -1,7 +1,17 @@
+-- pybatch: the canonical current schema, for reading and for tools that want
+-- the whole schema at once (`psql -f sql/schema.sql` on an empty database).
+-- It must build the same catalog as applying every migration in migrations/:
+-- tests/integration/test_schema_catalog.py checks that.
+--
+-- Sections: core (staging, settings, flush log, flush(), disconnect()),
+-- scheduling (flush_loop for pg_cron), inspection (views for psql).
+
+-- ===========================================================================
+-- from migrations/0001_initial.sql
+-- ===========================================================================
 -- pybatch 0001: staging table, settings, flush log, flush() and disconnect().
 -- Every object lives in schema "pybatch" and is schema-qualified; every function
 -- pins search_path so a caller's objects can never shadow ours.
--- depends:
 
 CREATE SCHEMA pybatch;
 COMMENT ON SCHEMA pybatch IS
@@ -116,7 +126,9 @@ DO $$ BEGIN PERFORM pybatch.check_target(); END $$;
 CREATE UNLOGGED TABLE pybatch.heartbeats (
     agent_id uuid NOT NULL,
     replica_id uuid,
-    beat_at timestamptz NOT NULL DEFAULT pg_catalog.now()
+    beat_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    -- 'infinity' would freeze an agent and '-infinity' would stick in first_connected_at.
+    CONSTRAINT heartbeats_beat_at_finite CHECK (pg_catalog.isfinite(beat_at))
 ) WITH (
     autovacuum_vacuum_scale_factor = 0,
     autovacuum_vacuum_threshold = 5000,
@@ -212,6 +224,10 @@ DECLARE
     error_state text;
     error_message text;
 BEGIN
+    IF max_rows < 0 THEN
+        RAISE EXCEPTION 'pybatch.flush: max_rows must be 0 or more, not %', max_rows
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     result.started_at := pg_catalog.clock_timestamp();
     result.skipped := false;
     deadline := result.started_at + COALESCE(lock_wait, interval '0');
@@ -345,6 +361,10 @@ BEGIN
         RAISE EXCEPTION 'pybatch.disconnect: at must not be NULL'
             USING ERRCODE = 'null_value_not_allowed';
     END IF;
+    IF NOT pg_catalog.isfinite(disconnect.at) THEN
+        RAISE EXCEPTION 'pybatch.disconnect: at must be a finite time, not %', disconnect.at
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     SELECT s.future_tolerance INTO STRICT tolerance FROM pybatch.settings s;
     IF disconnect.at > pg_catalog.now() + tolerance THEN
         RAISE EXCEPTION 'pybatch.disconnect: time % is ahead of the server clock (%) by more than future_tolerance %',
@@ -378,3 +398,411 @@ REVOKE EXECUTE ON FUNCTION pybatch.check_target() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION pybatch.drain_staging(bigint) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION pybatch.flush(bigint, interval) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION pybatch.disconnect(uuid, timestamptz) FROM PUBLIC;
+
+-- ===========================================================================
+-- from migrations/0002_schedule.sql
+-- ===========================================================================
+-- pybatch 0002: pybatch.flush_loop(), the flush loop that pg_cron 1.4 runs once a minute.
+-- pg_cron before 1.5 has no seconds schedules, so a per-minute job runs one
+-- `CALL pybatch.flush_loop(...)` that flushes every N seconds, commits after each
+-- pass and returns before the next minute's run. The loop also works on 1.5+.
+
+-- ---------------------------------------------------------------------------
+-- flush_loop_deadline: when a loop started now must stop starting passes.
+-- Half a second before the next minute, so the last pass ends before pg_cron's
+-- next run comes due (pg_cron never overlaps runs; it would queue the next one),
+-- and the gap across the boundary stays within the interval + 0.5 s + pg_cron's
+-- launch delay.
+-- ---------------------------------------------------------------------------
+CREATE FUNCTION pybatch.flush_loop_deadline(stop_at timestamptz DEFAULT NULL)
+RETURNS timestamptz
+LANGUAGE plpgsql
+VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    -- The cron job's session gets a name `pybatch cron remove` can find and end.
+    PERFORM pg_catalog.set_config('application_name', 'pybatch-flush-loop', false);
+    RETURN COALESCE(stop_at,
+        pg_catalog.date_trunc('minute', pg_catalog.clock_timestamp()) + interval '59.5 seconds');
+END
+$$;
+COMMENT ON FUNCTION pybatch.flush_loop_deadline(timestamptz) IS
+    'Internal to flush_loop(): names the session pybatch-flush-loop and returns the time after which no pass starts (stop_at, or 0.5 s before the next minute).';
+
+-- ---------------------------------------------------------------------------
+-- flush_loop_pass: one flush, guarded. Returns when the next pass is due, or
+-- NULL when the loop should end. Any error is caught here, recorded, and the
+-- loop goes on: one failed pass must never stop flushing for the rest of the
+-- minute (that would outlast the 30 s inactive timeout).
+-- ---------------------------------------------------------------------------
+CREATE FUNCTION pybatch.flush_loop_pass(flush_interval interval, stop_at timestamptz)
+RETURNS timestamptz
+LANGUAGE plpgsql
+VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    pass_started timestamptz := pg_catalog.clock_timestamp();
+    result pybatch.flush_result;
+    row_cap bigint;
+    next_pass timestamptz;
+    error_state text;
+    error_message text;
+BEGIN
+    BEGIN
+        -- flush() already returns its own failures as rows (staging kept); this
+        -- block guards everything else (settings gone, flush_log unwritable, ...).
+        result := pybatch.flush(NULL, interval '0');
+        SELECT s.max_rows_per_flush INTO row_cap FROM pybatch.settings s;
+    EXCEPTION WHEN OTHERS THEN
+        GET STACKED DIAGNOSTICS error_state = RETURNED_SQLSTATE, error_message = MESSAGE_TEXT;
+        RAISE WARNING 'pybatch.flush_loop: pass failed, the loop goes on: %: %', error_state, error_message;
+        BEGIN
+            INSERT INTO pybatch.flush_log (started_at, duration, error)
+            VALUES (pass_started, pg_catalog.clock_timestamp() - pass_started,
+                    'flush_loop: ' || error_state || ': ' || error_message);
+        EXCEPTION WHEN OTHERS THEN
+            NULL;  -- the warning above is the record of last resort
+        END;
+    END;
+
+    IF result.error IS NULL AND NOT COALESCE(result.skipped, true)
+       AND row_cap IS NOT NULL AND result.rows_staged >= row_cap THEN
+        next_pass := pg_catalog.clock_timestamp();  -- capped drain: more is waiting, go again now
+    ELSE
+        -- From this pass's start, so the flush's own time does not stretch the gap.
+        next_pass := pass_started + flush_interval;
+    END IF;
+    IF next_pass > stop_at THEN
+        RETURN NULL;
+    END IF;
+    RETURN next_pass;
+END
+$$;
+COMMENT ON FUNCTION pybatch.flush_loop_pass(interval, timestamptz) IS
+    'Internal to flush_loop(): runs one guarded flush (errors are caught, warned and logged in flush_log) and returns when the next pass is due, or NULL past stop_at.';
+
+-- ---------------------------------------------------------------------------
+-- flush_loop: the procedure pg_cron CALLs once a minute.
+-- No SET clause and no SECURITY DEFINER: PostgreSQL forbids COMMIT in a
+-- procedure that has either. The body therefore only calls schema-qualified
+-- functions that pin their own search_path; flush() itself is SECURITY DEFINER.
+-- COMMIT after each pass: each flush is its own transaction, and the sleep holds
+-- no locks.
+-- ---------------------------------------------------------------------------
+CREATE PROCEDURE pybatch.flush_loop(flush_interval interval, stop_at timestamptz DEFAULT NULL)
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    deadline timestamptz := pybatch.flush_loop_deadline(stop_at);
+    next_pass timestamptz;
+BEGIN
+    LOOP
+        next_pass := pybatch.flush_loop_pass(flush_interval, deadline);
+        COMMIT;
+        EXIT WHEN next_pass IS NULL;
+        PERFORM pg_catalog.pg_sleep_until(next_pass);
+    END LOOP;
+END
+$$;
+COMMENT ON PROCEDURE pybatch.flush_loop(interval, timestamptz) IS
+    'Flushes every flush_interval, one transaction per pass, until stop_at (default: 0.5 s before the next minute). pg_cron 1.4 runs it once a minute; a failed pass never ends the loop.';
+
+REVOKE EXECUTE ON FUNCTION pybatch.flush_loop_deadline(timestamptz) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION pybatch.flush_loop_pass(interval, timestamptz) FROM PUBLIC;
+REVOKE EXECUTE ON PROCEDURE pybatch.flush_loop(interval, timestamptz) FROM PUBLIC;
+
+-- ===========================================================================
+-- from migrations/0003_inspect.sql
+-- ===========================================================================
+-- pybatch 0003: inspection views for psql and dashboards.
+-- staging_summary, flush_history, agent_status and health, all readable by pg_monitor.
+--
+-- UNLOGGED staging cannot be read on a hot standby: even planning a query that
+-- names it fails there ("cannot access temporary or unlogged relations during
+-- recovery"). So no view names pybatch.heartbeats; they call plpgsql functions
+-- that check pg_is_in_recovery() first (plpgsql plans a statement only when it
+-- first runs it, so the branch not taken is never planned).
+
+-- ---------------------------------------------------------------------------
+-- Staging figures.
+-- ---------------------------------------------------------------------------
+CREATE FUNCTION pybatch.staging_stats()
+RETURNS TABLE (
+    available boolean,
+    reason text,
+    estimated boolean,
+    method text,
+    rows_staged bigint,
+    distinct_agents bigint,
+    oldest_beat_at timestamptz,
+    newest_beat_at timestamptz,
+    oldest_beat_age interval,
+    newest_beat_age interval,
+    size_bytes bigint
+)
+LANGUAGE plpgsql
+STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    -- Up to exact_max_pages (8 MB, ~120k-150k rows) every figure is exact: one
+    -- scan with a distinct count, ~30 ms. Beyond that an exact scan alone takes
+    -- 100-200 ms per million rows on a small server, so the figures come from
+    -- a block sample of about sample_pages pages (~30k rows) instead.
+    exact_max_pages CONSTANT bigint := 1024;
+    sample_pages CONSTANT numeric := 256;
+    heap_pages bigint;
+    sample_percent numeric;
+    sample_size bigint;
+    sample_distinct bigint;
+    sample_singletons bigint;
+    live_counter bigint;
+BEGIN
+    IF pg_catalog.pg_is_in_recovery() THEN
+        available := false;
+        reason := 'hot standby: UNLOGGED staging (pybatch.heartbeats) exists only on the primary';
+        RETURN NEXT;
+        RETURN;
+    END IF;
+    available := true;
+    size_bytes := pg_catalog.pg_total_relation_size('pybatch.heartbeats'::pg_catalog.regclass);
+    heap_pages := pg_catalog.pg_relation_size('pybatch.heartbeats'::pg_catalog.regclass)
+        / pg_catalog.current_setting('block_size')::bigint;
+
+    IF heap_pages <= exact_max_pages THEN
+        estimated := false;
+        method := 'exact';
+        SELECT pg_catalog.count(*), pg_catalog.count(DISTINCT h.agent_id),
+               pg_catalog.min(h.beat_at), pg_catalog.max(h.beat_at)
+        INTO rows_staged, distinct_agents, oldest_beat_at, newest_beat_at
+        FROM pybatch.heartbeats h;
+    ELSE
+        estimated := true;
+        sample_percent := LEAST(100, 100 * sample_pages / heap_pages);
+        method := 'estimate from a ' || pg_catalog.round(sample_percent, 2)::text || ' % block sample';
+        SELECT pg_catalog.sum(c.beats), pg_catalog.count(*), pg_catalog.count(*) FILTER (WHERE c.beats = 1),
+               pg_catalog.min(c.first_at), pg_catalog.max(c.last_at)
+        INTO sample_size, sample_distinct, sample_singletons, oldest_beat_at, newest_beat_at
+        FROM (
+            SELECT pg_catalog.count(*) AS beats, pg_catalog.min(h.beat_at) AS first_at,
+                   pg_catalog.max(h.beat_at) AS last_at
+            FROM pybatch.heartbeats h TABLESAMPLE SYSTEM (sample_percent)
+            GROUP BY h.agent_id
+        ) c;
+        sample_size := COALESCE(sample_size, 0);
+        -- Each block is in the sample with probability sample_percent: unbiased,
+        -- but +-5-10 % from block to block. The statistics' live-tuple counter
+        -- (kept per insert and delete, up to ~1 s behind) is closer; it is used
+        -- unless a stats reset has made it disagree with the sample by a third.
+        rows_staged := pg_catalog.round(sample_size * 100 / sample_percent)::bigint;
+        live_counter := pg_catalog.pg_stat_get_live_tuples('pybatch.heartbeats'::pg_catalog.regclass);
+        IF live_counter BETWEEN rows_staged * 2 / 3 AND rows_staged * 3 / 2 THEN
+            rows_staged := live_counter;
+            method := method || ', rows from the live-tuple counter';
+        END IF;
+        IF sample_size > 0 THEN
+            -- Haas-Stokes "Duj1", the estimator ANALYZE uses for n_distinct:
+            -- n*d / (n - f1 + f1*n/N), where f1 counts agents seen once in the sample.
+            distinct_agents := LEAST(rows_staged, GREATEST(sample_distinct, pg_catalog.round(
+                sample_size::numeric * sample_distinct
+                / (sample_size - sample_singletons + sample_singletons::numeric * sample_size / rows_staged))::bigint));
+        ELSE
+            distinct_agents := 0;
+        END IF;
+    END IF;
+
+    oldest_beat_age := pg_catalog.now() - oldest_beat_at;
+    newest_beat_age := pg_catalog.now() - newest_beat_at;
+    RETURN NEXT;
+END
+$$;
+COMMENT ON FUNCTION pybatch.staging_stats() IS
+    'Backs pybatch.staging_summary: one row of staging figures, or available = false with a reason on a hot standby.';
+
+-- Newest staged beat per agent; no rows on a hot standby (callers check pg_is_in_recovery()).
+CREATE FUNCTION pybatch.staged_latest_beats()
+RETURNS TABLE (agent_id uuid, latest_beat_at timestamptz)
+LANGUAGE plpgsql
+STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF pg_catalog.pg_is_in_recovery() THEN
+        RETURN;
+    END IF;
+    RETURN QUERY
+        SELECT h.agent_id, pg_catalog.max(h.beat_at)
+        FROM pybatch.heartbeats h
+        GROUP BY h.agent_id;
+END
+$$;
+COMMENT ON FUNCTION pybatch.staged_latest_beats() IS
+    'Backs pybatch.agent_status: the newest staged heartbeat of each agent with one in staging (none on a hot standby).';
+
+REVOKE EXECUTE ON FUNCTION pybatch.staging_stats() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION pybatch.staged_latest_beats() FROM PUBLIC;
+
+-- ---------------------------------------------------------------------------
+-- Views.
+-- ---------------------------------------------------------------------------
+CREATE VIEW pybatch.staging_summary AS
+SELECT s.available, s.reason, s.estimated, s.method, s.rows_staged, s.distinct_agents,
+       s.oldest_beat_at, s.newest_beat_at, s.oldest_beat_age, s.newest_beat_age, s.size_bytes
+FROM pybatch.staging_stats() s;
+COMMENT ON VIEW pybatch.staging_summary IS
+    'One row: what waits in staging (pybatch.heartbeats). Exact while staging is small (up to 8 MB); beyond that rows_staged, distinct_agents and the oldest/newest beats are estimates (from a block sample; rows_staged from the statistics live-tuple counter when the sample agrees) and estimated is true. On a hot standby available is false, reason says why and the figures are NULL.';
+COMMENT ON COLUMN pybatch.staging_summary.available IS 'False on a hot standby, where UNLOGGED staging cannot be read.';
+COMMENT ON COLUMN pybatch.staging_summary.reason IS 'Why the figures are NULL; NULL when available.';
+COMMENT ON COLUMN pybatch.staging_summary.estimated IS 'True when rows_staged, distinct_agents and the oldest/newest beats are sample estimates (staging over 8 MB).';
+COMMENT ON COLUMN pybatch.staging_summary.method IS '"exact", or how the estimates were made (block sample size; whether rows_staged is the live-tuple counter).';
+COMMENT ON COLUMN pybatch.staging_summary.rows_staged IS 'Heartbeats waiting for the next flush (an estimate when estimated).';
+COMMENT ON COLUMN pybatch.staging_summary.distinct_agents IS 'Agents with a staged heartbeat (an estimate when estimated).';
+COMMENT ON COLUMN pybatch.staging_summary.oldest_beat_at IS 'Oldest staged beat_at (when estimated: the oldest in the sample, never older than the true one).';
+COMMENT ON COLUMN pybatch.staging_summary.newest_beat_at IS 'Newest staged beat_at (when estimated: the newest in the sample).';
+COMMENT ON COLUMN pybatch.staging_summary.oldest_beat_age IS 'now() - oldest_beat_at: how long the oldest heartbeat has waited.';
+COMMENT ON COLUMN pybatch.staging_summary.newest_beat_age IS 'now() - newest_beat_at: how long ago the newest heartbeat was staged.';
+COMMENT ON COLUMN pybatch.staging_summary.size_bytes IS 'On-disk size of the staging table, dead tuples included (exact).';
+
+CREATE VIEW pybatch.flush_history AS
+SELECT l.id AS flush_id,
+       l.started_at,
+       l.started_at + l.duration AS finished_at,
+       l.error IS NULL AS succeeded,
+       l.rows_staged,
+       l.agents_updated,
+       l.stale_heartbeats,
+       l.unknown_heartbeats,
+       l.future_heartbeats,
+       l.duration,
+       l.error
+FROM pybatch.flush_log l
+ORDER BY l.started_at DESC, l.id DESC;
+COMMENT ON VIEW pybatch.flush_history IS
+    'Recent flushes (kept for settings.history_retention), newest first; add LIMIT for the last few. Failed flushes have succeeded = false and the error.';
+COMMENT ON COLUMN pybatch.flush_history.flush_id IS 'pybatch.flush_log.id.';
+COMMENT ON COLUMN pybatch.flush_history.started_at IS 'When the flush started.';
+COMMENT ON COLUMN pybatch.flush_history.finished_at IS 'When the flush ended (started_at + duration).';
+COMMENT ON COLUMN pybatch.flush_history.succeeded IS 'False when the flush failed, rolled back and kept staging.';
+COMMENT ON COLUMN pybatch.flush_history.rows_staged IS 'Staged heartbeats the flush drained.';
+COMMENT ON COLUMN pybatch.flush_history.agents_updated IS 'workspace_agents rows the flush changed.';
+COMMENT ON COLUMN pybatch.flush_history.stale_heartbeats IS 'Heartbeats older than what workspace_agents already held (changed nothing).';
+COMMENT ON COLUMN pybatch.flush_history.unknown_heartbeats IS 'Heartbeats for agent ids not in workspace_agents (dropped).';
+COMMENT ON COLUMN pybatch.flush_history.future_heartbeats IS 'Heartbeats dated beyond settings.future_tolerance (dropped).';
+COMMENT ON COLUMN pybatch.flush_history.duration IS 'How long the flush took.';
+COMMENT ON COLUMN pybatch.flush_history.error IS 'SQLSTATE and message of a failed flush; NULL on success.';
+
+-- Coder's status rules (FACTS.md), in order; a NULL time compares like Go's zero time.
+CREATE VIEW pybatch.agent_status AS
+SELECT wa.id AS agent_id,
+       CASE
+           WHEN wa.first_connected_at IS NULL THEN
+               CASE WHEN wa.connection_timeout_seconds > 0
+                         AND pg_catalog.now() - wa.created_at
+                             > pg_catalog.make_interval(secs => wa.connection_timeout_seconds)
+                    THEN 'timeout' ELSE 'connecting' END
+           WHEN COALESCE(wa.disconnected_at, '-infinity') >= COALESCE(wa.last_connected_at, '-infinity')
+               THEN 'disconnected'
+           WHEN wa.last_connected_at IS NULL
+                OR pg_catalog.now() - wa.last_connected_at > s.inactive_timeout
+               THEN 'disconnected'
+           ELSE 'connected'
+       END AS status,
+       wa.created_at,
+       wa.first_connected_at,
+       wa.last_connected_at,
+       wa.disconnected_at,
+       wa.connection_timeout_seconds,
+       b.latest_beat_at AS staged_beat_at,
+       CASE WHEN pg_catalog.pg_is_in_recovery() THEN NULL
+            ELSE COALESCE(b.latest_beat_at > COALESCE(wa.last_connected_at, '-infinity'), false)
+       END AS newer_heartbeat_staged
+FROM public.workspace_agents wa
+CROSS JOIN pybatch.settings s
+LEFT JOIN pybatch.staged_latest_beats() b ON b.agent_id = wa.id;
+COMMENT ON VIEW pybatch.agent_status IS
+    'One row per agent of public.workspace_agents with Coder''s status (connecting, connected, disconnected, timeout) using settings.inactive_timeout, and whether a newer heartbeat still waits in staging (the answer to "why does this agent look stale?"). Reads all of staging once per query.';
+COMMENT ON COLUMN pybatch.agent_status.agent_id IS 'public.workspace_agents.id.';
+COMMENT ON COLUMN pybatch.agent_status.status IS 'connecting, connected, disconnected or timeout, by Coder''s rules.';
+COMMENT ON COLUMN pybatch.agent_status.created_at IS 'workspace_agents.created_at.';
+COMMENT ON COLUMN pybatch.agent_status.first_connected_at IS 'workspace_agents.first_connected_at.';
+COMMENT ON COLUMN pybatch.agent_status.last_connected_at IS 'workspace_agents.last_connected_at (as of the last flush).';
+COMMENT ON COLUMN pybatch.agent_status.disconnected_at IS 'workspace_agents.disconnected_at.';
+COMMENT ON COLUMN pybatch.agent_status.connection_timeout_seconds IS 'workspace_agents.connection_timeout_seconds (0: no timeout).';
+COMMENT ON COLUMN pybatch.agent_status.staged_beat_at IS 'Newest heartbeat of this agent still in staging; NULL if none (or on a hot standby).';
+COMMENT ON COLUMN pybatch.agent_status.newer_heartbeat_staged IS 'True when staging holds a heartbeat newer than last_connected_at: the next flush will move it. NULL on a hot standby.';
+
+CREATE VIEW pybatch.health AS
+WITH cfg AS (
+    SELECT s.flush_interval FROM pybatch.settings s
+), last_success AS (
+    SELECT l.started_at + l.duration AS finished_at
+    FROM pybatch.flush_log l
+    WHERE l.error IS NULL
+    ORDER BY l.started_at DESC
+    LIMIT 1
+), last_failure AS (
+    SELECT l.started_at + l.duration AS finished_at, l.error
+    FROM pybatch.flush_log l
+    WHERE l.error IS NOT NULL
+    ORDER BY l.started_at DESC
+    LIMIT 1
+), judged AS (
+    SELECT cfg.flush_interval,
+           ok.finished_at AS last_success_at,
+           pg_catalog.now() - ok.finished_at AS last_success_age,
+           bad.finished_at AS last_failure_at,
+           bad.error AS last_error
+    FROM cfg
+    LEFT JOIN last_success ok ON true
+    LEFT JOIN last_failure bad ON true
+)
+SELECT j.last_success_at,
+       j.last_success_age,
+       j.flush_interval,
+       CASE
+           WHEN j.last_success_at IS NULL THEN 'stalled'
+           WHEN j.last_success_age <= 2 * j.flush_interval THEN 'ok'
+           WHEN j.last_success_age <= 5 * j.flush_interval THEN 'late'
+           ELSE 'stalled'
+       END AS status,
+       CASE
+           WHEN j.last_success_at IS NULL THEN
+               'no successful flush recorded in pybatch.flush_log'
+               || CASE WHEN j.last_error IS NOT NULL THEN '; last flush failed: ' || j.last_error
+                       ELSE '; is a scheduler running (pg_cron job or `pybatch scheduler`)?' END
+           WHEN j.last_success_age <= 2 * j.flush_interval THEN
+               'last successful flush ' || pg_catalog.round(EXTRACT(EPOCH FROM j.last_success_age), 1)::text || ' s'
+               || ' ago, within 2 flush intervals'
+           ELSE
+               'last successful flush ' || pg_catalog.round(EXTRACT(EPOCH FROM j.last_success_age), 1)::text || ' s'
+               || ' ago, over ' || CASE WHEN j.last_success_age <= 5 * j.flush_interval THEN '2' ELSE '5' END
+               || ' flush intervals of ' || j.flush_interval::text
+               || CASE WHEN j.last_failure_at > j.last_success_at THEN '; last flush failed: ' || j.last_error
+                       ELSE '; is a scheduler running (pg_cron job or `pybatch scheduler`)?' END
+       END AS reason,
+       j.last_failure_at,
+       j.last_error
+FROM judged j;
+COMMENT ON VIEW pybatch.health IS
+    'One row: is flushing keeping up? status ok (last success within 2 flush intervals), late (within 5) or stalled (older, or never), with a reason. Usable as a liveness check, also on a hot standby.';
+COMMENT ON COLUMN pybatch.health.last_success_at IS 'When the last successful flush ended; NULL if none is recorded.';
+COMMENT ON COLUMN pybatch.health.last_success_age IS 'now() - last_success_at.';
+COMMENT ON COLUMN pybatch.health.flush_interval IS 'settings.flush_interval, the yardstick for late and stalled.';
+COMMENT ON COLUMN pybatch.health.status IS 'ok, late or stalled.';
+COMMENT ON COLUMN pybatch.health.reason IS 'Why the status is what it is, for people.';
+COMMENT ON COLUMN pybatch.health.last_failure_at IS 'When the last failed flush ended; NULL if none is recorded.';
+COMMENT ON COLUMN pybatch.health.last_error IS 'Error of the last failed flush.';
+
+-- ---------------------------------------------------------------------------
+-- Monitoring access: pg_monitor reads the views (they run with the owner's
+-- rights on tables; the staging functions are SECURITY DEFINER).
+-- ---------------------------------------------------------------------------
+GRANT USAGE ON SCHEMA pybatch TO pg_monitor;
+GRANT SELECT ON pybatch.staging_summary, pybatch.flush_history, pybatch.agent_status, pybatch.health TO pg_monitor;
+GRANT SELECT ON pybatch.settings TO pg_monitor;  -- the yardsticks the views use
+GRANT EXECUTE ON FUNCTION pybatch.staging_stats(), pybatch.staged_latest_beats() TO pg_monitor;
+
