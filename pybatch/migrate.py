@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import psycopg
 import psycopg.conninfo
+from psycopg import sql
 from yoyo import read_migrations
 from yoyo.backends.base import DatabaseBackend
 from yoyo.connections import DatabaseURI, get_backend_class
@@ -89,15 +90,18 @@ def _locked(dsn: str) -> Iterator[DatabaseBackend]:
 
 
 def status(dsn: str) -> list[MigrationState]:
-    """Every known migration, in order, with whether it is applied."""
-    backend = _backend(dsn)
-    try:
-        migrations = _migrations()
-        with db.translated("cannot read migration state"):
-            applied = {m.id for m in migrations if backend.is_applied(m)}
-        return [MigrationState(m.id, m.id in applied) for m in migrations]
-    finally:
-        backend.connection.close()
+    """Every known migration, in order, with whether it is applied.
+
+    Read-only: it reads yoyo's table directly and creates nothing (yoyo's own
+    backend would create its bookkeeping tables on a database without pybatch).
+    """
+    with db.connect(dsn) as conn, db.translated("cannot read migration state"):
+        row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (MIGRATION_TABLE,)).fetchone()
+        applied: set[str] = set()
+        if row and row[0]:
+            query = sql.SQL("SELECT migration_id FROM {}").format(sql.Identifier(MIGRATION_TABLE))
+            applied = {r[0] for r in conn.execute(query)}
+    return [MigrationState(m.id, m.id in applied) for m in _migrations()]
 
 
 def pending_ids(dsn: str) -> list[str]:
