@@ -1,10 +1,8 @@
 -- pybatch: the canonical current schema, for reading and for tools that want
 -- the whole schema at once (`psql -f sql/schema.sql` on an empty database).
 -- It must build the same catalog as applying every migration in migrations/:
--- tests/integration/test_schema_catalog.py checks that.
---
--- Sections: core (staging, settings, flush log, flush(), disconnect()),
--- scheduling (flush_loop for pg_cron), inspection (views for psql).
+-- tests/integration/test_schema_catalog.py checks that. Rebuild it with
+-- scripts/sync_schema.sh after adding a migration.
 
 -- ===========================================================================
 -- from migrations/0001_initial.sql
