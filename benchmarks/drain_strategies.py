@@ -14,6 +14,9 @@ Writers are N threads, one autocommit psycopg connection each, inserting one row
 per heartbeat at a fixed total rate. Insert latency is measured from the time
 the insert was due (like pgbench --rate), so an insert queued behind a blocked
 one counts its wait too; "service" is the time of the INSERT call alone.
+A sampler also counts, server side every 10 ms, writers waiting on a lock and
+what holds it: that shows blocking even when the shared machine's CPU load
+inflates every latency.
 Losslessness: rows the writers committed = rows the flushes merged + rows left
 in staging, and every agent's last_connected_at equals its newest beat sent.
 
