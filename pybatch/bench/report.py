@@ -115,6 +115,8 @@ def plot(report: BenchReport, path: Path) -> None:
         values = [report.strategies[n].get(key) or 0 for n in names]
         ax.bar(names, values, color=["#999999", "#c98b4b", "#5b8fc9", "#3a9d5d"][: len(names)])
         ax.set_title(title, fontsize=10)
+        if key == "statements_per_s" and all(v > 0 for v in values):
+            ax.set_yscale("log")  # 667/s against 0.1/s: a linear axis hides the small ones
         ax.tick_params(axis="x", labelsize=8, rotation=20)
     for index in range(len(panels), rows * columns):
         axes[index // columns][index % columns].axis("off")
