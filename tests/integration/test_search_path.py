@@ -97,7 +97,7 @@ def test_disconnect_and_flush_ignore_shadowing_objects(conn: psycopg.Connection,
     with attacker.cursor() as cur, cur.copy("COPY pybatch.heartbeats (agent_id, beat_at) FROM STDIN") as cp:
         for agent in agents:
             cp.write_row((agent, T0))
-    attacker.execute("INSERT INTO pybatch.heartbeats (agent_id, beat_at) VALUES (%s, 'infinity')", (agents[0],))
+    attacker.execute("INSERT INTO pybatch.heartbeats (agent_id, beat_at) VALUES (%s, '9999-12-31')", (agents[0],))
     result = flush(attacker)
     assert result.ok and result.agents_updated == 3 and result.future_heartbeats == 1
     assert result.rows_staged == 4  # the real max_rows_per_flush, not evil.settings' 1
