@@ -246,6 +246,11 @@ class _Context:
                          f"staging holds {approx}{staging.rows_staged} heartbeats and the oldest has waited "
                          f"{_secs(age)} (over {self.limits.stalled_intervals} flush intervals): nothing drains it; "
                          "check the scheduler (`pybatch cron status`) or run `pybatch flush`")
+        cap = inspect.read_settings(self.conn).max_rows_per_flush
+        if cap is not None and staging.rows_staged is not None and staging.rows_staged > cap:
+            return Check("staging_growth", WARN,
+                         f"staging holds about {staging.rows_staged} heartbeats, more than one flush drains "
+                         f"(max_rows_per_flush {cap}): catching up takes several passes")
         return Check("staging_growth", OK, f"staging holds {staging.rows_staged} heartbeats, oldest "
                      f"{_secs(age) if age is not None else '-'} old")
 

@@ -104,6 +104,17 @@ def test_staging_growing_without_flushes(conn: psycopg.Connection, dsn: str) -> 
     assert checks(doctor(dsn))["staging_growth"].level == OK
 
 
+def test_staging_beyond_one_flush_warns(conn: psycopg.Connection, dsn: str) -> None:
+    agents = add_agents(conn, 3)
+    conn.execute("UPDATE pybatch.settings SET max_rows_per_flush = 2")
+    conn.execute("INSERT INTO pybatch.heartbeats (agent_id) SELECT unnest(%s::uuid[])", (agents,))
+    check = checks(doctor(dsn))["staging_growth"]
+    assert check.level == WARN and "max_rows_per_flush 2" in check.message
+    flush(conn)
+    flush(conn)
+    assert checks(doctor(dsn))["staging_growth"].level == OK
+
+
 def test_flushes_late_warn_and_stalled_fail(conn: psycopg.Connection, dsn: str) -> None:
     conn.execute("INSERT INTO pybatch.flush_log (started_at, duration) VALUES (now() - interval '30 seconds', '0')")
     assert checks(doctor(dsn))["flushes"].level == WARN
