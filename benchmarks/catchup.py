@@ -21,7 +21,7 @@ from pathlib import Path
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _scratch import database
+from benchdb import database
 
 from pybatch.flush import flush
 

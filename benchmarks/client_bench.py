@@ -10,36 +10,17 @@ It writes only to pybatch.heartbeats and empties it before and after each measur
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import platform
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import psycopg
+from benchdb import database
 
-from pybatch import HeartbeatClient, migrate
-from pybatch.local import LocalCluster
-
-
-@contextlib.contextmanager
-def temporary_cluster() -> Iterator[str]:
-    home = Path(tempfile.mkdtemp(prefix="pybatch-client-bench-"))
-    os.chmod(home, 0o755)  # the server user must reach its data directory
-    cluster = LocalCluster(home / "cluster")
-    try:
-        cluster.start()
-        migrate.apply(cluster.url())
-        yield cluster.url()
-    finally:
-        cluster.destroy()
-        shutil.rmtree(home, ignore_errors=True)
+from pybatch import HeartbeatClient
 
 
 def empty_staging(dsn: str) -> int:
@@ -132,11 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--immediate-calls", type=int, default=5_000,
                         help="immediate beat() calls timed (default 5000)")
     args = parser.parse_args(argv)
-    if args.dsn:
-        run(args.dsn, args)
-    else:
-        with temporary_cluster() as dsn:
-            run(dsn, args)
+    with database(args.dsn) as dsn:
+        run(dsn, args)
     return 0
 
 

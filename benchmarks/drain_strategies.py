@@ -33,25 +33,23 @@ import argparse
 import contextlib
 import json
 import os
-import shutil
 import sys
-import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
+from benchdb import database
 from psycopg import sql
 from psycopg.abc import Query
 
-from pybatch import db, migrate
+from pybatch import db
 from pybatch.durations import parse_duration
 from pybatch.errors import ConfigError, PybatchError
-from pybatch.local import LocalCluster
 
 SQL_DIR = Path(__file__).resolve().parent / "drain_strategies"
 DEFAULT_STRATEGIES = ("lock_truncate", "delete_returning", "rotation")
@@ -278,21 +276,6 @@ def _ms(ordered: Sequence[float], q: float) -> float:
 
 # -- set-up, output, main ------------------------------------------------------------
 
-@contextlib.contextmanager
-def temporary_database() -> Iterator[str]:
-    """A throwaway cluster with default durability settings, migrated, destroyed afterwards."""
-    home = Path(tempfile.mkdtemp(prefix="pybatch-drain-"))
-    os.chmod(home, 0o755)  # as root the server runs as `postgres`, which must reach its directory
-    cluster = LocalCluster(home / "cluster")
-    try:
-        cluster.start()
-        migrate.apply(cluster.url())
-        yield cluster.url()
-    finally:
-        cluster.destroy()
-        shutil.rmtree(home, ignore_errors=True)
-
-
 def check_scratch(dsn: str) -> None:
     """Refuse to empty a workspace_agents that pybatch did not create (a real deployment's)."""
     with db.connect(dsn) as conn, db.translated("cannot read pybatch.settings"):
@@ -356,7 +339,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 dsn = args.dsn
             else:
                 print("starting a temporary PostgreSQL cluster ...", file=sys.stderr)
-                dsn = stack.enter_context(temporary_database())
+                dsn = stack.enter_context(database(None))
             with db.connect(dsn) as conn:
                 conn.execute(read_sql("setup.sql"))
             results = []

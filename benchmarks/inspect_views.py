@@ -19,7 +19,7 @@ from pathlib import Path
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _scratch import database
+from benchdb import database
 
 QUERIES = {
     "staging_summary": "SELECT * FROM pybatch.staging_summary",

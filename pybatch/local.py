@@ -17,6 +17,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -272,6 +273,26 @@ class LocalCluster:
         except OSError:
             return "no server log"
         return lines[-1] if lines else "empty server log"
+
+
+@contextlib.contextmanager
+def temporary_cluster(
+    settings: Mapping[str, str] | None = None, *, prefix: str = "pybatch-",
+) -> Iterator[LocalCluster]:
+    """A started cluster in a fresh temporary directory, destroyed afterwards (tests, benchmarks).
+
+    PYBATCH_TEST_TMP picks the parent directory (default /tmp). The directory is made
+    world-searchable because, as root, the server runs as another user who must reach it.
+    """
+    base = Path(tempfile.mkdtemp(prefix=prefix, dir=os.environ.get("PYBATCH_TEST_TMP", "/tmp")))
+    os.chmod(base, 0o755)
+    cluster = LocalCluster(base / "cluster", settings=settings)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.destroy()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def _last_line(text: str) -> str:

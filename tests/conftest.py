@@ -4,20 +4,17 @@ and a fresh database per test cloned by pytest-postgresql from a migrated templa
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import psycopg
 import pytest
 from pytest_postgresql.janitor import DatabaseJanitor
 
 from pybatch import migrate
-from pybatch.local import SUPERUSER, LocalCluster
+from pybatch.local import SUPERUSER, LocalCluster, temporary_cluster
 
 TEMPLATE_DB = "pybatch_template"
 # Faster, not less correct: crash tests kill processes, not the machine.
@@ -31,18 +28,11 @@ def _dsn(cluster: LocalCluster, dbname: str) -> str:
 @pytest.fixture(scope="session")
 def pg_cluster() -> Iterator[LocalCluster]:
     """The session's own cluster, in a temporary directory the server user can reach."""
-    home = Path(tempfile.mkdtemp(prefix="pybatch-tests-", dir=os.environ.get("PYBATCH_TEST_TMP", "/tmp")))
-    cluster = LocalCluster(home / "cluster", settings=TEST_SETTINGS)
-    os.chmod(home, 0o755)
-    cluster.start()
-    template = DatabaseJanitor(user=SUPERUSER, host="127.0.0.1", port=cluster.port, dbname=TEMPLATE_DB)
-    template.init()
-    migrate.apply(_dsn(cluster, TEMPLATE_DB))
-    try:
+    with temporary_cluster(TEST_SETTINGS, prefix="pybatch-tests-") as cluster:
+        template = DatabaseJanitor(user=SUPERUSER, host="127.0.0.1", port=cluster.port, dbname=TEMPLATE_DB)
+        template.init()
+        migrate.apply(_dsn(cluster, TEMPLATE_DB))
         yield cluster
-    finally:
-        cluster.destroy()
-        shutil.rmtree(home, ignore_errors=True)
 
 
 def _fresh_database(cluster: LocalCluster, template: str | None) -> Iterator[str]:
@@ -80,16 +70,9 @@ def own_cluster() -> Iterator[LocalCluster]:
     """A private cluster (pg_cron preloaded) with a migrated `pybatch` database, for tests
     that stop, kill or restart the server. Slower than `dsn`: use only when needed.
     Its app database DSN is `own_cluster.url()`."""
-    home = Path(tempfile.mkdtemp(prefix="pybatch-own-", dir=os.environ.get("PYBATCH_TEST_TMP", "/tmp")))
-    os.chmod(home, 0o755)
-    cluster = LocalCluster(home / "cluster", settings=TEST_SETTINGS)
-    cluster.start()
-    migrate.apply(cluster.url())
-    try:
+    with temporary_cluster(TEST_SETTINGS, prefix="pybatch-own-") as cluster:
+        migrate.apply(cluster.url())
         yield cluster
-    finally:
-        cluster.destroy()
-        shutil.rmtree(home, ignore_errors=True)
 
 
 def run_pybatch(*args: str, env: dict[str, str] | None = None, timeout: float = 120,

@@ -10,15 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import os
-import shutil
-import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -26,7 +22,7 @@ from pytest_postgresql.janitor import DatabaseJanitor
 
 from pybatch import migrate
 from pybatch.errors import CronError
-from pybatch.local import SUPERUSER, LocalCluster
+from pybatch.local import SUPERUSER, LocalCluster, temporary_cluster
 from pybatch.schedule import cron
 from tests.conftest import TEMPLATE_DB, TEST_SETTINGS
 
@@ -255,11 +251,8 @@ def test_remove_ends_a_running_loop(dsn: str, pg_cluster: LocalCluster) -> None:
 def test_errors_name_the_problem_and_the_scheduler() -> None:
     """One private cluster walks through: pg_cron not preloaded, extension not created (and the role
     may not create it), then no privilege on schema cron. remove() stays a quiet no-op throughout."""
-    home = Path(tempfile.mkdtemp(prefix="pybatch-cron-", dir=os.environ.get("PYBATCH_TEST_TMP", "/tmp")))
-    os.chmod(home, 0o755)
-    cluster = LocalCluster(home / "cluster", settings={**TEST_SETTINGS, "shared_preload_libraries": "''"})
-    try:
-        cluster.start()
+    settings = {**TEST_SETTINGS, "shared_preload_libraries": "''"}
+    with temporary_cluster(settings, prefix="pybatch-cron-") as cluster:
         admin = cluster.url()
         migrate.apply(admin)
         with psycopg.connect(admin, autocommit=True) as conn:
@@ -295,9 +288,6 @@ def test_errors_name_the_problem_and_the_scheduler() -> None:
             assert_actionable(err.value)
         assert cron.remove(alice) == 0
         assert cron.remove(admin) == 2
-    finally:
-        cluster.destroy()
-        shutil.rmtree(home, ignore_errors=True)
 
 
 def assert_actionable(error: CronError) -> None:

@@ -3,13 +3,9 @@ each made for real on a real server."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -17,7 +13,7 @@ import pytest
 from pybatch import migrate
 from pybatch.doctor import FAIL, OK, WARN, Check, DoctorReport, Thresholds, doctor, judge_hot, judge_server_version
 from pybatch.flush import flush
-from pybatch.local import LocalCluster
+from pybatch.local import LocalCluster, temporary_cluster
 from pybatch.schedule import cron
 from tests.conftest import TEST_SETTINGS
 
@@ -154,16 +150,9 @@ def test_judges_without_a_server() -> None:
 
 @pytest.fixture
 def cluster_without_pg_cron() -> Iterator[LocalCluster]:
-    home = Path(tempfile.mkdtemp(prefix="pybatch-nocron-", dir=os.environ.get("PYBATCH_TEST_TMP", "/tmp")))
-    os.chmod(home, 0o755)
-    cluster = LocalCluster(home / "cluster", settings={**TEST_SETTINGS, "shared_preload_libraries": "''"})
-    cluster.start()
-    migrate.apply(cluster.url())
-    try:
+    with temporary_cluster({**TEST_SETTINGS, "shared_preload_libraries": "''"}, prefix="pybatch-nocron-") as cluster:
+        migrate.apply(cluster.url())
         yield cluster
-    finally:
-        cluster.destroy()
-        shutil.rmtree(home, ignore_errors=True)
 
 
 def test_pg_cron_not_preloaded(cluster_without_pg_cron: LocalCluster) -> None:
