@@ -19,7 +19,7 @@ from pybatch.errors import ConfigError, PybatchError
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 
-COMMAND_MODULES = [core, local, grant, inspect, bench, schedule]
+COMMAND_MODULES = [core, local, schedule, inspect, grant, bench]
 
 
 def build_parser() -> argparse.ArgumentParser:
