@@ -223,7 +223,8 @@ def run_strategy(dsn: str, name: str, config: BenchConfig, say: Progress) -> dic
                 flusher.stop()
             strategy.close()
     window = load.window(window_start, window_end)
-    writes = [w for w in (flusher.writes if flusher else strategy.writes) if window_start <= w.started < window_end]
+    # The flushes that merged the window's beats: those that started after its first flush, up to its last.
+    writes = [w for w in (flusher.writes if flusher else strategy.writes) if window_start < w.started <= window_end]
     counters = end_counters.minus(start_counters)
     if isinstance(flusher, FlushLogWatcher):
         # pg_cron's loop procedure never goes idle between flushes, so its table statistics
