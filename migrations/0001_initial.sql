@@ -165,31 +165,6 @@ COMMENT ON TYPE pybatch.flush_result IS
     'What one pybatch.flush() call did. skipped: another flush held the lock. error: the flush failed, rolled back and kept staging.';
 
 -- ---------------------------------------------------------------------------
--- drain_staging: delete (at most max_rows) staged rows and return them.
--- DELETE ... RETURNING, not TRUNCATE: a row inserted after this statement's
--- snapshot is not deleted, so it stays for the next flush (TRUNCATE would wipe
--- it), and writers never wait for the merge.
--- ---------------------------------------------------------------------------
-CREATE FUNCTION pybatch.drain_staging(max_rows bigint)
-RETURNS SETOF pybatch.heartbeats
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    IF max_rows IS NULL THEN
-        RETURN QUERY DELETE FROM pybatch.heartbeats RETURNING *;
-    ELSE
-        RETURN QUERY
-            DELETE FROM pybatch.heartbeats h
-            WHERE h.ctid = ANY (ARRAY(SELECT s.ctid FROM pybatch.heartbeats s LIMIT max_rows))
-            RETURNING h.*;
-    END IF;
-END
-$$;
-COMMENT ON FUNCTION pybatch.drain_staging(bigint) IS
-    'Internal to flush(): deletes up to max_rows staged heartbeats (all when NULL) and returns them.';
-
--- ---------------------------------------------------------------------------
 -- flush(): merge staged heartbeats into public.workspace_agents.
 --
 -- The rule: each agent ends up as if every heartbeat and disconnect had been
@@ -241,8 +216,15 @@ BEGIN
     -- roll back together, staging keeps its rows, and the error is logged below.
     BEGIN
         WITH drained AS (
-            SELECT d.agent_id, d.replica_id, d.beat_at
-            FROM pybatch.drain_staging(COALESCE(max_rows, cfg.max_rows_per_flush)) d
+            -- DELETE ... RETURNING, not TRUNCATE: a row committed after this
+            -- statement's snapshot is not deleted and waits for the next flush
+            -- (TRUNCATE would wipe it), and writers never wait for the merge.
+            -- LIMIT caps one pass (LIMIT NULL: no cap); the ctid array makes it
+            -- a TID scan of exactly the rows picked.
+            DELETE FROM pybatch.heartbeats h
+            WHERE h.ctid = ANY (ARRAY(SELECT s.ctid FROM pybatch.heartbeats s
+                                      LIMIT COALESCE(max_rows, cfg.max_rows_per_flush)))
+            RETURNING h.agent_id, h.replica_id, h.beat_at
         ),
         latest AS (
             -- One row per agent: its latest beat, plus its earliest beat and count.
@@ -385,6 +367,5 @@ COMMENT ON FUNCTION pybatch.disconnect(uuid, timestamptz) IS
 
 -- Functions are executable by PUBLIC by default; pybatch grants them per role.
 REVOKE EXECUTE ON FUNCTION pybatch.check_target() FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION pybatch.drain_staging(bigint) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION pybatch.flush(bigint, interval) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION pybatch.disconnect(uuid, timestamptz) FROM PUBLIC;

@@ -121,7 +121,6 @@ def test_writer_can_insert_copy_and_disconnect(dsn: str, conn: psycopg.Connectio
     "UPDATE pybatch.settings SET future_tolerance = '100 years'",
     "DELETE FROM pybatch.flush_log",
     "SELECT * FROM pybatch.flush()",
-    "SELECT * FROM pybatch.drain_staging(NULL)",
     "SELECT pybatch.check_target()",
     "CREATE TABLE pybatch.mine (x int)",
     "CREATE FUNCTION pybatch.now() RETURNS timestamptz LANGUAGE sql AS 'SELECT now()'",
