@@ -1,4 +1,4 @@
-"""Core commands: migrate, flush, psql, demo."""
+"""Core commands: migrate, flush, psql."""
 
 from __future__ import annotations
 
