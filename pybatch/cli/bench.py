@@ -11,7 +11,7 @@ from typing import Any
 
 from pybatch.bench import STRATEGY_NAMES, BenchConfig, run_bench
 from pybatch.bench import report as bench_report
-from pybatch.cli.common import dsn, print_table
+from pybatch.cli.common import dsn, positive_int, print_table
 from pybatch.config import resolve_dsn
 from pybatch.durations import parse_duration
 from pybatch.errors import ConfigError
@@ -23,7 +23,7 @@ def register(subparsers: Any) -> None:
         help="measure direct UPDATEs, app-side batching and pybatch side by side (resets workspace_agents: "
              "use a database of its own)",
     )
-    p.add_argument("--agents", type=_positive_int, default=10_000, help="fleet size (default 10000)")
+    p.add_argument("--agents", type=positive_int, default=10_000, help="fleet size (default 10000)")
     p.add_argument("--period", default="15s", help="heartbeat period of each agent (default 15s)")
     p.add_argument("--flush-interval", default="10s", help="flush interval for staged and buffered (default 10s)")
     p.add_argument("--seconds", default="60s",
@@ -37,8 +37,8 @@ def register(subparsers: Any) -> None:
                    help=f"comma-separated, run in this order (default {','.join(STRATEGY_NAMES)})")
     p.add_argument("--fillfactor", type=_fillfactor, default=None,
                    help="set this fillfactor on workspace_agents first (default: leave the table's own)")
-    p.add_argument("--workers", type=_positive_int, default=4, help="fleet threads sending heartbeats (default 4)")
-    p.add_argument("--flush-rounds", metavar="N", type=_positive_int, default=None,
+    p.add_argument("--workers", type=positive_int, default=4, help="fleet threads sending heartbeats (default 4)")
+    p.add_argument("--flush-rounds", metavar="N", type=positive_int, default=None,
                    help="instead of the strategies: stage one heartbeat for every agent and time one flush, "
                         "N rounds in a row (round 1 is the worst case, later rounds the steady state)")
     p.add_argument("--json", metavar="FILE", type=Path, default=None,
@@ -52,20 +52,10 @@ def register(subparsers: Any) -> None:
         help="the showcase: embedded cluster, migrate, pg_cron flush job, direct vs buffered at 10,000 agents "
              "(about a minute); leaves the cluster running",
     )
-    p.add_argument("--agents", type=_positive_int, default=10_000, help="fleet size (default 10000)")
+    p.add_argument("--agents", type=positive_int, default=10_000, help="fleet size (default 10000)")
     p.add_argument("--seconds", default="20s", help="time measured per strategy (default 20s)")
     p.add_argument("--warmup", default="10s", help="time run before measuring, per strategy (default 10s)")
     p.set_defaults(handler=cmd_demo)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
-    return value
 
 
 def _compress(text: str) -> float:
@@ -79,7 +69,7 @@ def _compress(text: str) -> float:
 
 
 def _fillfactor(text: str) -> int:
-    value = _positive_int(text)
+    value = positive_int(text)
     if not 10 <= value <= 100:
         raise argparse.ArgumentTypeError(f"{text!r} must be between 10 and 100")
     return value

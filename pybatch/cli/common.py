@@ -15,6 +15,17 @@ def dsn(args: argparse.Namespace) -> str:
     return resolve_dsn(args.dsn, embedded=not args.no_embedded).dsn
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number above zero."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
+    return value
+
+
 def print_json(document: Any) -> None:
     json.dump(document, sys.stdout, indent=2, sort_keys=True, default=str)
     sys.stdout.write("\n")

@@ -9,7 +9,7 @@ import sys
 from typing import Any
 
 from pybatch import db, migrate
-from pybatch.cli.common import dsn, print_json
+from pybatch.cli.common import dsn, positive_int, print_json
 from pybatch.errors import PybatchError
 from pybatch.flush import flush
 
@@ -22,7 +22,7 @@ def register(subparsers: Any) -> None:
     p.set_defaults(handler=cmd_migrate)
 
     p = subparsers.add_parser("flush", help="run one flush now and print its statistics")
-    p.add_argument("--max-rows", type=_positive_int, default=None,
+    p.add_argument("--max-rows", type=positive_int, default=None,
                    help="drain at most this many staged rows (default: settings.max_rows_per_flush)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(handler=cmd_flush)
@@ -30,16 +30,6 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("psql", help="open psql on the configured database")
     p.add_argument("psql_args", nargs=argparse.REMAINDER, help="extra arguments for psql")
     p.set_defaults(handler=cmd_psql)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
-    return value
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
