@@ -50,7 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    psql_args = _split_psql_args(argv)
     args = parser.parse_args(argv)
+    if psql_args is not None:
+        args.psql_args = psql_args
     if args.log_level not in ("debug", "info", "warning", "error"):  # argparse does not check env defaults
         parser.error(f"PYBATCH_LOG_LEVEL: {args.log_level!r} is not one of debug, info, warning, error")
     logging.basicConfig(
@@ -74,6 +78,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         first_line = (str(exc).strip().splitlines() or [""])[0]
         print(f"pybatch: unexpected error: {type(exc).__name__}: {first_line}", file=sys.stderr)
         return EXIT_ERROR
+
+
+def _split_psql_args(argv: list[str]) -> list[str] | None:
+    """`pybatch [options] psql ARGS...`: everything after `psql` belongs to psql, options
+    included, so argparse never sees it. Cuts argv in place; None when the command is not psql."""
+    takes_value = {"--dsn", "--log-level"}
+    for index, word in enumerate(argv):
+        if word == "psql" and (index == 0 or argv[index - 1] not in takes_value):
+            rest = argv[index + 1:]
+            del argv[index + 1:]
+            return rest[1:] if rest[:1] == ["--"] else rest
+        if not word.startswith("-") and (index == 0 or argv[index - 1] not in takes_value):
+            return None  # another command came first
+    return None
 
 
 def entrypoint() -> None:

@@ -71,8 +71,7 @@ def cmd_psql(args: argparse.Namespace) -> int:
     psql = shutil.which("psql")
     if psql is None:
         raise PybatchError("psql not found: install postgresql-client")
-    extra = [a for a in args.psql_args if a != "--"]
     target = dsn(args)
-    argv = [psql, target, *extra] if target else [psql, *extra]
+    argv = [psql, target, *args.psql_args] if target else [psql, *args.psql_args]
     os.execv(psql, argv)
     return 0  # not reached

@@ -138,3 +138,11 @@ def test_embedded_cluster_lifecycle(local_home: Path) -> None:
     assert run_pybatch("local", "status", env=env).returncode == 3
     refused = run_pybatch("--no-embedded", "flush", env=env)
     assert_one_line_error(refused, "no database configured", code=2)
+
+
+def test_psql_passes_its_options_through(dsn: str) -> None:
+    result = run_pybatch("--dsn", dsn, "psql", "-At", "-c", "SELECT count(*) FROM pybatch.heartbeats")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "0"
+    dashed = run_pybatch("--dsn", dsn, "psql", "--", "-At", "-c", "SELECT 'x'")
+    assert dashed.stdout.strip() == "x"
