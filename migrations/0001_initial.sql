@@ -210,7 +210,10 @@ BEGIN
     END LOOP;
 
     SELECT * INTO STRICT cfg FROM pybatch.settings;
-    newest_allowed := pg_catalog.now() + cfg.future_tolerance;
+    -- The wall clock, not now(): inside a procedure that COMMITs between passes
+    -- (pybatch.flush_loop), now() keeps the CALL's start time for the whole run,
+    -- and fresh heartbeats would look future-dated and be dropped.
+    newest_allowed := result.started_at + cfg.future_tolerance;
 
     -- The inner block is a subtransaction: on any error the drain and the merge
     -- roll back together, staging keeps its rows, and the error is logged below.
@@ -262,7 +265,7 @@ BEGIN
                     WHEN wa.last_connected_at > l.last_at THEN wa.disconnected_at
                     WHEN wa.disconnected_at >= l.last_at THEN wa.disconnected_at
                 END,
-                updated_at = pg_catalog.now()
+                updated_at = result.started_at
             FROM latest l
             WHERE wa.id = l.agent_id
               -- Only rows whose values change are rewritten (no dead tuple, no WAL otherwise).
@@ -306,7 +309,7 @@ BEGIN
     VALUES (result.started_at, result.duration, result.rows_staged, result.agents_updated,
             result.stale_heartbeats, result.unknown_heartbeats, result.future_heartbeats, result.error)
     RETURNING id INTO result.flush_id;
-    DELETE FROM pybatch.flush_log WHERE started_at < pg_catalog.now() - cfg.history_retention;
+    DELETE FROM pybatch.flush_log WHERE started_at < result.started_at - cfg.history_retention;
     RETURN result;
 END
 $$;
@@ -338,9 +341,9 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     SELECT s.future_tolerance INTO STRICT tolerance FROM pybatch.settings s;
-    IF disconnect.at > pg_catalog.now() + tolerance THEN
+    IF disconnect.at > pg_catalog.clock_timestamp() + tolerance THEN
         RAISE EXCEPTION 'pybatch.disconnect: time % is ahead of the server clock (%) by more than future_tolerance %',
-            disconnect.at, pg_catalog.now(), tolerance
+            disconnect.at, pg_catalog.clock_timestamp(), tolerance
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
 
@@ -348,7 +351,7 @@ BEGIN
     -- newer one than the recorded disconnect replaces it.
     UPDATE public.workspace_agents wa
     SET disconnected_at = disconnect.at,
-        updated_at = pg_catalog.now()
+        updated_at = pg_catalog.clock_timestamp()
     WHERE wa.id = disconnect.agent_id
       AND (wa.last_connected_at IS NULL OR disconnect.at >= wa.last_connected_at)
       AND (wa.disconnected_at IS NULL OR disconnect.at > wa.disconnected_at);

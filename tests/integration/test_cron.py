@@ -98,6 +98,32 @@ def test_flush_loop_flushes_every_interval_until_stop_at(conn: psycopg.Connectio
     assert row == (cron.LOOP_APPLICATION_NAME,)
 
 
+def test_flush_loop_merges_beats_that_arrive_while_it_runs(dsn: str, conn: psycopg.Connection) -> None:
+    """Regression: each pass's transaction starts before its sleep, so a future check against
+    now() would call every beat of the last sleep 'future' and drop it."""
+    agents = make_agents(conn, 4)
+    conn.execute("UPDATE pybatch.settings SET future_tolerance = '0'")
+    beats: list[datetime] = []
+
+    def writer() -> None:
+        with psycopg.connect(dsn, autocommit=True) as writer_conn:
+            for agent in agents:
+                time.sleep(0.6)
+                row = writer_conn.execute(
+                    "INSERT INTO pybatch.heartbeats (agent_id) VALUES (%s) RETURNING beat_at", (agent,)).fetchone()
+                assert row is not None
+                beats.append(row[0])
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    conn.execute("CALL pybatch.flush_loop('1 second', clock_timestamp() + interval '3.5 seconds')")
+    thread.join()
+    conn.execute("CALL pybatch.flush_loop('1 second', clock_timestamp())")  # one more pass for the last beat
+    row = conn.execute("SELECT sum(future_heartbeats), sum(agents_updated) FROM pybatch.flush_log").fetchone()
+    assert row == (0, 4)
+    assert sorted(last_connected(conn, agents).values()) == sorted(beats)  # type: ignore[type-var]
+
+
 def test_flush_loop_goes_on_after_failing_passes(conn: psycopg.Connection) -> None:
     """Pass 1: flush() itself raises (its flush_log insert fails), so the loop's guard catches it.
     Pass 2: the merge fails inside flush(), which rolls back and keeps staging.

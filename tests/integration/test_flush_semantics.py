@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -159,6 +160,18 @@ def test_future_tolerance_setting_is_respected(conn: psycopg.Connection) -> None
     stage(conn, [Beat(a, soon)])
     assert flush(conn).future_heartbeats == 0
     assert actual_states(conn, [a])[a].last_connected_at == soon
+
+
+def test_future_check_uses_the_wall_clock_not_the_transaction_start(dsn: str, conn: psycopg.Connection) -> None:
+    (a,) = make_agents(conn, 1)
+    conn.execute("UPDATE pybatch.settings SET future_tolerance = '0'")
+    with psycopg.connect(dsn) as long_transaction:
+        long_transaction.execute("SELECT 1")  # its transaction (and now()) starts here
+        time.sleep(0.5)
+        conn.execute("INSERT INTO pybatch.heartbeats (agent_id) VALUES (%s)", (a,))  # stamped later
+        result = flush(long_transaction)
+        long_transaction.commit()
+    assert result.future_heartbeats == 0 and result.agents_updated == 1
 
 
 def test_disconnect_rejects_future_null_and_unknown(conn: psycopg.Connection) -> None:
