@@ -181,7 +181,7 @@ class LocalCluster:
                         f"could not start the local cluster in {self.home}: {self._log_tail()}"
                     )
                 log.info("started local cluster", extra={"home": str(self.home), "port": self.port})
-            self._ensure_database(APP_DATABASE)
+            self.ensure_database(APP_DATABASE)
 
     def stop(self) -> None:
         with self._lock():
@@ -250,7 +250,8 @@ class LocalCluster:
         return subprocess.run(argv, cwd="/", capture_output=True, text=True, check=False,
                               stdin=subprocess.DEVNULL)
 
-    def _ensure_database(self, dbname: str) -> None:
+    def ensure_database(self, dbname: str) -> None:
+        """Create database `dbname` in this (running) cluster unless it exists."""
         deadline = time.monotonic() + 30
         while True:
             try:

@@ -15,6 +15,9 @@ from pybatch.cli.common import dsn, positive_int, print_table
 from pybatch.config import resolve_dsn
 from pybatch.durations import parse_duration
 from pybatch.errors import ConfigError
+from pybatch.local import LocalCluster
+
+DEMO_DATABASE = "pybatch_demo"
 
 
 def register(subparsers: Any) -> None:
@@ -131,8 +134,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from pybatch.demo import DEMO_STRATEGIES, run_demo  # the demo pulls in the cluster and migrations
 
     resolved = resolve_dsn(args.dsn, embedded=not args.no_embedded)
-    _say(f"database: {resolved.source}")
-    result = run_demo(resolved.dsn, agents=args.agents, seconds=parse_duration(args.seconds, name="--seconds"),
+    target = resolved.dsn
+    if resolved.source == "embedded":
+        # The demo resets workspace_agents: it gets a database of its own in the embedded cluster.
+        cluster = LocalCluster.default()
+        cluster.ensure_database(DEMO_DATABASE)
+        target = cluster.url(DEMO_DATABASE)
+    _say(f"database: {resolved.source}" + (f" ({DEMO_DATABASE})" if target != resolved.dsn else ""))
+    result = run_demo(target, agents=args.agents, seconds=parse_duration(args.seconds, name="--seconds"),
                       warmup_s=_warmup(args.warmup), progress=_say)
     report = result.report
     print()
@@ -146,8 +155,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if direct.get(key) and buffered.get(key):
             print(f"{label}: buffered is {direct[key] / buffered[key]:.1f}x lower than direct")
     print()
-    prefix = "" if resolved.source == "embedded" else f"--dsn '{resolved.dsn}' "
     print("The cluster is still running. Look inside:")
-    print(f"  pybatch {prefix}psql      # then: SELECT * FROM pybatch.flush_log ORDER BY id DESC LIMIT 5;")
-    print(f"  pybatch {prefix}status")
+    if resolved.source == "embedded":
+        prefix = f"--dsn {target} "
+    else:
+        prefix = ""
+        print(f"  (with the same {resolved.source} as this run)")
+    print(f"  .venv/bin/pybatch {prefix}psql      # then: \\i sql/inspect.sql")
+    print(f"  .venv/bin/pybatch {prefix}status")
     return 0

@@ -149,7 +149,7 @@ def test_demo_starts_the_embedded_cluster_and_leaves_it_running(tmp_path: Path) 
         assert "WAL bytes per heartbeat" in out and "server CPU µs per heartbeat" in out
         assert "pybatch psql" in out and "pybatch status" in out
         assert "[direct] measuring" in result.stderr and "[buffered] measuring" in result.stderr
-        with psycopg.connect(cluster.url(), autocommit=True) as conn:
+        with psycopg.connect(cluster.url("pybatch_demo"), autocommit=True) as conn:
             flushed = conn.execute("SELECT count(*) FROM pybatch.flush_log WHERE agents_updated > 0").fetchone()
             connected = conn.execute(
                 "SELECT count(*) FROM public.workspace_agents WHERE last_connected_at IS NOT NULL").fetchone()
