@@ -111,28 +111,34 @@ def check_sources(options: ClientOptions, *, dsn: str | None, pool: object, conn
 # -- arguments -----------------------------------------------------------------------------
 
 
-def agent_uuid(value: object) -> uuid.UUID:
-    """An agent id as a UUID: a uuid.UUID or its string form; anything else raises InvalidAgentId."""
+def _as_uuid(value: object) -> uuid.UUID | None:
+    """value as a UUID if it is one or its string form, else None."""
     if isinstance(value, uuid.UUID):
         return value
     if isinstance(value, str):
         try:
             return uuid.UUID(value)
         except ValueError:
-            pass
-    raise InvalidAgentId(f"agent_id: {value!r} is not a UUID")
+            return None
+    return None
+
+
+def agent_uuid(value: object) -> uuid.UUID:
+    """An agent id as a UUID: a uuid.UUID or its string form; anything else raises InvalidAgentId."""
+    parsed = _as_uuid(value)
+    if parsed is None:
+        raise InvalidAgentId(f"agent_id: {value!r} is not a UUID")
+    return parsed
 
 
 def replica_uuid(value: object) -> uuid.UUID | None:
     """A replica id as a UUID, or None (kept as NULL)."""
-    if value is None or isinstance(value, uuid.UUID):
-        return value
-    if isinstance(value, str):
-        try:
-            return uuid.UUID(value)
-        except ValueError:
-            pass
-    raise InvalidHeartbeat(f"replica_id: {value!r} is not a UUID or None")
+    if value is None:
+        return None
+    parsed = _as_uuid(value)
+    if parsed is None:
+        raise InvalidHeartbeat(f"replica_id: {value!r} is not a UUID or None")
+    return parsed
 
 
 def check_at(at: object, *, tolerance: float, now: datetime | None = None) -> datetime | None:

@@ -25,6 +25,7 @@ from pybatch.errors import CronError
 from pybatch.local import SUPERUSER, LocalCluster, temporary_cluster
 from pybatch.schedule import cron
 from tests.conftest import TEMPLATE_DB, TEST_SETTINGS
+from tests.helpers import last_connected, make_agents, stage
 
 Cleanup = Callable[[str], None]
 
@@ -38,20 +39,10 @@ def cleanup() -> Iterator[Cleanup]:
         cron.remove(dsn)
 
 
-def make_agents(conn: psycopg.Connection, n: int) -> list[uuid.UUID]:
-    ids = [uuid.uuid4() for _ in range(n)]
-    conn.execute("INSERT INTO public.workspace_agents (id) SELECT unnest(%s::uuid[])", (ids,))
-    return ids
 
 
-def stage(conn: psycopg.Connection, agents: list[uuid.UUID], at: datetime) -> None:
-    conn.execute("INSERT INTO pybatch.heartbeats (agent_id, beat_at) SELECT unnest(%s::uuid[]), %s", (agents, at))
 
 
-def last_connected(conn: psycopg.Connection, agents: list[uuid.UUID]) -> dict[uuid.UUID, datetime | None]:
-    rows = conn.execute("SELECT id, last_connected_at FROM public.workspace_agents WHERE id = ANY(%s)",
-                        (agents,)).fetchall()
-    return dict(rows)
 
 
 def flush_starts(conn: psycopg.Connection) -> list[datetime]:

@@ -25,6 +25,7 @@ import pytest
 
 from pybatch.local import LocalCluster
 from pybatch.schedule.runner import SCHEDULER_LOCK_KEY, Scheduler
+from tests.helpers import last_connected, make_agents, stage
 
 LEADER_LINE = "became leader"
 
@@ -78,19 +79,10 @@ def spawn() -> Iterator[Callable[..., SchedulerProcess]]:
         process.close()
 
 
-def make_agents(conn: psycopg.Connection, n: int) -> list[uuid.UUID]:
-    ids = [uuid.uuid4() for _ in range(n)]
-    conn.execute("INSERT INTO public.workspace_agents (id) SELECT unnest(%s::uuid[])", (ids,))
-    return ids
 
 
-def stage(conn: psycopg.Connection, agents: list[uuid.UUID], at: datetime) -> None:
-    conn.execute("INSERT INTO pybatch.heartbeats (agent_id, beat_at) SELECT unnest(%s::uuid[]), %s", (agents, at))
 
 
-def states(conn: psycopg.Connection, agents: list[uuid.UUID]) -> dict[uuid.UUID, datetime | None]:
-    return dict(conn.execute("SELECT id, last_connected_at FROM public.workspace_agents WHERE id = ANY(%s)",
-                             (agents,)).fetchall())
 
 
 def staged(conn: psycopg.Connection) -> int:
@@ -156,7 +148,7 @@ def test_two_replicas_one_leader_and_takeover_after_sigkill(
     assert second.stop() == 0  # final flush drains what the writer left
     assert "final flush done" in second.text()
     assert staged(conn) == 0
-    assert states(conn, agents) == latest  # every agent has its newest heartbeat: nothing lost
+    assert last_connected(conn, agents) == latest  # every agent has its newest heartbeat: nothing lost
     errors = conn.execute("SELECT count(*) FROM pybatch.flush_log WHERE error IS NOT NULL").fetchone()
     assert errors == (0,)
     starts = [r[0] for r in conn.execute("SELECT started_at FROM pybatch.flush_log ORDER BY id").fetchall()]
@@ -175,7 +167,7 @@ def test_signal_stops_after_a_final_flush(conn: psycopg.Connection, dsn: str,
     at = datetime.now(UTC) - timedelta(seconds=1)
     stage(conn, agents, at)
     assert scheduler.stop(sig) == 0
-    assert set(states(conn, agents).values()) == {at}
+    assert set(last_connected(conn, agents).values()) == {at}
     assert staged(conn) == 0
     assert conn.execute("SELECT flush_interval FROM pybatch.settings").fetchone() == (timedelta(minutes=1),)
 
@@ -195,7 +187,7 @@ def test_database_outage_is_logged_once_and_flushing_resumes(
         agents = make_agents(conn, 5)
         at = datetime.now(UTC) - timedelta(seconds=1)
         stage(conn, agents, at)
-        wait_until(lambda: set(states(conn, agents).values()) == {at}, 10, "a flush after the outage")
+        wait_until(lambda: set(last_connected(conn, agents).values()) == {at}, 10, "a flush after the outage")
     assert scheduler.stop() == 0
     text = scheduler.text()
     assert text.count("database unavailable") == 1, text

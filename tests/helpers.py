@@ -1,0 +1,27 @@
+"""Small database helpers shared by the integration tests."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+import psycopg
+
+
+def make_agents(conn: psycopg.Connection, n: int) -> list[uuid.UUID]:
+    """Insert n new agents into public.workspace_agents and return their ids."""
+    ids = [uuid.uuid4() for _ in range(n)]
+    conn.execute("INSERT INTO public.workspace_agents (id) SELECT unnest(%s::uuid[])", (ids,))
+    return ids
+
+
+def stage(conn: psycopg.Connection, agents: list[uuid.UUID], at: datetime) -> None:
+    """Stage one heartbeat at `at` for each agent."""
+    conn.execute("INSERT INTO pybatch.heartbeats (agent_id, beat_at) SELECT unnest(%s::uuid[]), %s", (agents, at))
+
+
+def last_connected(conn: psycopg.Connection, agents: list[uuid.UUID]) -> dict[uuid.UUID, datetime | None]:
+    """last_connected_at of each agent."""
+    rows = conn.execute("SELECT id, last_connected_at FROM public.workspace_agents WHERE id = ANY(%s)",
+                        (agents,)).fetchall()
+    return dict(rows)
