@@ -44,6 +44,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--flush-rounds", metavar="N", type=positive_int, default=None,
                    help="instead of the strategies: stage one heartbeat for every agent and time one flush, "
                         "N rounds in a row (round 1 is the worst case, later rounds the steady state)")
+    p.add_argument("--client", action="store_true",
+                   help="instead of the strategies: measure HeartbeatClient itself (beat() overhead in both "
+                        "modes, heartbeats/s into staging from one process)")
     p.add_argument("--json", metavar="FILE", type=Path, default=None,
                    help="write every figure as JSON (strategies.<name>.<figure>)")
     p.add_argument("--plot", metavar="FILE.png", type=Path, default=None,
@@ -99,6 +102,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise ConfigError(f"--plot: {str(args.plot)!r} must end in .png")
     if args.flush_rounds is not None:
         return _flush_rounds(args)
+    if args.client:
+        from pybatch.bench.client_overhead import measure
+
+        figures = measure(dsn(args), agents=args.agents, progress=_say)
+        print_table(figures.rows(), title=f"HeartbeatClient, {args.agents} agents, one process")
+        return 0
     report = run_bench(dsn(args), config, progress=_say)
     for line in bench_report.summary_lines(report):
         print(line)

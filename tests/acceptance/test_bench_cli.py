@@ -161,3 +161,12 @@ def test_demo_starts_the_embedded_cluster_and_leaves_it_running(tmp_path: Path) 
     finally:
         cluster.destroy()
         shutil.rmtree(home, ignore_errors=True)
+
+
+def test_client_overhead_figures(dsn: str) -> None:
+    result = run_pybatch("--dsn", dsn, "bench", "--client", "--agents", "50", timeout=180)
+    assert result.returncode == 0, result.stderr
+    for measure in ("buffered beat(), writer idle", "buffered COPY into staging", "immediate beat()"):
+        assert measure in result.stdout
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM pybatch.heartbeats").fetchone() == (0,)  # left staging empty
