@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -147,7 +148,8 @@ def test_demo_starts_the_embedded_cluster_and_leaves_it_running(tmp_path: Path) 
         out = result.stdout
         assert "statements/s into workspace_agents" in out and "row versions/s into workspace_agents" in out
         assert "WAL bytes per heartbeat" in out and "server CPU µs per heartbeat" in out
-        assert "pybatch psql" in out and "pybatch status" in out
+        assert re.search(r"pybatch --dsn \S+/pybatch_demo psql", out), out
+        assert re.search(r"pybatch --dsn \S+/pybatch_demo status", out), out
         assert "[direct] measuring" in result.stderr and "[buffered] measuring" in result.stderr
         with psycopg.connect(cluster.url("pybatch_demo"), autocommit=True) as conn:
             flushed = conn.execute("SELECT count(*) FROM pybatch.flush_log WHERE agents_updated > 0").fetchone()
