@@ -218,9 +218,9 @@ BEGIN
     END LOOP;
 
     SELECT * INTO STRICT cfg FROM pybatch.settings;
-    -- The wall clock, not now(): inside a procedure that COMMITs between passes
-    -- (pybatch.flush_loop), now() keeps the CALL's start time for the whole run,
-    -- and fresh heartbeats would look future-dated and be dropped.
+    -- The wall clock, not now(): now() is the transaction's start, and in
+    -- pybatch.flush_loop each pass's transaction begins before the sleep that
+    -- precedes the flush, so fresh heartbeats would look future-dated and be dropped.
     newest_allowed := result.started_at + cfg.future_tolerance;
 
     -- The inner block is a subtransaction: on any error the drain and the merge
