@@ -68,11 +68,11 @@ def read_sql(name: str) -> str:
 # -- strategies ----------------------------------------------------------------------
 
 def flush_lock_truncate(conn: psycopg.Connection) -> int:
-    return _one_int(conn, "SELECT drain_bench.flush_lock_truncate()")
+    return _one_int(conn, "SELECT drain_bench.flush_truncate(true)")
 
 
 def flush_truncate_unlocked(conn: psycopg.Connection) -> int:
-    return _one_int(conn, "SELECT drain_bench.flush_truncate_unlocked()")
+    return _one_int(conn, "SELECT drain_bench.flush_truncate(false)")
 
 
 def flush_delete_returning(conn: psycopg.Connection) -> int:

@@ -68,45 +68,30 @@ COMMENT ON FUNCTION drain_bench.merge_from(regclass) IS
     'Merges every row of a staging table into public.workspace_agents (pybatch.flush rule); returns rows read.';
 
 -- ---------------------------------------------------------------------------
--- lock_truncate: lock staging first, so every committed row is seen by the
--- merge and no insert can commit between the merge's snapshot and TRUNCATE.
--- Lossless, but every writer waits for the whole merge.
+-- merge, then TRUNCATE. With lock_first (strategy lock_truncate) staging is
+-- locked first, so every committed row is seen by the merge and no insert can
+-- commit between the merge's snapshot and TRUNCATE: lossless, but every writer
+-- waits for the whole merge. Without it (truncate_unlocked, the known-wrong
+-- variant from FACTS.md, run only on request to show the loss check can fail)
+-- rows committed after the merge's snapshot and before TRUNCATE are wiped.
 -- ---------------------------------------------------------------------------
-CREATE FUNCTION drain_bench.flush_lock_truncate() RETURNS bigint
+CREATE FUNCTION drain_bench.flush_truncate(lock_first boolean) RETURNS bigint
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $fn$
 DECLARE
     rows_read bigint;
 BEGIN
-    LOCK TABLE pybatch.heartbeats IN ACCESS EXCLUSIVE MODE;
+    IF lock_first THEN
+        LOCK TABLE pybatch.heartbeats IN ACCESS EXCLUSIVE MODE;
+    END IF;
     rows_read := drain_bench.merge_from('pybatch.heartbeats');
     TRUNCATE pybatch.heartbeats;
     RETURN rows_read;
 END
 $fn$;
-COMMENT ON FUNCTION drain_bench.flush_lock_truncate() IS
-    'Drain strategy lock_truncate: LOCK ACCESS EXCLUSIVE, merge, TRUNCATE pybatch.heartbeats.';
-
--- ---------------------------------------------------------------------------
--- truncate_unlocked: the known-wrong variant (FACTS.md), only run on request
--- to show that the loss check of the benchmark can fail. Rows committed after
--- the merge's snapshot and before TRUNCATE are wiped.
--- ---------------------------------------------------------------------------
-CREATE FUNCTION drain_bench.flush_truncate_unlocked() RETURNS bigint
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $fn$
-DECLARE
-    rows_read bigint;
-BEGIN
-    rows_read := drain_bench.merge_from('pybatch.heartbeats');
-    TRUNCATE pybatch.heartbeats;
-    RETURN rows_read;
-END
-$fn$;
-COMMENT ON FUNCTION drain_bench.flush_truncate_unlocked() IS
-    'Drain strategy truncate_unlocked (UNSAFE, loses rows): merge, then TRUNCATE without a lock.';
+COMMENT ON FUNCTION drain_bench.flush_truncate(boolean) IS
+    'Drain strategies lock_truncate (lock_first) and truncate_unlocked (UNSAFE, loses rows): merge, then TRUNCATE.';
 
 -- ---------------------------------------------------------------------------
 -- rotation: staging is list-partitioned by slot = generation % 2. Writers
