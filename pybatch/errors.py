@@ -12,7 +12,16 @@ class ConfigError(PybatchError, ValueError):
 
 
 class InvalidDuration(ConfigError):
-    """A duration string is not one of `500ms`, `10s`, `1m` or a plain number of seconds."""
+    """A duration string is not one of `500ms`, `10s`, `1m`, `2h`, `7d` or a plain number of seconds."""
+
+
+class InvalidSetting(ConfigError):
+    """A value for one of pybatch.settings is malformed or out of its range; names key and value."""
+
+    def __init__(self, key: str, value: object, reason: str) -> None:
+        super().__init__(f"{key}: {value!r} {reason}")
+        self.key = key
+        self.value = value
 
 
 class DatabaseUnavailable(PybatchError):
