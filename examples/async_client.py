@@ -1,6 +1,6 @@
 """The asyncio client: the same calls as HeartbeatClient, awaited.
 
-    PYBATCH_DSN=postgresql://user@host/db python examples/async_client.py
+PYBATCH_DSN=postgresql://user@host/db python examples/async_client.py
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ async def main() -> int:
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
         # The agents exist before they connect (Coder creates them when it builds a workspace).
         await conn.execute(
-            "INSERT INTO public.workspace_agents (id) SELECT unnest(%s::uuid[]) ON CONFLICT (id) DO NOTHING", (AGENTS,))
+            "INSERT INTO public.workspace_agents (id) SELECT unnest(%s::uuid[]) ON CONFLICT (id) DO NOTHING", (AGENTS,)
+        )
 
         async with AsyncHeartbeatClient(dsn, mode="buffered", write_interval="200ms") as client:
             await asyncio.gather(*(client.beat(agent, replica_id=REPLICA) for agent in AGENTS))
@@ -37,7 +38,8 @@ async def main() -> int:
         cur = await conn.execute("SELECT rows_staged, agents_updated, error FROM pybatch.flush()")
         print("flush: rows_staged={} agents_updated={} error={}".format(*(await cur.fetchone() or ())))
         cur = await conn.execute(
-            "SELECT agent_id, status FROM pybatch.agent_status WHERE agent_id = ANY(%s) ORDER BY agent_id", (AGENTS,))
+            "SELECT agent_id, status FROM pybatch.agent_status WHERE agent_id = ANY(%s) ORDER BY agent_id", (AGENTS,)
+        )
         for agent, status in await cur.fetchall():
             print(f"{agent} {status}")
     return 0

@@ -41,8 +41,9 @@ def main() -> int:
         return 2
     with psycopg.connect(dsn, autocommit=True) as conn:
         # The agents exist before they connect (Coder creates them when it builds a workspace).
-        conn.execute("INSERT INTO public.workspace_agents (id) SELECT unnest(%s::uuid[]) ON CONFLICT (id) DO NOTHING",
-                     (AGENTS,))
+        conn.execute(
+            "INSERT INTO public.workspace_agents (id) SELECT unnest(%s::uuid[]) ON CONFLICT (id) DO NOTHING", (AGENTS,)
+        )
 
     stop = threading.Event()
     with HeartbeatClient(dsn, mode="buffered", write_interval="200ms", max_batch=5000) as client:
@@ -55,14 +56,17 @@ def main() -> int:
         client.disconnect(AGENTS[-1])
         stats = client.stats
     # Leaving the block wrote what was still buffered.
-    print(f"beats accepted {stats.beats_accepted}, rows written so far {stats.rows_written}, "
-          f"write failures {stats.write_failures}")
+    print(
+        f"beats accepted {stats.beats_accepted}, rows written so far {stats.rows_written}, "
+        f"write failures {stats.write_failures}"
+    )
 
     with psycopg.connect(dsn, autocommit=True) as conn:
         result = flush(conn)  # normally the pg_cron job or `pybatch scheduler` does this
         print(f"flush: rows_staged={result.rows_staged} agents_updated={result.agents_updated}")
         counts = conn.execute(
-            "SELECT status, count(*) FROM pybatch.agent_status WHERE agent_id = ANY(%s) GROUP BY status ORDER BY status",
+            "SELECT status, count(*) FROM pybatch.agent_status WHERE agent_id = ANY(%s) "
+            "GROUP BY status ORDER BY status",
             (AGENTS,),
         ).fetchall()
     for status, count in counts:

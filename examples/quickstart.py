@@ -17,7 +17,7 @@ import psycopg
 from pybatch import HeartbeatClient
 from pybatch.flush import flush
 
-AGENT = uuid.UUID("e0000000-0000-4000-8000-000000000001")    # a fixed id: reruns update the same row
+AGENT = uuid.UUID("e0000000-0000-4000-8000-000000000001")  # a fixed id: reruns update the same row
 REPLICA = uuid.UUID("e0000000-0000-4000-8000-0000000000ff")  # the app replica the agent talks to
 
 
@@ -49,8 +49,10 @@ def main() -> int:
         ).fetchone()
     assert row is not None
     first, last, replica, status = row
-    print(f"agent {AGENT}: {status}, first_connected_at={first:%H:%M:%S}, last_connected_at={last:%H:%M:%S}, "
-          f"replica={replica}")
+    print(
+        f"agent {AGENT}: {status}, first_connected_at={first:%H:%M:%S}, last_connected_at={last:%H:%M:%S}, "
+        f"replica={replica}"
+    )
     return 0
 
 
