@@ -135,10 +135,8 @@ class _Context:
     def compatibility(self) -> Check:
         known = {state.id for state in migrate.status(self.dsn)}
         with db.translated("cannot read the applied migrations"):
-            rows = self.conn.execute(
-                f"SELECT migration_id FROM public.{migrate.MIGRATION_TABLE} ORDER BY migration_id"
-            ).fetchall()
-        unknown = [str(r[0]) for r in rows if r[0] not in known]
+            rows = migrate.recorded_ids(self.conn)
+        unknown = [r for r in rows if r not in known]
         if unknown:
             return Check("compatibility", FAIL,
                          f"the database has migrations this client does not know ({', '.join(unknown)}): "

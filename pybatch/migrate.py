@@ -3,6 +3,15 @@
 yoyo wants a URI; pybatch speaks libpq DSNs. The DSN is parsed into keyword
 arguments and handed to yoyo's psycopg 3 backend as connection arguments, so
 every libpq form (URI, key=value, PG* variables) works unchanged.
+
+pybatch's yoyo bookkeeping (_yoyo_migration, _yoyo_log, _yoyo_version,
+yoyo_lock) lives in a schema of its own, BOOKKEEPING_SCHEMA, never in `public`
+where another application's yoyo keeps its tables: a migration id like
+`0001_initial` would otherwise be shared. yoyo's PostgreSQL backend takes a
+`schema` connection argument and sets search_path to it on its connection, so
+every migration runs with that search_path (they schema-qualify every name).
+Installations made with the old public bookkeeping are carried over on the
+next migrate (see _carry_over).
 """
 
 from __future__ import annotations
@@ -26,6 +35,10 @@ from pybatch.errors import MigrationError, PermissionDenied, PybatchError
 log = logging.getLogger(__name__)
 
 MIGRATION_TABLE = "_yoyo_migration"
+LOG_TABLE = "_yoyo_log"
+BOOKKEEPING_SCHEMA = "pybatch_migrations"
+# Where pybatch kept its bookkeeping before it had a schema of its own (shared with other apps).
+LEGACY_SCHEMA = "public"
 # Session advisory lock: two `migrate` runs at once queue up instead of racing
 # on yoyo's own tables. It is released if the process dies.
 MIGRATE_LOCK_KEY = 7089336938131513955
@@ -41,6 +54,8 @@ def _backend(dsn: str) -> DatabaseBackend:
     params = psycopg.conninfo.conninfo_to_dict(dsn)
     dbname = params.pop("dbname", None)
     params["application_name"] = "pybatch-migrate"
+    # yoyo's backend pops `schema` and runs SET search_path TO it: all four tables land there.
+    params["schema"] = BOOKKEEPING_SCHEMA
     uri = DatabaseURI("postgresql+psycopg", None, None, None, None, dbname, params)
     backend_class = get_backend_class("postgresql+psycopg")
     with db.translated("cannot open the migration connection"):
@@ -79,9 +94,14 @@ def _locked(dsn: str) -> Iterator[DatabaseBackend]:
         with db.translated("cannot take the migration lock"):
             _check_can_create(lock_conn)
             lock_conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATE_LOCK_KEY,))
+        with db.translated(f"cannot create schema {BOOKKEEPING_SCHEMA} for pybatch's migration bookkeeping"):
+            lock_conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(BOOKKEEPING_SCHEMA)))
         backend = _backend(dsn)
         try:
             with backend.lock(timeout=60):
+                with db.translated("cannot create pybatch's migration bookkeeping"):
+                    backend.ensure_internal_schema_updated()  # yoyo's tables, in BOOKKEEPING_SCHEMA
+                _carry_over(lock_conn)
                 yield backend
         finally:
             backend.connection.close()
@@ -89,18 +109,114 @@ def _locked(dsn: str) -> Iterator[DatabaseBackend]:
         lock_conn.close()
 
 
+def _table(schema: str, name: str) -> sql.Composed:
+    return sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(name))
+
+
+def _has_migration_table(conn: psycopg.Connection, schema: str) -> bool:
+    """Whether schema.{MIGRATION_TABLE} exists with yoyo's current layout (a migration_id column).
+
+    Read from the catalog, not with to_regclass: it needs no privilege on the schema."""
+    row = conn.execute(
+        "SELECT EXISTS (SELECT FROM pg_catalog.pg_attribute a"
+        " JOIN pg_catalog.pg_class c ON c.oid = a.attrelid"
+        " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = %s AND c.relname = %s AND a.attname = 'migration_id' AND NOT a.attisdropped)",
+        (schema, MIGRATION_TABLE),
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def _pybatch_schema_exists(conn: psycopg.Connection) -> bool:
+    row = conn.execute("SELECT EXISTS (SELECT FROM pg_catalog.pg_namespace WHERE nspname = 'pybatch')").fetchone()
+    return bool(row and row[0])
+
+
+def _ids_in(conn: psycopg.Connection, schema: str, only: list[str] | None = None) -> list[str]:
+    table = _table(schema, MIGRATION_TABLE)
+    if only is None:
+        query = sql.SQL("SELECT migration_id FROM {} ORDER BY migration_id").format(table)
+        return [str(r[0]) for r in conn.execute(query)]
+    query = sql.SQL("SELECT migration_id FROM {} WHERE migration_id = ANY(%s) ORDER BY migration_id").format(table)
+    return [str(r[0]) for r in conn.execute(query, (only,))]
+
+
+def legacy_ids(conn: psycopg.Connection) -> list[str]:
+    """pybatch's migration ids still recorded in the old shared bookkeeping (public._yoyo_migration).
+
+    Only an installation made before pybatch had its own bookkeeping has them: schema pybatch
+    exists, pybatch's own bookkeeping records none of its migrations, and public's table names
+    migrations pybatch ships. Another app's rows (even one called 0001_initial, where pybatch
+    was never installed) never count. Read-only."""
+    shipped = [m.id for m in _migrations()]
+    if not _pybatch_schema_exists(conn) or not _has_migration_table(conn, LEGACY_SCHEMA):
+        return []
+    if _has_migration_table(conn, BOOKKEEPING_SCHEMA) and _ids_in(conn, BOOKKEEPING_SCHEMA, shipped):
+        return []  # already carried over
+    return _ids_in(conn, LEGACY_SCHEMA, shipped)
+
+
+def _carry_over(conn: psycopg.Connection) -> None:
+    """Move an old installation's rows from public's yoyo tables into pybatch's own, once.
+
+    Runs under the migrate lock after yoyo created its tables in BOOKKEEPING_SCHEMA. Only rows
+    of migrations pybatch ships move (copied, then deleted from public, in one transaction);
+    other apps' rows and public's tables themselves stay. A second run finds nothing to do."""
+    with db.translated(f"cannot carry pybatch's migration history over from {LEGACY_SCHEMA}"), conn.transaction():
+        ids = legacy_ids(conn)
+        if not ids:
+            return
+        for name, columns in ((MIGRATION_TABLE, _MIGRATION_COLUMNS), (LOG_TABLE, _LOG_COLUMNS)):
+            source, target = _table(LEGACY_SCHEMA, name), _table(BOOKKEEPING_SCHEMA, name)
+            cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+            conn.execute(
+                sql.SQL(
+                    "INSERT INTO {target} ({cols}) SELECT {cols} FROM {source}"
+                    " WHERE migration_id = ANY(%s) ON CONFLICT DO NOTHING"
+                ).format(target=target, cols=cols, source=source),
+                (ids,),
+            )
+            conn.execute(sql.SQL("DELETE FROM {} WHERE migration_id = ANY(%s)").format(source), (ids,))
+    log.info(
+        "carried pybatch's migration history over to its own schema",
+        extra={"migrations": ids, "schema": BOOKKEEPING_SCHEMA},
+    )
+
+
+# yoyo 6+ layout of the two tables that hold per-migration rows (_yoyo_version and yoyo_lock hold none).
+_MIGRATION_COLUMNS = ("migration_hash", "migration_id", "applied_at_utc")
+_LOG_COLUMNS = (
+    "id",
+    "migration_hash",
+    "migration_id",
+    "operation",
+    "username",
+    "hostname",
+    "comment",
+    "created_at_utc",
+)
+
+
+def recorded_ids(conn: psycopg.Connection) -> list[str]:
+    """Every migration id pybatch's bookkeeping records (an old installation's: its ids in public).
+
+    Read-only: creates nothing (yoyo's own backend would create its tables)."""
+    legacy = legacy_ids(conn)
+    if legacy:
+        return legacy
+    if not _has_migration_table(conn, BOOKKEEPING_SCHEMA):
+        return []
+    return _ids_in(conn, BOOKKEEPING_SCHEMA)
+
+
 def status(dsn: str) -> list[MigrationState]:
     """Every known migration, in order, with whether it is applied.
 
-    Read-only: it reads yoyo's table directly and creates nothing (yoyo's own
-    backend would create its bookkeeping tables on a database without pybatch).
-    """
+    Read-only: it reads the bookkeeping directly and creates or moves nothing (yoyo's own
+    backend would create its tables on a database without pybatch; migrate carries an old
+    installation's public bookkeeping over, status only reads it)."""
     with db.connect(dsn) as conn, db.translated("cannot read migration state"):
-        row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (MIGRATION_TABLE,)).fetchone()
-        applied: set[str] = set()
-        if row and row[0]:
-            query = sql.SQL("SELECT migration_id FROM {}").format(sql.Identifier(MIGRATION_TABLE))
-            applied = {r[0] for r in conn.execute(query)}
+        applied = set(recorded_ids(conn))
     return [MigrationState(m.id, m.id in applied) for m in _migrations()]
 
 

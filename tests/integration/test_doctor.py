@@ -78,7 +78,7 @@ def test_pending_migration_is_reported(empty_dsn: str) -> None:
 
 
 def test_migration_unknown_to_this_client_is_incompatible(conn: psycopg.Connection, dsn: str) -> None:
-    conn.execute("INSERT INTO public._yoyo_migration (migration_hash, migration_id, applied_at_utc) "
+    conn.execute("INSERT INTO pybatch_migrations._yoyo_migration (migration_hash, migration_id, applied_at_utc) "
                  "VALUES ('f00d', '9999_from_a_newer_pybatch', now())")
     check = checks(doctor(dsn))["compatibility"]
     assert check.level == FAIL and "9999_from_a_newer_pybatch" in check.message and "upgrade" in check.message
