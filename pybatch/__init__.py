@@ -7,7 +7,7 @@ merges the latest per agent into public.workspace_agents; disconnects bypass sta
 from __future__ import annotations
 
 from pybatch.aio import AsyncHeartbeatClient
-from pybatch.buffer import ClientStats
+from pybatch._core import ClientStats
 from pybatch.client import HeartbeatClient
 from pybatch.errors import (
     ClientClosed,

@@ -1,23 +1,36 @@
-"""AsyncHeartbeatClient: HeartbeatClient for asyncio. Same modes, clocks, buffer rules,
-counters and errors (all from pybatch.buffer); only the I/O differs: psycopg's async
-connections, and an asyncio task instead of a writer thread. See pybatch.client."""
+# The one source of both clients. pybatch/client.py (HeartbeatClient) is generated from this
+# file by `python tools/async_to_sync.py`: edit here, then regenerate (a unit test fails while
+# the generated file is stale). `if True:  # ASYNC` blocks hold what only this file runs; their
+# `else:` branch is what the sync client runs instead. Names map as tools/async_to_sync.py says.
+"""AsyncHeartbeatClient: report connected agents from an app server, immediately or buffered.
+
+Clocks (without at=):
+- immediate mode stamps a heartbeat with the **server's** clock (`pg_catalog.now()` of the
+  INSERT), so every replica writing immediately shares one clock;
+- buffered mode stamps it with **this client's** clock when beat() is called, because the
+  row is written up to one write_interval later and the server's clock at write time would
+  be late by that much. disconnect() in buffered mode also uses the client's clock, so a
+  disconnect after a beat() of this client always sorts after it, even if the two clocks
+  differ (with the server's clock, a client clock running ahead would let the buffered beat
+  undo the disconnect, the very bug Coder had).
+
+Everything without I/O (the buffer, counters, backoff, argument checks, error mapping and
+the SQL) lives in pybatch._core.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import math
 import types
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Protocol, TypeVar
+from typing import Protocol, TypeAlias, TypeVar
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from pybatch import db
-from pybatch.buffer import (
+from pybatch._core import (
     COPY_BEATS,
     COPY_TYPES,
     DISCONNECT,
@@ -37,70 +50,86 @@ from pybatch.buffer import (
     settle_written,
     write_error,
 )
-from pybatch.config import describe_dsn, resolve_dsn
+from pybatch.config import resolve_dsn
 from pybatch.errors import ClientClosed, ConfigError, InvalidHeartbeat, PybatchError
+
+if True:  # ASYNC
+    import asyncio
+    import contextlib
+    from collections.abc import Awaitable, Callable
+
+    from pybatch.config import describe_dsn
+else:
+    import threading
+    from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Work = Callable[[psycopg.AsyncConnection], Awaitable[T]]
+if True:  # ASYNC
+    AsyncWork: TypeAlias = Callable[[psycopg.AsyncConnection], Awaitable[T]]
+else:
+    Work: TypeAlias = Callable[[psycopg.Connection], T]
 
 
 class _AsyncConnections(Protocol):
-    async def run(self, work: Work[T]) -> T: ...
+    """Where a client gets a connection for one piece of work."""
+
+    async def run(self, work: AsyncWork[T]) -> T: ...
 
     async def close(self) -> None: ...
 
 
 async def _read_tolerance(conn: psycopg.AsyncConnection, tolerance: FutureTolerance) -> None:
-    if tolerance.loaded:
+    if not tolerance.claim():
         return
-    value: object = None
     try:
         # A savepoint (or a short transaction): a failed read must not abort the caller's transaction.
         async with conn.transaction():
-            row = await (await conn.execute(READ_FUTURE_TOLERANCE)).fetchone()
-        value = row[0] if row else None
+            cur = await conn.execute(READ_FUTURE_TOLERANCE)
+            row = await cur.fetchone()
     except psycopg.Error as exc:
-        error = exc
-        tolerance.read(lambda: _raise(error))
+        tolerance.failed(exc)
         return
-    tolerance.read(lambda: value)
+    tolerance.set(row[0] if row else None)
 
 
-def _raise(exc: BaseException) -> object:
-    raise exc
+if True:  # ASYNC
 
-
-async def _connect(dsn: str, connect_timeout: int) -> psycopg.AsyncConnection:
-    """The async twin of pybatch.db.connect, with the same error translation."""
-    try:
-        return await psycopg.AsyncConnection.connect(
-            dsn, autocommit=True, connect_timeout=connect_timeout, application_name=db.APPLICATION_NAME,
-        )
-    except psycopg.ProgrammingError as exc:
-        raise ConfigError(f"invalid connection string: {db.first_line(exc)}") from None
-    except psycopg.Error as exc:
-        raise db.translate(exc, f"cannot connect to {describe_dsn(dsn)}") from None
+    async def _connect(dsn: str, connect_timeout: int) -> psycopg.AsyncConnection:
+        """The async twin of pybatch.db.connect, with the same error translation."""
+        try:
+            return await psycopg.AsyncConnection.connect(
+                dsn, autocommit=True, connect_timeout=connect_timeout, application_name=db.APPLICATION_NAME
+            )
+        except psycopg.ProgrammingError as exc:
+            raise ConfigError(f"invalid connection string: {db.first_line(exc)}") from None
+        except psycopg.Error as exc:
+            raise db.translate(exc, f"cannot connect to {describe_dsn(dsn)}") from None
 
 
 class _OwnConnection:
-    """As pybatch.client._OwnConnection: one autocommit connection, replaced when broken,
-    work retried once when a reused connection turns out stale."""
+    """One connection the client opens itself (autocommit: each statement commits), shared
+    under a lock. A connection found broken is replaced; work that failed on a reused
+    connection gone stale (the server restarted since) is retried once on a fresh one:
+    writing a heartbeat or a disconnect twice changes nothing."""
 
     def __init__(self, dsn: str, connect_timeout: float, tolerance: FutureTolerance) -> None:
         self._dsn = dsn
-        self._connect_timeout = max(2, math.ceil(connect_timeout))
+        self._connect_timeout = max(2, math.ceil(connect_timeout))  # libpq's minimum is 2 s
         self._tolerance = tolerance
         self._lock = asyncio.Lock()
         self._conn: psycopg.AsyncConnection | None = None
 
-    async def run(self, work: Work[T]) -> T:
+    async def run(self, work: AsyncWork[T]) -> T:
         async with self._lock:
             for attempt in (1, 2):
                 fresh = self._conn is None
                 if self._conn is None:
-                    self._conn = await _connect(self._dsn, self._connect_timeout)
+                    if True:  # ASYNC
+                        self._conn = await _connect(self._dsn, self._connect_timeout)
+                    else:
+                        self._conn = db.connect(self._dsn, autocommit=True, connect_timeout=self._connect_timeout)
                     await _read_tolerance(self._conn, self._tolerance)
                 conn = self._conn
                 try:
@@ -122,12 +151,14 @@ class _OwnConnection:
 
 
 class _PoolConnections:
+    """Connections borrowed from the caller's psycopg_pool.AsyncConnectionPool (committed when returned)."""
+
     def __init__(self, pool: AsyncConnectionPool, timeout: float, tolerance: FutureTolerance) -> None:
         self._pool = pool
         self._timeout = timeout
         self._tolerance = tolerance
 
-    async def run(self, work: Work[T]) -> T:
+    async def run(self, work: AsyncWork[T]) -> T:
         for attempt in (1, 2):
             used: psycopg.AsyncConnection | None = None
             try:
@@ -138,41 +169,61 @@ class _PoolConnections:
             except PoolTimeout:
                 raise
             except psycopg.Error:
+                # A pooled connection left over from before a server restart: try one more.
                 if attempt == 2 or used is None or not used.broken:
                     raise
         raise AssertionError("unreachable")
 
     async def close(self) -> None:
-        """The pool belongs to the caller."""
+        """The pool belongs to the caller, who closes it."""
 
 
 class _CallerConnection:
+    """The caller's connection (immediate mode only): work runs in the caller's transaction."""
+
     def __init__(self, conn: psycopg.AsyncConnection, tolerance: FutureTolerance) -> None:
         self._conn = conn
         self._tolerance = tolerance
 
-    async def run(self, work: Work[T]) -> T:
+    async def run(self, work: AsyncWork[T]) -> T:
         await _read_tolerance(self._conn, self._tolerance)
         return await work(self._conn)
 
     async def close(self) -> None:
-        """The connection belongs to the caller."""
+        """The connection belongs to the caller, who closes it."""
 
 
 class AsyncHeartbeatClient:
-    """HeartbeatClient for asyncio: `await beat(...)`, `await disconnect(...)`, `async with`.
+    """Writes agent heartbeats to pybatch.heartbeats and disconnects through pybatch.disconnect().
 
-    Takes a dsn (resolved like the CLI), a psycopg_pool.AsyncConnectionPool, or in immediate
-    mode a psycopg.AsyncConnection (then beat() runs in the caller's transaction).
+    Where it connects (give at most one): `dsn` (default: PYBATCH_DSN, then libpq's PG*
+    variables; with neither, ConfigError: the library never starts a server), `pool` (a
+    psycopg_pool.AsyncConnectionPool), or, in immediate mode only, `connection` (a
+    psycopg.AsyncConnection: beat() and disconnect() then run inside the caller's transaction
+    and commit with it). With a dsn or a pool, beat() in immediate mode has committed when
+    it returns.
 
-    Immediate mode stamps heartbeats with the server's clock; buffered mode with this client's
-    clock at beat() time, and an asyncio task writes the buffer with COPY every write_interval
-    or once max_batch agents wait (first_connected_at is therefore exact only to one
-    write_interval). On a database failure, buffered mode keeps the rows, retries with capped
-    exponential backoff, logs once per outage and never raises into beat(); immediate mode
-    raises a pybatch error. future_tolerance is read from pybatch.settings on the first
-    connection; 5 s is assumed until then or when it cannot be read.
-    Everything else is as documented on pybatch.client.HeartbeatClient.
+    mode="immediate": beat() INSERTs one row at once, stamped with the server's clock, and
+    raises a pybatch error (DatabaseUnavailable, HeartbeatWriteError, ...) when it cannot.
+
+    mode="buffered": beat() only records the heartbeat in memory, stamped with this client's
+    clock, and returns in microseconds, with no I/O. A background writer writes the buffer
+    with one COPY every `write_interval`, or as soon as `max_batch` agents wait. Per agent
+    the buffer keeps only the latest heartbeat (by time; ties go to the greater replica,
+    NULL lowest, as in pybatch.flush()), so memory is bounded by the number of agents, and
+    first_connected_at is exact only to one write_interval. When the database fails, the
+    writer keeps the rows, retries with exponential backoff (capped at `max_backoff`), logs
+    once per outage and once on recovery, and beat() never raises; newer beats arriving
+    meanwhile still win. close(), or leaving the context manager, writes what is left.
+
+    at= (beat and disconnect) must be timezone-aware and no further ahead of this client's
+    clock than pybatch.settings.future_tolerance, read when the client first connects; until
+    then, or if it cannot be read, the schema default of 5 s applies.
+
+    Any number of callers may call beat() at once. With a dsn, immediate writes share one
+    connection (one at a time); give a pool to write in parallel. Counters: `stats`. Call
+    close() (or use the client as a context manager): a client never closed drops what is
+    still buffered when the process exits.
     """
 
     def __init__(
@@ -188,8 +239,11 @@ class AsyncHeartbeatClient:
         connect_timeout: str | float | timedelta = "5s",
     ) -> None:
         self._options = client_options(
-            mode=mode, write_interval=write_interval, max_batch=max_batch,
-            max_backoff=max_backoff, connect_timeout=connect_timeout,
+            mode=mode,
+            write_interval=write_interval,
+            max_batch=max_batch,
+            max_backoff=max_backoff,
+            connect_timeout=connect_timeout,
         )
         check_sources(self._options, dsn=dsn, pool=pool, connection=connection)
         self._tolerance = FutureTolerance()
@@ -200,28 +254,38 @@ class AsyncHeartbeatClient:
         self._writer_connections: _AsyncConnections | None = None
         if pool is not None:
             if not isinstance(pool, AsyncConnectionPool):
-                raise ConfigError(
-                    f"pool: expected a psycopg_pool.AsyncConnectionPool, got {type(pool).__name__} "
-                    "(use HeartbeatClient for a ConnectionPool)"
-                )
+                if True:  # ASYNC
+                    expected = "psycopg_pool.AsyncConnectionPool"
+                    hint = "use HeartbeatClient for a ConnectionPool"
+                else:
+                    expected = "psycopg_pool.ConnectionPool"
+                    hint = "use AsyncHeartbeatClient for an AsyncConnectionPool"
+                raise ConfigError(f"pool: expected a {expected}, got {type(pool).__name__} ({hint})")
             self._direct = _PoolConnections(pool, self._options.connect_timeout, self._tolerance)
             self._writer_connections = self._direct
         elif connection is not None:
             if not isinstance(connection, psycopg.AsyncConnection):
-                raise ConfigError(
-                    f"connection: expected a psycopg.AsyncConnection, got {type(connection).__name__}"
-                )
+                raise ConfigError(f"connection: expected a psycopg.AsyncConnection, got {type(connection).__name__}")
             self._direct = _CallerConnection(connection, self._tolerance)
         else:
             resolved = resolve_dsn(dsn).dsn
             self._direct = _OwnConnection(resolved, self._options.connect_timeout, self._tolerance)
             if self._options.buffered:
+                # The writer has its own connection: a disconnect must never land inside its COPY.
                 self._writer_connections = _OwnConnection(resolved, self._options.connect_timeout, self._tolerance)
         self._write_lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._stopping = False
         self._retry_delay = 0.0
-        self._task: asyncio.Task[None] | None = None
+        if True:  # ASYNC
+            # Started on first use (_start_writer), not here: __init__ may run outside the event loop.
+            self._task: asyncio.Task[None] | None = None
+        else:
+            self._close_lock = threading.Lock()
+            self._thread: threading.Thread | None = None
+            if self._options.buffered:
+                self._thread = threading.Thread(target=self._run_writer, name="pybatch-heartbeat-writer", daemon=True)
+                self._thread.start()
 
     # -- public API -----------------------------------------------------------------------
 
@@ -231,23 +295,31 @@ class AsyncHeartbeatClient:
 
     @property
     def future_tolerance(self) -> float:
+        """Seconds an at= may lie ahead of this client's clock (5 until read from pybatch.settings)."""
         return self._tolerance.seconds
 
     async def beat(self, agent_id: object, *, replica_id: object = None, at: datetime | None = None) -> None:
-        """As HeartbeatClient.beat(); in buffered mode it does no I/O and never raises for the database."""
+        """Report that `agent_id` (a uuid.UUID or its string) is connected, seen by `replica_id`.
+
+        Raises InvalidAgentId / InvalidHeartbeat / InvalidTimestamp (all ValueError) for bad
+        arguments, ClientClosed after close(); in immediate mode also a pybatch error when the
+        write fails. In buffered mode it does no I/O and never raises for a database failure."""
         self._check_open()
         agent = agent_uuid(agent_id)
         replica = replica_uuid(replica_id)
         if self._options.buffered:
             when = check_at(at, tolerance=self._tolerance.seconds)
-            self._start_writer()
+            if True:  # ASYNC
+                self._start_writer()
             if self._buffer.add(agent, replica, when or datetime.now(UTC)):
                 self._wake.set()
             return
+
         counted = False
 
         async def insert(conn: psycopg.AsyncConnection) -> None:
             nonlocal counted
+            # Checked here, after the first connection has read future_tolerance.
             checked_at = check_at(at, tolerance=self._tolerance.seconds)
             if not counted:
                 counted = True
@@ -265,15 +337,21 @@ class AsyncHeartbeatClient:
         self._tracker.succeeded(1)
 
     async def disconnect(self, agent_id: object, *, at: datetime | None = None) -> bool:
-        """As HeartbeatClient.disconnect()."""
+        """Mark the agent disconnected at once through pybatch.disconnect(), bypassing staging.
+
+        Returns True if the row changed, False if a newer heartbeat or disconnect already
+        stands. Raises UnknownAgent (a LookupError) for an agent not in workspace_agents,
+        InvalidTimestamp beyond future_tolerance, DatabaseUnavailable / HeartbeatWriteError
+        when it cannot be written: a lost disconnect is visible to users."""
         self._check_open()
         agent = agent_uuid(agent_id)
 
         async def call(conn: psycopg.AsyncConnection) -> bool:
             when = check_at(at, tolerance=self._tolerance.seconds)
             if when is None and self._options.buffered:
-                when = datetime.now(UTC)  # the clock of this client's buffered beats
-            row = await (await conn.execute(DISCONNECT, (agent, when))).fetchone()
+                when = datetime.now(UTC)  # the clock of this client's buffered beats (module docstring)
+            cur = await conn.execute(DISCONNECT, (agent, when))
+            row = await cur.fetchone()
             return bool(row and row[0])
 
         try:
@@ -284,26 +362,42 @@ class AsyncHeartbeatClient:
             raise write_error(exc, f"disconnect of agent {agent} not written") from exc
 
     async def flush_buffer(self) -> int:
-        """Write the buffer now; returns rows written. On failure the rows stay and the error is raised."""
+        """Write the buffer now (buffered mode; a no-op returning 0 in immediate mode).
+
+        Returns the rows written. On failure the rows stay buffered and the pybatch error is raised."""
         self._check_open()
         return await self._write_buffered() if self._options.buffered else 0
 
     @property
     def stats(self) -> ClientStats:
+        """A snapshot of the counters (see ClientStats)."""
         return self._tracker.snapshot(beats_accepted=self._buffer.accepted, buffer_size=len(self._buffer))
 
     async def close(self) -> None:
-        """Stop the writer task, write what is buffered, release connections. Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
+        """Stop the writer, write what is buffered, release connections. Idempotent.
+
+        If that final write fails, the error is raised (after everything is released) and
+        names how many heartbeats were not written."""
+        if True:  # ASYNC
+            if self._closed:
+                return
+            self._closed = True
+        else:
+            with self._close_lock:
+                if self._closed:
+                    return
+                self._closed = True
         try:
             if self._options.buffered:
                 self._buffer.seal()
                 self._stopping = True
                 self._wake.set()
-                if self._task is not None:
-                    await self._task
+                if True:  # ASYNC
+                    if self._task is not None:
+                        await self._task
+                else:
+                    if self._thread is not None:
+                        self._thread.join()
                 await self._write_buffered(final=True)
         finally:
             await self._direct.close()
@@ -311,19 +405,23 @@ class AsyncHeartbeatClient:
                 await self._writer_connections.close()
 
     async def __aenter__(self) -> AsyncHeartbeatClient:
-        if self._options.buffered:
-            self._start_writer()
+        if True:  # ASYNC
+            if self._options.buffered:
+                self._start_writer()
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: types.TracebackType | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: types.TracebackType | None,
     ) -> None:
         if exc_type is None:
             await self.close()
             return
         try:
             await self.close()
-        except PybatchError:
+        except PybatchError:  # do not hide the exception already on its way out
             log.exception("heartbeat client close failed while handling another error")
 
     # -- internals ------------------------------------------------------------------------
@@ -332,10 +430,11 @@ class AsyncHeartbeatClient:
         if self._closed:
             raise ClientClosed("heartbeat client is closed")
 
-    def _start_writer(self) -> None:
-        # Started on first use, not in __init__, which may run outside the event loop.
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run_writer(), name="pybatch-heartbeat-writer")
+    if True:  # ASYNC
+
+        def _start_writer(self) -> None:
+            if self._task is None:
+                self._task = asyncio.get_running_loop().create_task(self._run_writer(), name="pybatch-heartbeat-writer")
 
     async def _write_buffered(self, *, final: bool = False) -> int:
         assert self._writer_connections is not None
@@ -359,22 +458,26 @@ class AsyncHeartbeatClient:
             return len(rows)
 
     async def _run_writer(self) -> None:
-        """The writer task; the same schedule as the sync client's thread."""
+        """The background writer: every write_interval, at once when max_batch agents wait,
+        later (backoff) after a failure. Never dies: every error is counted and logged."""
         assert self._writer_connections is not None
 
         async def nothing(conn: psycopg.AsyncConnection) -> None:
             return None
 
-        try:  # connect early, so future_tolerance is known before the first write
+        try:  # Connect early, so future_tolerance is known before the first write.
             await self._writer_connections.run(nothing)
         except Exception as exc:
             log.debug("heartbeat writer could not connect yet: %s", db.first_line(exc))
         schedule = WriteSchedule(self._options.write_interval)
         while True:
-            woken = False
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), schedule.timeout())
-                woken = True
+            if True:  # ASYNC
+                woken = False
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), schedule.timeout())
+                    woken = True
+            else:
+                woken = self._wake.wait(schedule.timeout())
             if self._stopping:
                 return
             self._wake.clear()
@@ -385,6 +488,6 @@ class AsyncHeartbeatClient:
             except PybatchError:
                 schedule.failed(self._retry_delay)
                 continue
-            except Exception:  # a bug, not an outage: keep the task alive
+            except Exception:  # a bug, not an outage: keep the writer alive
                 log.exception("heartbeat writer failed unexpectedly")
             schedule.wrote()

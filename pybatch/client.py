@@ -1,3 +1,5 @@
+# WARNING: generated from pybatch/aio.py by tools/async_to_sync.py. DO NOT EDIT:
+# change pybatch/aio.py, then run `python tools/async_to_sync.py`.
 """HeartbeatClient: report connected agents from an app server, immediately or buffered.
 
 Clocks (without at=):
@@ -9,6 +11,9 @@ Clocks (without at=):
   disconnect after a beat() of this client always sorts after it, even if the two clocks
   differ (with the server's clock, a client clock running ahead would let the buffered beat
   undo the disconnect, the very bug Coder had).
+
+Everything without I/O (the buffer, counters, backoff, argument checks, error mapping and
+the SQL) lives in pybatch._core.
 """
 
 from __future__ import annotations
@@ -19,13 +24,13 @@ import threading
 import types
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Protocol, TypeVar
+from typing import Protocol, TypeAlias, TypeVar
 
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from pybatch import db
-from pybatch.buffer import (
+from pybatch._core import (
     COPY_BEATS,
     COPY_TYPES,
     DISCONNECT,
@@ -51,24 +56,29 @@ from pybatch.errors import ClientClosed, ConfigError, InvalidHeartbeat, PybatchE
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+Work: TypeAlias = Callable[[psycopg.Connection], T]
 
 
 class _Connections(Protocol):
     """Where a client gets a connection for one piece of work."""
 
-    def run(self, work: Callable[[psycopg.Connection], T]) -> T: ...
+    def run(self, work: Work[T]) -> T: ...
 
     def close(self) -> None: ...
 
 
 def _read_tolerance(conn: psycopg.Connection, tolerance: FutureTolerance) -> None:
-    def fetch() -> object:
+    if not tolerance.claim():
+        return
+    try:
         # A savepoint (or a short transaction): a failed read must not abort the caller's transaction.
         with conn.transaction():
-            row = conn.execute(READ_FUTURE_TOLERANCE).fetchone()
-        return row[0] if row else None
-
-    tolerance.read(fetch)
+            cur = conn.execute(READ_FUTURE_TOLERANCE)
+            row = cur.fetchone()
+    except psycopg.Error as exc:
+        tolerance.failed(exc)
+        return
+    tolerance.set(row[0] if row else None)
 
 
 class _OwnConnection:
@@ -84,7 +94,7 @@ class _OwnConnection:
         self._lock = threading.Lock()
         self._conn: psycopg.Connection | None = None
 
-    def run(self, work: Callable[[psycopg.Connection], T]) -> T:
+    def run(self, work: Work[T]) -> T:
         with self._lock:
             for attempt in (1, 2):
                 fresh = self._conn is None
@@ -118,7 +128,7 @@ class _PoolConnections:
         self._timeout = timeout
         self._tolerance = tolerance
 
-    def run(self, work: Callable[[psycopg.Connection], T]) -> T:
+    def run(self, work: Work[T]) -> T:
         for attempt in (1, 2):
             used: psycopg.Connection | None = None
             try:
@@ -145,7 +155,7 @@ class _CallerConnection:
         self._conn = conn
         self._tolerance = tolerance
 
-    def run(self, work: Callable[[psycopg.Connection], T]) -> T:
+    def run(self, work: Work[T]) -> T:
         _read_tolerance(self._conn, self._tolerance)
         return work(self._conn)
 
@@ -156,33 +166,34 @@ class _CallerConnection:
 class HeartbeatClient:
     """Writes agent heartbeats to pybatch.heartbeats and disconnects through pybatch.disconnect().
 
-    Where it connects (give at most one): `dsn` (default: resolved like the CLI: PYBATCH_DSN,
-    PG* variables, then the embedded cluster), `pool` (a psycopg_pool.ConnectionPool), or,
-    in immediate mode only, `connection` (a psycopg.Connection: beat() and disconnect() then
-    run inside the caller's transaction and commit with it). With a dsn or a pool, beat() in
-    immediate mode has committed when it returns.
+    Where it connects (give at most one): `dsn` (default: PYBATCH_DSN, then libpq's PG*
+    variables; with neither, ConfigError: the library never starts a server), `pool` (a
+    psycopg_pool.ConnectionPool), or, in immediate mode only, `connection` (a
+    psycopg.Connection: beat() and disconnect() then run inside the caller's transaction
+    and commit with it). With a dsn or a pool, beat() in immediate mode has committed when
+    it returns.
 
     mode="immediate": beat() INSERTs one row at once, stamped with the server's clock, and
     raises a pybatch error (DatabaseUnavailable, HeartbeatWriteError, ...) when it cannot.
 
     mode="buffered": beat() only records the heartbeat in memory, stamped with this client's
-    clock, and returns in microseconds. A background thread writes the buffer with one COPY
-    every `write_interval`, or as soon as `max_batch` agents wait. Per agent the buffer keeps
-    only the latest heartbeat (by time; ties go to the greater replica, NULL lowest, as in
-    pybatch.flush()), so memory is bounded by the number of agents, and first_connected_at
-    is exact only to one write_interval. When the database fails, the writer keeps the rows,
-    retries with exponential backoff (capped at `max_backoff`), logs once per outage and once
-    on recovery, and beat() never raises; newer beats arriving meanwhile still win.
-    close(), or leaving the `with` block, writes what is left.
+    clock, and returns in microseconds, with no I/O. A background writer writes the buffer
+    with one COPY every `write_interval`, or as soon as `max_batch` agents wait. Per agent
+    the buffer keeps only the latest heartbeat (by time; ties go to the greater replica,
+    NULL lowest, as in pybatch.flush()), so memory is bounded by the number of agents, and
+    first_connected_at is exact only to one write_interval. When the database fails, the
+    writer keeps the rows, retries with exponential backoff (capped at `max_backoff`), logs
+    once per outage and once on recovery, and beat() never raises; newer beats arriving
+    meanwhile still win. close(), or leaving the context manager, writes what is left.
 
     at= (beat and disconnect) must be timezone-aware and no further ahead of this client's
     clock than pybatch.settings.future_tolerance, read when the client first connects; until
     then, or if it cannot be read, the schema default of 5 s applies.
 
-    Thread-safe: any number of threads may call beat() at once. With a dsn, immediate writes
-    share one connection (one at a time); give a pool to write from many threads in parallel.
-    Counters: `stats`. Call close() (or use `with`): the writer thread is a daemon, so a client
-    never closed drops what is still buffered when the process exits.
+    Any number of callers may call beat() at once. With a dsn, immediate writes share one
+    connection (one at a time); give a pool to write in parallel. Counters: `stats`. Call
+    close() (or use the client as a context manager): a client never closed drops what is
+    still buffered when the process exits.
     """
 
     def __init__(
@@ -198,23 +209,24 @@ class HeartbeatClient:
         connect_timeout: str | float | timedelta = "5s",
     ) -> None:
         self._options = client_options(
-            mode=mode, write_interval=write_interval, max_batch=max_batch,
-            max_backoff=max_backoff, connect_timeout=connect_timeout,
+            mode=mode,
+            write_interval=write_interval,
+            max_batch=max_batch,
+            max_backoff=max_backoff,
+            connect_timeout=connect_timeout,
         )
         check_sources(self._options, dsn=dsn, pool=pool, connection=connection)
         self._tolerance = FutureTolerance()
         self._buffer = HeartbeatBuffer(max_batch)
         self._tracker = WriteTracker(self._options.max_backoff)
-        self._close_lock = threading.Lock()
         self._closed = False
         self._direct: _Connections
         self._writer_connections: _Connections | None = None
         if pool is not None:
             if not isinstance(pool, ConnectionPool):
-                raise ConfigError(
-                    f"pool: expected a psycopg_pool.ConnectionPool, got {type(pool).__name__} "
-                    "(use AsyncHeartbeatClient for an AsyncConnectionPool)"
-                )
+                expected = "psycopg_pool.ConnectionPool"
+                hint = "use AsyncHeartbeatClient for an AsyncConnectionPool"
+                raise ConfigError(f"pool: expected a {expected}, got {type(pool).__name__} ({hint})")
             self._direct = _PoolConnections(pool, self._options.connect_timeout, self._tolerance)
             self._writer_connections = self._direct
         elif connection is not None:
@@ -231,6 +243,7 @@ class HeartbeatClient:
         self._wake = threading.Event()
         self._stopping = False
         self._retry_delay = 0.0
+        self._close_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         if self._options.buffered:
             self._thread = threading.Thread(target=self._run_writer, name="pybatch-heartbeat-writer", daemon=True)
@@ -252,7 +265,7 @@ class HeartbeatClient:
 
         Raises InvalidAgentId / InvalidHeartbeat / InvalidTimestamp (all ValueError) for bad
         arguments, ClientClosed after close(); in immediate mode also a pybatch error when the
-        write fails. In buffered mode it never raises for a database failure."""
+        write fails. In buffered mode it does no I/O and never raises for a database failure."""
         self._check_open()
         agent = agent_uuid(agent_id)
         replica = replica_uuid(replica_id)
@@ -297,7 +310,8 @@ class HeartbeatClient:
             when = check_at(at, tolerance=self._tolerance.seconds)
             if when is None and self._options.buffered:
                 when = datetime.now(UTC)  # the clock of this client's buffered beats (module docstring)
-            row = conn.execute(DISCONNECT, (agent, when)).fetchone()
+            cur = conn.execute(DISCONNECT, (agent, when))
+            row = cur.fetchone()
             return bool(row and row[0])
 
         try:
@@ -317,9 +331,7 @@ class HeartbeatClient:
     @property
     def stats(self) -> ClientStats:
         """A snapshot of the counters (see ClientStats)."""
-        return self._tracker.snapshot(
-            beats_accepted=self._buffer.accepted, buffer_size=len(self._buffer),
-        )
+        return self._tracker.snapshot(beats_accepted=self._buffer.accepted, buffer_size=len(self._buffer))
 
     def close(self) -> None:
         """Stop the writer, write what is buffered, release connections. Idempotent.
@@ -331,11 +343,12 @@ class HeartbeatClient:
                 return
             self._closed = True
         try:
-            if self._thread is not None:
+            if self._options.buffered:
                 self._buffer.seal()
                 self._stopping = True
                 self._wake.set()
-                self._thread.join()
+                if self._thread is not None:
+                    self._thread.join()
                 self._write_buffered(final=True)
         finally:
             self._direct.close()
@@ -346,7 +359,10 @@ class HeartbeatClient:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: types.TracebackType | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: types.TracebackType | None,
     ) -> None:
         if exc_type is None:
             self.close()
@@ -387,8 +403,12 @@ class HeartbeatClient:
         """The background writer: every write_interval, at once when max_batch agents wait,
         later (backoff) after a failure. Never dies: every error is counted and logged."""
         assert self._writer_connections is not None
+
+        def nothing(conn: psycopg.Connection) -> None:
+            return None
+
         try:  # Connect early, so future_tolerance is known before the first write.
-            self._writer_connections.run(lambda conn: None)
+            self._writer_connections.run(nothing)
         except Exception as exc:
             log.debug("heartbeat writer could not connect yet: %s", db.first_line(exc))
         schedule = WriteSchedule(self._options.write_interval)
@@ -404,6 +424,6 @@ class HeartbeatClient:
             except PybatchError:
                 schedule.failed(self._retry_delay)
                 continue
-            except Exception:  # a bug, not an outage: keep the thread alive
+            except Exception:  # a bug, not an outage: keep the writer alive
                 log.exception("heartbeat writer failed unexpectedly")
             schedule.wrote()

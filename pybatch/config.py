@@ -1,5 +1,8 @@
-"""Where the database comes from, in libpq's order:
-`--dsn`, then PYBATCH_DSN, then libpq's PG* variables, then the embedded local cluster."""
+"""Where the database comes from, in libpq's order: the `dsn` argument (`--dsn` on the
+command line), then PYBATCH_DSN, then libpq's PG* variables.
+
+The library stops there and raises ConfigError: it never starts a server. Only the CLI
+falls back to the embedded local cluster (pybatch.cli.common.resolve_cli_dsn)."""
 
 from __future__ import annotations
 
@@ -14,36 +17,39 @@ from pybatch.errors import ConfigError
 # libpq variables that, when set, mean "a database is configured".
 PG_ENV_VARS = ("PGHOST", "PGHOSTADDR", "PGPORT", "PGDATABASE", "PGUSER", "PGSERVICE")
 
+NO_DATABASE = "no database given: pass dsn=, set PYBATCH_DSN or PG* variables"
+
 
 @dataclass(frozen=True)
 class ResolvedDsn:
     dsn: str
-    source: str  # "--dsn", "PYBATCH_DSN", "PG* variables" or "embedded"
+    source: str  # the origin of a given dsn ("dsn" or "--dsn"), "PYBATCH_DSN", "PG* variables" or "embedded"
 
 
-def resolve_dsn(
+def configured_dsn(
     dsn: str | None = None,
     *,
-    embedded: bool = True,
+    origin: str = "dsn",
     environ: Mapping[str, str] | None = None,
-) -> ResolvedDsn:
-    """Pick the DSN to use; start the embedded cluster only when nothing is configured."""
+) -> ResolvedDsn | None:
+    """The configured DSN (`dsn`, PYBATCH_DSN, then PG* as an empty conninfo libpq completes),
+    or None when nothing names a database. `origin` names `dsn` in errors and in `source`."""
     env = os.environ if environ is None else environ
     if dsn:
-        return ResolvedDsn(validate_dsn(dsn, "--dsn"), "--dsn")
+        return ResolvedDsn(validate_dsn(dsn, origin), origin)
     if env.get("PYBATCH_DSN"):
         return ResolvedDsn(validate_dsn(env["PYBATCH_DSN"], "PYBATCH_DSN"), "PYBATCH_DSN")
     if any(env.get(name) for name in PG_ENV_VARS):
         return ResolvedDsn("", "PG* variables")
-    if not embedded or env.get("PYBATCH_NO_EMBEDDED", "") not in ("", "0"):
-        raise ConfigError(
-            "no database configured: pass --dsn, set PYBATCH_DSN or PG* variables "
-            "(the embedded cluster is turned off)"
-        )
-    from pybatch.local import LocalCluster  # imported late: only the fallback needs it
+    return None
 
-    cluster = LocalCluster.default()
-    return ResolvedDsn(cluster.ensure_running(notice=True), "embedded")
+
+def resolve_dsn(dsn: str | None = None, *, environ: Mapping[str, str] | None = None) -> ResolvedDsn:
+    """The DSN the library connects to; ConfigError when nothing names a database."""
+    found = configured_dsn(dsn, environ=environ)
+    if found is None:
+        raise ConfigError(NO_DATABASE)
+    return found
 
 
 def validate_dsn(dsn: str, origin: str) -> str:

@@ -11,8 +11,7 @@ from typing import Any
 
 from pybatch.bench import STRATEGY_NAMES, BenchConfig, run_bench
 from pybatch.bench import report as bench_report
-from pybatch.cli.common import dsn, positive_int, print_table
-from pybatch.config import resolve_dsn
+from pybatch.cli.common import dsn, positive_int, print_table, resolve_cli_dsn
 from pybatch.durations import parse_duration
 from pybatch.errors import ConfigError
 from pybatch.local import LocalCluster
@@ -142,7 +141,7 @@ def _warmup(text: str) -> float:
 def cmd_demo(args: argparse.Namespace) -> int:
     from pybatch.demo import DEMO_STRATEGIES, run_demo  # the demo pulls in the cluster and migrations
 
-    resolved = resolve_dsn(args.dsn, embedded=not args.no_embedded)
+    resolved = resolve_cli_dsn(args.dsn, embedded=not args.no_embedded)
     target = resolved.dsn
     if resolved.source == "embedded":
         # The demo resets workspace_agents: it gets a database of its own in the embedded cluster.

@@ -4,15 +4,37 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from collections.abc import Mapping
 from typing import Any
 
-from pybatch.config import resolve_dsn
+from pybatch.config import ResolvedDsn, configured_dsn
+from pybatch.errors import ConfigError
 
 
 def dsn(args: argparse.Namespace) -> str:
     """The DSN for this run: --dsn, PYBATCH_DSN, PG*, else the embedded cluster."""
-    return resolve_dsn(args.dsn, embedded=not args.no_embedded).dsn
+    return resolve_cli_dsn(args.dsn, embedded=not args.no_embedded).dsn
+
+
+def resolve_cli_dsn(
+    dsn: str | None, *, embedded: bool = True, environ: Mapping[str, str] | None = None
+) -> ResolvedDsn:
+    """--dsn, PYBATCH_DSN, PG* (as the library resolves them), else the embedded cluster,
+    started if need be with a one-line notice on stderr. Only the CLI falls back to it."""
+    env = os.environ if environ is None else environ
+    found = configured_dsn(dsn, origin="--dsn", environ=env)
+    if found is not None:
+        return found
+    if not embedded or env.get("PYBATCH_NO_EMBEDDED", "") not in ("", "0"):
+        raise ConfigError(
+            "no database configured: pass --dsn, set PYBATCH_DSN or PG* variables "
+            "(the embedded cluster is turned off)"
+        )
+    from pybatch.local import LocalCluster  # imported late: only the fallback needs it
+
+    return ResolvedDsn(LocalCluster.default().ensure_running(notice=True), "embedded")
 
 
 def positive_int(text: str) -> int:

@@ -1,15 +1,23 @@
+# WARNING: generated from tests/integration/test_client_async.py by tools/async_to_sync.py. DO NOT EDIT:
+# change tests/integration/test_client_async.py, then run `python tools/async_to_sync.py`.
 """HeartbeatClient against a real database: both modes, every way to connect, bad input."""
 
 from __future__ import annotations
 
+import os
+import re
 import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import psutil
 import psycopg
+import psycopg_pool
 import pytest
-from psycopg_pool import AsyncConnectionPool, ConnectionPool
+from psycopg_pool import ConnectionPool
 
 from pybatch import (
     ClientClosed,
@@ -21,28 +29,36 @@ from pybatch import (
     UnknownAgent,
 )
 from pybatch.flush import flush
+from tests.helpers import make_agents
 
 REPLICA_A = uuid.UUID(int=1)
 REPLICA_B = uuid.UUID(int=2)
 
-
-def make_agents(conn: psycopg.Connection, n: int) -> list[uuid.UUID]:
-    ids = [uuid.uuid4() for _ in range(n)]
-    conn.execute("INSERT INTO public.workspace_agents (id) SELECT unnest(%s::uuid[])", (ids,))
-    return ids
+Staged = tuple[uuid.UUID, uuid.UUID | None, datetime]
 
 
-def staged(conn: psycopg.Connection) -> list[tuple[uuid.UUID, uuid.UUID | None, datetime]]:
-    return [tuple(r) for r in conn.execute(  # type: ignore[misc]
-        "SELECT agent_id, replica_id, beat_at FROM pybatch.heartbeats ORDER BY agent_id, beat_at").fetchall()]
+def staged(conn: psycopg.Connection) -> list[Staged]:
+    rows = conn.execute(
+        "SELECT agent_id, replica_id, beat_at FROM pybatch.heartbeats ORDER BY agent_id, beat_at"
+    ).fetchall()
+    return [(r[0], r[1], r[2]) for r in rows]
 
 
 def agent_row(conn: psycopg.Connection, agent: uuid.UUID) -> tuple[datetime | None, datetime | None, uuid.UUID | None]:
     row = conn.execute(
         "SELECT last_connected_at, disconnected_at, last_connected_replica_id FROM public.workspace_agents "
-        "WHERE id = %s", (agent,)).fetchone()
+        "WHERE id = %s",
+        (agent,),
+    ).fetchone()
     assert row is not None
     return row[0], row[1], row[2]
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Poll until condition() holds (the background writer keeps running meanwhile)."""
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -50,19 +66,16 @@ def agents(conn: psycopg.Connection) -> list[uuid.UUID]:
     return make_agents(conn, 3)
 
 
-@pytest.fixture
-def pool(dsn: str) -> Iterator[ConnectionPool]:
-    with ConnectionPool(dsn, min_size=1, max_size=4, open=True) as p:
-        yield p
-
-
 # -- immediate mode ------------------------------------------------------------------------
 
 
-def test_immediate_beat_is_committed_with_server_clock(dsn: str, conn: psycopg.Connection,
-                                                        agents: list[uuid.UUID]) -> None:
+def test_immediate_beat_is_committed_with_server_clock(
+    dsn: str, conn: psycopg.Connection, agents: list[uuid.UUID]
+) -> None:
     a = agents[0]
-    before = conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
+    now = conn.execute("SELECT now()").fetchone()
+    assert now is not None
+    before = now[0]
     with HeartbeatClient(dsn) as hb:
         hb.beat(a, replica_id=REPLICA_A)
         hb.beat(str(agents[1]), replica_id=str(REPLICA_B))
@@ -82,18 +95,33 @@ def test_immediate_beat_keeps_explicit_at(dsn: str, conn: psycopg.Connection, ag
     assert staged(conn) == [(agents[0], None, at)]
 
 
-def test_immediate_with_pool(pool: ConnectionPool, conn: psycopg.Connection, agents: list[uuid.UUID]) -> None:
-    with HeartbeatClient(pool=pool) as hb:
-        hb.beat(agents[0])
-        assert [r[0] for r in staged(conn)] == [agents[0]]
+def test_immediate_beat_and_disconnect(dsn: str, conn: psycopg.Connection, agents: list[uuid.UUID]) -> None:
+    with HeartbeatClient(dsn) as hb:
+        hb.beat(agents[0], replica_id=REPLICA_A)
+        assert [r[:2] for r in staged(conn)] == [(agents[0], REPLICA_A)]  # committed on return
         assert hb.disconnect(agents[1]) is True
+        with pytest.raises(UnknownAgent):
+            hb.disconnect(uuid.uuid4())
+        assert hb.stats.rows_written == 1 and hb.stats.beats_accepted == 1
+    with pytest.raises(ClientClosed):
+        hb.beat(agents[0])
     assert agent_row(conn, agents[1])[1] is not None
-    assert not pool.closed  # the pool belongs to the caller
+
+
+def test_immediate_with_pool(dsn: str, conn: psycopg.Connection, agents: list[uuid.UUID]) -> None:
+    with ConnectionPool(dsn, min_size=1, max_size=4, open=False) as pool:
+        with HeartbeatClient(pool=pool) as hb:
+            hb.beat(agents[0])
+            assert [r[0] for r in staged(conn)] == [agents[0]]
+            assert hb.disconnect(agents[1]) is True
+        assert agent_row(conn, agents[1])[1] is not None
+        assert not pool.closed  # the pool belongs to the caller
 
 
 def test_immediate_with_connection_joins_the_callers_transaction(
-        dsn: str, conn: psycopg.Connection, agents: list[uuid.UUID]) -> None:
-    with psycopg.connect(dsn) as caller:
+    dsn: str, conn: psycopg.Connection, agents: list[uuid.UUID]
+) -> None:
+    with psycopg.Connection.connect(dsn) as caller:
         hb = HeartbeatClient(connection=caller)
         with caller.transaction():
             hb.beat(agents[0])
@@ -106,9 +134,27 @@ def test_immediate_with_connection_joins_the_callers_transaction(
         assert not caller.closed
 
 
-def test_bad_input_leaves_the_callers_transaction_usable(dsn: str, conn: psycopg.Connection,
-                                                         agents: list[uuid.UUID]) -> None:
-    with psycopg.connect(dsn) as caller:
+def test_immediate_with_pool_and_with_connection(dsn: str, conn: psycopg.Connection, agents: list[uuid.UUID]) -> None:
+    with ConnectionPool(dsn, min_size=1, max_size=2, open=False) as pool:
+        with HeartbeatClient(pool=pool) as hb:
+            hb.beat(agents[0])
+        with HeartbeatClient(pool=pool, mode="buffered", write_interval="1h") as buffered:
+            buffered.beat(agents[0])  # same agent: written again by the final COPY
+        assert buffered.stats.rows_written == 1 and not pool.closed
+    with psycopg.Connection.connect(dsn) as caller:
+        hb = HeartbeatClient(connection=caller)
+        with caller.transaction(force_rollback=True):
+            hb.beat(agents[1])  # rolled back with the caller's transaction
+        with caller.transaction():
+            hb.beat(agents[2])
+        hb.close()
+    assert sorted(r[0] for r in staged(conn)) == sorted([agents[0], agents[0], agents[2]])
+
+
+def test_bad_input_leaves_the_callers_transaction_usable(
+    dsn: str, conn: psycopg.Connection, agents: list[uuid.UUID]
+) -> None:
+    with psycopg.Connection.connect(dsn) as caller:
         hb = HeartbeatClient(connection=caller)
         with caller.transaction():
             hb.beat(agents[0])
@@ -121,8 +167,10 @@ def test_bad_input_leaves_the_callers_transaction_usable(dsn: str, conn: psycopg
 
 
 def test_buffered_mode_refuses_a_single_connection(dsn: str) -> None:
-    with psycopg.connect(dsn) as caller, pytest.raises(ConfigError, match=r"buffered.*single connection"):
-        HeartbeatClient(mode="buffered", connection=caller)
+    with psycopg.Connection.connect(dsn) as caller:
+        with pytest.raises(ConfigError, match=r"buffered.*single connection"):
+            HeartbeatClient(mode="buffered", connection=caller)
+        assert not caller.closed and not caller.broken  # refused without touching the caller's connection
 
 
 def test_constructor_rejects_bad_options(dsn: str) -> None:
@@ -132,30 +180,76 @@ def test_constructor_rejects_bad_options(dsn: str) -> None:
         HeartbeatClient(dsn, mode="buffered", write_interval="soon")
     with pytest.raises(ConfigError, match="max_batch"):
         HeartbeatClient(dsn, mode="buffered", max_batch=0)
-    with pytest.raises(ConfigError, match="only one of dsn, pool or connection"), psycopg.connect(dsn) as c:
-        HeartbeatClient(dsn, connection=c)
+    with psycopg.Connection.connect(dsn) as c:
+        with pytest.raises(ConfigError, match="only one of dsn, pool or connection"):
+            HeartbeatClient(dsn, connection=c)
+        assert not c.closed
 
 
-def test_async_pool_is_refused_with_a_pointer_to_the_async_client(dsn: str) -> None:
-    pool = AsyncConnectionPool(dsn, open=False)
-    with pytest.raises(ConfigError, match="AsyncHeartbeatClient"):
-        HeartbeatClient(pool=pool)  # type: ignore[arg-type]
+def test_a_pool_of_the_other_flavour_is_refused_with_a_pointer_to_the_other_client(dsn: str) -> None:
+    wrong_pool = psycopg_pool.AsyncConnectionPool(dsn, open=False)
+    expected = "pool: expected a psycopg_pool.ConnectionPool, got AsyncConnectionPool (use AsyncHeartbeatClient"
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        HeartbeatClient(pool=wrong_pool)  # type: ignore[arg-type]
 
 
-def test_dsn_is_resolved_like_the_cli(dsn: str, conn: psycopg.Connection, agents: list[uuid.UUID],
-                                      monkeypatch: pytest.MonkeyPatch) -> None:
+# -- where the database comes from -----------------------------------------------------------
+
+
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No PYBATCH_* and no PG* variables: nothing names a database."""
+    for name in list(os.environ):
+        if name.startswith(("PYBATCH_", "PG")):
+            monkeypatch.delenv(name)
+
+
+def test_dsn_comes_from_pybatch_dsn(
+    dsn: str, conn: psycopg.Connection, agents: list[uuid.UUID], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clean_environment(monkeypatch)
     monkeypatch.setenv("PYBATCH_DSN", dsn)
     with HeartbeatClient() as hb:
         hb.beat(agents[0])
     assert [r[0] for r in staged(conn)] == [agents[0]]
 
 
+def test_dsn_comes_from_pg_variables(
+    dsn: str, conn: psycopg.Connection, agents: list[uuid.UUID], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clean_environment(monkeypatch)
+    params = psycopg.conninfo.conninfo_to_dict(dsn)
+    for key, variable in (("host", "PGHOST"), ("port", "PGPORT"), ("dbname", "PGDATABASE"), ("user", "PGUSER")):
+        monkeypatch.setenv(variable, str(params[key]))
+    with HeartbeatClient() as hb:  # an empty conninfo: libpq reads PG*
+        hb.beat(agents[0])
+    assert [r[0] for r in staged(conn)] == [agents[0]]
+
+
+@pytest.mark.parametrize("mode", ["immediate", "buffered"])
+def test_no_database_given_raises_and_starts_nothing(
+    mode: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The library never falls back to the embedded cluster: no initdb, no server, no directory."""
+    clean_environment(monkeypatch)
+    home = tmp_path / "pybatch-home"
+    monkeypatch.setenv("PYBATCH_HOME", str(home))
+    with pytest.raises(ConfigError, match=r"no database given: pass dsn=, set PYBATCH_DSN or PG\* variables"):
+        HeartbeatClient(mode=mode)
+    assert not home.exists()
+    started = []
+    for process in psutil.process_iter(["cmdline"]):
+        if any(str(home) in part for part in process.info["cmdline"] or ()):
+            started.append(process)
+    assert started == []
+
+
 # -- disconnect ----------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("mode", ["immediate", "buffered"])
-def test_disconnect_is_direct_and_maps_errors(dsn: str, conn: psycopg.Connection, agents: list[uuid.UUID],
-                                              mode: str) -> None:
+def test_disconnect_is_direct_and_maps_errors(
+    dsn: str, conn: psycopg.Connection, agents: list[uuid.UUID], mode: str
+) -> None:
     with HeartbeatClient(dsn, mode=mode) as hb:
         assert hb.disconnect(agents[0]) is True
         assert agent_row(conn, agents[0])[1] is not None  # at once, no flush needed
@@ -170,8 +264,9 @@ def test_disconnect_is_direct_and_maps_errors(dsn: str, conn: psycopg.Connection
             hb.disconnect(agents[1], at=datetime(2025, 1, 1))
 
 
-def test_server_rejection_beyond_tolerance_is_typed(dsn: str, conn: psycopg.Connection,
-                                                    agents: list[uuid.UUID]) -> None:
+def test_server_rejection_beyond_tolerance_is_typed(
+    dsn: str, conn: psycopg.Connection, agents: list[uuid.UUID]
+) -> None:
     with HeartbeatClient(dsn) as hb:
         hb.beat(agents[0])  # first connection reads future_tolerance (5 s)
         assert hb.future_tolerance == 5.0
@@ -181,8 +276,7 @@ def test_server_rejection_beyond_tolerance_is_typed(dsn: str, conn: psycopg.Conn
             hb.disconnect(agents[0], at=datetime.now(UTC) + timedelta(seconds=3))
 
 
-def test_future_tolerance_is_read_from_settings(dsn: str, conn: psycopg.Connection,
-                                                agents: list[uuid.UUID]) -> None:
+def test_future_tolerance_is_read_from_settings(dsn: str, conn: psycopg.Connection, agents: list[uuid.UUID]) -> None:
     conn.execute("UPDATE pybatch.settings SET future_tolerance = '1 minute'")
     with HeartbeatClient(dsn) as hb:
         hb.beat(agents[0], at=datetime.now(UTC) + timedelta(seconds=30))  # allowed by 1 minute
@@ -192,9 +286,9 @@ def test_future_tolerance_is_read_from_settings(dsn: str, conn: psycopg.Connecti
     assert len(staged(conn)) == 1
 
 
-def test_future_tolerance_falls_back_to_five_seconds(dsn: str, conn: psycopg.Connection,
-                                                     agents: list[uuid.UUID],
-                                                     caplog: pytest.LogCaptureFixture) -> None:
+def test_future_tolerance_falls_back_to_five_seconds(
+    dsn: str, conn: psycopg.Connection, agents: list[uuid.UUID], caplog: pytest.LogCaptureFixture
+) -> None:
     conn.execute("CREATE ROLE hb_writer LOGIN")
     conn.execute("GRANT USAGE ON SCHEMA pybatch TO hb_writer")
     conn.execute("GRANT INSERT ON pybatch.heartbeats TO hb_writer")  # but no SELECT on settings
@@ -212,8 +306,9 @@ def test_future_tolerance_falls_back_to_five_seconds(dsn: str, conn: psycopg.Con
 # -- buffered mode -------------------------------------------------------------------------
 
 
-def test_buffered_beat_writes_latest_per_agent_with_client_clock(dsn: str, conn: psycopg.Connection,
-                                                                 agents: list[uuid.UUID]) -> None:
+def test_buffered_beat_writes_latest_per_agent_with_client_clock(
+    dsn: str, conn: psycopg.Connection, agents: list[uuid.UUID]
+) -> None:
     a, b, _ = agents
     t0 = datetime(2025, 6, 1, tzinfo=UTC)
     with HeartbeatClient(dsn, mode="buffered", write_interval="1h") as hb:
@@ -234,12 +329,28 @@ def test_buffered_beat_writes_latest_per_agent_with_client_clock(dsn: str, conn:
     assert stats.rows_written == 2 and stats.buffer_size == 0 and stats.last_write_at is not None
 
 
+def test_buffered_keeps_latest_and_writes_on_close(dsn: str, conn: psycopg.Connection, agents: list[uuid.UUID]) -> None:
+    a, b, _ = agents
+    t0 = datetime.now(UTC) - timedelta(minutes=1)
+    hb = HeartbeatClient(dsn, mode="buffered", write_interval="1h")
+    hb.beat(a, at=t0, replica_id=REPLICA_B)
+    hb.beat(a, at=t0 + timedelta(seconds=1), replica_id=REPLICA_A)
+    hb.beat(a, at=t0 + timedelta(seconds=1), replica_id=None)  # tie: NULL loses
+    hb.beat(b)
+    time.sleep(0.2)
+    assert staged(conn) == [] and hb.stats.buffer_size == 2
+    hb.close()
+    assert hb.stats.rows_written == 2
+    with pytest.raises(ClientClosed):
+        hb.flush_buffer()
+    rows = {r[0]: r for r in staged(conn)}
+    assert rows[a] == (a, REPLICA_A, t0 + timedelta(seconds=1)) and rows[b][1] is None
+
+
 def test_buffered_writes_every_interval(dsn: str, conn: psycopg.Connection, agents: list[uuid.UUID]) -> None:
     with HeartbeatClient(dsn, mode="buffered", write_interval="200ms") as hb:
         hb.beat(agents[0])
-        deadline = datetime.now(UTC) + timedelta(seconds=10)
-        while not staged(conn) and datetime.now(UTC) < deadline:
-            threading.Event().wait(0.05)
+        wait_until(lambda: bool(staged(conn)))
         assert [r[0] for r in staged(conn)] == [agents[0]]
         assert hb.stats.rows_written == 1
 
@@ -249,17 +360,32 @@ def test_buffered_writes_when_max_batch_agents_wait(dsn: str, conn: psycopg.Conn
     with HeartbeatClient(dsn, mode="buffered", write_interval="1h", max_batch=10) as hb:
         for agent in many[:9]:
             hb.beat(agent)
-        threading.Event().wait(0.3)
+        time.sleep(0.3)
         assert staged(conn) == []  # 9 < max_batch: still waiting for the hour
         hb.beat(many[9])
-        deadline = datetime.now(UTC) + timedelta(seconds=10)
-        while len(staged(conn)) < 10 and datetime.now(UTC) < deadline:
-            threading.Event().wait(0.05)
+        wait_until(lambda: len(staged(conn)) >= 10)
         assert sorted(r[0] for r in staged(conn)) == sorted(many)
 
 
-def test_close_does_a_final_write_and_later_calls_raise(dsn: str, conn: psycopg.Connection,
-                                                        agents: list[uuid.UUID]) -> None:
+def test_buffered_writes_on_interval_and_at_max_batch(dsn: str, conn: psycopg.Connection) -> None:
+    many = make_agents(conn, 5)
+    with HeartbeatClient(dsn, mode="buffered", write_interval="1h", max_batch=4) as hb:
+        for agent in many[:3]:
+            hb.beat(agent)
+        time.sleep(0.3)
+        assert staged(conn) == []
+        hb.beat(many[3])  # the 4th waiting agent: write now
+        wait_until(lambda: len(staged(conn)) >= 4)
+        assert len(staged(conn)) == 4
+    with HeartbeatClient(dsn, mode="buffered", write_interval="100ms") as hb:
+        hb.beat(many[4])
+        wait_until(lambda: len(staged(conn)) >= 5)
+        assert len(staged(conn)) == 5
+
+
+def test_close_does_a_final_write_and_later_calls_raise(
+    dsn: str, conn: psycopg.Connection, agents: list[uuid.UUID]
+) -> None:
     hb = HeartbeatClient(dsn, mode="buffered", write_interval="1h")
     hb.beat(agents[0])
     hb.close()
@@ -281,16 +407,18 @@ def test_immediate_calls_after_close_raise(dsn: str, agents: list[uuid.UUID]) ->
         hb.beat(agents[0])
 
 
-def test_buffered_with_pool(pool: ConnectionPool, conn: psycopg.Connection, agents: list[uuid.UUID]) -> None:
-    with HeartbeatClient(pool=pool, mode="buffered", write_interval="1h") as hb:
-        for agent in agents:
-            hb.beat(agent)
-    assert sorted(r[0] for r in staged(conn)) == sorted(agents)
+def test_buffered_with_pool(dsn: str, conn: psycopg.Connection, agents: list[uuid.UUID]) -> None:
+    with ConnectionPool(dsn, min_size=1, max_size=4, open=False) as pool:
+        with HeartbeatClient(pool=pool, mode="buffered", write_interval="1h") as hb:
+            for agent in agents:
+                hb.beat(agent)
+        assert sorted(r[0] for r in staged(conn)) == sorted(agents)
 
 
 @pytest.mark.parametrize("mode", ["immediate", "buffered"])
 def test_bad_input_never_corrupts_the_buffer_or_loses_good_beats(
-        dsn: str, conn: psycopg.Connection, agents: list[uuid.UUID], mode: str) -> None:
+    dsn: str, conn: psycopg.Connection, agents: list[uuid.UUID], mode: str
+) -> None:
     a, b, c = agents
     t0 = datetime.now(UTC) - timedelta(minutes=1)
     with HeartbeatClient(dsn, mode=mode, write_interval="1h") as hb:
@@ -306,7 +434,7 @@ def test_bad_input_never_corrupts_the_buffer_or_loses_good_beats(
         ]
         for agent, kwargs, error, text in bad:
             with pytest.raises(error, match=text) as info:
-                hb.beat(agent, **kwargs)  # type: ignore[arg-type]
+                hb.beat(agent, **kwargs)  # type: ignore[arg-type]  # deliberately bad arguments
             assert isinstance(info.value, ValueError)
         hb.beat(c, at=t0 + timedelta(seconds=1))
         hb.flush_buffer()
@@ -314,16 +442,44 @@ def test_bad_input_never_corrupts_the_buffer_or_loses_good_beats(
     assert staged(conn) == sorted([(a, REPLICA_A, t0), (c, None, t0 + timedelta(seconds=1))])
 
 
-def test_many_threads_beat_at_once(dsn: str, conn: psycopg.Connection) -> None:
+@pytest.mark.parametrize("mode", ["immediate", "buffered"])
+def test_bad_input_never_corrupts_the_buffer(
+    dsn: str, conn: psycopg.Connection, agents: list[uuid.UUID], mode: str
+) -> None:
+    a, b, c = agents
+    t0 = datetime.now(UTC) - timedelta(minutes=1)
+    with HeartbeatClient(dsn, mode=mode, write_interval="1h") as hb:
+        hb.beat(a, at=t0)
+        with pytest.raises(InvalidAgentId, match="None"):
+            hb.beat(None)
+        with pytest.raises(InvalidAgentId, match="'zz'"):
+            hb.beat("zz")
+        with pytest.raises(InvalidHeartbeat, match="'r'"):
+            hb.beat(b, replica_id="r")
+        with pytest.raises(InvalidTimestamp, match="naive"):
+            hb.beat(b, at=datetime(2025, 1, 1))
+        with pytest.raises(InvalidTimestamp, match="future_tolerance"):
+            hb.beat(a, at=datetime.now(UTC) + timedelta(hours=1))
+        with pytest.raises(InvalidTimestamp, match="naive"):
+            hb.disconnect(b, at=datetime(2025, 1, 1))
+        hb.beat(c, at=t0)
+        assert hb.stats.beats_accepted == 2
+    assert sorted(staged(conn)) == sorted([(a, None, t0), (c, None, t0)])
+
+
+def test_many_concurrent_callers_beat_at_once(dsn: str, conn: psycopg.Connection) -> None:
+    """Threads for the sync client, tasks for the async one."""
     many = make_agents(conn, 200)
-    threads_n, rounds = 8, 50
+    workers, rounds = 8, 50
+    base = datetime(2025, 1, 1, tzinfo=UTC)
     with HeartbeatClient(dsn, mode="buffered", write_interval="50ms", max_batch=64) as hb:
+
         def worker(n: int) -> None:
             for r in range(rounds):
-                for agent in many[n::threads_n]:
-                    hb.beat(agent, at=datetime(2025, 1, 1, tzinfo=UTC) + timedelta(seconds=r))
+                for agent in many[n::workers]:
+                    hb.beat(agent, at=base + timedelta(seconds=r))
 
-        threads = [threading.Thread(target=worker, args=(n,)) for n in range(threads_n)]
+        threads = [threading.Thread(target=worker, args=(n,)) for n in range(workers)]
         for t in threads:
             t.start()
         for t in threads:
@@ -331,14 +487,17 @@ def test_many_threads_beat_at_once(dsn: str, conn: psycopg.Connection) -> None:
     stats = hb.stats
     assert stats.beats_accepted == len(many) * rounds and stats.buffer_size == 0 and stats.write_failures == 0
     assert stats.rows_written == len(staged(conn))
+    latest = conn.execute("SELECT agent_id, max(beat_at) FROM pybatch.heartbeats GROUP BY agent_id").fetchall()
+    assert dict(latest) == dict.fromkeys(many, base + timedelta(seconds=rounds - 1))
     result = flush(conn)
     assert result.ok and result.agents_updated == len(many)
     last = conn.execute("SELECT DISTINCT last_connected_at FROM public.workspace_agents").fetchall()
-    assert last == [(datetime(2025, 1, 1, tzinfo=UTC) + timedelta(seconds=rounds - 1),)]
+    assert last == [(base + timedelta(seconds=rounds - 1),)]
 
 
-def test_flushed_state_follows_the_beats_and_respects_disconnect(dsn: str, conn: psycopg.Connection,
-                                                                 agents: list[uuid.UUID]) -> None:
+def test_flushed_state_follows_the_beats_and_respects_disconnect(
+    dsn: str, conn: psycopg.Connection, agents: list[uuid.UUID]
+) -> None:
     a = agents[0]
     with HeartbeatClient(dsn, mode="buffered", write_interval="1h") as hb:
         hb.beat(a, replica_id=REPLICA_A)

@@ -1,3 +1,5 @@
+# WARNING: generated from tests/integration/test_client_outage_async.py by tools/async_to_sync.py. DO NOT EDIT:
+# change tests/integration/test_client_outage_async.py, then run `python tools/async_to_sync.py`.
 """The clients through a real database outage: the server is stopped mid-run and restarted.
 
 Buffered mode must keep every agent's latest heartbeat, never raise into beat(), log once
@@ -6,21 +8,28 @@ raise a typed pybatch error while the server is down and work again afterwards."
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import TypedDict
 
 import psycopg
 import pytest
 
-from pybatch import AsyncHeartbeatClient, DatabaseUnavailable, HeartbeatClient, PybatchError
+from pybatch import DatabaseUnavailable, HeartbeatClient
 from pybatch.flush import flush
 from pybatch.local import LocalCluster
 
-OPTIONS = {"write_interval": "100ms", "max_backoff": "500ms", "connect_timeout": "2s"}
+
+class Options(TypedDict):
+    write_interval: str
+    max_backoff: str
+    connect_timeout: str
+
+
+OPTIONS: Options = {"write_interval": "100ms", "max_backoff": "500ms", "connect_timeout": "2s"}
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
@@ -41,18 +50,18 @@ def flushed_last_connected(url: str, agents: list[uuid.UUID]) -> dict[uuid.UUID,
     with psycopg.connect(url, autocommit=True) as c:
         result = flush(c)
         assert result.ok, result
-        rows = c.execute("SELECT id, last_connected_at FROM public.workspace_agents WHERE id = ANY(%s)",
-                         (agents,)).fetchall()
+        rows = c.execute(
+            "SELECT id, last_connected_at FROM public.workspace_agents WHERE id = ANY(%s)", (agents,)
+        ).fetchall()
     return dict(rows)
 
 
 def outage_records(caplog: pytest.LogCaptureFixture) -> tuple[int, int]:
-    messages = [r.getMessage() for r in caplog.records if r.name == "pybatch.buffer"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "pybatch._core"]
     return (sum("writes failing" in m for m in messages), sum("writes recovered" in m for m in messages))
 
 
-def test_sync_clients_survive_a_server_restart(own_cluster: LocalCluster,
-                                               caplog: pytest.LogCaptureFixture) -> None:
+def test_clients_survive_a_server_restart(own_cluster: LocalCluster, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="pybatch")
     url = own_cluster.url()
     agents = make_agents(url, 20)
@@ -64,7 +73,10 @@ def test_sync_clients_survive_a_server_restart(own_cluster: LocalCluster,
             hb.beat(agent, at=at)  # must never raise in buffered mode
             latest[agent] = at
 
-    with HeartbeatClient(url, mode="buffered", **OPTIONS) as buffered, HeartbeatClient(url, **OPTIONS) as immediate:
+    with (
+        HeartbeatClient(url, mode="buffered", **OPTIONS) as buffered,
+        HeartbeatClient(url, **OPTIONS) as immediate,
+    ):
         beat_all(buffered)
         immediate.beat(agents[0])
         wait_until(lambda: buffered.stats.rows_written == len(agents))
@@ -97,51 +109,4 @@ def test_sync_clients_survive_a_server_restart(own_cluster: LocalCluster,
         beat_all(buffered)
     # leaving the block did the final write of the last round
     assert outage_records(caplog) == (2, 2)
-    assert flushed_last_connected(url, agents) == latest
-
-
-def test_async_clients_survive_a_server_restart(own_cluster: LocalCluster,
-                                                caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="pybatch")
-    url = own_cluster.url()
-    agents = make_agents(url, 20)
-    latest: dict[uuid.UUID, datetime] = {}
-
-    async def until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not condition():
-            assert time.monotonic() < deadline, "timed out"
-            await asyncio.sleep(0.05)
-
-    async def beat_all(hb: AsyncHeartbeatClient) -> None:
-        for agent in agents:
-            at = datetime.now(UTC)
-            await hb.beat(agent, at=at)
-            latest[agent] = at
-
-    async def main() -> None:
-        async with (AsyncHeartbeatClient(url, mode="buffered", **OPTIONS) as buffered,
-                    AsyncHeartbeatClient(url, **OPTIONS) as immediate):
-            await beat_all(buffered)
-            await immediate.beat(agents[0])
-            await until(lambda: buffered.stats.rows_written == len(agents))
-
-            await asyncio.to_thread(own_cluster.stop)
-            for _ in range(10):
-                await beat_all(buffered)
-                await asyncio.sleep(0.1)
-            await until(lambda: buffered.stats.write_failures >= 3)
-            assert buffered.stats.buffer_size == len(agents)
-            with pytest.raises(PybatchError, match=str(agents[1])) as info:
-                await immediate.beat(agents[1])
-            assert isinstance(info.value, DatabaseUnavailable)
-            assert outage_records(caplog) == (2, 0)
-
-            await asyncio.to_thread(own_cluster.start)
-            await until(lambda: buffered.stats.buffer_size == 0)
-            await immediate.beat(agents[1])
-            await beat_all(buffered)
-        assert outage_records(caplog) == (2, 2)
-
-    asyncio.run(main())
     assert flushed_last_connected(url, agents) == latest

@@ -1,8 +1,9 @@
-"""The logic HeartbeatClient and AsyncHeartbeatClient share, with no I/O in it:
-argument checks, the latest-beat-per-agent buffer, counters, outage logging,
-retry backoff and the mapping of database errors to pybatch errors.
+"""The client core: the logic HeartbeatClient and AsyncHeartbeatClient share, with no I/O
+in it: the SQL they send, argument checks, the latest-beat-per-agent buffer, counters,
+outage logging, retry backoff and the mapping of database errors to pybatch errors.
 
-The clients only add the I/O (threads and psycopg for one, asyncio for the other)."""
+The clients only add the I/O: pybatch/aio.py (asyncio), and pybatch/client.py (threads),
+which tools/async_to_sync.py generates from it."""
 
 from __future__ import annotations
 
@@ -44,15 +45,12 @@ FIRST_RETRY = 0.1
 
 # The SQL contract with migrations/0001_initial.sql.
 INSERT_BEAT = (
-    "INSERT INTO pybatch.heartbeats (agent_id, replica_id, beat_at) "
-    "VALUES (%s, %s, COALESCE(%s, pg_catalog.now()))"
+    "INSERT INTO pybatch.heartbeats (agent_id, replica_id, beat_at) VALUES (%s, %s, COALESCE(%s, pg_catalog.now()))"
 )
 COPY_BEATS = "COPY pybatch.heartbeats (agent_id, replica_id, beat_at) FROM STDIN (FORMAT BINARY)"
 COPY_TYPES = ("uuid", "uuid", "timestamptz")
 DISCONNECT = "SELECT pybatch.disconnect(%s, COALESCE(%s, pg_catalog.now()))"
-READ_FUTURE_TOLERANCE = (
-    "SELECT pg_catalog.date_part('epoch', s.future_tolerance)::float8 FROM pybatch.settings s"
-)
+READ_FUTURE_TOLERANCE = "SELECT pg_catalog.date_part('epoch', s.future_tolerance)::float8 FROM pybatch.settings s"
 
 Row = tuple[uuid.UUID, uuid.UUID | None, datetime]
 
@@ -288,7 +286,8 @@ class WriteTracker:
                 outage = (self.last_write_at - self.failing_since).total_seconds()
                 log.warning(
                     "heartbeat writes recovered after %s (%d failed attempts)",
-                    format_duration(max(outage, 0.001)), self._failures_in_a_row,
+                    format_duration(max(outage, 0.001)),
+                    self._failures_in_a_row,
                     extra={"outage_seconds": outage, "failed_attempts": self._failures_in_a_row},
                 )
             self.failing_since = None
@@ -306,8 +305,9 @@ class WriteTracker:
                 if waiting is None:
                     log.error("heartbeat writes failing: %s", error, extra=fields)
                 else:
-                    log.error("heartbeat writes failing, keeping %d heartbeats and retrying: %s",
-                              waiting, error, extra=fields)
+                    log.error(
+                        "heartbeat writes failing, keeping %d heartbeats and retrying: %s", waiting, error, extra=fields
+                    )
             delay = min(self._max_backoff, self._first_retry * 2.0 ** (self._failures_in_a_row - 1))
         return delay * random.uniform(0.5, 1.0)
 
@@ -356,40 +356,59 @@ def settle_written(buffer: HeartbeatBuffer, tracker: WriteTracker, rows: list[Ro
 
 
 def settle_failed(
-    buffer: HeartbeatBuffer, tracker: WriteTracker, rows: list[Row], exc: BaseException, *, final: bool,
+    buffer: HeartbeatBuffer,
+    tracker: WriteTracker,
+    rows: list[Row],
+    exc: BaseException,
+    *,
+    final: bool,
 ) -> tuple[PybatchError, float]:
     """A buffered write of `rows` failed: put them back, count it, and return the pybatch
     error plus the delay before the retry. (If the commit's fate is unknown, writing the
     rows again is harmless: the merge makes a duplicate heartbeat change nothing.)"""
     buffer.restore(rows)
-    context = (f"final write at close(): {len(rows)} buffered heartbeats not written" if final
-               else f"write of {len(rows)} buffered heartbeats failed")
+    context = (
+        f"final write at close(): {len(rows)} buffered heartbeats not written"
+        if final
+        else f"write of {len(rows)} buffered heartbeats failed"
+    )
     error = write_error(exc, context)
     return error, tracker.failed(error, waiting=len(buffer))
 
 
 class FutureTolerance:
     """pybatch.settings.future_tolerance as this client knows it: the schema default
-    (5 s) until the first connection reads the real value, and for good when it cannot."""
+    (5 s) until the first connection reads the real value, and for good when it cannot.
+
+    The client reads it once: claim() is True for the one caller that reads, which then
+    reports the value with set() or the failure with failed()."""
 
     def __init__(self) -> None:
         self.seconds = DEFAULT_FUTURE_TOLERANCE
         self.loaded = False
 
-    def read(self, fetch: Callable[[], object]) -> None:
-        """Call fetch() (one row's value of READ_FUTURE_TOLERANCE) once; keep the default on failure."""
+    def claim(self) -> bool:
+        """True the first time only: the caller reads READ_FUTURE_TOLERANCE now."""
         if self.loaded:
-            return
+            return False
         self.loaded = True
+        return True
+
+    def set(self, value: object) -> None:
+        """The value read (one row's column, or None without a row); keep the default if unusable."""
         try:
-            value = fetch()
             self.seconds = float(value)  # type: ignore[arg-type]
-        except (psycopg.Error, PybatchError, TypeError, ValueError) as exc:
-            log.warning(
-                "cannot read pybatch.settings.future_tolerance, assuming %s: %s",
-                format_duration(DEFAULT_FUTURE_TOLERANCE), db.first_line(exc),
-                extra={"error": db.first_line(exc)},
-            )
+        except (TypeError, ValueError) as exc:
+            self.failed(exc)
+
+    def failed(self, exc: BaseException) -> None:
+        """The read failed: keep the default, and say so."""
+        log.warning(
+            "cannot read pybatch.settings.future_tolerance, assuming %s: %s",
+            format_duration(DEFAULT_FUTURE_TOLERANCE),
+            db.first_line(exc),
+            extra={"error": db.first_line(exc)},
+        )
 
 
 # -- errors --------------------------------------------------------------------------------

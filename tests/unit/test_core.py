@@ -1,4 +1,4 @@
-"""pybatch.buffer: the logic both clients share, without a database."""
+"""pybatch._core: the logic both clients share, without a database."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import psycopg
 import pytest
 from psycopg import errors as pg_errors
 
-from pybatch.buffer import (
+from pybatch._core import (
     DEFAULT_FUTURE_TOLERANCE,
     FutureTolerance,
     HeartbeatBuffer,
@@ -232,7 +232,7 @@ def test_client_options() -> None:
 
 def test_tracker_logs_once_per_outage_and_once_on_recovery(caplog: pytest.LogCaptureFixture) -> None:
     tracker = WriteTracker(max_backoff=2.0, first_retry=0.1)
-    caplog.set_level(logging.INFO, logger="pybatch.buffer")
+    caplog.set_level(logging.INFO, logger="pybatch._core")
     delays = [tracker.failed(DatabaseUnavailable("down"), waiting=7) for _ in range(10)]
     assert tracker.write_failures == 10 and tracker.failing_since is not None
     assert [r.levelno for r in caplog.records] == [logging.ERROR]
@@ -276,16 +276,26 @@ def test_write_schedule() -> None:
 def test_future_tolerance_reads_once_and_falls_back(caplog: pytest.LogCaptureFixture) -> None:
     tol = FutureTolerance()
     assert tol.seconds == DEFAULT_FUTURE_TOLERANCE == 5.0
-    tol.read(lambda: 42.0)
-    tol.read(lambda: 1.0)
+    assert tol.claim()
+    tol.set(42.0)
+    assert not tol.claim()  # read once: later connections do not read it again
     assert tol.seconds == 42.0
     failing = FutureTolerance()
+    assert failing.claim()
+    failing.failed(pg_errors.InsufficientPrivilege("permission denied for table settings"))
+    assert failing.seconds == 5.0 and failing.loaded and not failing.claim()
+    assert "assuming 5s" in caplog.records[-1].getMessage()
+    assert "permission denied" in caplog.records[-1].getMessage()
 
-    def denied() -> object:
-        raise pg_errors.InsufficientPrivilege("permission denied for table settings")
 
-    failing.read(denied)
-    assert failing.seconds == 5.0 and failing.loaded
+@pytest.mark.parametrize("value", [None, "soon", object()])
+def test_future_tolerance_keeps_the_default_for_an_unusable_value(
+    value: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    tol = FutureTolerance()
+    assert tol.claim()
+    tol.set(value)
+    assert tol.seconds == 5.0
     assert "assuming 5s" in caplog.records[-1].getMessage()
 
 
