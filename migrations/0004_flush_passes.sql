@@ -31,7 +31,7 @@
 -- 30 s budget).
 -- ---------------------------------------------------------------------------
 UPDATE pybatch.settings SET
-    flush_interval = LEAST(GREATEST(flush_interval, interval '1 second'), interval '1 hour'),
+    flush_interval = LEAST(GREATEST(flush_interval, interval '100 milliseconds'), interval '1 hour'),
     inactive_timeout = LEAST(GREATEST(inactive_timeout, interval '1 second'), interval '1 day'),
     future_tolerance = LEAST(future_tolerance, interval '1 hour'),
     history_retention = LEAST(GREATEST(history_retention, interval '1 minute'), interval '3650 days'),
@@ -45,7 +45,7 @@ ALTER TABLE pybatch.settings
     DROP CONSTRAINT settings_history_retention_check,
     DROP CONSTRAINT settings_max_rows_per_flush_check,
     ADD CONSTRAINT settings_flush_interval_range
-        CHECK (flush_interval BETWEEN interval '1 second' AND interval '1 hour'),
+        CHECK (flush_interval BETWEEN interval '100 milliseconds' AND interval '1 hour'),
     ADD CONSTRAINT settings_inactive_timeout_range
         CHECK (inactive_timeout BETWEEN interval '1 second' AND interval '1 day'),
     ADD CONSTRAINT settings_future_tolerance_range
@@ -55,7 +55,7 @@ ALTER TABLE pybatch.settings
     ADD CONSTRAINT settings_max_rows_per_flush_range
         CHECK (max_rows_per_flush BETWEEN 1 AND 1000000000);
 COMMENT ON COLUMN pybatch.settings.flush_interval IS
-    'How often the scheduler (pg_cron or `pybatch scheduler`) flushes; health checks use it to judge lateness. 1 s to 1 h; keep heartbeat period + flush interval + flush time under inactive_timeout.';
+    'How often the scheduler (pg_cron or `pybatch scheduler`) flushes; health checks use it to judge lateness. 100 ms to 1 h; keep heartbeat period + flush interval + flush time under inactive_timeout.';
 
 -- ---------------------------------------------------------------------------
 -- The flush lock: one row. A flush step holds it FOR UPDATE for its transaction.
@@ -532,24 +532,38 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     retention interval;
+    error_state text;
+    error_message text;
 BEGIN
     IF result.skipped THEN
         RETURN result;  -- a skipped call did nothing; it is not logged
     END IF;
     result.duration := pg_catalog.clock_timestamp() - result.started_at;
-    INSERT INTO pybatch.flush_log (started_at, duration, rows_staged, agents_updated,
-                                   stale_heartbeats, unknown_heartbeats, future_heartbeats, error,
-                                   passes, hot_updates, deferred_agents, quarantined_agents,
-                                   newest_event_at, heap_bytes, index_bytes)
-    VALUES (result.started_at, result.duration, result.rows_staged, result.agents_updated,
-            result.stale_heartbeats, result.unknown_heartbeats, result.future_heartbeats, result.error,
-            result.passes, result.hot_updates, result.deferred_agents, result.quarantined_agents,
-            result.newest_event_at,
-            pg_catalog.pg_relation_size('public.workspace_agents'::pg_catalog.regclass),
-            pg_catalog.pg_indexes_size('public.workspace_agents'::pg_catalog.regclass))
-    RETURNING id INTO result.flush_id;
-    SELECT s.history_retention INTO retention FROM pybatch.settings s;
-    DELETE FROM pybatch.flush_log WHERE started_at < result.started_at - retention;
+    -- Twice at most: when the record itself fails (a full disk, a user's trigger
+    -- on flush_log), that failure is what gets recorded, and the caller (the
+    -- pg_cron loop, say) goes on. The merge has committed either way.
+    FOR attempt IN 1 .. 2 LOOP
+        BEGIN
+            INSERT INTO pybatch.flush_log (started_at, duration, rows_staged, agents_updated,
+                                           stale_heartbeats, unknown_heartbeats, future_heartbeats, error,
+                                           passes, hot_updates, deferred_agents, quarantined_agents,
+                                           newest_event_at, heap_bytes, index_bytes)
+            VALUES (result.started_at, result.duration, result.rows_staged, result.agents_updated,
+                    result.stale_heartbeats, result.unknown_heartbeats, result.future_heartbeats, result.error,
+                    result.passes, result.hot_updates, result.deferred_agents, result.quarantined_agents,
+                    result.newest_event_at,
+                    pg_catalog.pg_relation_size('public.workspace_agents'::pg_catalog.regclass),
+                    pg_catalog.pg_indexes_size('public.workspace_agents'::pg_catalog.regclass))
+            RETURNING id INTO result.flush_id;
+            SELECT s.history_retention INTO retention FROM pybatch.settings s;
+            DELETE FROM pybatch.flush_log WHERE started_at < result.started_at - retention;
+            EXIT;
+        EXCEPTION WHEN OTHERS THEN
+            GET STACKED DIAGNOSTICS error_state = RETURNED_SQLSTATE, error_message = MESSAGE_TEXT;
+            RAISE WARNING 'pybatch: cannot record the flush in flush_log: %: %', error_state, error_message;
+            result.error := COALESCE(result.error || '; ', '') || 'flush_log: ' || error_state || ': ' || error_message;
+        END;
+    END LOOP;
     RETURN result;
 END
 $$;
@@ -740,6 +754,68 @@ COMMENT ON PROCEDURE pybatch.flush_loop(interval, timestamptz) IS
     'Flushes (CALL pybatch.flush_in_passes) every flush_interval until stop_at (default: 0.5 s before the next minute). pg_cron 1.4 runs it once a minute; a failed flush never ends the loop.';
 
 -- ---------------------------------------------------------------------------
+-- `pybatch scheduler` leadership: a lease in a pybatch table, not an advisory
+-- key any role could hold forever. The leader renews it every interval; a
+-- standby takes it when it expires or when the holder's session is gone.
+-- ---------------------------------------------------------------------------
+CREATE TABLE pybatch.scheduler_lease (
+    singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    holder text,
+    holder_pid integer,
+    holder_backend_start timestamptz,
+    renewed_at timestamptz,
+    expires_at timestamptz
+);
+INSERT INTO pybatch.scheduler_lease DEFAULT VALUES;
+COMMENT ON TABLE pybatch.scheduler_lease IS
+    'Which `pybatch scheduler` leads (flushes); the others stand by. Taken over when expires_at passes or the holder''s session ends.';
+
+CREATE FUNCTION pybatch.scheduler_claim(holder text, ttl interval)
+RETURNS boolean
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    my_start timestamptz;
+BEGIN
+    SELECT a.backend_start INTO my_start FROM pg_catalog.pg_stat_activity a
+    WHERE a.pid = pg_catalog.pg_backend_pid();
+    UPDATE pybatch.scheduler_lease l SET
+        holder = scheduler_claim.holder,
+        holder_pid = pg_catalog.pg_backend_pid(),
+        holder_backend_start = my_start,
+        renewed_at = pg_catalog.clock_timestamp(),
+        expires_at = pg_catalog.clock_timestamp() + ttl
+    WHERE l.holder_pid IS NULL
+       OR l.expires_at < pg_catalog.clock_timestamp()
+       OR (l.holder_pid = pg_catalog.pg_backend_pid() AND l.holder_backend_start = my_start)
+       OR NOT EXISTS (SELECT FROM pg_catalog.pg_stat_activity a
+                      WHERE a.pid = l.holder_pid AND a.backend_start = l.holder_backend_start);
+    RETURN FOUND;
+END
+$$;
+COMMENT ON FUNCTION pybatch.scheduler_claim(text, interval) IS
+    'Takes or renews the scheduler lease for this session for ttl; false while another live scheduler holds it.';
+
+CREATE FUNCTION pybatch.scheduler_release()
+RETURNS boolean
+LANGUAGE sql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    WITH released AS (
+        UPDATE pybatch.scheduler_lease l
+        SET holder = NULL, holder_pid = NULL, holder_backend_start = NULL, expires_at = NULL
+        WHERE l.holder_pid = pg_catalog.pg_backend_pid()
+        RETURNING 1
+    )
+    SELECT EXISTS (SELECT FROM released);
+$$;
+COMMENT ON FUNCTION pybatch.scheduler_release() IS
+    'Gives up the scheduler lease if this session holds it, so a standby takes over at once.';
+
+-- ---------------------------------------------------------------------------
 -- Functions that write public.workspace_agents are owned by that table's owner
 -- (see pybatch.align_owner()), so a trigger its owner adds runs with exactly
 -- the owner's rights, never with those of whoever ran migrate.
@@ -789,7 +865,8 @@ COMMENT ON FUNCTION pybatch.align_owner() IS
 
 DO $$ BEGIN PERFORM pybatch.align_owner(); END $$;
 
-REVOKE ALL ON pybatch.flush_lock, pybatch.pending, pybatch.quarantine FROM PUBLIC;
+REVOKE ALL ON pybatch.flush_lock, pybatch.pending, pybatch.quarantine, pybatch.scheduler_lease FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION pybatch.scheduler_claim(text, interval), pybatch.scheduler_release() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION pybatch.flush_take_lock(interval) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION pybatch.merge_pass(integer, uuid) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION pybatch.flush_begin(bigint, interval) FROM PUBLIC;

@@ -8,7 +8,8 @@
            view against the caller, not the view owner). Both are found in the catalog, so
            views added by later migrations are covered. Views read tables with their owner's
            rights, so a reader sees what the views show and nothing else.
-- flusher: USAGE on schema pybatch, EXECUTE on pybatch.flush(bigint, interval).
+- flusher: USAGE on schema pybatch, EXECUTE on every routine of the flush paths
+           (FLUSHER_ROUTINES), SELECT on the settings it reads and UPDATE of flush_interval.
 
 flush() and disconnect() are SECURITY DEFINER with a pinned search_path: they write
 public.workspace_agents for the caller, who never gets a privilege on that table.
@@ -37,18 +38,45 @@ class Grant(enum.StrEnum):
 
 SCHEMA_USAGE = sql.SQL("GRANT USAGE ON SCHEMA pybatch TO {role}")
 
+# Everything a flusher runs: the default flush (a procedure that calls its steps, so
+# the caller needs each), the single-transaction flush, the pg_cron 1.4 loop, the
+# scheduler's lease and the staging figures its metrics report. Constants, never input.
+FLUSH_ROUTINES = (
+    "PROCEDURE pybatch.flush_in_passes(bigint, interval, pybatch.flush_result)",
+    "FUNCTION pybatch.flush_begin(bigint, interval)",
+    "FUNCTION pybatch.flush_pass(pybatch.flush_result)",
+    "FUNCTION pybatch.flush_finish(pybatch.flush_result)",
+    "FUNCTION pybatch.flush(bigint, interval)",
+    "PROCEDURE pybatch.flush_loop(interval, timestamptz)",
+    "FUNCTION pybatch.flush_loop_deadline(timestamptz)",
+    "FUNCTION pybatch.flush_loop_next(pybatch.flush_result, interval, timestamptz, timestamptz)",
+)
+FLUSHER_ROUTINES = (
+    *FLUSH_ROUTINES,
+    "FUNCTION pybatch.scheduler_claim(text, interval)",
+    "FUNCTION pybatch.scheduler_release()",
+    "FUNCTION pybatch.staging_stats()",
+)
+
 # Fixed statements per grant; {role} is the only placeholder and is always an Identifier.
 FIXED_STATEMENTS: dict[Grant, list[sql.SQL]] = {
     Grant.WRITER: [
         SCHEMA_USAGE,
         sql.SQL("GRANT INSERT ON TABLE pybatch.heartbeats TO {role}"),
         sql.SQL("GRANT EXECUTE ON FUNCTION pybatch.disconnect(uuid, timestamptz) TO {role}"),
+        # The client checks its at= times against the same tolerance disconnect() uses.
+        sql.SQL("GRANT SELECT (future_tolerance) ON TABLE pybatch.settings TO {role}"),
     ],
     # settings holds the yardsticks (intervals, cap) that `pybatch status` shows; no agent data.
     Grant.READER: [SCHEMA_USAGE, sql.SQL("GRANT SELECT ON TABLE pybatch.settings TO {role}")],
     Grant.FLUSHER: [
         SCHEMA_USAGE,
-        sql.SQL("GRANT EXECUTE ON FUNCTION pybatch.flush(bigint, interval) TO {role}"),
+        *(sql.SQL("GRANT EXECUTE ON {routine} TO {{role}}").format(routine=sql.SQL(routine))
+          for routine in FLUSHER_ROUTINES),
+        # The scheduler reads its yardsticks and may store its --interval; nothing else in settings.
+        sql.SQL("GRANT SELECT (flush_interval, inactive_timeout, future_tolerance, max_rows_per_flush)"
+                " ON TABLE pybatch.settings TO {role}"),
+        sql.SQL("GRANT UPDATE (flush_interval) ON TABLE pybatch.settings TO {role}"),
     ],
 }
 

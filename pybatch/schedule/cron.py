@@ -5,10 +5,10 @@ so every job is created there with `cron.schedule_in_database` and runs in the
 app database over a libpq connection. Jobs are named after the app database
 (`pybatch-flush-<db>`, `pybatch-purge-<db>`) so many databases share one server.
 
-- pg_cron 1.5+: a `'N seconds'` schedule running `SELECT pybatch.flush()`.
+- pg_cron 1.5+: a `'N seconds'` schedule running `CALL pybatch.flush_in_passes()`.
 - pg_cron 1.4 (or force_loop): a per-minute job running `CALL pybatch.flush_loop(N)`,
   which flushes every N seconds and returns before the next minute (migration 0002).
-- Whole minutes that divide an hour: a plain cron schedule running `SELECT pybatch.flush()`.
+- Whole minutes that divide an hour: a plain cron schedule running `CALL pybatch.flush_in_passes()`.
 
 pg_cron never cleans `cron.job_run_details`; the `pybatch-purge-<db>` job deletes
 pybatch's own rows there once an hour, keeping RUN_HISTORY of them.
@@ -35,10 +35,13 @@ from pybatch import db
 from pybatch.config import describe_dsn
 from pybatch.durations import format_duration
 from pybatch.errors import CronError, NotMigrated, PermissionDenied, PybatchError
+from pybatch.grants import FLUSH_ROUTINES
 
 log = logging.getLogger(__name__)
 
 FLUSH_JOB_PREFIX = "pybatch-flush-"
+# One CALL, so pg_cron lets the procedure commit between passes.
+FLUSH_COMMAND = "CALL pybatch.flush_in_passes()"
 PURGE_JOB_PREFIX = "pybatch-purge-"
 # Set by pybatch.flush_loop_deadline() so remove() can find and end a running loop.
 LOOP_APPLICATION_NAME = "pybatch-flush-loop"
@@ -166,13 +169,13 @@ def plan_job(interval_seconds: float, version: tuple[int, int], *, force_loop: b
         raise _interval_error(interval_seconds)
     if whole < 60:
         if version >= SECONDS_SCHEDULES_SINCE and not force_loop:
-            return JobPlan("seconds", f"{whole} seconds", "SELECT pybatch.flush()")
+            return JobPlan("seconds", f"{whole} seconds", FLUSH_COMMAND)
         return JobPlan("loop", "* * * * *", f"CALL pybatch.flush_loop('{whole} seconds')")
     minutes, rest = divmod(whole, 60)
     if rest or 60 % minutes:
         raise _interval_error(interval_seconds)
     schedule = {1: "* * * * *", 60: "0 * * * *"}.get(minutes, f"*/{minutes} * * * *")
-    return JobPlan("minutes", schedule, "SELECT pybatch.flush()")
+    return JobPlan("minutes", schedule, FLUSH_COMMAND)
 
 
 def check_interval(interval_seconds: float) -> None:
@@ -435,7 +438,12 @@ def _require_privileges(cron: psycopg.Connection, target: _Target) -> None:
 
 def _require_executable(app: psycopg.Connection, target: _Target, plan: JobPlan) -> None:
     """The job runs as this role: it must be allowed to run the job's command in the app database."""
-    routine = "pybatch.flush_loop(interval,timestamptz)" if plan.mode == "loop" else "pybatch.flush(bigint,interval)"
+    # The command's procedure calls the flush steps as the job's role, so it needs them all.
+    for routine in (kind_and_name.split(" ", 1)[1] for kind_and_name in FLUSH_ROUTINES):
+        _require_routine(app, target, routine)
+
+
+def _require_routine(app: psycopg.Connection, target: _Target, routine: str) -> None:
     with db.translated("cannot check privileges in the app database"):
         row = app.execute(
             "SELECT to_regprocedure(%s) IS NOT NULL, has_function_privilege(to_regprocedure(%s), 'EXECUTE')",

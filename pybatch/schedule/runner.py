@@ -1,20 +1,24 @@
 """`pybatch scheduler`: a long-running process that flushes every interval, for servers without pg_cron.
 
-Many replicas may run at once. Each holds a dedicated connection and tries a
-session advisory lock on it; the holder leads and flushes, the others stand by
-and retry the lock every interval. A session lock dies with its connection, so
-when the leader's process dies a standby takes over within one interval.
-(flush() takes its own transaction lock too, so even two leaders could never
-double-apply a batch.)
+Many replicas may run at once. Each holds a dedicated connection and claims the
+lease in pybatch.scheduler_lease on it (pybatch.scheduler_claim): the holder
+leads and flushes, the others stand by and try again every interval. The leader
+renews the lease before each flush; a standby takes it over when it expires or
+when the holder's session is gone, so when the leader's process dies a standby
+takes over within one interval. The lease lives in a pybatch table, so no role
+outside pybatch's grants can hold it (a public advisory key could be held
+forever by any role). Flush steps lock pybatch.flush_lock too, so even two
+leaders could never double-apply a batch.
 
-The leader flushes on a second connection; before each flush it reads the row
-cap on the lock connection, which also proves it still holds the lock.
+The leader flushes on a second connection with CALL pybatch.flush_in_passes().
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -31,8 +35,9 @@ from pybatch.flush import FlushResult, flush
 
 log = logging.getLogger(__name__)
 
-# Distinct from flush()'s transaction lock (...954) and migrate's (...955).
-SCHEDULER_LOCK_KEY = 7089336938131513956
+# A lease outlives a few missed renewals before a standby may take it.
+LEASE_INTERVALS = 3
+LEASE_GRACE_SECONDS = 10.0
 BACKOFF_INITIAL = 0.5
 BACKOFF_MAX = 5.0
 FINAL_FLUSH_LOCK_WAIT = 5.0
@@ -90,6 +95,7 @@ class Scheduler:
         self._stop = threading.Event()
         self._outage_started: float | None = None
         self._backoff = BACKOFF_INITIAL
+        self.holder = f"{socket.gethostname()}:{os.getpid()}"
 
     # -- lifecycle --------------------------------------------------------------------
     def request_stop(self, reason: str = "requested") -> None:
@@ -132,14 +138,31 @@ class Scheduler:
         with _closing(db.connect(self.dsn)) as lock_conn:
             self._read_settings(lock_conn)
             self._database_up()
+            announced = False
             while not self._stop.is_set():
-                with db.translated("cannot take the scheduler lock"):
-                    row = lock_conn.execute("SELECT pg_try_advisory_lock(%s)", (SCHEDULER_LOCK_KEY,)).fetchone()
-                if row and row[0]:
-                    self._lead(lock_conn)
+                if self._claim(lock_conn):
+                    try:
+                        self._lead(lock_conn)
+                    finally:
+                        self._release(lock_conn)
                     return
-                log.debug("standing by: another scheduler leads", extra={"interval": self.interval})
+                if not announced:
+                    log.info("standing by: another scheduler leads", extra={"interval": self.interval})
+                    announced = True
                 self._stop.wait(self.interval)
+
+    def _claim(self, lock_conn: psycopg.Connection) -> bool:
+        """Take or renew the lease; false while another live scheduler holds it."""
+        ttl = LEASE_INTERVALS * self.interval + LEASE_GRACE_SECONDS
+        with db.translated("cannot claim the scheduler lease"):
+            row = lock_conn.execute(
+                "SELECT pybatch.scheduler_claim(%s, make_interval(secs => %s))", (self.holder, ttl)
+            ).fetchone()
+        return bool(row and row[0])
+
+    def _release(self, lock_conn: psycopg.Connection) -> None:
+        with suppress(psycopg.Error):
+            lock_conn.execute("SELECT pybatch.scheduler_release()")
 
     def _lead(self, lock_conn: psycopg.Connection) -> None:
         self.metrics.leader.set(1)
@@ -156,7 +179,11 @@ class Scheduler:
                     if self._stop.is_set():
                         self._final_flush(flush_conn)
                         return
-                    self._read_settings(lock_conn)  # also proves the lock connection (and lock) alive
+                    self._read_settings(lock_conn)
+                    if not self._claim(lock_conn):
+                        log.warning("lost the scheduler lease to another scheduler; standing by",
+                                    extra={"interval": self.interval})
+                        return
                     started = time.monotonic()
                     result = self._flush(flush_conn)
                     due = time.monotonic() if self._capped(result) else max(started + self.interval,

@@ -42,7 +42,11 @@ def disconnect(conn: psycopg.Connection, d: Disconnect) -> bool:
 
 
 def staged_count(conn: psycopg.Connection) -> int:
-    row = conn.execute("SELECT count(*) FROM pybatch.heartbeats").fetchone()
+    """Heartbeats not merged yet: in staging, or handed off to pybatch.pending (counted per beat)."""
+    row = conn.execute(
+        "SELECT (SELECT count(*) FROM pybatch.heartbeats)"
+        " + (SELECT COALESCE(sum(beats), 0) FROM pybatch.pending)"
+    ).fetchone()
     assert row is not None
     return int(row[0])
 
@@ -155,8 +159,8 @@ def test_unknown_and_future_heartbeats_are_dropped_and_counted(conn: psycopg.Con
 
 def test_future_tolerance_setting_is_respected(conn: psycopg.Connection) -> None:
     (a,) = make_agents(conn, 1)
-    conn.execute("UPDATE pybatch.settings SET future_tolerance = '2 hours'")
-    soon = datetime.now(UTC) + timedelta(hours=1)
+    conn.execute("UPDATE pybatch.settings SET future_tolerance = '1 hour'")  # the largest allowed
+    soon = datetime.now(UTC) + timedelta(minutes=30)
     stage(conn, [Beat(a, soon)])
     assert flush(conn).future_heartbeats == 0
     assert actual_states(conn, [a])[a].last_connected_at == soon
@@ -237,7 +241,7 @@ def test_statement_timeout_mid_flush_is_recorded(conn: psycopg.Connection) -> No
 
 def test_concurrent_flush_is_skipped_not_zero(dsn: str, conn: psycopg.Connection) -> None:
     with psycopg.connect(dsn) as holder:
-        holder.execute("SELECT pg_advisory_xact_lock(7089336938131513954)")
+        holder.execute("SELECT FROM pybatch.flush_lock FOR UPDATE")
         result = flush(conn)
         assert result.skipped and result.error is None
         holder.rollback()

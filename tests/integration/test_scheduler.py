@@ -24,7 +24,7 @@ import psycopg
 import pytest
 
 from pybatch.local import LocalCluster
-from pybatch.schedule.runner import SCHEDULER_LOCK_KEY, Scheduler
+from pybatch.schedule.runner import Scheduler
 from tests.helpers import last_connected, make_agents, stage
 
 LEADER_LINE = "became leader"
@@ -99,9 +99,11 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
 
 
 def lock_holders(conn: psycopg.Connection) -> int:
+    """Live schedulers holding the lease: 0 or 1."""
     row = conn.execute(
-        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
-        " AND ((classid::bigint << 32) | objid::bigint) = %s AND objsubid = 1", (SCHEDULER_LOCK_KEY,),
+        "SELECT count(*) FROM pybatch.scheduler_lease l JOIN pg_stat_activity a"
+        " ON a.pid = l.holder_pid AND a.backend_start = l.holder_backend_start"
+        " WHERE l.expires_at > clock_timestamp()",
     ).fetchone()
     assert row is not None
     return int(row[0])
@@ -207,10 +209,16 @@ def test_capped_drains_flush_again_at_once(conn: psycopg.Connection, dsn: str) -
 
 def test_slow_flush_is_warned_and_stats_logged_at_debug(conn: psycopg.Connection, dsn: str,
                                                         caplog: pytest.LogCaptureFixture) -> None:
-    make_agents(conn, 1)
-    # An interval of 2 ms: any real flush takes more than half of it.
+    agents = make_agents(conn, 1)
+    # A 100 ms interval (the shortest allowed) and a merge that sleeps 60 ms: over half of it.
+    conn.execute("""
+        CREATE FUNCTION public.slow() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN PERFORM pg_sleep(0.06); RETURN NEW; END $$;
+        CREATE TRIGGER slow BEFORE UPDATE ON public.workspace_agents FOR EACH ROW EXECUTE FUNCTION public.slow();
+    """)
+    stage(conn, agents, datetime.now(UTC) - timedelta(seconds=1))
     caplog.set_level(logging.DEBUG, logger="pybatch")
-    with running(Scheduler(dsn, interval=0.002)):
+    with running(Scheduler(dsn, interval=0.1)):
         wait_until(lambda: any("over half" in r.getMessage() for r in caplog.records), 10, "the warning")
     warning = next(r for r in caplog.records if "over half" in r.getMessage())
     assert warning.levelno == logging.WARNING

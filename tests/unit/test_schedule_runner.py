@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from pybatch.flush import FlushResult
-from pybatch.schedule.runner import SCHEDULER_LOCK_KEY, Scheduler, SchedulerMetrics
+from pybatch.schedule.runner import Scheduler, SchedulerMetrics
 
 
 def _result(*, rows: int = 5, error: str | None = None, skipped: bool = False) -> FlushResult:
@@ -16,10 +16,6 @@ def _result(*, rows: int = 5, error: str | None = None, skipped: bool = False) -
 def _value(metrics: SchedulerMetrics, name: str, labels: dict[str, str] | None = None) -> float:
     value = metrics.registry.get_sample_value(name, labels or {})
     return 0.0 if value is None else value
-
-
-def test_lock_key_differs_from_flush_and_migrate_locks() -> None:
-    assert SCHEDULER_LOCK_KEY not in (7089336938131513954, 7089336938131513955)
 
 
 def test_metrics_count_rows_and_outcomes() -> None:
