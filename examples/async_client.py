@@ -34,8 +34,10 @@ async def main() -> int:
             await client.disconnect(AGENTS[0])  # direct and immediate
         # Leaving the block wrote the buffered beats into staging.
 
-        # Normally the pg_cron job or `pybatch scheduler` flushes; here we call it once.
-        cur = await conn.execute("SELECT rows_staged, agents_updated, error FROM pybatch.flush()")
+        # Normally the pg_cron job or `pybatch scheduler` flushes; here we flush once. The
+        # procedure commits between passes, so it runs outside a transaction (autocommit).
+        await conn.execute("CALL pybatch.flush_in_passes()")
+        cur = await conn.execute("SELECT rows_staged, agents_updated, error FROM pybatch.flush_history LIMIT 1")
         print("flush: rows_staged={} agents_updated={} error={}".format(*(await cur.fetchone() or ())))
         cur = await conn.execute(
             "SELECT agent_id, status FROM pybatch.agent_status WHERE agent_id = ANY(%s) ORDER BY agent_id", (AGENTS,)

@@ -15,8 +15,11 @@ INSERT INTO pybatch.heartbeats (agent_id, replica_id)
 VALUES ('e0000000-0000-4000-8000-000000000301', 'e0000000-0000-4000-8000-0000000003ff'),
        ('e0000000-0000-4000-8000-000000000302', 'e0000000-0000-4000-8000-0000000003ff');
 
--- The pg_cron job or `pybatch scheduler` calls this every few seconds; here we call it once.
-SELECT rows_staged, agents_updated, skipped, error FROM pybatch.flush();
+-- The pg_cron job or `pybatch scheduler` runs this every few seconds; here we run it once.
+-- It commits between passes, so it runs outside a transaction block (psql's default);
+-- inside one, SELECT * FROM pybatch.flush() does the same in the caller's transaction.
+CALL pybatch.flush_in_passes();
+SELECT rows_staged, agents_updated, error FROM pybatch.flush_history LIMIT 1;
 
 -- A disconnect bypasses staging: written at once, true when the row changed.
 SELECT pybatch.disconnect('e0000000-0000-4000-8000-000000000302') AS disconnected;

@@ -4,8 +4,9 @@
 //   cd examples/node && npm ci && PYBATCH_DSN=postgresql://... node copy_writer.js
 //
 // The only contract used is pybatch's SQL contract: COPY (or INSERT) into the UNLOGGED
-// staging table pybatch.heartbeats (agent_id, replica_id, beat_at), then pybatch.flush(),
-// which a pg_cron job or `pybatch scheduler` normally calls every few seconds.
+// staging table pybatch.heartbeats (agent_id, replica_id, beat_at), then the flush,
+// CALL pybatch.flush_in_passes(), which a pg_cron job or `pybatch scheduler` normally runs
+// every few seconds.
 'use strict';
 
 const { Client } = require('pg');
@@ -64,9 +65,11 @@ async function main() {
     console.log(`copied ${copy.rowCount} heartbeats into pybatch.heartbeats`);
 
     // Normally the scheduled job does this; here we flush once to see the result now.
-    const flushed = await client.query('SELECT * FROM pybatch.flush()');
+    // CALL commits between passes, so it runs outside a transaction block (as here).
+    await client.query('CALL pybatch.flush_in_passes()');
+    const flushed = await client.query('SELECT rows_staged, agents_updated FROM pybatch.flush_history LIMIT 1');
     const f = flushed.rows[0];
-    console.log(`flush: rows_staged=${f.rows_staged} agents_updated=${f.agents_updated} skipped=${f.skipped}`);
+    console.log(`flush: rows_staged=${f.rows_staged} agents_updated=${f.agents_updated}`);
 
     const rows = await client.query(
       `SELECT a.id, a.last_connected_at, a.last_connected_replica_id, s.status

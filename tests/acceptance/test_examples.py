@@ -35,7 +35,7 @@ def _run(argv: list[str], dsn: str, cwd: Path = REPO) -> subprocess.CompletedPro
 def _agents(dsn: str, ids: list[str]) -> dict[str, tuple[object, ...]]:
     """status, first_connected_at, last_connected_at, disconnected_at, replica per agent, after a flush."""
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("SELECT pybatch.flush()")
+        conn.execute("CALL pybatch.flush_in_passes()")
         rows = conn.execute(
             "SELECT a.id::text, s.status, a.first_connected_at, a.last_connected_at, a.disconnected_at, "
             "a.last_connected_replica_id::text FROM public.workspace_agents a "
