@@ -238,7 +238,17 @@ def apply(dsn: str, *, progress: Callable[[str], None] | None = None) -> list[st
             except Exception as exc:
                 raise MigrationError(f"migration {migration.id} failed: {db.first_line(exc)}") from None
             log.info("applied migration", extra={"migration": migration.id})
+        _align_owner(dsn)
         return [m.id for m in pending]
+
+
+def _align_owner(dsn: str) -> None:
+    """Give the merge functions to the owner of public.workspace_agents, on every run: the
+    table may have changed hands since the last migration (see pybatch.align_owner())."""
+    with db.connect(dsn) as conn, db.translated("cannot align pybatch's functions with the table owner"):
+        row = conn.execute("SELECT to_regprocedure('pybatch.align_owner()') IS NOT NULL").fetchone()
+        if row and row[0]:
+            conn.execute("SELECT pybatch.align_owner()")
 
 
 def rollback(dsn: str, *, before: Callable[[], None] | None = None) -> str | None:

@@ -1624,11 +1624,9 @@ BEGIN
     SELECT c.relowner::pg_catalog.regrole::text INTO STRICT table_owner
     FROM pg_catalog.pg_class c WHERE c.oid = 'public.workspace_agents'::pg_catalog.regclass;
     IF NOT pg_catalog.pg_has_role(current_user, table_owner::pg_catalog.regrole, 'MEMBER') THEN
-        RAISE EXCEPTION 'pybatch: role % cannot act as %, the owner of public.workspace_agents', current_user, table_owner
+        RAISE EXCEPTION 'role % cannot act as %, the owner of public.workspace_agents: run `pybatch migrate` as % or a superuser', current_user, table_owner, table_owner
             USING ERRCODE = 'insufficient_privilege',
-                  HINT = pg_catalog.format('Run `pybatch migrate` as %s (or a superuser, or a member of %s): '
-                      'pybatch''s merge functions must be owned by the table''s owner so its triggers never run '
-                      'with more rights than it has.', table_owner, table_owner);
+                  HINT = 'pybatch''s merge functions must be owned by the table''s owner, so that its triggers never run with more rights than it has.';
     END IF;
     -- What the merge needs, and nothing else.
     EXECUTE pg_catalog.format('GRANT USAGE ON SCHEMA pybatch TO %s', table_owner);

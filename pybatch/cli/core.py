@@ -9,9 +9,15 @@ import sys
 from typing import Any
 
 from pybatch import db, migrate
-from pybatch.cli.common import dsn, positive_int, print_json
+from pybatch.cli.common import bounded_int, dsn, print_json
 from pybatch.errors import PybatchError
 from pybatch.flush import flush
+from pybatch.inspect import COUNT_BOUNDS
+from pybatch.schedule import cron
+
+# `pybatch flush`: another flush held the lock, nothing was done (distinct from 0 and errors).
+EXIT_SKIPPED = 3
+MAX_ROWS_LOW, MAX_ROWS_HIGH = COUNT_BOUNDS["max_rows_per_flush"]
 
 
 def register(subparsers: Any) -> None:
@@ -22,12 +28,16 @@ def register(subparsers: Any) -> None:
     p.set_defaults(handler=cmd_migrate)
 
     p = subparsers.add_parser("flush", help="run one flush now and print its statistics")
-    p.add_argument("--max-rows", type=positive_int, default=None,
-                   help="drain at most this many staged rows (default: settings.max_rows_per_flush)")
+    p.add_argument("--max-rows", type=bounded_int(MAX_ROWS_LOW, MAX_ROWS_HIGH), default=None,
+                   help=f"drain at most this many staged rows, {MAX_ROWS_LOW} to {MAX_ROWS_HIGH} "
+                        "(default: settings.max_rows_per_flush)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(handler=cmd_flush)
 
-    p = subparsers.add_parser("psql", help="open psql on the configured database")
+    p = subparsers.add_parser(
+        "psql", help="open psql on the configured database (pybatch's global options may follow `psql`; "
+                     "every other argument, and all after `--`, goes to psql)",
+    )
     p.add_argument("psql_args", nargs=argparse.REMAINDER, help="extra arguments for psql")
     p.set_defaults(handler=cmd_psql)
 
@@ -49,10 +59,6 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 def _remove_jobs(target: str) -> None:
     """Remove pybatch's pg_cron jobs for this database before its schema goes."""
-    try:
-        from pybatch.schedule import cron
-    except ImportError:  # scheduling not installed in this build
-        return
     cron.remove(target)
 
 
@@ -64,6 +70,10 @@ def cmd_flush(args: argparse.Namespace) -> int:
     else:
         data = result.as_dict()
         print("  ".join(f"{key}={value}" for key, value in data.items() if value is not None))
+    if result.skipped:
+        print("pybatch: flush skipped: another flush holds pybatch.flush_lock "
+              "(see SELECT * FROM pybatch.flush_lock_holders)", file=sys.stderr)
+        return EXIT_SKIPPED
     return 0
 
 
