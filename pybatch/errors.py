@@ -82,3 +82,16 @@ class InvalidTimestamp(InvalidHeartbeat):
 
 class UnknownAgent(PybatchError, LookupError):
     """disconnect() named an agent that public.workspace_agents does not hold."""
+
+
+class DependentObjects(PybatchError):
+    """Objects outside pybatch depend on pybatch's (a view, a column of a pybatch type, ...):
+    uninstall would drop them too, so it refuses unless forced. `objects` names each one."""
+
+    def __init__(self, objects: list[str]) -> None:
+        self.objects = tuple(objects)
+        super().__init__(
+            f"uninstall refused: {len(self.objects)} object(s) outside pybatch depend on it and would be dropped "
+            f"with it: {', '.join(self.objects)}; drop or change them first, or pass --force to drop them too "
+            "(nothing was removed)"
+        )

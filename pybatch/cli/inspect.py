@@ -36,6 +36,9 @@ def register(subparsers: Any) -> None:
         help="remove pybatch's pg_cron job, schema and migration tables (a workspace_agents it did not create stays)",
     )
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    p.add_argument("--force", action="store_true",
+                   help="also drop objects of others that depend on pybatch's (views, columns of its types, ...); "
+                        "without it uninstall lists them and refuses")
     p.set_defaults(handler=cmd_uninstall)
 
     p = subparsers.add_parser("config", help="show or change the settings stored in pybatch.settings")
@@ -135,9 +138,11 @@ def cmd_uninstall(args: argparse.Namespace) -> int:
         if answer.strip().lower() != "yes":
             print("not uninstalled", file=sys.stderr)
             return 1
-    result = uninstall(target)
+    result = uninstall(target, force=args.force)
+    for dependant in result.dropped_dependants:
+        print(f"dropped (--force): {dependant}")
     if not result.schema_existed:
-        print("pybatch schema was not installed; removed migration bookkeeping if any")
+        print("pybatch schema was not installed; removed pybatch's migration bookkeeping if any")
     kept = "dropped public.workspace_agents (pybatch created it)" if result.dropped_workspace_agents \
         else "kept public.workspace_agents"
     print(f"uninstalled: removed {result.jobs_removed} pg_cron job(s) and schema pybatch; {kept}")
