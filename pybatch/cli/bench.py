@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -14,9 +15,6 @@ from pybatch.bench import report as bench_report
 from pybatch.cli.common import dsn, positive_int, print_table, resolve_cli_dsn
 from pybatch.durations import parse_duration
 from pybatch.errors import ConfigError
-from pybatch.local import LocalCluster
-
-DEMO_DATABASE = "pybatch_demo"
 
 
 def register(subparsers: Any) -> None:
@@ -143,14 +141,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     resolved = resolve_cli_dsn(args.dsn, embedded=not args.no_embedded)
     target = resolved.dsn
-    if resolved.source == "embedded":
-        # The demo resets workspace_agents: it gets a database of its own in the embedded cluster.
-        cluster = LocalCluster.default()
-        cluster.ensure_database(DEMO_DATABASE)
-        target = cluster.url(DEMO_DATABASE)
-    _say(f"database: {resolved.source}" + (f" ({DEMO_DATABASE})" if target != resolved.dsn else ""))
+    # The embedded cluster's own database, the one plain `pybatch status` reads; any other must be
+    # named for the demo. run_demo checks that before it changes anything.
+    embedded = resolved.source == "embedded"
+    _say(f"database: {resolved.source}")
     result = run_demo(target, agents=args.agents, seconds=parse_duration(args.seconds, name="--seconds"),
-                      warmup_s=_warmup(args.warmup), progress=_say)
+                      warmup_s=_warmup(args.warmup), progress=_say, embedded=embedded)
     report = result.report
     print()
     for line in bench_report.summary_lines(report):
@@ -164,10 +160,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             print(f"{label}: buffered is {direct[key] / buffered[key]:.1f}x lower than direct")
     print()
     print("The cluster is still running. Look inside:")
-    if resolved.source == "embedded":
-        prefix = f"--dsn {target} "
-    else:
-        prefix = ""
+    prefix = f"--dsn {shlex.quote(target)} " if resolved.source == "--dsn" else ""
+    if resolved.source not in ("embedded", "--dsn"):
         print(f"  (with the same {resolved.source} as this run)")
     print(f"  .venv/bin/pybatch {prefix}psql      # then: \\i sql/inspect.sql")
     print(f"  .venv/bin/pybatch {prefix}status")

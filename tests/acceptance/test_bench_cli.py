@@ -1,16 +1,12 @@
-"""`pybatch bench` and `pybatch demo` as subprocesses: a tiny compressed run, checked for
+"""`pybatch bench` as a subprocess (the demo: test_demo_cli.py): a tiny compressed run, checked for
 the shape of its output and for relations that hold on any machine (never for speed)."""
 
 from __future__ import annotations
 
 import json
 import os
-import re
-import shutil
-import tempfile
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -133,36 +129,6 @@ def test_bad_flags_are_one_line_errors(dsn: str, flags: list[str], fragment: str
     assert result.returncode == 2 and "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and fragment in lines[0], result.stderr
-
-
-@pytest.mark.slow
-def test_demo_starts_the_embedded_cluster_and_leaves_it_running(tmp_path: Path) -> None:
-    home = Path(tempfile.mkdtemp(prefix="pybatch-demo-", dir=os.environ.get("PYBATCH_TEST_TMP", "/tmp")))
-    os.chmod(home, 0o755)
-    cluster = LocalCluster(home / "cluster")
-    try:
-        result = run_pybatch("demo", "--agents", "300", "--seconds", "10s", "--warmup", "2s",
-                             env={"PYBATCH_HOME": str(cluster.home)}, timeout=240)
-        assert result.returncode == 0, result.stderr
-        assert cluster.is_running()
-        out = result.stdout
-        assert "statements/s into workspace_agents" in out and "row versions/s into workspace_agents" in out
-        assert "WAL bytes per heartbeat" in out and "server CPU µs per heartbeat" in out
-        assert re.search(r"pybatch --dsn \S+/pybatch_demo psql", out), out
-        assert re.search(r"pybatch --dsn \S+/pybatch_demo status", out), out
-        assert "[direct] measuring" in result.stderr and "[buffered] measuring" in result.stderr
-        with psycopg.connect(cluster.url("pybatch_demo"), autocommit=True) as conn:
-            flushed = conn.execute("SELECT count(*) FROM pybatch.flush_log WHERE agents_updated > 0").fetchone()
-            connected = conn.execute(
-                "SELECT count(*) FROM public.workspace_agents WHERE last_connected_at IS NOT NULL").fetchone()
-        assert flushed is not None and flushed[0] > 0
-        # The last strategy (buffered) resets the table and runs ~12 s of a 15 s period, so
-        # only the agents that beat in that time, and were flushed by the pg_cron job before
-        # the demo returned, are connected: some, never all for certain.
-        assert connected is not None and 0 < connected[0] <= 300
-    finally:
-        cluster.destroy()
-        shutil.rmtree(home, ignore_errors=True)
 
 
 def test_client_overhead_figures(dsn: str) -> None:
