@@ -17,8 +17,8 @@ from psycopg import sql
 from psycopg.rows import class_row
 
 from pybatch import db
-from pybatch.durations import parse_duration
-from pybatch.errors import ConfigError
+from pybatch.durations import DurationTooLong, format_duration, parse_timedelta
+from pybatch.errors import ConfigError, InvalidDuration, InvalidSetting
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,21 @@ AGENT_STATES = ("connecting", "connected", "disconnected", "timeout")
 DURATION_SETTINGS = ("flush_interval", "inactive_timeout", "future_tolerance", "history_retention")
 INTEGER_SETTINGS = ("max_rows_per_flush",)
 SETTABLE = DURATION_SETTINGS + INTEGER_SETTINGS
-ZERO_ALLOWED = ("future_tolerance",)
+
+# The one place the allowed range of each setting is written down in Python (inclusive bounds).
+# Migration 0004's CHECK constraints on pybatch.settings hold the same bounds; `config set`,
+# `scheduler --interval`, `cron install --interval` and `flush --max-rows` check against these.
+DURATION_BOUNDS: dict[str, tuple[timedelta, timedelta]] = {
+    "flush_interval": (timedelta(seconds=1), timedelta(hours=1)),
+    "inactive_timeout": (timedelta(seconds=1), timedelta(days=1)),
+    "future_tolerance": (timedelta(0), timedelta(hours=1)),
+    "history_retention": (timedelta(minutes=1), timedelta(days=3650)),
+}
+COUNT_BOUNDS: dict[str, tuple[int, int]] = {
+    "max_rows_per_flush": (1, 1_000_000_000),  # or NULL: no cap
+}
+SETTING_BOUNDS: dict[str, tuple[timedelta, timedelta] | tuple[int, int]] = {**DURATION_BOUNDS, **COUNT_BOUNDS}
+UNLIMITED = ("unlimited", "none", "null")
 
 
 @dataclass(frozen=True)
@@ -257,31 +271,76 @@ def status(conn: psycopg.Connection, *, flushes: int = 10) -> Status:
 
 
 # -- settings ------------------------------------------------------------------------
-def set_setting(conn: psycopg.Connection, key: str, value: str) -> Settings:
-    """Validate and store one setting; return the settings after the change."""
+def set_setting(conn: psycopg.Connection, key: str, value: str | int | float | timedelta) -> Settings:
+    """Validate and store one setting; return the settings after the change.
+    InvalidSetting (a ConfigError) names the key and value when it is malformed or out of range."""
     column, parsed = parse_setting(key, value)
     query = sql.SQL("UPDATE pybatch.settings SET {} = %s").format(sql.Identifier(column))
-    with db.translated(f"cannot set {key}"):
+    with db.translated(f"cannot set {column}"):
         conn.execute(query, (parsed,))
     log.info("setting changed", extra={"setting": column, "value": value})
     return read_settings(conn)
 
 
-def parse_setting(key: str, value: str) -> tuple[str, timedelta | int | None]:
-    """The column and typed value for `config set KEY VALUE`; ConfigError names what is wrong."""
+def setting_name(key: str) -> str:
+    """The column for a user-typed key (`max-rows-per-flush` works too); ConfigError if unknown."""
     column = key.strip().lower().replace("-", "_")
     if column not in SETTABLE:
         raise ConfigError(f"unknown setting {key!r}: choose one of {', '.join(SETTABLE)}")
+    return column
+
+
+def parse_setting(key: str, value: str | int | float | timedelta) -> tuple[str, timedelta | int | None]:
+    """The column and typed value for `config set KEY VALUE`: durations as `config show` prints
+    them (500ms, 10s, 1m, 2h, 7d or seconds), max_rows_per_flush as ASCII digits or `unlimited`.
+    InvalidSetting names the key and value when it is malformed or outside SETTING_BOUNDS."""
+    column = setting_name(key)
     if column in INTEGER_SETTINGS:
-        if value.strip().lower() in ("none", "null", "unlimited"):
+        if isinstance(value, (timedelta, float)):
+            raise InvalidSetting(column, value, "is not a whole number")
+        if str(value).strip().lower() in UNLIMITED:
             return column, None
-        try:
-            number = int(value)
-        except ValueError:
-            raise ConfigError(f"{column}: {value!r} is not a whole number (or 'unlimited')") from None
-        if number <= 0:
-            raise ConfigError(f"{column}: {value!r} must be positive")
-        return column, number
-    if column in ZERO_ALLOWED and value.strip() in ("0", "0s", "0ms"):
-        return column, timedelta(0)
-    return column, timedelta(seconds=parse_duration(value, name=column))
+        return column, check_count(column, value)
+    try:
+        parsed = parse_timedelta(value, name="", allow_zero=True)
+    except DurationTooLong:
+        raise InvalidSetting(column, value, _out_of_range(column)) from None
+    except InvalidDuration as exc:
+        raise InvalidSetting(column, value, str(exc).removeprefix(repr(value)).strip()) from None
+    return column, check_duration(column, parsed, value)
+
+
+def check_duration(column: str, value: timedelta, shown: object = None) -> timedelta:
+    """value if it lies within SETTING_BOUNDS[column]; InvalidSetting naming column and value otherwise."""
+    low, high = DURATION_BOUNDS[column]
+    if not low <= value <= high:
+        raise InvalidSetting(column, format_duration(value) if shown is None else shown, _out_of_range(column))
+    return value
+
+
+def check_count(column: str, value: str | int) -> int:
+    """An integer setting from ASCII digits (no signs, `_` or Unicode digits), within its bounds."""
+    low, high = COUNT_BOUNDS[column]
+    text = str(value).strip()
+    if not (text.isascii() and text.isdigit()):
+        raise InvalidSetting(column, value, f"is not a whole number (ASCII digits, {low} to {high})")
+    number = int(text)
+    if not low <= number <= high:
+        raise InvalidSetting(column, value, _out_of_range(column))
+    return number
+
+
+def _out_of_range(column: str) -> str:
+    low, high = (format_setting(column, bound) for bound in SETTING_BOUNDS[column])
+    return f"is out of range: {column} must be between {low} and {high}"
+
+
+def format_setting(column: str, value: timedelta | int | bool | None) -> str:
+    """A setting as `config set` accepts it back: durations as 10s, 7d, ...; no cap as `unlimited`."""
+    if value is None:
+        return "unlimited"
+    if isinstance(value, timedelta):
+        return format_duration(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)

@@ -9,7 +9,8 @@ exit status non-zero, no traceback). `error=None` means the input is accepted an
 safe outcome in `expected` is checked instead. In every case, rows accepted before stay accepted.
 
 CLI entries are data: `argv` and `env`, with "{dsn}" (a migrated database), "{empty_dsn}" (a database
-without pybatch), "{port}" (the test cluster's port) and "{home}" (an empty temp dir) substituted.
+without pybatch), "{port}" (the test cluster's port), "{busy_port}" (a port something listens on) and "{home}"
+(an empty temp dir) substituted.
 SQL and client entries name their scenario by `id` (a function of the same name in the test module).
 """
 
@@ -150,6 +151,70 @@ BAD_INPUTS: list[BadInput] = [
     BadInput("cli_bad_log_level_env", "bad flag", CLI, "PYBATCH_LOG_LEVEL=loud",
              "usage error naming the value", r"loud",
              argv=("--dsn", "{dsn}", "flush"), env={"PYBATCH_LOG_LEVEL": "loud"}),
+    # Numbers and durations: ASCII digits only, ranges checked, one line naming the value (issue 11, item 11).
+    BadInput("cli_max_rows_bigint", "bad flag", CLI, "pybatch flush --max-rows 99999999999999999999",
+             "usage error naming the range (was 'pybatch is not installed')",
+             r"argument --max-rows: '99999999999999999999' is out of range \(1 to 1000000000\)",
+             argv=("--dsn", "{dsn}", "flush", "--max-rows", "99999999999999999999")),
+    BadInput("cli_max_rows_unicode_digits", "bad flag", CLI, "pybatch flush --max-rows ١٢ (Arabic-Indic digits)",
+             "usage error: ASCII digits only", r"'١٢' is not a whole number",
+             argv=("--dsn", "{dsn}", "flush", "--max-rows", "١٢")),
+    BadInput("cli_max_rows_underscore", "bad flag", CLI, "pybatch flush --max-rows 1_000",
+             "usage error: ASCII digits only", r"'1_000' is not a whole number",
+             argv=("--dsn", "{dsn}", "flush", "--max-rows", "1_000")),
+    BadInput("cli_status_negative_flushes", "bad flag", CLI, "pybatch status --flushes -1",
+             "usage error naming the value", r"argument --flushes: '-1' must be 0 or more",
+             argv=("--dsn", "{dsn}", "status", "--flushes", "-1")),
+    BadInput("cli_scheduler_tiny_interval", "bad flag", CLI, "pybatch scheduler --interval 0.00001ms",
+             "usage error naming the range 1s-1h (was: ran forever logging constraint errors); the flag is "
+             "named once (was `argument --interval: --interval: ...`)",
+             r"error: argument --interval: '0\.00001ms' is out of range: the flush interval must be between 1s "
+             r"and 1h$", argv=("--dsn", "{dsn}", "scheduler", "--interval", "0.00001ms")),
+    BadInput("cli_scheduler_long_interval_env", "bad flag", CLI, "PYBATCH_INTERVAL=2h pybatch scheduler",
+             "error naming the variable and the range", r"error: PYBATCH_INTERVAL: '2h' is out of range",
+             argv=("--dsn", "{dsn}", "scheduler"), env={"PYBATCH_INTERVAL": "2h"}),
+    BadInput("cli_cron_interval_not_doubled", "bad flag", CLI, "pybatch cron install --interval soon",
+             "usage error naming the flag once", r"error: argument --interval: 'soon' is not a duration",
+             argv=("--dsn", "{dsn}", "cron", "install", "--interval", "soon")),
+    BadInput("cli_scheduler_port_in_use", "bad flag", CLI, "pybatch scheduler --metrics-port <a port in use>",
+             "one line naming the port, before connecting (was 'unexpected error: OSError')",
+             r"error: --metrics-port: cannot serve metrics on port \d+: it is already in use",
+             argv=("--dsn", "{dsn}", "scheduler", "--metrics-port", "{busy_port}")),
+    BadInput("cli_scheduler_port_underscore", "bad flag", CLI, "pybatch scheduler --metrics-port 9_187",
+             "usage error: ASCII digits only", r"'9_187' is not a port number",
+             argv=("--dsn", "{dsn}", "scheduler", "--metrics-port", "9_187")),
+    BadInput("cli_config_set_overflow", "bad setting", CLI, "pybatch config set flush_interval 99999999999999999999h",
+             "one line naming setting, value and range (was 'unexpected error: OverflowError')",
+             r"flush_interval: '99999999999999999999h' is out of range: flush_interval must be between 1s and 1h",
+             argv=("--dsn", "{dsn}", "config", "set", "flush_interval", "99999999999999999999h")),
+    BadInput("cli_config_set_huge_retention", "bad setting", CLI, "pybatch config set history_retention 99999999h",
+             "refused with the range (was accepted, then every flush failed with 'timestamp out of range')",
+             r"history_retention: '99999999h' is out of range: history_retention must be between 1m and 3650d",
+             argv=("--dsn", "{dsn}", "config", "set", "history_retention", "99999999h")),
+    BadInput("cli_config_set_huge_future_tolerance", "bad setting", CLI, "pybatch config set future_tolerance 2h",
+             "refused with the range (a huge tolerance broke disconnect())",
+             r"future_tolerance: '2h' is out of range: future_tolerance must be between 0s and 1h",
+             argv=("--dsn", "{dsn}", "config", "set", "future_tolerance", "2h")),
+    BadInput("cli_config_set_inactive_timeout_range", "bad setting", CLI, "pybatch config set inactive_timeout 2d",
+             "refused with the range", r"inactive_timeout: '2d' is out of range: .* between 1s and 1d",
+             argv=("--dsn", "{dsn}", "config", "set", "inactive_timeout", "2d")),
+    BadInput("cli_config_set_max_rows_range", "bad setting", CLI, "pybatch config set max_rows_per_flush 0",
+             "refused with the range (or `unlimited`)",
+             r"max_rows_per_flush: '0' is out of range: .* between 1 and 1000000000",
+             argv=("--dsn", "{dsn}", "config", "set", "max_rows_per_flush", "0")),
+    BadInput("cli_config_set_unicode_duration", "bad setting", CLI, "pybatch config set flush_interval ١٠s",
+             "refused: ASCII digits only", r"flush_interval: '١٠s' is not a duration",
+             argv=("--dsn", "{dsn}", "config", "set", "flush_interval", "١٠s")),
+    # bench: never rounds --seconds, never runs on an unmigrated database (issue 12, item 7).
+    BadInput("cli_bench_seconds_not_whole_flushes", "bad flag", CLI,
+             "pybatch bench --flush-interval 10s --seconds 25s",
+             "refused with the two nearest windows (was silently rounded up to 30s)",
+             r"--seconds: '25s' is not a whole number of flush intervals \(10s\): use 20s or 30s",
+             argv=("--dsn", "{dsn}", "bench", "--flush-interval", "10s", "--seconds", "25s")),
+    BadInput("cli_bench_empty_database", "empty database", CLI, "pybatch bench on a database without pybatch",
+             "one line: run `pybatch migrate` (the bench never migrates a database it is pointed at)",
+             r"lacks pybatch migrations .*: run `.*pybatch migrate` first",
+             argv=("--dsn", "{empty_dsn}", "bench", "--agents", "10", "--seconds", "10s")),
     # -- empty / read-only database ---------------------------------------------------------------
     BadInput("cli_flush_empty_database", "empty database", CLI, "pybatch flush on a database without pybatch",
              "error: pybatch is not installed; run `pybatch migrate`", r"pybatch migrate",

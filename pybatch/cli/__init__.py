@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from pybatch import __version__
 from pybatch.cli import bench, core, grant, inspect, local, schedule
@@ -22,30 +23,59 @@ EXIT_USAGE = 2
 COMMAND_MODULES = [core, local, schedule, inspect, grant, bench]
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pybatch",
         description="PostgreSQL-side heartbeat batcher: stage heartbeats, flush them into workspace_agents.",
+        epilog="Global options work before or after the command (pybatch migrate --dsn URL). "
+               "Options whose help says `env: NAME` read that environment variable when not given; "
+               "the others have none.",
     )
     parser.add_argument("--version", action="version", version=f"pybatch {__version__}")
+    add_global_options(parser, top=True)
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in COMMAND_MODULES:
+        module.register(subparsers)
+    for sub in _subparsers(parser):
+        add_global_options(sub.add_argument_group("global options"), top=False)
+    return parser
+
+
+def add_global_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *, top: bool) -> None:
+    """--dsn, --no-embedded and --log-level. On the top parser they carry the defaults (from the
+    environment); on each command they default to SUPPRESS, so a value typed after the command
+    overrides the top's and an absent one leaves it alone."""
+    def default(value: Any) -> Any:
+        return value if top else argparse.SUPPRESS
+
     parser.add_argument(
-        "--dsn", default=None,
+        "--dsn", default=default(None),
         help="libpq connection string or URI (env: PYBATCH_DSN; then PG* variables; else the embedded cluster)",
     )
     parser.add_argument(
         "--no-embedded", action="store_true",
-        default=os.environ.get("PYBATCH_NO_EMBEDDED", "") not in ("", "0"),
+        default=default(os.environ.get("PYBATCH_NO_EMBEDDED", "") not in ("", "0")),
         help="never fall back to the embedded local cluster (env: PYBATCH_NO_EMBEDDED=1)",
     )
     parser.add_argument(
-        "--log-level", default=os.environ.get("PYBATCH_LOG_LEVEL", "warning"),
-        choices=["debug", "info", "warning", "error"],
+        "--log-level", default=default(os.environ.get("PYBATCH_LOG_LEVEL", "warning")),
+        choices=LOG_LEVELS,
         help="log level (env: PYBATCH_LOG_LEVEL; default warning)",
     )
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in COMMAND_MODULES:
-        module.register(subparsers)
-    return parser
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """Every command and sub-command parser below parser, each once."""
+    found: list[argparse.ArgumentParser] = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                found.append(child)
+                found.extend(_subparsers(child))
+    return found
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -55,13 +85,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if psql_args is not None:
         args.psql_args = psql_args
-    if args.log_level not in ("debug", "info", "warning", "error"):  # argparse does not check env defaults
-        parser.error(f"PYBATCH_LOG_LEVEL: {args.log_level!r} is not one of debug, info, warning, error")
+    if args.log_level not in LOG_LEVELS:  # argparse does not check env defaults
+        parser.error(f"PYBATCH_LOG_LEVEL: {args.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    setup_logging = getattr(args, "setup_logging", None)
+    if setup_logging is not None:  # a command that logs more than the global level (the scheduler)
+        setup_logging(args)
     try:
         return int(args.handler(args) or 0)
     except ConfigError as exc:
@@ -80,18 +113,65 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
 
 
+# pybatch's own options, recognised among `pybatch psql` arguments too (psql has none of these names).
+_GLOBAL_TAKES_VALUE = ("--dsn", "--log-level")
+_GLOBAL_FLAGS = ("--no-embedded",)
+# psql options whose value is the next word (so `-c --dsn` stays psql's SQL text).
+_PSQL_SHORT_WITH_VALUE = set("cdfvLoFPRThpU")
+_PSQL_LONG_WITH_VALUE = {"--command", "--dbname", "--file", "--set", "--variable", "--log-file", "--output",
+                         "--field-separator", "--pset", "--record-separator", "--table-attr", "--host", "--port",
+                         "--username"}
+
+
 def _split_psql_args(argv: list[str]) -> list[str] | None:
-    """`pybatch [options] psql ARGS...`: everything after `psql` belongs to psql, options
-    included, so argparse never sees it. Cuts argv in place; None when the command is not psql."""
-    takes_value = {"--dsn", "--log-level"}
+    """`pybatch [options] psql ARGS...`: the words after `psql` belong to psql, options included,
+    except pybatch's global options (--dsn, --no-embedded, --log-level), which move before `psql`
+    so argparse reads them. Everything after a `--` goes to psql untouched. Edits argv in place;
+    returns psql's words, or None when the command is not psql."""
     for index, word in enumerate(argv):
-        if word == "psql" and (index == 0 or argv[index - 1] not in takes_value):
-            rest = argv[index + 1:]
-            del argv[index + 1:]
-            return rest[1:] if rest[:1] == ["--"] else rest
-        if not word.startswith("-") and (index == 0 or argv[index - 1] not in takes_value):
+        after_value_option = index > 0 and argv[index - 1] in _GLOBAL_TAKES_VALUE
+        if word == "psql" and not after_value_option:
+            ours, theirs = _pick_global_options(argv[index + 1:])
+            argv[index:] = [*ours, "psql"]
+            return theirs
+        if not word.startswith("-") and not after_value_option:
             return None  # another command came first
     return None
+
+
+def _pick_global_options(words: list[str]) -> tuple[list[str], list[str]]:
+    ours: list[str] = []
+    theirs: list[str] = []
+    index = 0
+    while index < len(words):
+        word = words[index]
+        if word == "--":
+            theirs.extend(words[index + 1:])
+            break
+        name = word.split("=", 1)[0]
+        if word in _GLOBAL_FLAGS or (name in _GLOBAL_TAKES_VALUE and "=" in word):
+            ours.append(word)
+        elif word in _GLOBAL_TAKES_VALUE:
+            ours.extend(words[index:index + 2])
+            index += 1
+        else:
+            theirs.append(word)
+            if _psql_value_follows(word) and index + 1 < len(words):
+                theirs.append(words[index + 1])
+                index += 1
+        index += 1
+    return ours, theirs
+
+
+def _psql_value_follows(word: str) -> bool:
+    """Whether psql reads the next word as this option's value (`-c`, `-Atc`, `--command`)."""
+    if word.startswith("--"):
+        return word in _PSQL_LONG_WITH_VALUE
+    if word.startswith("-") and len(word) > 1:
+        for position, letter in enumerate(word[1:], start=1):
+            if letter in _PSQL_SHORT_WITH_VALUE:
+                return position == len(word) - 1  # `-cSELECT` carries its value
+    return False
 
 
 def entrypoint() -> None:

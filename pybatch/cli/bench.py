@@ -10,11 +10,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pybatch import migrate
 from pybatch.bench import STRATEGY_NAMES, BenchConfig, run_bench
 from pybatch.bench import report as bench_report
-from pybatch.cli.common import dsn, positive_int, print_table, resolve_cli_dsn
-from pybatch.durations import parse_duration
-from pybatch.errors import ConfigError
+from pybatch.cli.common import dsn, invoked_as, positive_int, print_table, resolve_cli_dsn
+from pybatch.config import describe_dsn
+from pybatch.durations import format_duration, parse_duration, parse_timedelta
+from pybatch.errors import ConfigError, NotMigrated
 
 
 def register(subparsers: Any) -> None:
@@ -27,7 +29,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--period", default="15s", help="heartbeat period of each agent (default 15s)")
     p.add_argument("--flush-interval", default="10s", help="flush interval for staged and buffered (default 10s)")
     p.add_argument("--seconds", default="60s",
-                   help="fleet time measured per strategy, rounded up to whole flush intervals (default 60s)")
+                   help="fleet time measured per strategy: a whole number of flush intervals, never rounded "
+                        "(default 60s)")
     p.add_argument("--warmup", default=None,
                    help="fleet time run before measuring (default: one period plus one flush interval)")
     p.add_argument("--compress", type=_compress, default=1.0,
@@ -82,13 +85,51 @@ def _say(message: str) -> None:
     print(f"{time.strftime('%H:%M:%S')} {message}", file=sys.stderr, flush=True)
 
 
+def _whole_flush_intervals(seconds_text: str, flush_text: str) -> float:
+    """--seconds, exactly: a whole number of flush intervals (the window runs from flush to flush)."""
+    window = parse_timedelta(seconds_text, name="--seconds")
+    flush = parse_timedelta(flush_text, name="--flush-interval")
+    count, rest = divmod(window, flush)
+    if rest:
+        options = " or ".join(format_duration(n * flush) for n in (count, count + 1) if n > 0)
+        raise ConfigError(f"--seconds: {seconds_text!r} is not a whole number of flush intervals "
+                          f"({format_duration(flush)}): use {options}")
+    return window.total_seconds()
+
+
+def _announce(config: BenchConfig) -> None:
+    """Say what the run will cost before it starts: strategies x (warm-up + measured window)."""
+    per_strategy = (config.warmup + config.window_s) / config.compress
+    total = per_strategy * len(config.strategies)
+    compressed = f" at {config.compress:g}x time compression" if config.compress != 1 else ""
+    count = len(config.strategies)
+    _say(f"this bench takes about {_clock(total)}: {count} {'strategy' if count == 1 else 'strategies'} x "
+         f"({format_duration(config.warmup)} warm-up + {format_duration(config.window_s)} measured{compressed}), "
+         f"plus a table reset before each")
+
+
+def _clock(seconds: float) -> str:
+    whole = round(seconds)
+    minutes, secs = divmod(whole, 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def _require_migrated(target: str) -> None:
+    """The bench needs the pybatch schema; it never migrates a database it was pointed at."""
+    pending = migrate.pending_ids(target)
+    if pending:
+        raise NotMigrated(f"{describe_dsn(target)} lacks pybatch migrations ({', '.join(pending)}): run "
+                          f"`{invoked_as()} migrate` first, on a database of the bench's own (it resets "
+                          "workspace_agents)")
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     strategies = tuple(name.strip() for name in args.strategies.split(",") if name.strip())
     config = BenchConfig(
         agents=args.agents,
         period_s=parse_duration(args.period, name="--period"),
         flush_interval_s=parse_duration(args.flush_interval, name="--flush-interval"),
-        seconds=parse_duration(args.seconds, name="--seconds"),
+        seconds=_whole_flush_intervals(args.seconds, args.flush_interval),
         warmup_s=None if args.warmup is None else _warmup(args.warmup),
         compress=args.compress,
         strategies=strategies,
@@ -97,15 +138,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
     )
     if args.plot is not None and args.plot.suffix.lower() != ".png":
         raise ConfigError(f"--plot: {str(args.plot)!r} must end in .png")
+    target = dsn(args)
+    _require_migrated(target)
     if args.flush_rounds is not None:
-        return _flush_rounds(args)
+        return _flush_rounds(args, target)
     if args.client:
         from pybatch.bench.client_overhead import measure
 
-        figures = measure(dsn(args), agents=args.agents, progress=_say)
+        figures = measure(target, agents=args.agents, progress=_say)
         print_table(figures.rows(), title=f"HeartbeatClient, {args.agents} agents, one process")
         return 0
-    report = run_bench(dsn(args), config, progress=_say)
+    _announce(config)
+    report = run_bench(target, config, progress=_say)
     for line in bench_report.summary_lines(report):
         print(line)
     print_table(bench_report.table_rows(report))
@@ -118,10 +162,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _flush_rounds(args: argparse.Namespace) -> int:
+def _flush_rounds(args: argparse.Namespace, target: str) -> int:
     from pybatch.bench.flush_rounds import run_flush_rounds
 
-    result = run_flush_rounds(dsn(args), args.agents, args.flush_rounds, fillfactor=args.fillfactor, progress=_say)
+    result = run_flush_rounds(target, args.agents, args.flush_rounds, fillfactor=args.fillfactor, progress=_say)
     print_table(result["rounds"], title=f"flush of {args.agents} agents, round after round")
     print(f"first round {result['first_round_ms']:g} ms; steady state (round 3 on): median "
           f"{result['steady_median_ms']:g} ms, max {result['steady_max_ms']:g} ms, HOT {result['steady_hot_share']:g}, "
@@ -163,6 +207,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     prefix = f"--dsn {shlex.quote(target)} " if resolved.source == "--dsn" else ""
     if resolved.source not in ("embedded", "--dsn"):
         print(f"  (with the same {resolved.source} as this run)")
-    print(f"  .venv/bin/pybatch {prefix}psql      # then: \\i sql/inspect.sql")
-    print(f"  .venv/bin/pybatch {prefix}status")
+    me = invoked_as()
+    print(f"  {me} {prefix}status")
+    print(f"  {me} sql inspect | {me} {prefix}psql")
     return 0

@@ -1,21 +1,39 @@
-"""Helpers shared by the command modules: DSN resolution, JSON output, tables."""
+"""Helpers shared by the command modules: DSN resolution, argument types, JSON output, tables."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shutil
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from pybatch.config import ResolvedDsn, configured_dsn
-from pybatch.errors import ConfigError
+from pybatch.durations import parse_timedelta
+from pybatch.errors import ConfigError, InvalidDuration
+
+# Options that read no environment variable: one-shot actions and output choices of a single
+# run (a `--json` or `--yes` in the environment would surprise). Every other option's help
+# names its variable as `env: NAME`; tests/acceptance/test_core_cli.py checks both.
+NO_ENV = frozenset({
+    "--help", "--version", "--json", "--yes", "--force", "--all", "--status", "--rollback",
+    "--force-loop", "--flushes", "--max-rows", "--agents", "--period", "--flush-interval", "--seconds",
+    "--warmup", "--compress", "--strategies", "--fillfactor", "--workers", "--flush-rounds", "--client",
+    "--plot",
+})
 
 
 def dsn(args: argparse.Namespace) -> str:
     """The DSN for this run: --dsn, PYBATCH_DSN, PG*, else the embedded cluster."""
-    return resolve_cli_dsn(args.dsn, embedded=not args.no_embedded).dsn
+    return resolved_dsn(args).dsn
+
+
+def resolved_dsn(args: argparse.Namespace) -> ResolvedDsn:
+    """The DSN for this run and where it came from."""
+    return resolve_cli_dsn(args.dsn, embedded=not args.no_embedded)
 
 
 def resolve_cli_dsn(
@@ -37,15 +55,56 @@ def resolve_cli_dsn(
     return ResolvedDsn(LocalCluster.default().ensure_running(notice=True), "embedded")
 
 
-def positive_int(text: str) -> int:
-    """argparse type: a whole number above zero."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
+def whole_number(text: str, low: int, high: int) -> int:
+    """A whole number written in ASCII digits (no sign, `_`, Unicode digits or exponent), low..high.
+    Raises argparse.ArgumentTypeError without the option's name: argparse adds it."""
+    stripped = text.strip()
+    if stripped.startswith("-") and stripped[1:].isascii() and stripped[1:].isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} must be positive" if low > 0 else f"{text!r} must be {low} or more")
+    if not (stripped.isascii() and stripped.isdigit()):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number (ASCII digits only)")
+    value = int(stripped)
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"{text!r} is out of range ({low} to {high})")
     return value
+
+
+def bounded_int(low: int, high: int) -> Callable[[str], int]:
+    """argparse type: a whole number from low to high."""
+
+    def convert(text: str) -> int:
+        return whole_number(text, low, high)
+
+    convert.__name__ = "whole number"
+    return convert
+
+
+# Large enough for any sensible count (agents, rounds, workers), small enough for PostgreSQL's integer.
+positive_int = bounded_int(1, 2**31 - 1)
+
+
+def duration_seconds(text: str) -> float:
+    """argparse type: a duration (500ms, 10s, 1m, 2h, 7d or seconds) in seconds, above zero."""
+    try:
+        return parse_timedelta(text, name="").total_seconds()
+    except InvalidDuration as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def invoked_as() -> str:
+    """How the user ran pybatch, for hints they can paste: `pybatch` when that is what the
+    shell finds, else the path they typed (e.g. `.venv/bin/pybatch`), or `python -m pybatch`."""
+    argv0 = sys.argv[0] if sys.argv and sys.argv[0] else "pybatch"
+    path = Path(argv0)
+    if path.name in ("__main__.py", "-m", "-c"):
+        python = Path(sys.executable)
+        found_python = shutil.which(python.name)
+        on_path = found_python is not None and os.path.samefile(found_python, python)
+        return f"{python.name if on_path else python} -m pybatch"
+    found = shutil.which(path.name)
+    if found and path.exists() and os.path.samefile(found, path):
+        return path.name
+    return argv0
 
 
 def print_json(document: Any) -> None:

@@ -1,4 +1,4 @@
-"""Inspection and operations: status, doctor, sql, uninstall, config show|set."""
+"""Inspection and operations: status, doctor, sql [migrations|inspect], uninstall, config show|set."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import argparse
 import sys
 from typing import Any
 
-from pybatch import db, doctor, inspect, migrate
-from pybatch.cli.common import dsn, print_json, print_table
+from pybatch import db, doctor, inspect, migrate, resources
+from pybatch.cli.common import bounded_int, dsn, invoked_as, print_json, print_table
 from pybatch.errors import ConfigError
 from pybatch.uninstall import uninstall
 
@@ -21,15 +21,28 @@ def register(subparsers: Any) -> None:
         "status", help="health, staging, recent flushes and agents by status (exit 0 only when health is ok)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON document (keys: docs/status-json.md)")
-    p.add_argument("--flushes", type=int, default=10, help="how many recent flushes to show (default 10)")
+    p.add_argument("--flushes", type=bounded_int(0, 10_000), default=10,
+                   help="how many recent flushes to show, 0 to 10000 (default 10)")
     p.set_defaults(handler=cmd_status)
 
     p = subparsers.add_parser("doctor", help="check the installation, one line per check (exit 1 if any fails)")
     p.set_defaults(handler=cmd_doctor)
 
-    p = subparsers.add_parser("sql", help="print the SQL of the pending migrations without applying it")
+    p = subparsers.add_parser(
+        "sql", help="print SQL: the pending migrations (the default), or the inspection queries for psql",
+        description="`pybatch sql` and `pybatch sql migrations` print the pending migrations without applying "
+                    "them; `pybatch sql inspect | pybatch psql` shows pybatch at a glance, from any directory.",
+    )
     p.add_argument("--all", action="store_true", help="print every migration (needs no database)")
     p.set_defaults(handler=cmd_sql)
+    what = p.add_subparsers(dest="sql_what", metavar="WHAT", required=False)
+    sub = what.add_parser("migrations", help="the pending migrations (as plain `pybatch sql`)")
+    sub.add_argument("--all", action="store_true", help="print every migration (needs no database)")
+    sub.set_defaults(handler=cmd_sql)
+    sub = what.add_parser(
+        "inspect", help="the inspection queries (health, staging, flushes, agents) for psql; needs no database",
+    )
+    sub.set_defaults(handler=cmd_sql_inspect)
 
     p = subparsers.add_parser(
         "uninstall",
@@ -47,11 +60,17 @@ def register(subparsers: Any) -> None:
     show.add_argument("--json", action="store_true", help="print them as JSON")
     show.set_defaults(handler=cmd_config_show)
     setter = actions.add_parser(
-        "set", help=f"change one setting: {', '.join(inspect.SETTABLE)} (durations: 500ms, 10s, 1m, plain seconds)",
+        "set", help=f"change one setting: {', '.join(inspect.SETTABLE)} (durations: 500ms, 10s, 1m, 2h, 7d or "
+                    "seconds; max_rows_per_flush: a number or `unlimited`; ranges: " + _ranges() + ")",
     )
     setter.add_argument("key", help="the setting to change")
     setter.add_argument("value", help="its new value")
     setter.set_defaults(handler=cmd_config_set)
+
+
+def _ranges() -> str:
+    return ", ".join(f"{key} {inspect.format_setting(key, low)}-{inspect.format_setting(key, high)}"
+                     for key, (low, high) in inspect.SETTING_BOUNDS.items())
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -128,6 +147,16 @@ def cmd_sql(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sql_inspect(args: argparse.Namespace) -> int:
+    """The installed sql/inspect.sql, so `pybatch sql inspect | pybatch psql` works from any directory."""
+    if args.all:
+        raise ConfigError("--all applies to `pybatch sql migrations`, not to `pybatch sql inspect`")
+    me = invoked_as()
+    sys.stdout.write(f"-- pybatch inspection queries; run them with:  {me} sql inspect | {me} psql\n")
+    sys.stdout.write(resources.read_sql("inspect.sql"))
+    return 0
+
+
 def cmd_uninstall(args: argparse.Namespace) -> int:
     target = dsn(args)
     if not args.yes:
@@ -155,14 +184,15 @@ def cmd_config_show(args: argparse.Namespace) -> int:
     if args.json:
         print_json(inspect.settings_as_json(settings))
     else:
-        print_table([{"setting": key, "value": value} for key, value in vars(settings).items()])
+        # Values as `config set` takes them back: 10s, 7d, unlimited.
+        print_table([{"setting": key, "value": inspect.format_setting(key, value)}
+                     for key, value in vars(settings).items()])
     return 0
 
 
 def cmd_config_set(args: argparse.Namespace) -> int:
-    inspect.parse_setting(args.key, args.value)  # a bad key or value fails before connecting
+    column, _ = inspect.parse_setting(args.key, args.value)  # a bad key or value fails before connecting
     with db.connect(dsn(args)) as conn:
-        settings = inspect.set_setting(conn, args.key, args.value)
-    column, _ = inspect.parse_setting(args.key, args.value)
-    print(f"{column} = {getattr(settings, column)}")
+        settings = inspect.set_setting(conn, column, args.value)
+    print(f"{column} = {inspect.format_setting(column, getattr(settings, column))}")
     return 0

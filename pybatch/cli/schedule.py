@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import logging
 import os
+import socket
 from collections.abc import Callable
 from typing import Any
 
-from pybatch.cli.common import dsn, print_json
-from pybatch.durations import format_duration, parse_duration
-from pybatch.errors import ConfigError, InvalidDuration
+from pybatch.cli.common import dsn, print_json, resolved_dsn
+from pybatch.config import describe_dsn
+from pybatch.durations import format_duration, parse_timedelta, well_formed
+from pybatch.errors import ConfigError, InvalidDuration, InvalidSetting
+from pybatch.inspect import DURATION_BOUNDS, check_duration
 from pybatch.schedule import cron, runner
 
 EXIT_NOT_INSTALLED = 3
+# The logger the scheduler's lifecycle lines come from (runner logs under pybatch.schedule.runner).
+log = logging.getLogger("pybatch.schedule")
+LOW, HIGH = (format_duration(bound) for bound in DURATION_BOUNDS["flush_interval"])
 
 
 def register(subparsers: Any) -> None:
@@ -21,8 +29,9 @@ def register(subparsers: Any) -> None:
 
     sub = actions.add_parser("install", help="create or update this database's pg_cron flush job")
     sub.add_argument("--interval", type=_duration, default=None,
-                     help="flush interval, whole seconds 1s-59s or minutes dividing an hour; stored in "
-                          "pybatch.settings.flush_interval (env: PYBATCH_INTERVAL; default: the stored interval)")
+                     help=f"flush interval, whole seconds 1s-59s or minutes dividing an hour ({LOW} to {HIGH}); "
+                          "stored in pybatch.settings.flush_interval "
+                          "(env: PYBATCH_INTERVAL; default: the stored interval)")
     sub.add_argument("--force-loop", action="store_true",
                      help="use the per-minute flush loop even where pg_cron >= 1.5 has seconds schedules")
     sub.set_defaults(handler=cmd_install)
@@ -35,26 +44,49 @@ def register(subparsers: Any) -> None:
     sub.add_argument("--json", action="store_true", help="print the status as JSON")
     sub.set_defaults(handler=cmd_status)
 
-    p = subparsers.add_parser("scheduler", help="run the flush every interval in this process (leader-elected)")
+    p = subparsers.add_parser(
+        "scheduler",
+        help="run the flush every interval in this process (leader-elected); logs its start and each change "
+             "of leadership even at the default log level (--log-level error silences them)",
+    )
     p.add_argument("--interval", type=_duration, default=None,
-                   help="flush interval, e.g. 10s; stored in pybatch.settings.flush_interval "
+                   help=f"flush interval, e.g. 10s ({LOW} to {HIGH}); stored in pybatch.settings.flush_interval "
                         "(env: PYBATCH_INTERVAL; default: the stored interval)")
     p.add_argument("--metrics-port", type=_port, default=None,
                    help="serve Prometheus metrics on this port (env: PYBATCH_METRICS_PORT; default: off)")
-    p.set_defaults(handler=cmd_scheduler)
+    p.set_defaults(handler=cmd_scheduler, setup_logging=setup_scheduler_logging)
 
 
 def _duration(text: str) -> float:
+    """argparse type of --interval: a duration within flush_interval's bounds (1s to 1h), in seconds.
+    The message leaves out the option's name: argparse (or _flag_or_env) puts it in front."""
     try:
-        return parse_duration(text, name="--interval")
-    except InvalidDuration as exc:
+        value = parse_timedelta(text, name="")
+        return check_duration("flush_interval", value, text).total_seconds()
+    except (InvalidSetting, InvalidDuration) as exc:
+        if isinstance(exc, InvalidSetting) or well_formed(text):  # a duration, but too short or too long
+            raise argparse.ArgumentTypeError(f"{text!r} is out of range: the flush interval must be between "
+                                             f"{LOW} and {HIGH}") from None
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _port(text: str) -> int:
-    if not text.isdigit() or not 0 < int(text) < 65536:
+    stripped = text.strip()
+    if not (stripped.isascii() and stripped.isdigit()) or not 0 < int(stripped) < 65536:
         raise argparse.ArgumentTypeError(f"{text!r} is not a port number (1-65535)")
-    return int(text)
+    return int(stripped)
+
+
+def _check_port_free(port: int, origin: str) -> None:
+    """Fail before starting when the metrics port cannot be served (in use, or privileged):
+    the same bind that prometheus_client's server makes (all IPv4 addresses, SO_REUSEADDR)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("0.0.0.0", port))
+        except OSError as exc:
+            reason = "it is already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
+            raise ConfigError(f"{origin}: cannot serve metrics on port {port}: {reason}") from None
 
 
 def _flag_or_env(value: Any, name: str, convert: Callable[[str], Any]) -> Any:
@@ -115,5 +147,57 @@ def _print_status(state: cron.CronStatus) -> None:
 def cmd_scheduler(args: argparse.Namespace) -> int:
     interval = _flag_or_env(args.interval, "PYBATCH_INTERVAL", _duration)
     port = _flag_or_env(args.metrics_port, "PYBATCH_METRICS_PORT", _port)
-    runner.run_scheduler(dsn(args), interval=interval, metrics_port=port)
+    if port is not None:
+        _check_port_free(port, "--metrics-port" if args.metrics_port is not None else "PYBATCH_METRICS_PORT")
+    target = resolved_dsn(args)
+    origin = "--interval" if args.interval is not None else "PYBATCH_INTERVAL"
+    interval_text = ("the stored pybatch.settings.flush_interval" if interval is None
+                     else f"{format_duration(interval)} ({origin})")
+    log.info("scheduler starting on %s (from %s): interval %s, metrics %s; "
+             "it leads (flushes) or stands by, and says which",
+             describe_dsn(target.dsn), target.source, interval_text,
+             "off" if port is None else f"on port {port}")
+    runner.run_scheduler(target.dsn, interval=interval, metrics_port=port)
     return 0
+
+
+class LifecycleFilter(logging.Filter):
+    """Shows the scheduler's lifecycle at the default log level, and nothing more of its debug chatter.
+
+    The runner logs "became leader" at INFO and "standing by" at DEBUG once per interval; this
+    passes each change between them once, raised to INFO, and drops the runner's own start lines
+    ("scheduler started", "serving metrics"), which the CLI's start line already covers."""
+
+    REDUNDANT = frozenset({"scheduler started", "serving metrics"})
+
+    def __init__(self, user_level: int) -> None:
+        super().__init__()
+        self.user_level = user_level
+        self.state: str | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("pybatch.schedule"):
+            return True
+        message = str(record.msg)
+        if message.startswith("standing by"):
+            if self.state == "standby":
+                return record.levelno >= self.user_level
+            self.state = "standby"
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            return True
+        if message.startswith("became leader"):
+            self.state = "leader"
+        if record.levelno == logging.INFO and message in self.REDUNDANT and self.user_level > logging.DEBUG:
+            return False
+        return record.levelno >= min(self.user_level, logging.INFO)
+
+
+def setup_scheduler_logging(args: argparse.Namespace) -> None:
+    """At the default level (warning) and below, log pybatch.schedule's lifecycle at INFO."""
+    user_level = logging.getLogger().getEffectiveLevel()
+    if user_level > logging.WARNING:  # --log-level error: the user asked for errors only
+        return
+    logging.getLogger("pybatch.schedule").setLevel(logging.DEBUG)  # "standing by" is a DEBUG record
+    lifecycle = LifecycleFilter(user_level)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(lifecycle)

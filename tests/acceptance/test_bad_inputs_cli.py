@@ -4,6 +4,7 @@ exit status non-zero, exactly one line on stderr matching the entry, no tracebac
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -47,10 +48,21 @@ def readonly_dsn(dsn: str) -> Iterator[str]:
         assert admin.execute("SELECT count(*) FROM pybatch.heartbeats").fetchone() == (1,)  # staging kept
 
 
+@pytest.fixture
+def busy_port() -> Iterator[str]:
+    """A TCP port something already listens on (on every address, as a metrics server would)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.bind(("0.0.0.0", 0))
+        listener.listen()
+        yield str(listener.getsockname()[1])
+
+
 @pytest.mark.parametrize("entry", DATA_DRIVEN, ids=[e.id for e in DATA_DRIVEN])
 def test_bad_cli_input(entry: BadInput, request: pytest.FixtureRequest, pg_cluster: LocalCluster) -> None:
     with tempfile.TemporaryDirectory() as home:
         values = {"port": str(pg_cluster.port), "home": home}
+        if any("{busy_port}" in part for part in entry.argv):
+            values["busy_port"] = request.getfixturevalue("busy_port")
         for name in ("dsn", "empty_dsn", "readonly_dsn"):
             if any("{" + name + "}" in part for part in (*entry.argv, *entry.env.values())):
                 values[name] = request.getfixturevalue(name)
@@ -60,8 +72,10 @@ def test_bad_cli_input(entry: BadInput, request: pytest.FixtureRequest, pg_clust
                 text = text.replace("{" + key + "}", value)
             return text
 
-        result = run_pybatch(*(fill(a) for a in entry.argv), env={k: fill(v) for k, v in entry.env.items()})
+        result = run_pybatch(*(fill(a) for a in entry.argv), env={k: fill(v) for k, v in entry.env.items()},
+                             timeout=60)
         assert_one_line_error(entry, result)
+        assert "unexpected error" not in result.stderr
 
 
 def test_every_cli_entry_is_run() -> None:

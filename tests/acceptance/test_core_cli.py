@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import json
 import os
+import queue
+import re
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
 
+import pybatch
 from pybatch import __version__
+from pybatch.cli import _subparsers, build_parser
+from pybatch.cli.common import NO_ENV
 from tests.conftest import run_pybatch
 
 
@@ -59,7 +70,7 @@ def test_flush_failure_exits_non_zero_and_keeps_staging(dsn: str) -> None:
                         CREATE TRIGGER boom BEFORE UPDATE ON public.workspace_agents
                         FOR EACH ROW EXECUTE FUNCTION public.boom()""")
         result = run_pybatch("--dsn", dsn, "flush")
-        assert_one_line_error(result, "flush failed and kept staging", "boom", code=1)
+        assert_one_line_error(result, "flush failed and kept what it had not merged", "boom", code=1)
         assert conn.execute("SELECT count(*) FROM pybatch.heartbeats").fetchone() == (1,)
 
 
@@ -146,3 +157,170 @@ def test_psql_passes_its_options_through(dsn: str) -> None:
     assert result.stdout.strip() == "0"
     dashed = run_pybatch("--dsn", dsn, "psql", "--", "-At", "-c", "SELECT 'x'")
     assert dashed.stdout.strip() == "x"
+
+
+# -- global options after the command (issue 12, item 5) -------------------------------------------------
+def test_global_options_work_after_the_command(dsn: str, empty_dsn: str, tmp_path: Path) -> None:
+    migrated = run_pybatch("migrate", "--dsn", empty_dsn)
+    assert migrated.returncode == 0 and "0001_initial" in migrated.stdout, migrated.stderr
+    status = run_pybatch("migrate", "--status", "--dsn", empty_dsn)
+    assert status.returncode == 0 and "applied  0001_initial" in status.stdout, status.stderr
+    shown = run_pybatch("config", "show", "--json", "--dsn", dsn)
+    assert shown.returncode == 0 and "flush_interval_seconds" in shown.stdout, shown.stderr
+    # --log-level after a nested command takes effect (set_setting logs at info).
+    changed = run_pybatch("config", "set", "flush_interval", "5s", "--log-level", "info", "--dsn", dsn)
+    assert changed.returncode == 0 and "INFO pybatch.inspect: setting changed" in changed.stderr, changed
+    flushed = run_pybatch("flush", "--dsn", dsn, "--json")
+    assert flushed.returncode == 0 and '"rows_staged": 0' in flushed.stdout, flushed.stderr
+    pending = run_pybatch("sql", "--dsn", dsn)
+    assert pending.returncode == 0 and "no pending migrations" in pending.stdout, pending
+    # The later --dsn wins: the one before the command points nowhere.
+    later = run_pybatch("--dsn", "host=127.0.0.1 port=1 dbname=x connect_timeout=3", "status", "--json",
+                        "--dsn", dsn)
+    assert "Traceback" not in later.stderr and '"schema_version": 1' in later.stdout, later
+    refused = run_pybatch("flush", "--no-embedded", env={"PYBATCH_HOME": str(tmp_path)})
+    assert_one_line_error(refused, "no database configured", code=2)
+    assert not (tmp_path / "data").exists()
+    loud = run_pybatch("flush", "--log-level", "loud", "--dsn", dsn)
+    assert loud.returncode == 2 and "argument --log-level: invalid choice: 'loud'" in loud.stderr
+
+
+def test_psql_takes_global_options_after_psql_and_passes_the_rest(dsn: str) -> None:
+    result = run_pybatch("psql", "--dsn", dsn, "-At", "-c", "SELECT count(*) FROM pybatch.settings")
+    assert result.returncode == 0 and result.stdout.strip() == "1", result.stderr
+    # A value of psql's own option stays psql's, even when it looks like ours.
+    text = run_pybatch("--dsn", dsn, "psql", "-At", "-c", "SELECT '--dsn'")
+    assert text.returncode == 0 and text.stdout.strip() == "--dsn", text.stderr
+    equals = run_pybatch("psql", "-At", f"--dsn={dsn}", "--log-level=warning", "-c", "SELECT 2")
+    assert equals.returncode == 0 and equals.stdout.strip() == "2", equals.stderr
+
+
+def test_subcommand_help_shows_the_global_options() -> None:
+    for argv in (["migrate"], ["config", "show"], ["cron", "install"], ["grant", "writer"], ["sql", "inspect"]):
+        shown = run_pybatch(*argv, "--help")
+        assert shown.returncode == 0, shown.stderr
+        words = " ".join(shown.stdout.split())
+        for text in ("--dsn", "env: PYBATCH_DSN", "env: PYBATCH_NO_EMBEDDED", "env: PYBATCH_LOG_LEVEL"):
+            assert text in words, (argv, text)
+
+
+def test_every_option_names_its_environment_variable_or_has_none() -> None:
+    """Each option's help says `env: NAME` for the variable it reads, or the option is one of
+    cli.common.NO_ENV (one-shot actions and per-run choices), whose help names none."""
+    parser = build_parser()
+    source = "\n".join(path.read_text() for path in Path(pybatch.__file__).parent.rglob("*.py"))
+    named: set[str] = set()
+    checked = 0
+    for command in [parser, *_subparsers(parser)]:
+        for action in command._actions:
+            for option in (o for o in action.option_strings if o.startswith("--")):
+                checked += 1
+                text = action.help or ""
+                found = re.findall(r"env: (PYBATCH_[A-Z_]+)", text)
+                if option in NO_ENV:
+                    assert not found, (command.prog, option, text)
+                else:
+                    assert found, f"{command.prog} {option}: help names no env variable and it is not in NO_ENV"
+                    named.update(found)
+        command.format_help()  # every help renders
+    assert checked > 60 and {"PYBATCH_DSN", "PYBATCH_NO_EMBEDDED", "PYBATCH_LOG_LEVEL", "PYBATCH_INTERVAL",
+                              "PYBATCH_METRICS_PORT"} <= named
+    for name in named:  # each variable a help names is read somewhere
+        assert f'"{name}"' in source, name
+    assert not NO_ENV & {"--dsn", "--no-embedded", "--log-level", "--interval", "--metrics-port"}
+
+
+# -- the scheduler says what it does at the default log level (issue 12, item 8) -------------------------
+class _Lines:
+    """stderr of a running process, line by line, readable with a timeout."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        self.process = process
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.lines.put(line.rstrip("\n"))
+
+    def wait_for(self, fragment: str, timeout: float = 30) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            self.seen.append(line)
+            if fragment in line:
+                return line
+        raise AssertionError(f"no line with {fragment!r} in {timeout}s: {self.seen}")
+
+    def stop(self) -> list[str]:
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(timeout=30)
+        time.sleep(0.3)
+        while not self.lines.empty():
+            self.seen.append(self.lines.get())
+        return self.seen
+
+
+def _scheduler(dsn: str, *args: str) -> _Lines:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYBATCH_", "PG"))}
+    process = subprocess.Popen([sys.executable, "-m", "pybatch", "scheduler", "--dsn", dsn, *args],
+                               stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+    return _Lines(process)
+
+
+def test_scheduler_logs_its_start_and_each_change_of_leadership(dsn: str) -> None:
+    leader = _scheduler(dsn, "--interval", "1s")
+    standby: _Lines | None = None
+    try:
+        start = leader.wait_for("scheduler starting")
+        database = psycopg.conninfo.conninfo_to_dict(dsn)["dbname"]
+        assert " INFO " in start and f"/{database} (from --dsn)" in start, start
+        assert "interval 1s (--interval)" in start and "metrics off" in start, start
+        assert " INFO " in leader.wait_for("became leader")
+
+        standby = _scheduler(dsn, "--interval", "1s")
+        standby.wait_for("scheduler starting")
+        assert " INFO " in standby.wait_for("standing by")
+        time.sleep(3.5)  # three more intervals on standby: no more lines for them
+        leader_lines = leader.stop()
+        standby.wait_for("became leader")
+        standby_lines = standby.stop()
+    finally:
+        for process in (leader, standby):
+            if process is not None and process.process.poll() is None:
+                process.process.kill()
+    assert sum("standing by" in line for line in standby_lines) == 1, standby_lines
+    assert sum("became leader" in line for line in standby_lines) == 1, standby_lines
+    for lines in (leader_lines, standby_lines):
+        assert sum("scheduler starting" in line for line in lines) == 1, lines
+        assert not any(line.rstrip().endswith(("scheduler started", "serving metrics")) for line in lines), lines
+        assert not any(" DEBUG " in line for line in lines), lines
+        assert "Traceback" not in "\n".join(lines)
+
+
+def test_scheduler_log_level_error_silences_the_lifecycle(dsn: str) -> None:
+    quiet = _scheduler(dsn, "--interval", "1s", "--log-level", "error")
+    try:
+        time.sleep(4)
+        lines = quiet.stop()
+    finally:
+        if quiet.process.poll() is None:
+            quiet.process.kill()
+    assert quiet.process.returncode == 0 and lines == [], lines
+
+
+# -- bench says what it costs and never rounds (issue 12, item 7) ----------------------------------------
+def test_bench_announces_its_time_and_honours_fractional_seconds(dsn: str, tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    result = run_pybatch("--dsn", dsn, "bench", "--strategies", "direct", "--agents", "20", "--period", "1s",
+                         "--flush-interval", "0.5s", "--seconds", "1.5s", "--warmup", "0.5s", "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    announce = result.stderr.index("this bench takes about 2s: 1 strategy x (500ms warm-up + 1.5s measured)")
+    assert announce < result.stderr.index("[direct] resetting"), result.stderr
+    parameters = json.loads(out.read_text())["parameters"]
+    assert parameters["seconds"] == parameters["seconds_requested"] == 1.5

@@ -5,13 +5,18 @@ from __future__ import annotations
 import json
 import os
 import pty
+import re
 import subprocess
 import sys
 import uuid
+from datetime import timedelta
+from pathlib import Path
 
 import psycopg
+import pytest
 
-from pybatch import migrate
+from pybatch import inspect, migrate
+from pybatch.errors import ConfigError, InvalidSetting
 from pybatch.flush import flush
 from pybatch.schedule import cron
 from tests.conftest import run_pybatch
@@ -63,7 +68,9 @@ def test_status_json_keys_and_exit_codes(conn: psycopg.Connection, dsn: str) -> 
     assert doc["agents"]["by_status"]["connected"] == 1 and doc["agents"]["total"] == 1
 
     conn.execute("DELETE FROM pybatch.flush_log")
-    conn.execute("INSERT INTO pybatch.flush_log (started_at, duration) VALUES (now() - interval '30 seconds', '0')")
+    # late: the last success 3 flush intervals ago (over 2, at most 5), whatever the default interval.
+    conn.execute("INSERT INTO pybatch.flush_log (started_at, duration) "
+                 "SELECT now() - 3 * flush_interval, '0' FROM pybatch.settings")
     code, doc = status_json(dsn)
     assert code == 3 and doc["health"]["status"] == "late"
 
@@ -173,3 +180,93 @@ def test_uninstall_asks_on_a_terminal(dsn: str) -> None:
             os.close(follower)
         assert result.returncode == code, result
         assert ("pybatch.settings" in tables(dsn)) == (answer == "no\n")
+
+
+# -- config show prints what config set accepts (issue 12, item 11); ranges (issue 11, item 7) ----------
+def config_table(dsn: str) -> dict[str, str]:
+    shown = run_pybatch("--dsn", dsn, "config", "show")
+    assert shown.returncode == 0, shown.stderr
+    rows = [line.split() for line in shown.stdout.splitlines()[1:] if line.strip()]
+    return {row[0]: " ".join(row[1:]) for row in rows}
+
+
+def test_config_show_prints_values_config_set_takes_back(dsn: str) -> None:
+    defaults = config_table(dsn)
+    assert set(defaults) == {*inspect.SETTABLE, "created_workspace_agents"}
+    for key in inspect.DURATION_SETTINGS:  # never Python's 0:00:10 or 7 days, 0:00:00
+        assert re.fullmatch(r"[0-9]+(\.[0-9]+)?(ms|s|m|h|d)", defaults[key]), (key, defaults[key])
+    assert defaults["history_retention"] == "7d"
+
+    wanted = {"flush_interval": "1.5s", "inactive_timeout": "90s", "future_tolerance": "0s",
+              "history_retention": "36h", "max_rows_per_flush": "unlimited"}
+    for key, value in wanted.items():
+        result = run_pybatch("--dsn", dsn, "config", "set", key, value)
+        assert (result.returncode, result.stdout.strip()) == (0, f"{key} = {value}"), result
+    shown = config_table(dsn)
+    assert {key: shown[key] for key in wanted} == wanted
+
+    # Round trip: setting every value exactly as shown changes nothing.
+    before = json.loads(run_pybatch("--dsn", dsn, "config", "show", "--json").stdout)
+    for key in inspect.SETTABLE:
+        assert run_pybatch("--dsn", dsn, "config", "set", key, shown[key]).returncode == 0
+    assert config_table(dsn) == shown
+    assert json.loads(run_pybatch("--dsn", dsn, "config", "show", "--json").stdout) == before
+
+    # ... and so do the defaults, shown as `7d` and accepted as such.
+    for key in inspect.SETTABLE:
+        assert run_pybatch("--dsn", dsn, "config", "set", key, defaults[key]).returncode == 0
+    assert config_table(dsn) == defaults
+
+
+def test_set_setting_checks_every_bound_and_names_key_and_value(conn: psycopg.Connection) -> None:
+    before = inspect.read_settings(conn)
+    for key, (low, high) in inspect.SETTING_BOUNDS.items():
+        # Both bounds are accepted...
+        for bound in (low, high):
+            assert getattr(inspect.set_setting(conn, key, inspect.format_setting(key, bound)), key) == bound
+        # ... one step beyond either is refused, naming key and value, and nothing changes.
+        step = timedelta(microseconds=1) if isinstance(low, timedelta) else 1
+        for outside in (low - step, high + step):  # type: ignore[operator]
+            text = inspect.format_setting(key, outside)
+            with pytest.raises(InvalidSetting, match=re.escape(f"{key}: {text!r}")) as info:
+                inspect.set_setting(conn, key, text)
+            assert (info.value.key, info.value.value) == (key, text)
+            assert isinstance(info.value, ConfigError)
+    inspect.set_setting(conn, "history_retention", "7d")
+    for key in inspect.SETTABLE:
+        inspect.set_setting(conn, key, inspect.format_setting(key, getattr(before, key)))
+    assert inspect.read_settings(conn) == before
+    with pytest.raises(InvalidSetting, match=r"history_retention: '99999999h' is out of range"):
+        inspect.set_setting(conn, "history_retention", "99999999h")
+    with pytest.raises(InvalidSetting, match=r"flush_interval: '99999999999999999999h' is out of range"):
+        inspect.set_setting(conn, "flush_interval", "99999999999999999999h")
+    assert inspect.read_settings(conn) == before
+
+
+# -- the inspection SQL from any directory (issue 12, item 9) ---------------------------------------------
+def test_sql_inspect_pipes_into_psql_from_any_directory(dsn: str, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYBATCH_", "PG"))}
+    env["PYBATCH_NO_EMBEDDED"] = "1"  # printing the SQL needs no database
+
+    def pybatch_in_tmp(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "pybatch", *args], cwd=tmp_path, env=env, input=stdin,
+                              capture_output=True, text=True, timeout=120, check=False)
+
+    printed = pybatch_in_tmp("sql", "inspect")
+    assert printed.returncode == 0, printed.stderr
+    assert "pybatch.health" in printed.stdout
+    # The hint names pybatch as it was run here, not a hard-coded .venv/bin/pybatch.
+    assert f"-m pybatch sql inspect | {sys.executable} -m pybatch psql" in printed.stdout.splitlines()[0]
+    script = Path(sys.executable).parent / "pybatch"
+    elsewhere = ":".join(p for p in env["PATH"].split(":") if p and Path(p) != script.parent)
+    for path_env, shown_as in ((elsewhere, str(script)), (f"{script.parent}:{elsewhere}", "pybatch")):
+        hinted = subprocess.run([str(script), "sql", "inspect"], cwd=tmp_path, env={**env, "PATH": path_env},
+                                capture_output=True, text=True, timeout=120, check=False)
+        assert hinted.returncode == 0, hinted.stderr
+        assert f"with:  {shown_as} sql inspect | {shown_as} psql" in hinted.stdout.splitlines()[0], hinted.stdout
+    shown = pybatch_in_tmp("psql", "--dsn", dsn, "-v", "ON_ERROR_STOP=1", stdin=printed.stdout)
+    assert shown.returncode == 0, shown.stderr
+    assert "== health" in shown.stdout and "ERROR" not in shown.stderr
+    one_line_error(pybatch_in_tmp("sql", "--all", "inspect"), "--all applies to `pybatch sql migrations`")
+    migrations = pybatch_in_tmp("sql", "migrations", "--all")
+    assert migrations.returncode == 0 and "-- migration 0001_initial" in migrations.stdout
