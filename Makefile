@@ -15,7 +15,9 @@ test-fast: setup
 
 lint: setup
 	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
 	.venv/bin/mypy
+	.venv/bin/python tools/async_to_sync.py --check
 
 bench: setup
 	.venv/bin/pybatch bench

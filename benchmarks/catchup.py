@@ -80,7 +80,10 @@ def percentiles(values: list[float]) -> str:
     if not values:
         return "none"
     ordered = sorted(values)
-    p = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000  # noqa: E731
+
+    def p(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
     return (f"n={len(values)} p50 {statistics.median(values) * 1000:.1f} ms, p99 {p(0.99):.1f} ms, "
             f"max {ordered[-1] * 1000:.1f} ms")
 

@@ -37,7 +37,7 @@ def timed(conn: psycopg.Connection, query: str, runs: int) -> list[float]:
     times = []
     for _ in range(runs):
         start = time.perf_counter()
-        conn.execute(query).fetchall()  # type: ignore[arg-type]
+        conn.execute(query).fetchall()
         times.append((time.perf_counter() - start) * 1000)
     return times
 

@@ -17,14 +17,13 @@ from typing import Any
 import psycopg
 
 from pybatch import db
+from pybatch._core import COPY_BEATS
 from pybatch.bench.fleet import REPLICAS, agent_id
 from pybatch.bench.measure import read_counters
 from pybatch.bench.runner import check_bench_database, reset_agents, set_fillfactor
 from pybatch.bench.strategies import publish_stats
 from pybatch.errors import FlushFailed
 from pybatch.flush import flush
-
-COPY_BEATS = "COPY pybatch.heartbeats (agent_id, replica_id, beat_at) FROM STDIN (FORMAT BINARY)"
 
 
 @dataclass(frozen=True)

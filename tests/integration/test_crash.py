@@ -129,7 +129,9 @@ def test_kill_9_postmaster_under_load(own_cluster: LocalCluster) -> None:
             # Staging is UNLOGGED: crash recovery empties it; workspace_agents is intact.
             assert count(conn, "SELECT count(*) FROM pybatch.heartbeats") == 0
             assert count(conn, "SELECT count(*) FROM public.workspace_agents") == len(agents)
-            merged = dict(conn.execute("SELECT id, last_connected_at FROM public.workspace_agents").fetchall())
+            merged: dict[uuid.UUID, datetime | None] = dict(
+                conn.execute("SELECT id, last_connected_at FROM public.workspace_agents").fetchall()
+            )
             last_ok = conn.execute("SELECT extract(epoch FROM max(started_at))::float8 FROM pybatch.flush_log "
                                    "WHERE error IS NULL AND rows_staged > 0").fetchone()
         assert last_ok is not None and last_ok[0] is not None
@@ -141,7 +143,7 @@ def test_kill_9_postmaster_under_load(own_cluster: LocalCluster) -> None:
         # Intact: every stored time is a beat that was really committed.
         assert all(merged[a] is None or merged[a] in beats_by_agent.get(a, set()) for a in agents)
         lost = [(agent, at, returned) for agent, at, returned in before_crash
-                if merged[agent] is None or at > merged[agent]]
+                if (stored := merged[agent]) is None or at > stored]
         # Only beats committed after the last flush began can be lost (it drained everything before),
         # and that flush began within one interval (plus a flush's duration) of the crash.
         assert all(returned >= last_flush_started for _, _, returned in lost)
@@ -163,8 +165,10 @@ def test_kill_9_postmaster_under_load(own_cluster: LocalCluster) -> None:
                      "the scheduler to drain staging after the restart")
             assert count(conn, "SELECT count(*) FROM pybatch.flush_log WHERE error IS NULL AND rows_staged > 0 "
                                "AND started_at > to_timestamp(%s)", (killed_at,)) >= 1
-            final = dict(conn.execute("SELECT id, last_connected_at FROM public.workspace_agents").fetchall())
-        newest = {}
+            final: dict[uuid.UUID, datetime | None] = dict(
+                conn.execute("SELECT id, last_connected_at FROM public.workspace_agents").fetchall()
+            )
+        newest: dict[uuid.UUID, datetime] = {}
         for agent, at, _ in writers.committed:
             newest[agent] = max(at, newest.get(agent, at))
         after_restart = {a for a, _, returned in writers.committed if returned > killed_at}

@@ -125,7 +125,7 @@ def test_existing_coder_like_table_is_used_and_survives_rollback(empty_dsn: str)
 def test_missing_or_wrong_column_fails_naming_it(empty_dsn: str, ddl: str, message: str) -> None:
     with psycopg.connect(empty_dsn, autocommit=True) as conn:
         conn.execute(CODER_LIKE_TABLE)
-        conn.execute(ddl)  # type: ignore[arg-type]
+        conn.execute(ddl)
     with pytest.raises(MigrationError, match=message):
         migrate.apply(empty_dsn)
     assert applied_ids(empty_dsn) == []

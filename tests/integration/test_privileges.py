@@ -52,7 +52,7 @@ FLUSHER_PRIVILEGES = {
 
 
 def held(conn: psycopg.Connection, role: str) -> set[tuple[str, str, str]]:
-    return {tuple(row) for row in conn.execute(HELD_PRIVILEGES, {"role": role}).fetchall()}  # type: ignore[misc]
+    return {tuple(row) for row in conn.execute(HELD_PRIVILEGES, {"role": role}).fetchall()}
 
 
 def user_tables(conn: psycopg.Connection) -> list[str]:

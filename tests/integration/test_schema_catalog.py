@@ -49,13 +49,13 @@ CATALOG_QUERIES = {
 
 def catalog(dsn: str) -> dict[str, list[tuple[object, ...]]]:
     with psycopg.connect(dsn) as conn:
-        return {name: conn.execute(query).fetchall() for name, query in CATALOG_QUERIES.items()}  # type: ignore[arg-type]
+        return {name: conn.execute(query).fetchall() for name, query in CATALOG_QUERIES.items()}
 
 
 @pytest.fixture
 def schema_dsn(empty_dsn: str) -> Iterator[str]:
     with psycopg.connect(empty_dsn, autocommit=True) as conn:
-        conn.execute(resources.read_sql("schema.sql"))  # type: ignore[arg-type]
+        conn.execute(resources.read_sql("schema.sql"))
     yield empty_dsn
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from pybatch import inspect
@@ -29,12 +30,9 @@ VIEWS = ("staging_summary", "flush_history", "agent_status", "health")
 def add_agent(conn: psycopg.Connection, **columns: object) -> uuid.UUID:
     """Insert an agent whose connection columns are set by SQL expressions relative to now()."""
     agent = uuid.uuid4()
-    names = ["id", *columns]
-    values = ["%s", *(str(v) for v in columns.values())]
-    conn.execute(
-        f"INSERT INTO public.workspace_agents ({', '.join(names)}) VALUES ({', '.join(values)})",  # type: ignore[arg-type]
-        (agent,),
-    )
+    names = sql.SQL(", ").join(sql.Identifier(name) for name in ["id", *columns])
+    values = sql.SQL(", ").join([sql.Placeholder(), *(sql.SQL(str(v)) for v in columns.values())])
+    conn.execute(sql.SQL("INSERT INTO public.workspace_agents ({}) VALUES ({})").format(names, values), (agent,))
     return agent
 
 
@@ -214,7 +212,7 @@ def test_staging_summary_estimates_when_large(conn: psycopg.Connection) -> None:
 # -- access and documentation -----------------------------------------------------------------
 def test_pg_monitor_reads_every_view_and_runs_inspect_sql(conn: psycopg.Connection, dsn: str) -> None:
     role = f"monitor_{uuid.uuid4().hex[:8]}"
-    conn.execute(f"CREATE ROLE {role} LOGIN IN ROLE pg_monitor")  # type: ignore[arg-type]
+    conn.execute(sql.SQL("CREATE ROLE {} LOGIN IN ROLE pg_monitor").format(sql.Identifier(role)))
     try:
         conn.execute("INSERT INTO pybatch.heartbeats (agent_id) VALUES (%s)", (add_agent(conn),))
         flush(conn)
@@ -227,15 +225,15 @@ def test_pg_monitor_reads_every_view_and_runs_inspect_sql(conn: psycopg.Connecti
         for heading in ("== health", "== staging", "== last 10 flushes", "== agents by status", "== settings"):
             assert heading in psql.stdout
         assert "| ok " in psql.stdout and "connected" in psql.stdout
-        conn.execute(f"SET ROLE {role}")  # type: ignore[arg-type]
+        conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
         for view in VIEWS:
-            conn.execute(f"SELECT * FROM pybatch.{view}").fetchall()  # type: ignore[arg-type]
+            conn.execute(sql.SQL("SELECT * FROM pybatch.{}").format(sql.Identifier(view))).fetchall()
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("SELECT * FROM pybatch.heartbeats")
     finally:
         conn.execute("RESET ROLE")
-        conn.execute(f"DROP OWNED BY {role}")  # type: ignore[arg-type]
-        conn.execute(f"DROP ROLE {role}")  # type: ignore[arg-type]
+        conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+        conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
 
 
 def test_every_view_column_and_function_is_commented(conn: psycopg.Connection) -> None:

@@ -10,7 +10,7 @@ import pytest
 from pybatch.bench import report
 from pybatch.bench.measure import TableCounters
 from pybatch.bench.runner import BenchConfig, BenchReport, compression_note, figures
-from pybatch.bench.strategies import STRATEGY_NAMES, AppBatch, Direct, Staged
+from pybatch.bench.strategies import STRATEGY_NAMES, AppBatch, Direct, Staged, Strategy
 from pybatch.errors import ConfigError
 
 REQUIRED_KEYS = {
@@ -60,9 +60,9 @@ def test_bad_configuration_names_the_value(kwargs: dict[str, object], fragment: 
         BenchConfig(**kwargs)  # type: ignore[arg-type]
 
 
-def _figures(strategy: type, beats: int = 1000, writes: int = 6) -> dict[str, object]:
+def _figures(strategy: type[Strategy], beats: int = 1000, writes: int = 6) -> dict[str, object]:
     return figures(
-        BenchConfig(compress=2), strategy.__new__(strategy), beats,
+        BenchConfig(compress=2), object.__new__(strategy), beats,
         latencies_s=[0.001] * 98 + [0.004, 0.010], max_lag_s=0.5,
         counters=TableCounters(wal_bytes=200_000, row_updates=800, hot_updates=600),
         cpu_s=0.05, write_durations_s=[0.02, 0.03, 0.10][: writes], batch_statements=writes,

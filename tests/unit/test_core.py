@@ -171,7 +171,7 @@ def test_buffer_is_thread_safe() -> None:
     drainer.join()
     taken.extend(buf.take())
     assert buf.accepted == 64 * 300
-    latest = {}
+    latest: dict[uuid.UUID, datetime] = {}
     for agent, _, at in taken:
         latest[agent] = max(at, latest.get(agent, at))
     assert latest == dict.fromkeys(agents, t(299))  # nothing lost, the newest survived every restore
