@@ -1,16 +1,20 @@
 # The two commands of README.md. Both set up what they need (scripts/setup.sh).
-.PHONY: setup demo test test-fast lint bench clean
+.PHONY: setup vendor demo test test-fast lint bench clean
 
 setup:
 	@bash scripts/setup.sh
 
+# Test-only builds (pg_cron 1.6), before any test server starts.
+vendor: setup
+	@bash scripts/build_vendor.sh
+
 demo: setup
 	.venv/bin/pybatch demo
 
-test: setup
+test: vendor
 	.venv/bin/python -m pytest
 
-test-fast: setup
+test-fast: vendor
 	.venv/bin/python -m pytest -m "not slow"
 
 lint: setup

@@ -25,7 +25,8 @@ def t(seconds: float) -> datetime:
 
 def make_agents(conn: psycopg.Connection, n: int) -> list[uuid.UUID]:
     ids = [uuid.uuid4() for _ in range(n)]
-    conn.execute("INSERT INTO public.workspace_agents (id, created_at) SELECT unnest(%s::uuid[]), %s", (ids, t(-100)))
+    conn.execute("INSERT INTO public.workspace_agents (id, created_at, updated_at)"
+                 " SELECT unnest(%s::uuid[]), %s, %s", (ids, t(-100), t(-100)))
     return ids
 
 
@@ -265,12 +266,35 @@ event_strategy = st.tuples(
 )
 
 
+def flush_by(conn: psycopg.Connection, in_transaction: bool, max_rows: int | None = None) -> None:
+    """The default committed-pass flush, or SELECT pybatch.flush() inside a transaction block."""
+    if in_transaction:
+        with conn.transaction():
+            flush(conn, max_rows=max_rows)
+    else:
+        flush(conn, max_rows=max_rows)
+
+
+def assert_updated_at_follows_events(conn: psycopg.Connection, agents: list[uuid.UUID],
+                                     events: list[Beat | Disconnect]) -> None:
+    """updated_at is never older than the newest event applied, and no newer than the newest event given."""
+    rows = conn.execute(
+        "SELECT id, updated_at, created_at, last_connected_at, disconnected_at FROM public.workspace_agents"
+        " WHERE id = ANY(%s)", (agents,)).fetchall()
+    for agent, updated_at, created_at, last_connected_at, disconnected_at in rows:
+        applied = [x for x in (last_connected_at, disconnected_at) if x is not None]
+        assert updated_at >= max(applied, default=created_at), agent
+        given_times = [e.at for e in events if e.agent_id == agent]
+        assert updated_at <= max([created_at, *given_times]), agent
+
+
+@pytest.mark.parametrize("in_transaction", [False, True], ids=["in_passes", "one_transaction"])
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(event_strategy, max_size=25))
 def test_any_order_equals_timestamp_order(
-    conn: psycopg.Connection, script: list[tuple[str, int, int, uuid.UUID]]
+    conn: psycopg.Connection, in_transaction: bool, script: list[tuple[str, int, int, uuid.UUID]]
 ) -> None:
-    conn.execute("TRUNCATE public.workspace_agents, pybatch.heartbeats")
+    conn.execute("TRUNCATE public.workspace_agents, pybatch.heartbeats, pybatch.pending, pybatch.quarantine")
     agents = make_agents(conn, 3)
     applied: list[Beat | Disconnect] = []
     for kind, index, second, replica in script:
@@ -284,13 +308,14 @@ def test_any_order_equals_timestamp_order(
             disconnect(conn, disc)
             applied.append(disc)
         else:
-            flush(conn, max_rows=2)
+            flush_by(conn, in_transaction, max_rows=2)
     while staged_count(conn):
-        flush(conn)
+        flush_by(conn, in_transaction)
     expected = expected_states(applied)
     actual = actual_states(conn, agents)
     for agent in agents:
         assert actual[agent] == expected.get(agent, AgentState()), agent
+    assert_updated_at_follows_events(conn, agents, applied)
 
 
 # -- concurrency: writers, disconnecters and two flush loops at once ---------------
@@ -356,3 +381,4 @@ def test_concurrent_writers_disconnects_and_two_flushers(dsn: str, conn: psycopg
     assert failed == (0,)
     expected = expected_states(events)
     assert actual_states(conn, agents) == {a: expected.get(a, AgentState()) for a in agents}
+    assert_updated_at_follows_events(conn, agents, events)

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Test-only builds from ../shared/vendor, run by `make test` before any server starts:
+#   pg_cron 1.6 (seconds schedules) into a private copy of the server, for the tests of the
+#   pg_cron 1.5+ path (Debian 12 ships pg_cron 1.4 only).
+# Building may install the server's dev package, which can upgrade the server's minor
+# version; servers started before that would fail to load libraries, hence "before any starts".
+# As a normal user without the build already done, it says what to run and carries on: the
+# tests that need the build then fail with the same advice.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+vendor=${PYBATCH_VENDOR:-../shared/vendor}
+dest=${PYBATCH_CRON16_HOME:-/var/tmp/pg-cron16}
+
+if [ ! -x "$vendor/pg_cron/build.sh" ] && [ ! -f "$vendor/pg_cron/build.sh" ]; then
+    echo "pybatch setup: $vendor/pg_cron/build.sh not found; the pg_cron 1.6 tests will fail" >&2
+    exit 0
+fi
+if ls "$dest"/done-* >/dev/null 2>&1; then
+    exit 0
+fi
+if [ "$(id -u)" -ne 0 ]; then
+    echo "pybatch setup: pg_cron 1.6 is not built; as root run: bash $vendor/pg_cron/build.sh $dest" >&2
+    exit 0
+fi
+echo "pybatch setup: building pg_cron 1.6 into $dest (once, about a minute)" >&2
+bash "$vendor/pg_cron/build.sh" "$dest" >/dev/null

@@ -1,0 +1,69 @@
+"""The pg_cron 1.5+ path: a 'N seconds' job running CALL pybatch.flush_in_passes().
+
+Debian 12 ships pg_cron 1.4, so `make test` builds pg_cron 1.6 into a private copy of the
+server first (scripts/build_vendor.sh); this test starts its own cluster from that copy.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from pybatch import migrate
+from pybatch.local import LocalCluster, find_bindir, temporary_cluster
+from pybatch.schedule import cron
+from tests.conftest import TEST_SETTINGS
+from tests.helpers import last_connected, make_agents, stage
+
+CRON16_HOME = Path(os.environ.get("PYBATCH_CRON16_HOME", "/var/tmp/pg-cron16"))
+
+
+def cron16_bindir() -> Path:
+    """The bin directory of the server copy with pg_cron 1.6 (the same layout as the system's)."""
+    bindir = CRON16_HOME / str(find_bindir()).lstrip("/")
+    if not (bindir / "postgres").exists():
+        pytest.fail(f"pg_cron 1.6 is not built in {CRON16_HOME}: run `make test` (as root it builds it with "
+                    "../shared/vendor/pg_cron/build.sh), or that script yourself")
+    return bindir
+
+
+@pytest.fixture
+def cron16_cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalCluster]:
+    monkeypatch.setenv("PYBATCH_PG_BINDIR", str(cron16_bindir()))
+    with temporary_cluster(TEST_SETTINGS, prefix="pybatch-cron16-") as cluster:
+        migrate.apply(cluster.url())
+        yield cluster
+
+
+def test_a_seconds_job_flushes_every_few_seconds_in_committed_passes(cron16_cluster: LocalCluster) -> None:
+    dsn = cron16_cluster.url()
+    job = cron.install(dsn, 2)
+    try:
+        with psycopg.connect(psycopg.conninfo.make_conninfo(dsn, dbname="postgres"), autocommit=True) as postgres:
+            version = postgres.execute("SELECT extversion FROM pg_extension WHERE extname = 'pg_cron'").fetchone()
+        assert version is not None and version[0] >= "1.5", version
+        assert job.schedule == "2 seconds" and job.command == cron.FLUSH_COMMAND
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            agents = make_agents(conn, 300)
+            at = datetime.now(UTC) - timedelta(seconds=1)
+            stage(conn, agents, at)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                row = conn.execute("SELECT count(*), sum(passes), sum(agents_updated)"
+                                   " FROM pybatch.flush_log WHERE error IS NULL").fetchone()
+                assert row is not None
+                if row[0] >= 3 and (row[2] or 0) >= 300:
+                    break
+                time.sleep(0.5)
+            assert row[0] >= 3 and row[2] == 300 and (row[1] or 0) >= 1, row
+            assert set(last_connected(conn, agents).values()) == {at}
+            starts = [r[0] for r in conn.execute("SELECT started_at FROM pybatch.flush_log ORDER BY id")]
+            assert all(1 <= (b - a).total_seconds() <= 4 for a, b in zip(starts, starts[1:], strict=False)), starts
+    finally:
+        cron.remove(dsn)
