@@ -217,12 +217,17 @@ def test_check_at() -> None:
 
 
 def test_client_options() -> None:
-    opts = client_options(mode="buffered", write_interval="500ms", max_batch=10, max_backoff="1m",
-                          connect_timeout=3)
+    opts = client_options(mode="buffered", write_interval="500ms", max_batch=10, max_backoff="1m", connect_timeout=3)
     assert (opts.write_interval, opts.max_backoff, opts.connect_timeout, opts.buffered) == (0.5, 60.0, 3.0, True)
     for bad in ({"mode": "lazy"}, {"max_batch": 0}, {"max_batch": True}, {"write_interval": "-1s"}):
-        args: dict[str, object] = {"mode": "immediate", "write_interval": "1s", "max_batch": 1,
-                                   "max_backoff": "1s", "connect_timeout": "1s", **bad}
+        args: dict[str, object] = {
+            "mode": "immediate",
+            "write_interval": "1s",
+            "max_batch": 1,
+            "max_backoff": "1s",
+            "connect_timeout": "1s",
+            **bad,
+        }
         with pytest.raises(ConfigError):
             client_options(**args)  # type: ignore[arg-type]
 
@@ -299,17 +304,20 @@ def test_future_tolerance_keeps_the_default_for_an_unusable_value(
     assert "assuming 5s" in caplog.records[-1].getMessage()
 
 
-@pytest.mark.parametrize(("exc", "expected"), [
-    (pg_errors.NoDataFound("no agent x"), UnknownAgent),
-    (pg_errors.InvalidParameterValue("ahead of the server clock"), InvalidTimestamp),
-    (pg_errors.NullValueNotAllowed("at must not be NULL"), InvalidHeartbeat),
-    (psycopg.OperationalError("server closed the connection"), DatabaseUnavailable),
-    (pg_errors.InsufficientPrivilege("permission denied for table heartbeats"), PermissionDenied),
-    (pg_errors.UndefinedTable('relation "pybatch.heartbeats" does not exist'), NotMigrated),
-    (pg_errors.CheckViolation("violates check constraint"), HeartbeatWriteError),
-    (RuntimeError("bug"), HeartbeatWriteError),
-    (DatabaseUnavailable("cannot connect to h:1/db"), DatabaseUnavailable),
-])
+@pytest.mark.parametrize(
+    ("exc", "expected"),
+    [
+        (pg_errors.NoDataFound("no agent x"), UnknownAgent),
+        (pg_errors.InvalidParameterValue("ahead of the server clock"), InvalidTimestamp),
+        (pg_errors.NullValueNotAllowed("at must not be NULL"), InvalidHeartbeat),
+        (psycopg.OperationalError("server closed the connection"), DatabaseUnavailable),
+        (pg_errors.InsufficientPrivilege("permission denied for table heartbeats"), PermissionDenied),
+        (pg_errors.UndefinedTable('relation "pybatch.heartbeats" does not exist'), NotMigrated),
+        (pg_errors.CheckViolation("violates check constraint"), HeartbeatWriteError),
+        (RuntimeError("bug"), HeartbeatWriteError),
+        (DatabaseUnavailable("cannot connect to h:1/db"), DatabaseUnavailable),
+    ],
+)
 def test_write_error_maps_to_pybatch_types(exc: BaseException, expected: type[Exception]) -> None:
     error = write_error(exc, "heartbeat of agent x not written")
     assert type(error) is expected
