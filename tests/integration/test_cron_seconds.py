@@ -6,6 +6,7 @@ server first (scripts/build_vendor.sh); this test starts its own cluster from th
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from collections.abc import Iterator
@@ -64,6 +65,6 @@ def test_a_seconds_job_flushes_every_few_seconds_in_committed_passes(cron16_clus
             assert row[0] >= 3 and row[2] == 300 and (row[1] or 0) >= 1, row
             assert set(last_connected(conn, agents).values()) == {at}
             starts = [r[0] for r in conn.execute("SELECT started_at FROM pybatch.flush_log ORDER BY id")]
-            assert all(1 <= (b - a).total_seconds() <= 4 for a, b in zip(starts, starts[1:], strict=False)), starts
+            assert all(1 <= (b - a).total_seconds() <= 4 for a, b in itertools.pairwise(starts)), starts
     finally:
         cron.remove(dsn)
