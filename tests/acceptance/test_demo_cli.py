@@ -13,12 +13,14 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+from unittest import mock
 
 import psycopg
 import pytest
 from pytest_postgresql.janitor import DatabaseJanitor
 
-from pybatch.local import SUPERUSER, LocalCluster
+from pybatch.local import SUPERUSER, LocalCluster, default_home
 from tests.acceptance.test_readme import readme_blocks
 from tests.conftest import run_pybatch
 
@@ -36,7 +38,7 @@ def _give_it_a_user_table(dsn: str) -> None:
         conn.execute("INSERT INTO public.workspace_agents VALUES (%s, now(), now(), 'prod agent')", (USER_AGENT,))
 
 
-def _snapshot(cluster: LocalCluster, dsn: str) -> tuple[object, ...]:
+def _snapshot(cluster: LocalCluster, dsn: str) -> tuple[list[Any], ...]:
     """Everything the demo could have left behind in this database, and its pg_cron jobs."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         dbname = conn.execute("SELECT current_database()").fetchone()
@@ -52,8 +54,11 @@ def _snapshot(cluster: LocalCluster, dsn: str) -> tuple[object, ...]:
     assert dbname is not None
     with psycopg.connect(cluster.conninfo("postgres"), autocommit=True) as conn:
         has_cron = conn.execute("SELECT to_regclass('cron.job') IS NOT NULL").fetchone() == (True,)
-        jobs = conn.execute("SELECT jobname FROM cron.job WHERE database = %s", (dbname[0],)).fetchall() \
-            if has_cron else []
+        jobs = (
+            conn.execute("SELECT jobname FROM cron.job WHERE database = %s", (dbname[0],)).fetchall()
+            if has_cron
+            else []
+        )
     return relations, schemas, rows, stats, jobs
 
 
@@ -176,8 +181,25 @@ def test_demo_then_the_next_steps_it_prints_and_the_readme_shows(tmp_path: Path)
         ran = _shell(after_demo, env)
         assert ran.returncode == 0, f"README after-demo block failed: {ran.stdout}\n{ran.stderr}"
         assert "pybatch-flush-pybatch" in ran.stdout  # the cron job the README tells how to remove
-        cleanup = readme_blocks("cleanup")
-        assert cleanup, "the README documents how to remove the demo's job and cluster"
+        # The README's cleanup, as written, except that rm -rf must not hit this machine's real
+        # cluster: check that it names the default PYBATCH_HOME's parent instead of running it.
+        (cleanup,) = readme_blocks("cleanup")
+        removals = [c for c in cleanup.splitlines() if c.startswith("rm ")]
+        assert [re.sub(r"\s+#.*$", "", c).strip() for c in removals] == ["rm -rf ~/.local/share/pybatch"]
+        for command in cleanup.splitlines():
+            command = re.sub(r"\s+#.*$", "", command).strip()
+            if command and not command.startswith("rm "):
+                ran = _shell(command, env)
+                assert ran.returncode == 0, f"{command!r}: {ran.stderr}"
+        assert not cluster.is_running()
+        # The paths the cleanup names are where pybatch.local keeps a cluster by default.
+        env_without_home = {k: v for k, v in os.environ.items() if k not in ("PYBATCH_HOME", "XDG_DATA_HOME")}
+        with mock.patch.dict(os.environ, env_without_home, clear=True), mock.patch("os.geteuid", return_value=1000):
+            user_home = default_home()
+        with mock.patch.dict(os.environ, env_without_home, clear=True), mock.patch("os.geteuid", return_value=0):
+            root_home = default_home()
+        assert user_home == Path.home() / ".local/share/pybatch/cluster"
+        assert root_home == Path("/var/lib/pybatch/cluster") and "/var/lib/pybatch" in cleanup
     finally:
         cluster.destroy()
         shutil.rmtree(home, ignore_errors=True)

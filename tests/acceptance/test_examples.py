@@ -9,6 +9,7 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -32,7 +33,7 @@ def _run(argv: list[str], dsn: str, cwd: Path = REPO) -> subprocess.CompletedPro
     return result
 
 
-def _agents(dsn: str, ids: list[str]) -> dict[str, tuple[object, ...]]:
+def _agents(dsn: str, ids: list[str]) -> dict[str, tuple[Any, ...]]:
     """status, first_connected_at, last_connected_at, disconnected_at, replica per agent, after a flush."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("CALL pybatch.flush_in_passes()")
