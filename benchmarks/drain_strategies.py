@@ -4,7 +4,8 @@ Strategies, run one after another against the same server and the same freshly
 reset workspace_agents table:
 
 - lock_truncate:     LOCK staging ACCESS EXCLUSIVE, merge, TRUNCATE (writers wait for the merge).
-- delete_returning:  SELECT * FROM pybatch.flush() as shipped (DELETE ... RETURNING).
+- delete_returning:  pybatch's flush as shipped: CALL pybatch.flush_in_passes() (DELETE ...
+                     RETURNING hand-off, committed passes).
 - rotation:          two partitions by generation; a flush switches writers to the
                      other one, then locks, merges and truncates the old one.
 - truncate_unlocked: (only with --strategies) merge then TRUNCATE without a lock;
@@ -20,7 +21,9 @@ inflates every latency.
 Losslessness: rows the writers committed = rows the flushes merged + rows left
 in staging, and every agent's last_connected_at equals its newest beat sent.
 
-The SQL lives in benchmarks/drain_strategies/*.sql. With --dsn the database must
+Every strategy merges with pybatch's own functions (never a copy of the merge), so the
+benchmark measures whatever the migrations install. The SQL lives in
+benchmarks/drain_strategies/*.sql. With --dsn the database must
 be a scratch one: each strategy empties public.workspace_agents.
 
     .venv/bin/python benchmarks/drain_strategies.py [--dsn DSN] [--agents 10000]
@@ -50,6 +53,7 @@ from psycopg.abc import Query
 from pybatch import db
 from pybatch.durations import parse_duration
 from pybatch.errors import ConfigError, PybatchError
+from pybatch.flush import flush
 
 SQL_DIR = Path(__file__).resolve().parent / "drain_strategies"
 DEFAULT_STRATEGIES = ("lock_truncate", "delete_returning", "rotation")
@@ -76,12 +80,12 @@ def flush_truncate_unlocked(conn: psycopg.Connection) -> int:
 
 
 def flush_delete_returning(conn: psycopg.Connection) -> int:
-    row = conn.execute("SELECT rows_staged, skipped, error FROM pybatch.flush()").fetchone()
-    assert row is not None
-    rows_staged, skipped, error = row
-    if skipped or error:
-        raise PybatchError(f"pybatch.flush() did not flush: skipped={skipped} error={error}")
-    return int(rows_staged)
+    """pybatch's default path as shipped: pybatch.flush.flush() on an idle connection runs
+    CALL pybatch.flush_in_passes() (hand-off by DELETE ... RETURNING, then committed passes)."""
+    result = flush(conn)
+    if not result.ok:
+        raise PybatchError(f"pybatch flush did not flush: skipped={result.skipped} error={result.error}")
+    return int(result.rows_staged or 0)
 
 
 def flush_rotation(conn: psycopg.Connection) -> int:

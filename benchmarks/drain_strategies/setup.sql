@@ -5,67 +5,37 @@ CREATE SCHEMA drain_bench;
 COMMENT ON SCHEMA drain_bench IS 'Scratch objects of benchmarks/drain_strategies.py (safe to drop).';
 
 -- ---------------------------------------------------------------------------
--- The merge shared by lock_truncate, truncate_unlocked and rotation: the same
--- rule as pybatch.flush() (latest beat per agent with DISTINCT ON, earliest beat
--- for first_connected_at, newer-wins guard, unchanged rows not rewritten).
--- It only READS the source; the caller empties it. Returns the rows read.
+-- The merge shared by lock_truncate, truncate_unlocked and rotation is pybatch's
+-- own, never a copy of it: the rows go to pybatch.heartbeats (when they are not
+-- there already) and SELECT pybatch.flush() merges them, in the caller's
+-- transaction (its single-transaction form: these drains lock and truncate around
+-- the merge, so they need it inside their own transaction). A change to the merge
+-- in a migration is measured here at once. Returns the rows merged from source.
+-- (delete_returning, in drain_strategies.py, calls pybatch's default path:
+-- CALL pybatch.flush_in_passes() through pybatch.flush.flush().)
 -- ---------------------------------------------------------------------------
 CREATE FUNCTION drain_bench.merge_from(source regclass) RETURNS bigint
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
-SET work_mem = '64MB'
 AS $fn$
 DECLARE
-    rows_read bigint;
+    result pybatch.flush_result;
 BEGIN
-    EXECUTE pg_catalog.format($q$
-        WITH drained AS (
-            SELECT s.agent_id, s.replica_id, s.beat_at FROM %s s
-        ),
-        latest AS (
-            SELECT DISTINCT ON (d.agent_id)
-                d.agent_id, d.replica_id, d.beat_at AS last_at,
-                pg_catalog.min(d.beat_at) OVER per_agent AS first_at
-            FROM drained d
-            WINDOW per_agent AS (
-                PARTITION BY d.agent_id
-                ORDER BY d.beat_at DESC, d.replica_id DESC NULLS LAST
-                ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)
-            ORDER BY d.agent_id, d.beat_at DESC, d.replica_id DESC NULLS LAST
-        ),
-        merged AS (
-            UPDATE public.workspace_agents wa SET
-                first_connected_at = LEAST(wa.first_connected_at, l.first_at),
-                last_connected_at = GREATEST(wa.last_connected_at, l.last_at),
-                last_connected_replica_id = CASE
-                    WHEN wa.last_connected_at IS NULL OR l.last_at > wa.last_connected_at THEN l.replica_id
-                    WHEN l.last_at = wa.last_connected_at
-                        THEN GREATEST(wa.last_connected_replica_id, l.replica_id)
-                    ELSE wa.last_connected_replica_id
-                END,
-                disconnected_at = CASE
-                    WHEN wa.last_connected_at > l.last_at THEN wa.disconnected_at
-                    WHEN wa.disconnected_at >= l.last_at THEN wa.disconnected_at
-                END,
-                updated_at = pg_catalog.now()
-            FROM latest l
-            WHERE wa.id = l.agent_id
-              AND (wa.first_connected_at IS NULL OR l.first_at < wa.first_connected_at
-                   OR wa.last_connected_at IS NULL OR l.last_at > wa.last_connected_at
-                   OR (l.last_at = wa.last_connected_at
-                       AND (l.replica_id > wa.last_connected_replica_id
-                            OR (wa.last_connected_replica_id IS NULL AND l.replica_id IS NOT NULL)
-                            OR wa.disconnected_at < l.last_at)))
-            RETURNING wa.id
-        )
-        -- merged runs to completion although unreferenced (data-modifying CTE).
-        SELECT pg_catalog.count(*) FROM drained
-    $q$, source) INTO rows_read;
-    RETURN rows_read;
+    IF source <> 'pybatch.heartbeats'::regclass THEN
+        -- Rotation's writers never write pybatch.heartbeats: it holds only these rows.
+        EXECUTE pg_catalog.format(
+            'INSERT INTO pybatch.heartbeats (agent_id, replica_id, beat_at) '
+            'SELECT s.agent_id, s.replica_id, s.beat_at FROM %s s', source);
+    END IF;
+    SELECT * INTO STRICT result FROM pybatch.flush();
+    IF result.skipped OR result.error IS NOT NULL THEN
+        RAISE EXCEPTION 'drain_bench: pybatch.flush() did not merge: %', COALESCE(result.error, 'skipped');
+    END IF;
+    RETURN result.rows_staged;
 END
 $fn$;
 COMMENT ON FUNCTION drain_bench.merge_from(regclass) IS
-    'Merges every row of a staging table into public.workspace_agents (pybatch.flush rule); returns rows read.';
+    'Merges every row of a staging table into public.workspace_agents with pybatch.flush() itself; returns rows merged.';
 
 -- ---------------------------------------------------------------------------
 -- merge, then TRUNCATE. With lock_first (strategy lock_truncate) staging is
@@ -187,7 +157,7 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $fn$
 BEGIN
-    TRUNCATE public.workspace_agents, pybatch.heartbeats, pybatch.flush_log, drain_bench.staging;
+    TRUNCATE public.workspace_agents, pybatch.heartbeats, pybatch.pending, pybatch.flush_log, drain_bench.staging;
     UPDATE drain_bench.generation SET generation = 0;
     RETURN QUERY
         INSERT INTO public.workspace_agents (id)

@@ -30,6 +30,17 @@ EXTRA_FIGURES: tuple[tuple[str, str], ...] = (
     ("beats_per_s", "heartbeats per second achieved"),
     ("flushes", "flushes (app_batch: batch UPDATEs) in the window"),
     ("beat_lag_max_s", "how late the fleet sent a heartbeat at worst, s (a write path that cannot keep up)"),
+    ("wal_vs_direct", "wal_bytes_per_beat as a multiple of direct's (one UPDATE per heartbeat)"),
+    ("cpu_vs_direct", "cpu_us_per_beat as a multiple of direct's"),
+    ("heap_bytes_loaded", "heap of workspace_agents right after the reset (freshly loaded), bytes"),
+    ("index_bytes_loaded", "all its indexes right after the reset, bytes"),
+    ("heap_bytes_before", "heap at the start of the measured window (after the warm-up), bytes"),
+    ("heap_bytes_after", "heap at the end of the measured window, bytes"),
+    ("heap_growth_pct", "heap growth over the measured window, %"),
+    ("index_bytes_before", "all indexes at the start of the window, bytes"),
+    ("index_bytes_after", "all indexes at the end of the window, bytes"),
+    ("worst_index_growth_pct", "growth of the index that grew most over the window, %"),
+    ("indexes", "each index: bytes before and after the window, growth %"),
 )
 DOCUMENTED_KEYS = {key: meaning for key, _, meaning in FIGURES} | dict(EXTRA_FIGURES)
 
@@ -68,13 +79,58 @@ def headline_rows(report: BenchReport, names: tuple[str, ...]) -> list[dict[str,
     return [{"": label, **{n: _format(report.strategies[n].get(key)) for n in picked}} for label, key in headline]
 
 
+def ratio_rows(report: BenchReport) -> list[dict[str, Any]]:
+    """Every strategy beside direct: WAL and CPU per heartbeat as multiples of direct's, HOT share."""
+    return [
+        {"strategy": name,
+         "WAL B/beat": _format(f.get("wal_bytes_per_beat")), "WAL ÷ direct": _format(f.get("wal_vs_direct")),
+         "CPU µs/beat": _format(f.get("cpu_us_per_beat")), "CPU ÷ direct": _format(f.get("cpu_vs_direct")),
+         "HOT": _format(f.get("hot_share")), "stmts/s": _format(f.get("statements_per_s"))}
+        for name, f in report.strategies.items()
+    ]
+
+
+def size_rows(report: BenchReport) -> list[dict[str, Any]]:
+    """Heap and index sizes of workspace_agents: loaded, at the window's start and end, growth."""
+    return [
+        {"strategy": name,
+         "heap kB loaded": _kb(f.get("heap_bytes_loaded")), "heap kB start": _kb(f.get("heap_bytes_before")),
+         "heap kB end": _kb(f.get("heap_bytes_after")), "heap growth %": _format(f.get("heap_growth_pct")),
+         "indexes kB start": _kb(f.get("index_bytes_before")), "indexes kB end": _kb(f.get("index_bytes_after")),
+         "worst index growth %": _format(f.get("worst_index_growth_pct"))}
+        for name, f in report.strategies.items()
+    ]
+
+
+def flush_rounds_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """`--flush-rounds`: one row per flush mode, its steady state."""
+    rows = []
+    for mode, m in result["modes"].items():
+        g = m["steady_growth"]
+        rows.append({
+            "mode": mode, "first ms": _format(m["first_round_ms"]), "steady median ms": _format(m["steady_median_ms"]),
+            "steady max ms": _format(m["steady_max_ms"]), "passes": _format(m["steady_passes"]),
+            "HOT": _format(m["steady_hot_share"]), "WAL B/row": _format(m["steady_wal_bytes_per_row"]),
+            "heap growth %": _format(g["heap_growth_pct"]),
+            "worst index growth %": _format(g["worst_index_growth_pct"]),
+            "heap kB loaded": _kb(m["loaded"]["heap_bytes"]), "heap kB end": _kb(g["heap_bytes_after"]),
+        })
+    return rows
+
+
+def _kb(value: int | None) -> str:
+    return "-" if value is None else f"{value / 1024:,.0f}"
+
+
 def summary_lines(report: BenchReport) -> list[str]:
     m, t, p = report.machine, report.target_table, report.parameters
     lines = [
         f"{p['agents']} agents, period {p['period_s']:g}s, flush every {p['flush_interval_s']:g}s, "
         f"{p['seconds']:g}s measured per strategy after {p['warmup_s']:g}s warm-up; flushes by {p['flush_by']}",
         f"machine: {m['cores']} cores ({m.get('cpu_model') or 'unknown cpu'}), PostgreSQL {m['postgresql']}; "
-        f"workspace_agents fillfactor {t['fillfactor']}, {t['indexes']} index(es)",
+        f"workspace_agents ({p.get('table', 'minimal')}): fillfactor {t['fillfactor']}, {t['indexes']} index(es), "
+        f"{t.get('triggers', 0)} trigger(s), {t.get('foreign_keys', 0)} foreign key(s), "
+        f"{t.get('avg_row_bytes') or '?'} B per row on average",
     ]
     if report.time_compression:
         lines.append(report.time_compression)
@@ -113,7 +169,7 @@ def plot(report: BenchReport, path: Path) -> None:
     for index, (key, title) in enumerate(panels):
         ax = axes[index // columns][index % columns]
         values = [report.strategies[n].get(key) or 0 for n in names]
-        ax.bar(names, values, color=["#999999", "#c98b4b", "#5b8fc9", "#3a9d5d"][: len(names)])
+        ax.bar(names, values, color=["#999999", "#c98b4b", "#b5651d", "#5b8fc9", "#3a9d5d"][: len(names)])
         ax.set_title(title, fontsize=10)
         if key == "statements_per_s" and all(v > 0 for v in values):
             ax.set_yscale("log")  # 667/s against 0.1/s: a linear axis hides the small ones

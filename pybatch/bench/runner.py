@@ -1,6 +1,10 @@
 """Run the bench: each strategy in turn, against the same workspace_agents reset to the
 same state, under the same simulated fleet, measured over a window of whole flush intervals.
 
+The default target is Coder's real workspace_agents (pybatch.bench.target). The window
+starts after a warm-up of at least WARMUP_FLUSHES flush intervals (and one period), so it
+measures the steady state, not the first round after loading the table.
+
 Time compression divides every interval (period, flush interval, the app batcher's wait,
 the buffered client's write interval) by one factor, so all of them keep their ratios;
 batch sizes stay as they are. Per-heartbeat figures are comparable across factors;
@@ -42,12 +46,14 @@ from pybatch.bench.strategies import (
     Timing,
     make_strategy,
 )
+from pybatch.bench.target import bench_target, check_table, growth, table_sizes
 from pybatch.errors import ConfigError, PybatchError
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
 PROGRESS_EVERY_S = 5.0
+WARMUP_FLUSHES = 5  # the window starts after this many flush intervals at least (steady state)
 
 
 @dataclass(frozen=True)
@@ -56,17 +62,20 @@ class BenchConfig:
 
     agents: int = 10_000
     period_s: float = 15.0
-    flush_interval_s: float = 10.0
+    flush_interval_s: float = 5.0  # pybatch's default since migration 0004
     seconds: float = 60.0  # the measured window per strategy, rounded up to whole flush intervals
     compress: float = 1.0
     strategies: tuple[str, ...] = STRATEGY_NAMES
     fillfactor: int | None = None  # set on workspace_agents before the runs; None keeps the table's
     workers: int = 4
-    warmup_s: float | None = None  # None: one period plus one flush interval
+    warmup_s: float | None = None  # None: WARMUP_FLUSHES flush intervals, or one period plus one if longer
     app_batch_size: int = 500
     app_batch_wait_s: float = 5.0
     write_interval_s: float = 1.0
     external_flush: bool = False  # flushes come from pg_cron; the bench watches pybatch.flush_log
+    # "coder": Coder's real table in a scratch database (pybatch bench's default); "minimal": the
+    # database's own pybatch-created table (what library callers such as the demo get by default).
+    table: str = "minimal"
 
     def __post_init__(self) -> None:
         if self.agents < 1:
@@ -77,6 +86,10 @@ class BenchConfig:
             raise ConfigError(f"workers: {self.workers} must be at least 1")
         if self.fillfactor is not None and not 10 <= self.fillfactor <= 100:
             raise ConfigError(f"fillfactor: {self.fillfactor} must be between 10 and 100")
+        check_table(self.table)
+        if self.external_flush and self.table == "coder":
+            raise ConfigError("table: 'coder' runs in a scratch database that no pg_cron job flushes; "
+                              "use 'minimal' with external_flush")
         if not self.strategies:
             raise ConfigError("strategies: name at least one of " + ", ".join(STRATEGY_NAMES))
         for name in self.strategies:
@@ -97,7 +110,9 @@ class BenchConfig:
 
     @property
     def warmup(self) -> float:
-        return self.period_s + self.flush_interval_s if self.warmup_s is None else self.warmup_s
+        if self.warmup_s is not None:
+            return self.warmup_s
+        return max(self.period_s + self.flush_interval_s, WARMUP_FLUSHES * self.flush_interval_s)
 
     def timing(self) -> Timing:
         return Timing(
@@ -115,7 +130,7 @@ class BenchConfig:
             "warmup_s": self.warmup, "app_batch_size": self.app_batch_size,
             "app_batch_wait_s": self.app_batch_wait_s, "write_interval_s": self.write_interval_s,
             "flush_by": "pg_cron (watched in pybatch.flush_log)" if self.external_flush else "bench flush thread",
-            "offered_beats_per_s": self.agents / self.period_s,
+            "offered_beats_per_s": self.agents / self.period_s, "table": self.table,
         }
 
 
@@ -155,23 +170,39 @@ def run_bench(dsn: str, config: BenchConfig, *, progress: Progress | None = None
     say = progress or (lambda message: None)
     with db.connect(dsn) as admin:
         check_bench_database(admin, config.agents)
-        if config.fillfactor is not None:
-            set_fillfactor(admin, config.fillfactor)
-        report = BenchReport(
-            parameters=config.as_dict(), machine=describe_machine(admin),
-            target_table=describe_target(admin), time_compression=compression_note(config),
-        )
-    if report.time_compression:
-        say(report.time_compression)
-    for name in config.strategies:
-        say(f"[{name}] resetting {config.agents} agents (VACUUM, ANALYZE, CHECKPOINT)")
-        with db.connect(dsn) as admin:
-            reset_agents(admin, config.agents)
-        report.strategies[name] = run_strategy(dsn, name, config, say)
-        say(f"[{name}] done: " + ", ".join(
-            f"{key}={value:g}" for key, value in report.strategies[name].items()
-            if key in ("cpu_us_per_beat", "wal_bytes_per_beat", "beat_p99_ms") and value is not None))
+    with bench_target(dsn, config.table, say) as target:
+        with db.connect(target) as admin:
+            check_bench_database(admin, config.agents)
+            if config.fillfactor is not None:
+                set_fillfactor(admin, config.fillfactor)
+            reset_agents(admin, config.agents, config.table)
+            report = BenchReport(
+                parameters=config.as_dict(), machine=describe_machine(admin),
+                target_table=describe_target(admin), time_compression=compression_note(config),
+            )
+        if report.time_compression:
+            say(report.time_compression)
+        for name in config.strategies:
+            say(f"[{name}] resetting {config.agents} agents (VACUUM FULL, ANALYZE, CHECKPOINT)")
+            with db.connect(target) as admin:
+                reset_agents(admin, config.agents, config.table)
+            report.strategies[name] = run_strategy(target, name, config, say)
+            say(f"[{name}] done: " + ", ".join(
+                f"{key}={value:g}" for key, value in report.strategies[name].items()
+                if key in ("cpu_us_per_beat", "wal_bytes_per_beat", "hot_share", "heap_growth_pct")
+                and value is not None))
+        if "direct" in report.strategies:
+            add_ratios(report.strategies)
     return report
+
+
+def add_ratios(strategies: dict[str, dict[str, Any]]) -> None:
+    """Each strategy's WAL and CPU per heartbeat as a multiple of direct's (one UPDATE per beat)."""
+    direct = strategies["direct"]
+    for figures_ in strategies.values():
+        for key, ratio in (("wal_bytes_per_beat", "wal_vs_direct"), ("cpu_us_per_beat", "cpu_vs_direct")):
+            mine, theirs = figures_.get(key), direct.get(key)
+            figures_[ratio] = round(mine / theirs, 3) if mine is not None and theirs else None
 
 
 def run_strategy(dsn: str, name: str, config: BenchConfig, say: Progress) -> dict[str, Any]:
@@ -189,6 +220,7 @@ def run_strategy(dsn: str, name: str, config: BenchConfig, say: Progress) -> dic
             cpu.excluded_pids = {backend_pid(measure_conn), monitor.pid}
             if isinstance(flusher, FlushLogWatcher):
                 cpu.excluded_pids.add(backend_pid(flusher.conn))
+        loaded = table_sizes(measure_conn)
         load = LoadGenerator(fleet, strategy.beat)
         try:
             load.start()
@@ -205,6 +237,7 @@ def run_strategy(dsn: str, name: str, config: BenchConfig, say: Progress) -> dic
             else:
                 window_start = time.monotonic()
             start_counters, cpu_start = _boundary(measure_conn, cpu, strategy, timing)
+            start_sizes = table_sizes(measure_conn)
             monitor.start()
             say(f"[{name}] measuring {config.window_s:g}s of fleet time")
 
@@ -216,6 +249,7 @@ def run_strategy(dsn: str, name: str, config: BenchConfig, say: Progress) -> dic
                 window_end = window_start + config.window_s / config.compress
                 _wait_until(window_end, load, say, name, "measuring")
             end_counters, cpu_end = _boundary(measure_conn, cpu, strategy, timing)
+            end_sizes = table_sizes(measure_conn)
         finally:
             monitor.stop()
             load.stop()
@@ -234,13 +268,14 @@ def run_strategy(dsn: str, name: str, config: BenchConfig, say: Progress) -> dic
                    counters,
                    None if cpu_start is None or cpu_end is None else cpu_end - cpu_start,
                    [w.duration_s for w in writes], len(writes), (window_end - window_start) * config.compress,
-                   None if monitor.worst_s is None else monitor.worst_s * config.compress)
+                   None if monitor.worst_s is None else monitor.worst_s * config.compress,
+                   sizes={"loaded": loaded, "start": start_sizes, "end": end_sizes})
 
 
 def figures(
     config: BenchConfig, strategy: Strategy, beats: int, latencies_s: list[float], max_lag_s: float,
     counters: TableCounters, cpu_s: float | None, write_durations_s: list[float], batch_statements: int,
-    window_fleet_s: float, staleness_s: float | None,
+    window_fleet_s: float, staleness_s: float | None, sizes: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The figures of one strategy (the JSON keys under strategies.<name>)."""
     per_beat = 1 / beats if beats else math.nan
@@ -249,6 +284,11 @@ def figures(
     def ms(value: float | None) -> float | None:
         return None if value is None else round(value * 1000, 3)
 
+    size_figures: dict[str, Any] = {}
+    if sizes is not None:
+        size_figures = growth(sizes["start"], sizes["end"])
+        size_figures["heap_bytes_loaded"] = sizes["loaded"]["heap_bytes"]
+        size_figures["index_bytes_loaded"] = sum(sizes["loaded"]["index_bytes"].values())
     return {
         "beats": beats,
         "window_s": round(window_fleet_s, 3),
@@ -268,6 +308,7 @@ def figures(
         "flushes": batch_statements,
         "staleness_max_s": None if staleness_s is None else round(staleness_s, 2),
         "beat_lag_max_s": round(max_lag_s * config.compress, 3),
+        **size_figures,
     }
 
 
@@ -326,16 +367,21 @@ def set_fillfactor(conn: psycopg.Connection, fillfactor: int) -> None:
             sql.Literal(fillfactor)))
 
 
-def reset_agents(conn: psycopg.Connection, agents: int) -> None:
+def reset_agents(conn: psycopg.Connection, agents: int, table: str = "minimal") -> None:
     """Same agents, same values, same pages for every strategy: delete the bench agents,
     rewrite the table (VACUUM FULL packs it to its fillfactor), insert them again, then
     VACUUM ANALYZE, and a CHECKPOINT so every run pays the same full-page writes."""
     lo, hi = BENCH_ID_SPAN
     with db.translated("cannot reset the bench agents"):
         conn.execute("DELETE FROM pybatch.heartbeats WHERE agent_id BETWEEN %s AND %s", (lo, hi))
+        conn.execute("DELETE FROM pybatch.pending WHERE agent_id BETWEEN %s AND %s", (lo, hi))
         conn.execute("DELETE FROM public.workspace_agents WHERE id BETWEEN %s AND %s", (lo, hi))
+        if table == "coder":
+            conn.execute("DELETE FROM public.workspace_resources WHERE id BETWEEN %s AND %s", (lo, hi))
+            conn.execute("VACUUM FULL public.workspace_resources")
         conn.execute("VACUUM FULL public.workspace_agents")
-        conn.execute(resources.read_sql("bench/reset_agents.sql"),
+        conn.execute(resources.read_sql("bench/reset_agents_coder.sql" if table == "coder" else
+                                        "bench/reset_agents.sql"),
                      {"count": agents, "id_prefix": BENCH_ID_PREFIX, "created_at": datetime.now(UTC)})
         conn.execute("VACUUM (ANALYZE) public.workspace_agents")
         conn.execute("VACUUM (ANALYZE) pybatch.heartbeats")

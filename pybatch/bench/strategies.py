@@ -1,10 +1,14 @@
-"""The four ways of writing heartbeats that the bench compares, and the flushers.
+"""The ways of writing heartbeats that the bench compares, and the flushers.
 
-- direct:    one UPDATE of workspace_agents per heartbeat (Coder before batching).
-- app_batch: the reference design: batch in the app (at most 500, or every 5 s),
-             deduplicate per agent, one UPDATE ... FROM unnest(...) with a newer-wins guard.
-- staged:    pybatch HeartbeatClient in immediate mode (one INSERT into staging), plus the flush.
-- buffered:  pybatch HeartbeatClient in buffered mode (COPY into staging), plus the flush.
+- direct:      one UPDATE of workspace_agents per heartbeat (Coder's UpdateWorkspaceAgentConnectionByID).
+- app_batch:   the reference design: batch in the app (at most 500, or every 5 s),
+               deduplicate per agent, one UPDATE ... FROM unnest(...) with a newer-wins guard.
+- coder_batch: Coder's own batcher: the same batching, its UPDATE (every connection column,
+               sentinels and NULLIF, guard `wa.updated_at <= a.updated_at`).
+- staged:      pybatch HeartbeatClient in immediate mode (one INSERT into staging), plus the flush.
+- buffered:    pybatch HeartbeatClient in buffered mode (COPY into staging), plus the flush.
+
+The flush is pybatch.flush.flush(conn) on an idle connection: CALL pybatch.flush_in_passes().
 
 Every write to workspace_agents other than one per beat is recorded as a TimedWrite,
 so the report can count statements and time them.
@@ -17,8 +21,9 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import ClassVar
 
 import psycopg
@@ -30,7 +35,10 @@ from pybatch.flush import flush
 
 log = logging.getLogger(__name__)
 
-STRATEGY_NAMES = ("direct", "app_batch", "staged", "buffered")
+STRATEGY_NAMES = ("direct", "app_batch", "coder_batch", "staged", "buffered")
+# Coder's batcher sends NULL as these zero values and turns them back with NULLIF.
+ZERO_TIME = datetime(1, 1, 1, tzinfo=UTC)
+NIL_UUID = uuid.UUID(int=0)
 FLUSH_LOG_POLL_S = 0.05
 
 
@@ -128,11 +136,12 @@ class AppBatch(Strategy):
     thread sends a batch when it holds app_batch_size agents or is app_batch_wait_s old."""
 
     name = "app_batch"
+    QUERY: ClassVar[str] = "bench/app_batch_update.sql"
 
     def __init__(self, dsn: str, workers: int, timing: Timing) -> None:
         super().__init__()
         self._timing = timing
-        self._query = resources.read_sql("bench/app_batch_update.sql")
+        self._query = resources.read_sql(self.QUERY)
         self._conn = db.connect(dsn)
         self._cond = threading.Condition()
         self._pending: dict[uuid.UUID, tuple[datetime, uuid.UUID]] = {}
@@ -181,12 +190,15 @@ class AppBatch(Strategy):
             log.error("app batch writer failed: %s", exc)
             self.error = exc
 
-    def _write(self, items: list[tuple[uuid.UUID, tuple[datetime, uuid.UUID]]]) -> None:
-        params = {
+    def _params(self, items: list[tuple[uuid.UUID, tuple[datetime, uuid.UUID]]]) -> dict[str, object]:
+        return {
             "ids": [agent for agent, _ in items],
             "ats": [at for _, (at, _) in items],
             "replica_ids": [replica for _, (_, replica) in items],
         }
+
+    def _write(self, items: list[tuple[uuid.UUID, tuple[datetime, uuid.UUID]]]) -> None:
+        params = self._params(items)
         started = time.monotonic()
         with db.translated("app batch UPDATE failed"):
             cur = self._conn.execute(self._query, params)
@@ -202,6 +214,39 @@ class AppBatch(Strategy):
         self._conn.close()
         if self.error is not None:
             raise self.error
+
+
+class CoderBatch(AppBatch):
+    """Coder's batcher: AppBatch's batching (500 agents or 5 s, latest beat per agent), with
+    Coder's UPDATE. The app remembers each agent's first connection, as Coder's does, and
+    sends every connection column, NULLs as zero values."""
+
+    name = "coder_batch"
+    QUERY: ClassVar[str] = "bench/coder_batch_update.sql"
+
+    def __init__(self, dsn: str, workers: int, timing: Timing) -> None:
+        self._first_seen: dict[uuid.UUID, datetime] = {}
+        super().__init__(dsn, workers, timing)
+
+    def _params(self, items: list[tuple[uuid.UUID, tuple[datetime, uuid.UUID]]]) -> dict[str, object]:
+        return coder_batch_params(items, self._first_seen)
+
+
+def coder_batch_params(
+    items: Sequence[tuple[uuid.UUID, tuple[datetime, uuid.UUID | None]]], first_seen: dict[uuid.UUID, datetime],
+) -> dict[str, object]:
+    """The arrays Coder's batch UPDATE takes: NULLs as zero values, first connection remembered."""
+    for agent, (at, _) in items:
+        if agent not in first_seen or at < first_seen[agent]:
+            first_seen[agent] = at
+    return {
+        "ids": [agent for agent, _ in items],
+        "first_ats": [first_seen[agent] for agent, _ in items],
+        "last_ats": [at for _, (at, _) in items],
+        "replica_ids": [replica or NIL_UUID for _, (_, replica) in items],
+        "disconnected_ats": [ZERO_TIME for _ in items],
+        "updated_ats": [at for _, (at, _) in items],
+    }
 
 
 class Staged(Strategy):
@@ -245,7 +290,7 @@ class Buffered(Strategy):
 
 
 STRATEGIES: dict[str, type[Direct | AppBatch | Staged | Buffered]] = {
-    cls.name: cls for cls in (Direct, AppBatch, Staged, Buffered)
+    cls.name: cls for cls in (Direct, AppBatch, CoderBatch, Staged, Buffered)
 }
 
 

@@ -10,9 +10,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pybatch import migrate
+from pybatch import db, migrate
 from pybatch.bench import STRATEGY_NAMES, BenchConfig, run_bench
 from pybatch.bench import report as bench_report
+from pybatch.bench.flush_rounds import FLUSH_MODES, check_modes
+from pybatch.bench.target import TABLES
 from pybatch.cli.common import dsn, invoked_as, positive_int, print_table, resolve_cli_dsn
 from pybatch.config import describe_dsn
 from pybatch.durations import format_duration, parse_duration, parse_timedelta
@@ -27,23 +29,33 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--agents", type=positive_int, default=10_000, help="fleet size (default 10000)")
     p.add_argument("--period", default="15s", help="heartbeat period of each agent (default 15s)")
-    p.add_argument("--flush-interval", default="10s", help="flush interval for staged and buffered (default 10s)")
+    p.add_argument("--flush-interval", default="5s",
+                   help="flush interval for staged and buffered (default 5s, pybatch's own default)")
     p.add_argument("--seconds", default="60s",
                    help="fleet time measured per strategy: a whole number of flush intervals, never rounded "
                         "(default 60s)")
     p.add_argument("--warmup", default=None,
-                   help="fleet time run before measuring (default: one period plus one flush interval)")
+                   help="fleet time run before measuring (default: 5 flush intervals, or one period plus one "
+                        "flush interval if longer): the window measures the steady state")
     p.add_argument("--compress", type=_compress, default=1.0,
                    help="run N times faster: divides period, flush interval and the batching intervals by N "
                         "(default 1: real time)")
     p.add_argument("--strategies", default=",".join(STRATEGY_NAMES),
                    help=f"comma-separated, run in this order (default {','.join(STRATEGY_NAMES)})")
+    p.add_argument("--table", choices=TABLES, default="coder",
+                   help="coder (default): Coder's real workspace_agents (36 columns, ~360-byte rows, 4 indexes, a "
+                        "trigger, foreign keys, fillfactor 100), in a scratch database the bench creates and drops; "
+                        "minimal: this database's pybatch-created table")
     p.add_argument("--fillfactor", type=_fillfactor, default=None,
-                   help="set this fillfactor on workspace_agents first (default: leave the table's own)")
+                   help="set this fillfactor on workspace_agents first, e.g. 70 to compare (default: the table's "
+                        "own, 100 for Coder's)")
     p.add_argument("--workers", type=positive_int, default=4, help="fleet threads sending heartbeats (default 4)")
     p.add_argument("--flush-rounds", metavar="N", type=positive_int, default=None,
                    help="instead of the strategies: stage one heartbeat for every agent and time one flush, "
-                        "N rounds in a row (round 1 is the worst case, later rounds the steady state)")
+                        "N rounds in a row (round 1 is the worst case; the steady state follows round 5)")
+    p.add_argument("--flush-modes", default=",".join(FLUSH_MODES),
+                   help="with --flush-rounds, comma-separated: passes (CALL pybatch.flush_in_passes(), the default "
+                        "path), single (SELECT pybatch.flush() in one transaction) (default: both)")
     p.add_argument("--client", action="store_true",
                    help="instead of the strategies: measure HeartbeatClient itself (beat() overhead in both "
                         "modes, heartbeats/s into staging from one process)")
@@ -59,7 +71,9 @@ def register(subparsers: Any) -> None:
              "(about a minute); leaves the cluster running",
     )
     p.add_argument("--agents", type=positive_int, default=10_000, help="fleet size (default 10000)")
-    p.add_argument("--seconds", default="20s", help="time measured per strategy (default 20s)")
+    p.add_argument("--seconds", default="20s",
+                   help=f"time measured per strategy, whole flush intervals of "
+                        f"{format_duration(BenchConfig().flush_interval_s)} (default 20s)")
     p.add_argument("--warmup", default="10s", help="time run before measuring, per strategy (default 10s)")
     p.set_defaults(handler=cmd_demo)
 
@@ -114,13 +128,20 @@ def _clock(seconds: float) -> str:
     return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
-def _require_migrated(target: str) -> None:
-    """The bench needs the pybatch schema; it never migrates a database it was pointed at."""
+def _require_migrated(target: str, *, table: str, client: bool) -> None:
+    """The bench never migrates a database it was pointed at: where it runs in that database
+    (--table minimal, --client, or a database that already holds Coder's table) the pybatch
+    schema must be there. With --table coder elsewhere it migrates a scratch database of its own."""
+    if not client and table != "minimal":
+        from pybatch.bench.target import is_coder_table
+
+        with db.connect(target) as conn:
+            if not is_coder_table(conn):
+                return  # a scratch database of the bench's own
     pending = migrate.pending_ids(target)
     if pending:
         raise NotMigrated(f"{describe_dsn(target)} lacks pybatch migrations ({', '.join(pending)}): run "
-                          f"`{invoked_as()} migrate` first, on a database of the bench's own (it resets "
-                          "workspace_agents)")
+                          f"`{invoked_as()} migrate` first (the bench never migrates the database it is given)")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -135,13 +156,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
         strategies=strategies,
         fillfactor=args.fillfactor,
         workers=args.workers,
+        table=args.table,
     )
+    modes = check_modes(tuple(m.strip() for m in args.flush_modes.split(",") if m.strip()))
     if args.plot is not None and args.plot.suffix.lower() != ".png":
         raise ConfigError(f"--plot: {str(args.plot)!r} must end in .png")
     target = dsn(args)
-    _require_migrated(target)
+    _require_migrated(target, table=args.table, client=args.client)
     if args.flush_rounds is not None:
-        return _flush_rounds(args, target)
+        return _flush_rounds(args, target, modes)
     if args.client:
         from pybatch.bench.client_overhead import measure
 
@@ -153,6 +176,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     for line in bench_report.summary_lines(report):
         print(line)
     print_table(bench_report.table_rows(report))
+    if "direct" in report.strategies:
+        print_table(bench_report.ratio_rows(report), title="per heartbeat, against one UPDATE per heartbeat (direct)")
+    print_table(bench_report.size_rows(report), title="workspace_agents over the measured window")
     if args.json is not None:
         bench_report.write_json(report, args.json)
         print(f"JSON written to {args.json}")
@@ -162,14 +188,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _flush_rounds(args: argparse.Namespace, target: str) -> int:
+def _flush_rounds(args: argparse.Namespace, target: str, modes: tuple[str, ...]) -> int:
     from pybatch.bench.flush_rounds import run_flush_rounds
 
-    result = run_flush_rounds(target, args.agents, args.flush_rounds, fillfactor=args.fillfactor, progress=_say)
-    print_table(result["rounds"], title=f"flush of {args.agents} agents, round after round")
-    print(f"first round {result['first_round_ms']:g} ms; steady state (round 3 on): median "
-          f"{result['steady_median_ms']:g} ms, max {result['steady_max_ms']:g} ms, HOT {result['steady_hot_share']:g}, "
-          f"{result['steady_wal_bytes_per_row']:g} WAL bytes per row")
+    result = run_flush_rounds(target, args.agents, args.flush_rounds, fillfactor=args.fillfactor,
+                              table=args.table, modes=modes, progress=_say)
+    for mode, figures in result["modes"].items():
+        print_table(figures["rounds"], title=f"{FLUSH_MODES[mode]}: {args.agents} agents, round after round")
+    print_table(bench_report.flush_rounds_rows(result),
+                title=f"steady state: rounds {result['steady_after'] + 1} to {result['rounds']}, {args.agents} agents, "
+                      f"{result['table']} table at fillfactor {result['fillfactor']}")
     if args.json is not None:
         args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
         print(f"JSON written to {args.json}")
@@ -183,14 +211,18 @@ def _warmup(text: str) -> float:
 def cmd_demo(args: argparse.Namespace) -> int:
     from pybatch.demo import DEMO_STRATEGIES, run_demo  # the demo pulls in the cluster and migrations
 
+    # The demo flushes at the bench's default interval: --seconds must be whole intervals of it.
+    seconds = _whole_flush_intervals(args.seconds, format_duration(BenchConfig().flush_interval_s))
+    warmup = _warmup(args.warmup)
     resolved = resolve_cli_dsn(args.dsn, embedded=not args.no_embedded)
     target = resolved.dsn
     # The embedded cluster's own database, the one plain `pybatch status` reads; any other must be
     # named for the demo. run_demo checks that before it changes anything.
     embedded = resolved.source == "embedded"
     _say(f"database: {resolved.source}")
-    result = run_demo(target, agents=args.agents, seconds=parse_duration(args.seconds, name="--seconds"),
-                      warmup_s=_warmup(args.warmup), progress=_say, embedded=embedded)
+    _announce(BenchConfig(agents=args.agents, seconds=seconds, warmup_s=warmup, strategies=DEMO_STRATEGIES))
+    result = run_demo(target, agents=args.agents, seconds=seconds, warmup_s=warmup, progress=_say,
+                      embedded=embedded)
     report = result.report
     print()
     for line in bench_report.summary_lines(report):
