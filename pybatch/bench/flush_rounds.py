@@ -70,8 +70,6 @@ def run_flush_rounds(
     modes = check_modes(modes)
     if rounds < 1:
         raise ConfigError(f"flush rounds: {rounds} must be at least 1")
-    with db.connect(dsn) as conn:
-        check_bench_database(conn, agents)
     results: dict[str, Any] = {}
     with bench_target(dsn, table, say) as target:
         with db.connect(target) as conn:

@@ -168,8 +168,6 @@ class BenchReport:
 def run_bench(dsn: str, config: BenchConfig, *, progress: Progress | None = None) -> BenchReport:
     """Run every strategy of config in turn on the database at dsn and return the figures."""
     say = progress or (lambda message: None)
-    with db.connect(dsn) as admin:
-        check_bench_database(admin, config.agents)
     with bench_target(dsn, config.table, say) as target:
         with db.connect(target) as admin:
             check_bench_database(admin, config.agents)
