@@ -211,10 +211,15 @@ BAD_INPUTS: list[BadInput] = [
              "refused with the two nearest windows (was silently rounded up to 30s)",
              r"--seconds: '25s' is not a whole number of flush intervals \(10s\): use 20s or 30s",
              argv=("--dsn", "{dsn}", "bench", "--flush-interval", "10s", "--seconds", "25s")),
-    BadInput("cli_bench_empty_database", "empty database", CLI, "pybatch bench on a database without pybatch",
-             "one line: run `pybatch migrate` (the bench never migrates a database it is pointed at)",
+    BadInput("cli_bench_empty_database", "empty database", CLI,
+             "pybatch bench --table minimal (or --client) on a database without pybatch",
+             "one line: run `pybatch migrate` (the bench never migrates a database it is given; --table coder "
+             "migrates a scratch database of its own instead)",
              r"lacks pybatch migrations .*: run `.*pybatch migrate` first",
-             argv=("--dsn", "{empty_dsn}", "bench", "--agents", "10", "--seconds", "10s")),
+             argv=("--dsn", "{empty_dsn}", "bench", "--table", "minimal", "--agents", "10", "--seconds", "10s")),
+    BadInput("cli_bench_client_empty_database", "empty database", CLI, "pybatch bench --client, no pybatch",
+             "one line: run `pybatch migrate`", r"lacks pybatch migrations .*: run `.*pybatch migrate` first",
+             argv=("--dsn", "{empty_dsn}", "bench", "--client", "--agents", "10")),
     # -- empty / read-only database ---------------------------------------------------------------
     BadInput("cli_flush_empty_database", "empty database", CLI, "pybatch flush on a database without pybatch",
              "error: pybatch is not installed; run `pybatch migrate`", r"pybatch migrate",

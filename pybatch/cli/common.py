@@ -22,7 +22,7 @@ NO_ENV = frozenset({
     "--help", "--version", "--json", "--yes", "--force", "--all", "--status", "--rollback",
     "--force-loop", "--flushes", "--max-rows", "--agents", "--period", "--flush-interval", "--seconds",
     "--warmup", "--compress", "--strategies", "--fillfactor", "--workers", "--flush-rounds", "--client",
-    "--plot",
+    "--plot", "--table", "--flush-modes",
 })
 
 

@@ -317,7 +317,8 @@ def test_scheduler_log_level_error_silences_the_lifecycle(dsn: str) -> None:
 # -- bench says what it costs and never rounds (issue 12, item 7) ----------------------------------------
 def test_bench_announces_its_time_and_honours_fractional_seconds(dsn: str, tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    result = run_pybatch("--dsn", dsn, "bench", "--strategies", "direct", "--agents", "20", "--period", "1s",
+    result = run_pybatch("--dsn", dsn, "bench", "--table", "minimal", "--strategies", "direct", "--agents", "20",
+                         "--period", "1s",
                          "--flush-interval", "0.5s", "--seconds", "1.5s", "--warmup", "0.5s", "--json", str(out))
     assert result.returncode == 0, result.stderr
     announce = result.stderr.index("this bench takes about 2s: 1 strategy x (500ms warm-up + 1.5s measured)")
