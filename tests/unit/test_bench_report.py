@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from pybatch.bench import report
 from pybatch.bench.measure import TableCounters
-from pybatch.bench.runner import BenchConfig, BenchReport, compression_note, figures
+from pybatch.bench.runner import BenchConfig, BenchReport, add_ratios, compression_note, figures
 from pybatch.bench.strategies import STRATEGY_NAMES, AppBatch, Direct, Staged, Strategy
 from pybatch.errors import ConfigError
 
@@ -21,15 +22,28 @@ REQUIRED_KEYS = {
 
 def test_defaults_are_the_issue_s_reference_load() -> None:
     config = BenchConfig()
-    assert (config.agents, config.period_s, config.flush_interval_s, config.seconds) == (10_000, 15, 10, 60)
+    assert (config.agents, config.period_s, config.flush_interval_s, config.seconds) == (10_000, 15, 5, 60)
     assert config.strategies == STRATEGY_NAMES
-    assert config.warmup == 25  # one period and one flush interval
-    assert config.flushes_per_window == 6 and config.window_s == 60
+    assert "coder_batch" in STRATEGY_NAMES and STRATEGY_NAMES[0] == "direct"
+    assert config.warmup == 25  # five flush intervals: the window is the steady state
+    assert config.flushes_per_window == 12 and config.window_s == 60
     assert compression_note(config) is None
 
 
+def test_warmup_covers_five_flushes_and_one_period() -> None:
+    assert BenchConfig(flush_interval_s=10).warmup == 50  # five flushes
+    assert BenchConfig(flush_interval_s=2, period_s=15).warmup == 17  # one period and one flush is longer
+    assert BenchConfig(warmup_s=3).warmup == 3  # as asked
+
+
+def test_coder_table_cannot_be_flushed_by_pg_cron() -> None:
+    with pytest.raises(ConfigError, match="coder"):
+        BenchConfig(table="coder", external_flush=True)
+    assert BenchConfig(table="minimal", external_flush=True).as_dict()["table"] == "minimal"
+
+
 def test_compression_divides_every_interval_and_says_so() -> None:
-    config = BenchConfig(compress=10)
+    config = BenchConfig(compress=10, flush_interval_s=10)
     timing = config.timing()
     assert timing.flush_interval_s == 1.0 and timing.app_batch_wait_s == 0.5 and timing.write_interval_s == 0.1
     assert timing.app_batch_size == 500  # sizes are not compressed
@@ -39,6 +53,7 @@ def test_compression_divides_every_interval_and_says_so() -> None:
 
 def test_window_is_whole_flush_intervals() -> None:
     assert BenchConfig(seconds=25, flush_interval_s=10).window_s == 30  # rounded up
+    assert BenchConfig(seconds=150).flushes_per_window == 30
     assert BenchConfig(seconds=3, flush_interval_s=10).window_s == 10  # at least one
     assert BenchConfig(seconds=60, flush_interval_s=60).flushes_per_window == 1
 
@@ -53,11 +68,23 @@ def test_window_is_whole_flush_intervals() -> None:
         ({"fillfactor": 5}, "fillfactor"),
         ({"period_s": 0}, "period"),
         ({"workers": 0}, "workers"),
+        ({"table": "nope"}, "'nope'"),
     ],
 )
 def test_bad_configuration_names_the_value(kwargs: dict[str, object], fragment: str) -> None:
     with pytest.raises(ConfigError, match=fragment):
         BenchConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def _sizes(heap: int, indexes: dict[str, int]) -> dict[str, Any]:
+    return {"heap_bytes": heap, "index_bytes": indexes}
+
+
+SIZES = {
+    "loaded": _sizes(100_000, {"pkey": 40_000, "auth_token_idx": 40_000}),
+    "start": _sizes(120_000, {"pkey": 40_000, "auth_token_idx": 40_000}),
+    "end": _sizes(132_000, {"pkey": 40_000, "auth_token_idx": 50_000}),
+}
 
 
 def _figures(strategy: type[Strategy], beats: int = 1000, writes: int = 6) -> dict[str, object]:
@@ -66,8 +93,31 @@ def _figures(strategy: type[Strategy], beats: int = 1000, writes: int = 6) -> di
         latencies_s=[0.001] * 98 + [0.004, 0.010], max_lag_s=0.5,
         counters=TableCounters(wal_bytes=200_000, row_updates=800, hot_updates=600),
         cpu_s=0.05, write_durations_s=[0.02, 0.03, 0.10][: writes], batch_statements=writes,
-        window_fleet_s=60.0, staleness_s=24.5,
+        window_fleet_s=60.0, staleness_s=24.5, sizes=SIZES,
     )
+
+
+def test_sizes_before_and_after_the_window_and_their_growth() -> None:
+    fig = _figures(Staged)
+    assert fig["heap_bytes_loaded"] == 100_000 and fig["index_bytes_loaded"] == 80_000
+    assert fig["heap_bytes_before"] == 120_000 and fig["heap_bytes_after"] == 132_000
+    assert fig["heap_growth_pct"] == 10.0  # over the window, not since loading
+    assert fig["index_bytes_before"] == 80_000 and fig["index_bytes_after"] == 90_000
+    assert fig["worst_index_growth_pct"] == 25.0
+    assert fig["indexes"] == {
+        "auth_token_idx": {"before": 40_000, "after": 50_000, "growth_pct": 25.0},
+        "pkey": {"before": 40_000, "after": 40_000, "growth_pct": 0.0},
+    }
+
+
+def test_ratios_against_direct() -> None:
+    strategies: dict[str, dict[str, Any]] = {"direct": {"wal_bytes_per_beat": 300.0, "cpu_us_per_beat": 200.0},
+                  "buffered": {"wal_bytes_per_beat": 150.0, "cpu_us_per_beat": 10.0},
+                  "no_cpu": {"wal_bytes_per_beat": 600.0, "cpu_us_per_beat": None}}
+    add_ratios(strategies)
+    assert strategies["direct"]["wal_vs_direct"] == 1.0 and strategies["direct"]["cpu_vs_direct"] == 1.0
+    assert strategies["buffered"]["wal_vs_direct"] == 0.5 and strategies["buffered"]["cpu_vs_direct"] == 0.05
+    assert strategies["no_cpu"]["wal_vs_direct"] == 2.0 and strategies["no_cpu"]["cpu_vs_direct"] is None
 
 
 def test_figures_per_heartbeat_and_per_second() -> None:
@@ -105,6 +155,7 @@ def _report() -> BenchReport:
         time_compression=compression_note(BenchConfig(compress=4)),
     )
     result.strategies = {"direct": _figures(Direct, writes=0), "buffered": _figures(Staged)}
+    add_ratios(result.strategies)
     return result
 
 
@@ -128,6 +179,12 @@ def test_table_and_headline_rows() -> None:
     labels = [row[""] for row in headline]
     assert "statements/s into workspace_agents" in labels and "WAL bytes per heartbeat" in labels
     assert all(set(row) == {"", "direct", "buffered"} for row in headline)
+    ratios = report.ratio_rows(_report())
+    assert [row["strategy"] for row in ratios] == ["direct", "buffered"]
+    assert all(row["WAL ÷ direct"] == "1.0" and row["CPU ÷ direct"] == "1.0" for row in ratios)  # same figures
+    sizes = report.size_rows(_report())
+    assert sizes[0]["heap growth %"] == "10.0" and sizes[0]["worst index growth %"] == "25.0"
+    assert sizes[0]["heap kB loaded"] == "98" and sizes[0]["heap kB end"] == "129"
     summary = report.summary_lines(_report())
     assert any("2 cores" in line and "15.0" in line for line in summary)
     assert any("compressed 4x" in line for line in summary)
