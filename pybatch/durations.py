@@ -31,8 +31,9 @@ def _label(name: str) -> str:
     return f"{name}: " if name else ""
 
 
-def parse_timedelta(text: str | float | int | timedelta, *, name: str = "duration",
-                    allow_zero: bool = False) -> timedelta:
+def parse_timedelta(
+    text: str | float | int | timedelta, *, name: str = "duration", allow_zero: bool = False
+) -> timedelta:
     """The duration as an exact timedelta (microseconds); InvalidDuration names the value otherwise.
 
     Zero is refused unless allow_zero; negative, non-finite and absurdly large values always are.
@@ -83,8 +84,7 @@ def format_duration(value: float | timedelta) -> str:
     """The inverse of parse_duration: 0.5 -> '500ms', 10 -> '10s', 90 -> '90s', 60 -> '1m',
     3600 -> '1h', 604800 -> '7d', 1.5 -> '1.5s'. Exact to the microsecond, so
     parse_timedelta(format_duration(x)) == x."""
-    micros = (round(value / timedelta(microseconds=1)) if isinstance(value, timedelta)
-              else round(value * 1_000_000))
+    micros = round(value / timedelta(microseconds=1)) if isinstance(value, timedelta) else round(value * 1_000_000)
     if micros == 0:
         return "0s"
     sign, micros = ("-", -micros) if micros < 0 else ("", micros)

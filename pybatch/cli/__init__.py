@@ -31,8 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="pybatch",
         description="PostgreSQL-side heartbeat batcher: stage heartbeats, flush them into workspace_agents.",
         epilog="Global options work before or after the command (pybatch migrate --dsn URL). "
-               "Options whose help says `env: NAME` read that environment variable when not given; "
-               "the others have none.",
+        "Options whose help says `env: NAME` read that environment variable when not given; "
+        "the others have none.",
     )
     parser.add_argument("--version", action="version", version=f"pybatch {__version__}")
     add_global_options(parser, top=True)
@@ -48,20 +48,24 @@ def add_global_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup
     """--dsn, --no-embedded and --log-level. On the top parser they carry the defaults (from the
     environment); on each command they default to SUPPRESS, so a value typed after the command
     overrides the top's and an absent one leaves it alone."""
+
     def default(value: Any) -> Any:
         return value if top else argparse.SUPPRESS
 
     parser.add_argument(
-        "--dsn", default=default(None),
+        "--dsn",
+        default=default(None),
         help="libpq connection string or URI (env: PYBATCH_DSN; then PG* variables; else the embedded cluster)",
     )
     parser.add_argument(
-        "--no-embedded", action="store_true",
+        "--no-embedded",
+        action="store_true",
         default=default(os.environ.get("PYBATCH_NO_EMBEDDED", "") not in ("", "0")),
         help="never fall back to the embedded local cluster (env: PYBATCH_NO_EMBEDDED=1)",
     )
     parser.add_argument(
-        "--log-level", default=default(os.environ.get("PYBATCH_LOG_LEVEL", "warning")),
+        "--log-level",
+        default=default(os.environ.get("PYBATCH_LOG_LEVEL", "warning")),
         choices=LOG_LEVELS,
         help="log level (env: PYBATCH_LOG_LEVEL; default warning)",
     )
@@ -118,9 +122,22 @@ _GLOBAL_TAKES_VALUE = ("--dsn", "--log-level")
 _GLOBAL_FLAGS = ("--no-embedded",)
 # psql options whose value is the next word (so `-c --dsn` stays psql's SQL text).
 _PSQL_SHORT_WITH_VALUE = set("cdfvLoFPRThpU")
-_PSQL_LONG_WITH_VALUE = {"--command", "--dbname", "--file", "--set", "--variable", "--log-file", "--output",
-                         "--field-separator", "--pset", "--record-separator", "--table-attr", "--host", "--port",
-                         "--username"}
+_PSQL_LONG_WITH_VALUE = {
+    "--command",
+    "--dbname",
+    "--file",
+    "--set",
+    "--variable",
+    "--log-file",
+    "--output",
+    "--field-separator",
+    "--pset",
+    "--record-separator",
+    "--table-attr",
+    "--host",
+    "--port",
+    "--username",
+}
 
 
 def _split_psql_args(argv: list[str]) -> list[str] | None:
@@ -131,7 +148,7 @@ def _split_psql_args(argv: list[str]) -> list[str] | None:
     for index, word in enumerate(argv):
         after_value_option = index > 0 and argv[index - 1] in _GLOBAL_TAKES_VALUE
         if word == "psql" and not after_value_option:
-            ours, theirs = _pick_global_options(argv[index + 1:])
+            ours, theirs = _pick_global_options(argv[index + 1 :])
             argv[index:] = [*ours, "psql"]
             return theirs
         if not word.startswith("-") and not after_value_option:
@@ -146,13 +163,13 @@ def _pick_global_options(words: list[str]) -> tuple[list[str], list[str]]:
     while index < len(words):
         word = words[index]
         if word == "--":
-            theirs.extend(words[index + 1:])
+            theirs.extend(words[index + 1 :])
             break
         name = word.split("=", 1)[0]
         if word in _GLOBAL_FLAGS or (name in _GLOBAL_TAKES_VALUE and "=" in word):
             ours.append(word)
         elif word in _GLOBAL_TAKES_VALUE:
-            ours.extend(words[index:index + 2])
+            ours.extend(words[index : index + 2])
             index += 1
         else:
             theirs.append(word)

@@ -25,55 +25,102 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "bench",
         help="measure direct UPDATEs, app-side batching and pybatch side by side (resets workspace_agents: "
-             "use a database of its own)",
+        "use a database of its own)",
     )
     p.add_argument("--agents", type=positive_int, default=10_000, help="fleet size (default 10000)")
     p.add_argument("--period", default="15s", help="heartbeat period of each agent (default 15s)")
-    p.add_argument("--flush-interval", default="5s",
-                   help="flush interval for staged and buffered (default 5s, pybatch's own default)")
-    p.add_argument("--seconds", default="60s",
-                   help="fleet time measured per strategy: a whole number of flush intervals, never rounded "
-                        "(default 60s)")
-    p.add_argument("--warmup", default=None,
-                   help="fleet time run before measuring (default: 5 flush intervals, or one period plus one "
-                        "flush interval if longer): the window measures the steady state")
-    p.add_argument("--compress", type=_compress, default=1.0,
-                   help="run N times faster: divides period, flush interval and the batching intervals by N "
-                        "(default 1: real time)")
-    p.add_argument("--strategies", default=",".join(STRATEGY_NAMES),
-                   help=f"comma-separated, run in this order (default {','.join(STRATEGY_NAMES)})")
-    p.add_argument("--table", choices=TABLES, default="coder",
-                   help="coder (default): Coder's real workspace_agents (36 columns, ~360-byte rows, 4 indexes, a "
-                        "trigger, foreign keys, fillfactor 100), in a scratch database the bench creates and drops; "
-                        "minimal: this database's pybatch-created table")
-    p.add_argument("--fillfactor", type=_fillfactor, default=None,
-                   help="set this fillfactor on workspace_agents first, e.g. 70 to compare (default: the table's "
-                        "own, 100 for Coder's)")
+    p.add_argument(
+        "--flush-interval",
+        default="5s",
+        help="flush interval for staged and buffered (default 5s, pybatch's own default)",
+    )
+    p.add_argument(
+        "--seconds",
+        default="60s",
+        help="fleet time measured per strategy: a whole number of flush intervals, never rounded (default 60s)",
+    )
+    p.add_argument(
+        "--warmup",
+        default=None,
+        help="fleet time run before measuring (default: 5 flush intervals, or one period plus one "
+        "flush interval if longer): the window measures the steady state",
+    )
+    p.add_argument(
+        "--compress",
+        type=_compress,
+        default=1.0,
+        help="run N times faster: divides period, flush interval and the batching intervals by N "
+        "(default 1: real time)",
+    )
+    p.add_argument(
+        "--strategies",
+        default=",".join(STRATEGY_NAMES),
+        help=f"comma-separated, run in this order (default {','.join(STRATEGY_NAMES)})",
+    )
+    p.add_argument(
+        "--table",
+        choices=TABLES,
+        default="coder",
+        help="coder (default): Coder's real workspace_agents (36 columns, ~360-byte rows, 4 indexes, a "
+        "trigger, foreign keys, fillfactor 100), in a scratch database the bench creates and drops; "
+        "minimal: this database's pybatch-created table",
+    )
+    p.add_argument(
+        "--fillfactor",
+        type=_fillfactor,
+        default=None,
+        help="set this fillfactor on workspace_agents first, e.g. 70 to compare (default: the table's "
+        "own, 100 for Coder's)",
+    )
     p.add_argument("--workers", type=positive_int, default=4, help="fleet threads sending heartbeats (default 4)")
-    p.add_argument("--flush-rounds", metavar="N", type=positive_int, default=None,
-                   help="instead of the strategies: stage one heartbeat for every agent and time one flush, "
-                        "N rounds in a row (round 1 is the worst case; the steady state follows round 5)")
-    p.add_argument("--flush-modes", default=",".join(FLUSH_MODES),
-                   help="with --flush-rounds, comma-separated: passes (CALL pybatch.flush_in_passes(), the default "
-                        "path), single (SELECT pybatch.flush() in one transaction) (default: both)")
-    p.add_argument("--client", action="store_true",
-                   help="instead of the strategies: measure HeartbeatClient itself (beat() overhead in both "
-                        "modes, heartbeats/s into staging from one process)")
-    p.add_argument("--json", metavar="FILE", type=Path, default=None,
-                   help="write every figure as JSON (strategies.<name>.<figure>)")
-    p.add_argument("--plot", metavar="FILE.png", type=Path, default=None,
-                   help="write a PNG bar chart (needs the `plot` extra: matplotlib)")
+    p.add_argument(
+        "--flush-rounds",
+        metavar="N",
+        type=positive_int,
+        default=None,
+        help="instead of the strategies: stage one heartbeat for every agent and time one flush, "
+        "N rounds in a row (round 1 is the worst case; the steady state follows round 5)",
+    )
+    p.add_argument(
+        "--flush-modes",
+        default=",".join(FLUSH_MODES),
+        help="with --flush-rounds, comma-separated: passes (CALL pybatch.flush_in_passes(), the default "
+        "path), single (SELECT pybatch.flush() in one transaction) (default: both)",
+    )
+    p.add_argument(
+        "--client",
+        action="store_true",
+        help="instead of the strategies: measure HeartbeatClient itself (beat() overhead in both "
+        "modes, heartbeats/s into staging from one process)",
+    )
+    p.add_argument(
+        "--json",
+        metavar="FILE",
+        type=Path,
+        default=None,
+        help="write every figure as JSON (strategies.<name>.<figure>)",
+    )
+    p.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        type=Path,
+        default=None,
+        help="write a PNG bar chart (needs the `plot` extra: matplotlib)",
+    )
     p.set_defaults(handler=cmd_bench)
 
     p = subparsers.add_parser(
         "demo",
         help="the showcase: embedded cluster, migrate, pg_cron flush job, direct vs buffered at 10,000 agents "
-             "(about a minute); leaves the cluster running",
+        "(about a minute); leaves the cluster running",
     )
     p.add_argument("--agents", type=positive_int, default=10_000, help="fleet size (default 10000)")
-    p.add_argument("--seconds", default="20s",
-                   help=f"time measured per strategy, whole flush intervals of "
-                        f"{format_duration(BenchConfig().flush_interval_s)} (default 20s)")
+    p.add_argument(
+        "--seconds",
+        default="20s",
+        help=f"time measured per strategy, whole flush intervals of "
+        f"{format_duration(BenchConfig().flush_interval_s)} (default 20s)",
+    )
     p.add_argument("--warmup", default="10s", help="time run before measuring, per strategy (default 10s)")
     p.set_defaults(handler=cmd_demo)
 
@@ -106,8 +153,10 @@ def _whole_flush_intervals(seconds_text: str, flush_text: str) -> float:
     count, rest = divmod(window, flush)
     if rest:
         options = " or ".join(format_duration(n * flush) for n in (count, count + 1) if n > 0)
-        raise ConfigError(f"--seconds: {seconds_text!r} is not a whole number of flush intervals "
-                          f"({format_duration(flush)}): use {options}")
+        raise ConfigError(
+            f"--seconds: {seconds_text!r} is not a whole number of flush intervals "
+            f"({format_duration(flush)}): use {options}"
+        )
     return window.total_seconds()
 
 
@@ -117,9 +166,11 @@ def _announce(config: BenchConfig) -> None:
     total = per_strategy * len(config.strategies)
     compressed = f" at {config.compress:g}x time compression" if config.compress != 1 else ""
     count = len(config.strategies)
-    _say(f"this bench takes about {_clock(total)}: {count} {'strategy' if count == 1 else 'strategies'} x "
-         f"({format_duration(config.warmup)} warm-up + {format_duration(config.window_s)} measured{compressed}), "
-         f"plus a table reset before each")
+    _say(
+        f"this bench takes about {_clock(total)}: {count} {'strategy' if count == 1 else 'strategies'} x "
+        f"({format_duration(config.warmup)} warm-up + {format_duration(config.window_s)} measured{compressed}), "
+        f"plus a table reset before each"
+    )
 
 
 def _clock(seconds: float) -> str:
@@ -140,8 +191,10 @@ def _require_migrated(target: str, *, table: str, client: bool) -> None:
                 return  # a scratch database of the bench's own
     pending = migrate.pending_ids(target)
     if pending:
-        raise NotMigrated(f"{describe_dsn(target)} lacks pybatch migrations ({', '.join(pending)}): run "
-                          f"`{invoked_as()} migrate` first (the bench never migrates the database it is given)")
+        raise NotMigrated(
+            f"{describe_dsn(target)} lacks pybatch migrations ({', '.join(pending)}): run "
+            f"`{invoked_as()} migrate` first (the bench never migrates the database it is given)"
+        )
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -191,13 +244,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def _flush_rounds(args: argparse.Namespace, target: str, modes: tuple[str, ...]) -> int:
     from pybatch.bench.flush_rounds import run_flush_rounds
 
-    result = run_flush_rounds(target, args.agents, args.flush_rounds, fillfactor=args.fillfactor,
-                              table=args.table, modes=modes, progress=_say)
+    result = run_flush_rounds(
+        target, args.agents, args.flush_rounds, fillfactor=args.fillfactor, table=args.table, modes=modes, progress=_say
+    )
     for mode, figures in result["modes"].items():
         print_table(figures["rounds"], title=f"{FLUSH_MODES[mode]}: {args.agents} agents, round after round")
-    print_table(bench_report.flush_rounds_rows(result),
-                title=f"steady state: rounds {result['steady_after'] + 1} to {result['rounds']}, {args.agents} agents, "
-                      f"{result['table']} table at fillfactor {result['fillfactor']}")
+    print_table(
+        bench_report.flush_rounds_rows(result),
+        title=f"steady state: rounds {result['steady_after'] + 1} to {result['rounds']}, {args.agents} agents, "
+        f"{result['table']} table at fillfactor {result['fillfactor']}",
+    )
     if args.json is not None:
         args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
         print(f"JSON written to {args.json}")
@@ -221,8 +277,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     embedded = resolved.source == "embedded"
     _say(f"database: {resolved.source}")
     _announce(BenchConfig(agents=args.agents, seconds=seconds, warmup_s=warmup, strategies=DEMO_STRATEGIES))
-    result = run_demo(target, agents=args.agents, seconds=seconds, warmup_s=warmup, progress=_say,
-                      embedded=embedded)
+    result = run_demo(target, agents=args.agents, seconds=seconds, warmup_s=warmup, progress=_say, embedded=embedded)
     report = result.report
     print()
     for line in bench_report.summary_lines(report):
@@ -230,8 +285,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(result.flush_by)
     print_table(bench_report.headline_rows(report, DEMO_STRATEGIES), title="direct UPDATEs vs pybatch buffered")
     direct, buffered = (report.strategies.get(name, {}) for name in DEMO_STRATEGIES)
-    for label, key in (("statements/s", "statements_per_s"), ("server CPU per heartbeat", "cpu_us_per_beat"),
-                       ("WAL per heartbeat", "wal_bytes_per_beat")):
+    for label, key in (
+        ("statements/s", "statements_per_s"),
+        ("server CPU per heartbeat", "cpu_us_per_beat"),
+        ("WAL per heartbeat", "wal_bytes_per_beat"),
+    ):
         if direct.get(key) and buffered.get(key):
             print(f"{label}: buffered is {direct[key] / buffered[key]:.1f}x lower than direct")
     print()

@@ -18,12 +18,35 @@ from pybatch.errors import ConfigError, InvalidDuration
 # Options that read no environment variable: one-shot actions and output choices of a single
 # run (a `--json` or `--yes` in the environment would surprise). Every other option's help
 # names its variable as `env: NAME`; tests/acceptance/test_core_cli.py checks both.
-NO_ENV = frozenset({
-    "--help", "--version", "--json", "--yes", "--force", "--all", "--status", "--rollback",
-    "--force-loop", "--flushes", "--max-rows", "--agents", "--period", "--flush-interval", "--seconds",
-    "--warmup", "--compress", "--strategies", "--fillfactor", "--workers", "--flush-rounds", "--client",
-    "--plot", "--table", "--flush-modes",
-})
+NO_ENV = frozenset(
+    {
+        "--help",
+        "--version",
+        "--json",
+        "--yes",
+        "--force",
+        "--all",
+        "--status",
+        "--rollback",
+        "--force-loop",
+        "--flushes",
+        "--max-rows",
+        "--agents",
+        "--period",
+        "--flush-interval",
+        "--seconds",
+        "--warmup",
+        "--compress",
+        "--strategies",
+        "--fillfactor",
+        "--workers",
+        "--flush-rounds",
+        "--client",
+        "--plot",
+        "--table",
+        "--flush-modes",
+    }
+)
 
 
 def dsn(args: argparse.Namespace) -> str:
@@ -36,9 +59,7 @@ def resolved_dsn(args: argparse.Namespace) -> ResolvedDsn:
     return resolve_cli_dsn(args.dsn, embedded=not args.no_embedded)
 
 
-def resolve_cli_dsn(
-    dsn: str | None, *, embedded: bool = True, environ: Mapping[str, str] | None = None
-) -> ResolvedDsn:
+def resolve_cli_dsn(dsn: str | None, *, embedded: bool = True, environ: Mapping[str, str] | None = None) -> ResolvedDsn:
     """--dsn, PYBATCH_DSN, PG* (as the library resolves them), else the embedded cluster,
     started if need be with a one-line notice on stderr. Only the CLI falls back to it."""
     env = os.environ if environ is None else environ
@@ -47,8 +68,7 @@ def resolve_cli_dsn(
         return found
     if not embedded or env.get("PYBATCH_NO_EMBEDDED", "") not in ("", "0"):
         raise ConfigError(
-            "no database configured: pass --dsn, set PYBATCH_DSN or PG* variables "
-            "(the embedded cluster is turned off)"
+            "no database configured: pass --dsn, set PYBATCH_DSN or PG* variables (the embedded cluster is turned off)"
         )
     from pybatch.local import LocalCluster  # imported late: only the fallback needs it
 

@@ -28,15 +28,20 @@ def register(subparsers: Any) -> None:
     p.set_defaults(handler=cmd_migrate)
 
     p = subparsers.add_parser("flush", help="run one flush now and print its statistics")
-    p.add_argument("--max-rows", type=bounded_int(MAX_ROWS_LOW, MAX_ROWS_HIGH), default=None,
-                   help=f"drain at most this many staged rows, {MAX_ROWS_LOW} to {MAX_ROWS_HIGH} "
-                        "(default: settings.max_rows_per_flush)")
+    p.add_argument(
+        "--max-rows",
+        type=bounded_int(MAX_ROWS_LOW, MAX_ROWS_HIGH),
+        default=None,
+        help=f"drain at most this many staged rows, {MAX_ROWS_LOW} to {MAX_ROWS_HIGH} "
+        "(default: settings.max_rows_per_flush)",
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(handler=cmd_flush)
 
     p = subparsers.add_parser(
-        "psql", help="open psql on the configured database (pybatch's global options may follow `psql`; "
-                     "every other argument, and all after `--`, goes to psql)",
+        "psql",
+        help="open psql on the configured database (pybatch's global options may follow `psql`; "
+        "every other argument, and all after `--`, goes to psql)",
     )
     p.add_argument("psql_args", nargs=argparse.REMAINDER, help="extra arguments for psql")
     p.set_defaults(handler=cmd_psql)
@@ -71,8 +76,11 @@ def cmd_flush(args: argparse.Namespace) -> int:
         data = result.as_dict()
         print("  ".join(f"{key}={value}" for key, value in data.items() if value is not None))
     if result.skipped:
-        print("pybatch: flush skipped: another flush holds pybatch.flush_lock "
-              "(see SELECT * FROM pybatch.flush_lock_holders)", file=sys.stderr)
+        print(
+            "pybatch: flush skipped: another flush holds pybatch.flush_lock "
+            "(see SELECT * FROM pybatch.flush_lock_holders)",
+            file=sys.stderr,
+        )
         return EXIT_SKIPPED
     return 0
 

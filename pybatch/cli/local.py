@@ -10,7 +10,8 @@ from pybatch.local import LocalCluster
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
-        "local", help="manage the embedded local cluster (directory: env PYBATCH_HOME)",
+        "local",
+        help="manage the embedded local cluster (directory: env PYBATCH_HOME)",
     )
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     for name, handler, text in (

@@ -28,32 +28,50 @@ def register(subparsers: Any) -> None:
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
 
     sub = actions.add_parser("install", help="create or update this database's pg_cron flush job")
-    sub.add_argument("--interval", type=_duration, default=None,
-                     help=f"flush interval, whole seconds 1s-59s or minutes dividing an hour ({LOW} to {HIGH}); "
-                          "stored in pybatch.settings.flush_interval "
-                          "(env: PYBATCH_INTERVAL; default: the stored interval)")
-    sub.add_argument("--force-loop", action="store_true",
-                     help="use the per-minute flush loop even where pg_cron >= 1.5 has seconds schedules")
+    sub.add_argument(
+        "--interval",
+        type=_duration,
+        default=None,
+        help=f"flush interval, whole seconds 1s-59s or minutes dividing an hour ({LOW} to {HIGH}); "
+        "stored in pybatch.settings.flush_interval "
+        "(env: PYBATCH_INTERVAL; default: the stored interval)",
+    )
+    sub.add_argument(
+        "--force-loop",
+        action="store_true",
+        help="use the per-minute flush loop even where pg_cron >= 1.5 has seconds schedules",
+    )
     sub.set_defaults(handler=cmd_install)
 
     sub = actions.add_parser("remove", help="remove this database's pg_cron jobs and end a running flush loop")
     sub.set_defaults(handler=cmd_remove)
 
-    sub = actions.add_parser("status", help="show the job, its last runs and the age of the last flush "
-                                            "(exit 1 when the job fails, 3 when none is installed)")
+    sub = actions.add_parser(
+        "status",
+        help="show the job, its last runs and the age of the last flush "
+        "(exit 1 when the job fails, 3 when none is installed)",
+    )
     sub.add_argument("--json", action="store_true", help="print the status as JSON")
     sub.set_defaults(handler=cmd_status)
 
     p = subparsers.add_parser(
         "scheduler",
         help="run the flush every interval in this process (leader-elected); logs its start and each change "
-             "of leadership even at the default log level (--log-level error silences them)",
+        "of leadership even at the default log level (--log-level error silences them)",
     )
-    p.add_argument("--interval", type=_duration, default=None,
-                   help=f"flush interval, e.g. 10s ({LOW} to {HIGH}); stored in pybatch.settings.flush_interval "
-                        "(env: PYBATCH_INTERVAL; default: the stored interval)")
-    p.add_argument("--metrics-port", type=_port, default=None,
-                   help="serve Prometheus metrics on this port (env: PYBATCH_METRICS_PORT; default: off)")
+    p.add_argument(
+        "--interval",
+        type=_duration,
+        default=None,
+        help=f"flush interval, e.g. 10s ({LOW} to {HIGH}); stored in pybatch.settings.flush_interval "
+        "(env: PYBATCH_INTERVAL; default: the stored interval)",
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=_port,
+        default=None,
+        help="serve Prometheus metrics on this port (env: PYBATCH_METRICS_PORT; default: off)",
+    )
     p.set_defaults(handler=cmd_scheduler, setup_logging=setup_scheduler_logging)
 
 
@@ -65,8 +83,9 @@ def _duration(text: str) -> float:
         return check_duration("flush_interval", value, text).total_seconds()
     except (InvalidSetting, InvalidDuration) as exc:
         if isinstance(exc, InvalidSetting) or well_formed(text):  # a duration, but too short or too long
-            raise argparse.ArgumentTypeError(f"{text!r} is out of range: the flush interval must be between "
-                                             f"{LOW} and {HIGH}") from None
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is out of range: the flush interval must be between {LOW} and {HIGH}"
+            ) from None
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
@@ -105,8 +124,10 @@ def cmd_install(args: argparse.Namespace) -> int:
     if interval is None:
         interval = cron.stored_interval(target)
     job = cron.install(target, interval, force_loop=args.force_loop)
-    print(f"installed {job.name} (job {job.jobid}, {job.mode}): schedule {job.schedule!r} "
-          f"in database {job.database}, every {format_duration(interval)}")
+    print(
+        f"installed {job.name} (job {job.jobid}, {job.mode}): schedule {job.schedule!r} "
+        f"in database {job.database}, every {format_duration(interval)}"
+    )
     return 0
 
 
@@ -128,14 +149,18 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _print_status(state: cron.CronStatus) -> None:
-    print(f"pg_cron {state.pg_cron_version} in database {state.cron_database}; "
-          f"configured interval {format_duration(state.configured_interval)}")
+    print(
+        f"pg_cron {state.pg_cron_version} in database {state.cron_database}; "
+        f"configured interval {format_duration(state.configured_interval)}"
+    )
     if state.job is None:
         print(f"no pg_cron job for database {state.database}: run `pybatch cron install`")
     else:
         job = state.job
-        print(f"job {job.name} (id {job.jobid}, {job.mode}, {'active' if job.active else 'inactive'}): "
-              f"{job.schedule!r} as {job.username}: {job.command}")
+        print(
+            f"job {job.name} (id {job.jobid}, {job.mode}, {'active' if job.active else 'inactive'}): "
+            f"{job.schedule!r} as {job.username}: {job.command}"
+        )
     if state.purge_job is not None:
         print(f"purge job {state.purge_job.name}: {state.purge_job.schedule!r}")
     age = "never" if state.last_flush_age is None else f"{state.last_flush_age:.1f}s ago"
@@ -151,12 +176,16 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
         _check_port_free(port, "--metrics-port" if args.metrics_port is not None else "PYBATCH_METRICS_PORT")
     target = resolved_dsn(args)
     origin = "--interval" if args.interval is not None else "PYBATCH_INTERVAL"
-    interval_text = ("the stored pybatch.settings.flush_interval" if interval is None
-                     else f"{format_duration(interval)} ({origin})")
-    log.info("scheduler starting on %s (from %s): interval %s, metrics %s; "
-             "it leads (flushes) or stands by, and says which",
-             describe_dsn(target.dsn), target.source, interval_text,
-             "off" if port is None else f"on port {port}")
+    interval_text = (
+        "the stored pybatch.settings.flush_interval" if interval is None else f"{format_duration(interval)} ({origin})"
+    )
+    log.info(
+        "scheduler starting on %s (from %s): interval %s, metrics %s; it leads (flushes) or stands by, and says which",
+        describe_dsn(target.dsn),
+        target.source,
+        interval_text,
+        "off" if port is None else f"on port {port}",
+    )
     runner.run_scheduler(target.dsn, interval=interval, metrics_port=port)
     return 0
 

@@ -26,8 +26,11 @@ DATA_DRIVEN = [e for e in ENTRIES if e.argv]
 
 def assert_one_line_error(entry: BadInput, result: subprocess.CompletedProcess[str], *, secret: str = "") -> None:
     # argparse usage errors (exit 2) print the usage synopsis first; the error is still one line.
-    lines = [line for line in result.stderr.splitlines()
-             if line.strip() and not (result.returncode == 2 and (line.startswith("usage:") or line[0].isspace()))]
+    lines = [
+        line
+        for line in result.stderr.splitlines()
+        if line.strip() and not (result.returncode == 2 and (line.startswith("usage:") or line[0].isspace()))
+    ]
     assert result.returncode != 0, (entry.id, result.stdout)
     assert len(lines) == 1, (entry.id, result.stderr)
     assert "Traceback" not in result.stderr
@@ -72,8 +75,7 @@ def test_bad_cli_input(entry: BadInput, request: pytest.FixtureRequest, pg_clust
                 text = text.replace("{" + key + "}", value)
             return text
 
-        result = run_pybatch(*(fill(a) for a in entry.argv), env={k: fill(v) for k, v in entry.env.items()},
-                             timeout=60)
+        result = run_pybatch(*(fill(a) for a in entry.argv), env={k: fill(v) for k, v in entry.env.items()}, timeout=60)
         assert_one_line_error(entry, result)
         assert "unexpected error" not in result.stderr
 
@@ -92,8 +94,9 @@ WRONG = "wr0ng-Guess"
 def scram_cluster(own_cluster: LocalCluster) -> LocalCluster:
     """own_cluster with a password role that pg_hba makes authenticate by scram-sha-256."""
     with psycopg.connect(own_cluster.url(), autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
-            sql.Identifier(PASSWORD_ROLE), sql.Literal(SECRET)))
+        admin.execute(
+            sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(PASSWORD_ROLE), sql.Literal(SECRET))
+        )
         admin.execute(sql.SQL("GRANT ALL ON SCHEMA pybatch TO {}").format(sql.Identifier(PASSWORD_ROLE)))
         hba = own_cluster.datadir / "pg_hba.conf"
         hba.write_text(f"host all {PASSWORD_ROLE} 127.0.0.1/32 scram-sha-256\n" + hba.read_text())
@@ -109,8 +112,9 @@ def test_wrong_password(scram_cluster: LocalCluster) -> None:
         assert ok.execute("SELECT current_user").fetchone() == (PASSWORD_ROLE,)
     result = run_pybatch("--dsn", f"{base} password={WRONG}", "flush")
     assert_one_line_error(entry, result, secret=WRONG)
-    result = run_pybatch("flush", env={"PYBATCH_DSN": f"postgresql://{PASSWORD_ROLE}:{WRONG}@127.0.0.1:"
-                                                     f"{scram_cluster.port}/pybatch"})
+    result = run_pybatch(
+        "flush", env={"PYBATCH_DSN": f"postgresql://{PASSWORD_ROLE}:{WRONG}@127.0.0.1:{scram_cluster.port}/pybatch"}
+    )
     assert_one_line_error(entry, result, secret=WRONG)
     with pytest.raises(PybatchError) as info, HeartbeatClient(f"{base} password={WRONG}") as client:
         client.beat("00000000-0000-0000-0000-000000000001")

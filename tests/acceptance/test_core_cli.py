@@ -141,8 +141,9 @@ def test_embedded_cluster_lifecycle(local_home: Path) -> None:
     assert status.returncode == 0 and status.stdout.startswith("running")
     url = run_pybatch("local", "url", env=env).stdout.strip()
     with psycopg.connect(url) as conn:
-        row = conn.execute("SELECT current_setting('shared_preload_libraries'), "
-                           "current_setting('listen_addresses')").fetchone()
+        row = conn.execute(
+            "SELECT current_setting('shared_preload_libraries'), current_setting('listen_addresses')"
+        ).fetchone()
         assert row == ("pg_cron", "127.0.0.1")
     assert run_pybatch("flush", env=env).returncode == 0
     assert run_pybatch("local", "stop", env=env).returncode == 0
@@ -175,8 +176,7 @@ def test_global_options_work_after_the_command(dsn: str, empty_dsn: str, tmp_pat
     pending = run_pybatch("sql", "--dsn", dsn)
     assert pending.returncode == 0 and "no pending migrations" in pending.stdout, pending
     # The later --dsn wins: the one before the command points nowhere.
-    later = run_pybatch("--dsn", "host=127.0.0.1 port=1 dbname=x connect_timeout=3", "status", "--json",
-                        "--dsn", dsn)
+    later = run_pybatch("--dsn", "host=127.0.0.1 port=1 dbname=x connect_timeout=3", "status", "--json", "--dsn", dsn)
     assert "Traceback" not in later.stderr and '"schema_version": 1' in later.stdout, later
     refused = run_pybatch("flush", "--no-embedded", env={"PYBATCH_HOME": str(tmp_path)})
     assert_one_line_error(refused, "no database configured", code=2)
@@ -223,8 +223,11 @@ def test_every_option_names_its_environment_variable_or_has_none() -> None:
                     assert found, f"{command.prog} {option}: help names no env variable and it is not in NO_ENV"
                     named.update(found)
         command.format_help()  # every help renders
-    assert checked > 60 and {"PYBATCH_DSN", "PYBATCH_NO_EMBEDDED", "PYBATCH_LOG_LEVEL", "PYBATCH_INTERVAL",
-                              "PYBATCH_METRICS_PORT"} <= named
+    assert (
+        checked > 60
+        and {"PYBATCH_DSN", "PYBATCH_NO_EMBEDDED", "PYBATCH_LOG_LEVEL", "PYBATCH_INTERVAL", "PYBATCH_METRICS_PORT"}
+        <= named
+    )
     for name in named:  # each variable a help names is read somewhere
         assert f'"{name}"' in source, name
     assert not NO_ENV & {"--dsn", "--no-embedded", "--log-level", "--interval", "--metrics-port"}
@@ -268,8 +271,13 @@ class _Lines:
 
 def _scheduler(dsn: str, *args: str) -> _Lines:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYBATCH_", "PG"))}
-    process = subprocess.Popen([sys.executable, "-m", "pybatch", "scheduler", "--dsn", dsn, *args],
-                               stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pybatch", "scheduler", "--dsn", dsn, *args],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
     return _Lines(process)
 
 
@@ -317,9 +325,27 @@ def test_scheduler_log_level_error_silences_the_lifecycle(dsn: str) -> None:
 # -- bench says what it costs and never rounds (issue 12, item 7) ----------------------------------------
 def test_bench_announces_its_time_and_honours_fractional_seconds(dsn: str, tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    result = run_pybatch("--dsn", dsn, "bench", "--table", "minimal", "--strategies", "direct", "--agents", "20",
-                         "--period", "1s",
-                         "--flush-interval", "0.5s", "--seconds", "1.5s", "--warmup", "0.5s", "--json", str(out))
+    result = run_pybatch(
+        "--dsn",
+        dsn,
+        "bench",
+        "--table",
+        "minimal",
+        "--strategies",
+        "direct",
+        "--agents",
+        "20",
+        "--period",
+        "1s",
+        "--flush-interval",
+        "0.5s",
+        "--seconds",
+        "1.5s",
+        "--warmup",
+        "0.5s",
+        "--json",
+        str(out),
+    )
     assert result.returncode == 0, result.stderr
     announce = result.stderr.index("this bench takes about 2s: 1 strategy x (500ms warm-up + 1.5s measured)")
     assert announce < result.stderr.index("[direct] resetting"), result.stderr

@@ -23,15 +23,49 @@ from tests.conftest import run_pybatch
 
 # The stable `status --json` document (docs/status-json.md): keys per object.
 STATUS_KEYS = {"schema_version", "in_recovery", "health", "staging", "recent_flushes", "agents", "settings"}
-HEALTH_KEYS = {"status", "reason", "last_success_at", "last_success_age_seconds", "flush_interval_seconds",
-               "last_failure_at", "last_error"}
-STAGING_KEYS = {"available", "reason", "estimated", "method", "rows_staged", "distinct_agents", "oldest_beat_at",
-                "newest_beat_at", "oldest_beat_age_seconds", "newest_beat_age_seconds", "size_bytes"}
-FLUSH_KEYS = {"flush_id", "started_at", "succeeded", "rows_staged", "agents_updated", "stale_heartbeats",
-              "unknown_heartbeats", "future_heartbeats", "duration_seconds", "error"}
+HEALTH_KEYS = {
+    "status",
+    "reason",
+    "last_success_at",
+    "last_success_age_seconds",
+    "flush_interval_seconds",
+    "last_failure_at",
+    "last_error",
+}
+STAGING_KEYS = {
+    "available",
+    "reason",
+    "estimated",
+    "method",
+    "rows_staged",
+    "distinct_agents",
+    "oldest_beat_at",
+    "newest_beat_at",
+    "oldest_beat_age_seconds",
+    "newest_beat_age_seconds",
+    "size_bytes",
+}
+FLUSH_KEYS = {
+    "flush_id",
+    "started_at",
+    "succeeded",
+    "rows_staged",
+    "agents_updated",
+    "stale_heartbeats",
+    "unknown_heartbeats",
+    "future_heartbeats",
+    "duration_seconds",
+    "error",
+}
 AGENT_KEYS = {"total", "by_status", "newer_heartbeat_staged"}
-SETTINGS_KEYS = {"flush_interval_seconds", "inactive_timeout_seconds", "future_tolerance_seconds",
-                 "history_retention_seconds", "max_rows_per_flush", "created_workspace_agents"}
+SETTINGS_KEYS = {
+    "flush_interval_seconds",
+    "inactive_timeout_seconds",
+    "future_tolerance_seconds",
+    "history_retention_seconds",
+    "max_rows_per_flush",
+    "created_workspace_agents",
+}
 
 
 def one_line_error(result, *fragments: str) -> None:  # type: ignore[no-untyped-def]
@@ -69,8 +103,10 @@ def test_status_json_keys_and_exit_codes(conn: psycopg.Connection, dsn: str) -> 
 
     conn.execute("DELETE FROM pybatch.flush_log")
     # late: the last success 3 flush intervals ago (over 2, at most 5), whatever the default interval.
-    conn.execute("INSERT INTO pybatch.flush_log (started_at, duration) "
-                 "SELECT now() - 3 * flush_interval, '0' FROM pybatch.settings")
+    conn.execute(
+        "INSERT INTO pybatch.flush_log (started_at, duration) "
+        "SELECT now() - 3 * flush_interval, '0' FROM pybatch.settings"
+    )
     code, doc = status_json(dsn)
     assert code == 3 and doc["health"]["status"] == "late"
 
@@ -113,18 +149,22 @@ def test_sql_all_needs_no_database_and_pending_needs_one(dsn: str) -> None:
 
 def tables(dsn: str) -> set[str]:
     with psycopg.connect(dsn) as conn:
-        rows = conn.execute("SELECT table_schema || '.' || table_name FROM information_schema.tables "
-                            "WHERE table_schema IN ('public', 'pybatch')").fetchall()
+        rows = conn.execute(
+            "SELECT table_schema || '.' || table_name FROM information_schema.tables "
+            "WHERE table_schema IN ('public', 'pybatch')"
+        ).fetchall()
     return {r[0] for r in rows}
 
 
 def test_uninstall_keeps_a_workspace_agents_it_did_not_create(empty_dsn: str) -> None:
     agent = uuid.uuid4()
     with psycopg.connect(empty_dsn, autocommit=True) as conn:
-        conn.execute("CREATE TABLE public.workspace_agents (id uuid PRIMARY KEY, name text NOT NULL DEFAULT 'a', "
-                     "created_at timestamptz NOT NULL DEFAULT now(), updated_at timestamptz NOT NULL DEFAULT now(), "
-                     "first_connected_at timestamptz, last_connected_at timestamptz, disconnected_at timestamptz, "
-                     "last_connected_replica_id uuid, connection_timeout_seconds integer NOT NULL DEFAULT 0)")
+        conn.execute(
+            "CREATE TABLE public.workspace_agents (id uuid PRIMARY KEY, name text NOT NULL DEFAULT 'a', "
+            "created_at timestamptz NOT NULL DEFAULT now(), updated_at timestamptz NOT NULL DEFAULT now(), "
+            "first_connected_at timestamptz, last_connected_at timestamptz, disconnected_at timestamptz, "
+            "last_connected_replica_id uuid, connection_timeout_seconds integer NOT NULL DEFAULT 0)"
+        )
         conn.execute("INSERT INTO public.workspace_agents (id, name) VALUES (%s, 'kept')", (agent,))
     migrate.apply(empty_dsn)
     refused = run_pybatch("--dsn", empty_dsn, "uninstall", input="yes\n")
@@ -159,8 +199,11 @@ def test_config_show_and_set(dsn: str) -> None:
     shown = run_pybatch("--dsn", dsn, "config", "show", "--json")
     settings = json.loads(shown.stdout)
     assert settings["flush_interval_seconds"] == 5.0 and settings["max_rows_per_flush"] == 5000
-    one_line_error(run_pybatch("--dsn", dsn, "config", "set", "created_workspace_agents", "true"),
-                   "created_workspace_agents", "flush_interval")
+    one_line_error(
+        run_pybatch("--dsn", dsn, "config", "set", "created_workspace_agents", "true"),
+        "created_workspace_agents",
+        "flush_interval",
+    )
     one_line_error(run_pybatch("--dsn", dsn, "config", "set", "inactive_timeout", "soon"), "inactive_timeout", "soon")
     one_line_error(run_pybatch("--dsn", dsn, "config", "set", "max_rows_per_flush", "-3"), "max_rows_per_flush")
     assert json.loads(run_pybatch("--dsn", dsn, "config", "show", "--json").stdout) == settings
@@ -173,8 +216,15 @@ def test_uninstall_asks_on_a_terminal(dsn: str) -> None:
         leader, follower = pty.openpty()
         try:
             os.write(leader, answer.encode())
-            result = subprocess.run([sys.executable, "-m", "pybatch", "--dsn", dsn, "uninstall"], stdin=follower,
-                                    capture_output=True, text=True, env=env, timeout=120, check=False)
+            result = subprocess.run(
+                [sys.executable, "-m", "pybatch", "--dsn", dsn, "uninstall"],
+                stdin=follower,
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=120,
+                check=False,
+            )
         finally:
             os.close(leader)
             os.close(follower)
@@ -197,8 +247,13 @@ def test_config_show_prints_values_config_set_takes_back(dsn: str) -> None:
         assert re.fullmatch(r"[0-9]+(\.[0-9]+)?(ms|s|m|h|d)", defaults[key]), (key, defaults[key])
     assert defaults["history_retention"] == "7d"
 
-    wanted = {"flush_interval": "1.5s", "inactive_timeout": "90s", "future_tolerance": "0s",
-              "history_retention": "36h", "max_rows_per_flush": "unlimited"}
+    wanted = {
+        "flush_interval": "1.5s",
+        "inactive_timeout": "90s",
+        "future_tolerance": "0s",
+        "history_retention": "36h",
+        "max_rows_per_flush": "unlimited",
+    }
     for key, value in wanted.items():
         result = run_pybatch("--dsn", dsn, "config", "set", key, value)
         assert (result.returncode, result.stdout.strip()) == (0, f"{key} = {value}"), result
@@ -249,8 +304,16 @@ def test_sql_inspect_pipes_into_psql_from_any_directory(dsn: str, tmp_path: Path
     env["PYBATCH_NO_EMBEDDED"] = "1"  # printing the SQL needs no database
 
     def pybatch_in_tmp(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "pybatch", *args], cwd=tmp_path, env=env, input=stdin,
-                              capture_output=True, text=True, timeout=120, check=False)
+        return subprocess.run(
+            [sys.executable, "-m", "pybatch", *args],
+            cwd=tmp_path,
+            env=env,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
 
     printed = pybatch_in_tmp("sql", "inspect")
     assert printed.returncode == 0, printed.stderr
@@ -260,8 +323,15 @@ def test_sql_inspect_pipes_into_psql_from_any_directory(dsn: str, tmp_path: Path
     script = Path(sys.executable).parent / "pybatch"
     elsewhere = ":".join(p for p in env["PATH"].split(":") if p and Path(p) != script.parent)
     for path_env, shown_as in ((elsewhere, str(script)), (f"{script.parent}:{elsewhere}", "pybatch")):
-        hinted = subprocess.run([str(script), "sql", "inspect"], cwd=tmp_path, env={**env, "PATH": path_env},
-                                capture_output=True, text=True, timeout=120, check=False)
+        hinted = subprocess.run(
+            [str(script), "sql", "inspect"],
+            cwd=tmp_path,
+            env={**env, "PATH": path_env},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
         assert hinted.returncode == 0, hinted.stderr
         assert f"with:  {shown_as} sql inspect | {shown_as} psql" in hinted.stdout.splitlines()[0], hinted.stdout
     shown = pybatch_in_tmp("psql", "--dsn", dsn, "-v", "ON_ERROR_STOP=1", stdin=printed.stdout)
