@@ -71,7 +71,15 @@ def test_flush_failure_exits_non_zero_and_keeps_staging(dsn: str) -> None:
                         FOR EACH ROW EXECUTE FUNCTION public.boom()""")
         result = run_pybatch("--dsn", dsn, "flush")
         assert_one_line_error(result, "flush failed and kept what it had not merged", "boom", code=1)
-        assert conn.execute("SELECT count(*) FROM pybatch.heartbeats").fetchone() == (1,)
+        # Kept: still staged, or handed off to pybatch.pending for the next flush (migration 0004).
+        kept = conn.execute(
+            "SELECT (SELECT count(*) FROM pybatch.heartbeats) + (SELECT count(*) FROM pybatch.pending)"
+        ).fetchone()
+        assert kept == (1,)
+        conn.execute("DROP TRIGGER boom ON public.workspace_agents")
+        assert run_pybatch("--dsn", dsn, "flush").returncode == 0
+        merged = conn.execute("SELECT last_connected_at IS NOT NULL FROM public.workspace_agents").fetchone()
+        assert merged == (True,)
 
 
 def test_unreachable_dsn() -> None:
