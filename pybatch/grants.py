@@ -71,8 +71,8 @@ FIXED_STATEMENTS: dict[Grant, list[sql.SQL]] = {
     Grant.READER: [SCHEMA_USAGE, sql.SQL("GRANT SELECT ON TABLE pybatch.settings TO {role}")],
     Grant.FLUSHER: [
         SCHEMA_USAGE,
-        *(sql.SQL("GRANT EXECUTE ON {routine} TO {{role}}").format(routine=sql.SQL(routine))
-          for routine in FLUSHER_ROUTINES),
+        # Each routine is a constant of this module; {role} stays the statement's only placeholder.
+        *(sql.SQL(f"GRANT EXECUTE ON {routine} TO {{role}}") for routine in FLUSHER_ROUTINES),
         # The scheduler reads its yardsticks and may store its --interval; nothing else in settings.
         sql.SQL("GRANT SELECT (flush_interval, inactive_timeout, future_tolerance, max_rows_per_flush)"
                 " ON TABLE pybatch.settings TO {role}"),
