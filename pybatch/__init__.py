@@ -6,8 +6,8 @@ merges the latest per agent into public.workspace_agents; disconnects bypass sta
 
 from __future__ import annotations
 
-from pybatch.aio import AsyncHeartbeatClient
 from pybatch._core import ClientStats
+from pybatch.aio import AsyncHeartbeatClient
 from pybatch.client import HeartbeatClient
 from pybatch.errors import (
     ClientClosed,

@@ -36,9 +36,9 @@ def test_library_without_a_database_raises_a_clear_error(environ: dict[str, str]
 
 @pytest.mark.parametrize("dsn", ["host='unterminated", "nonsense", "host=a port"])
 def test_malformed_dsn_is_named_without_password(dsn: str) -> None:
-    with pytest.raises(ConfigError, match="^dsn is not a valid connection string"):
+    with pytest.raises(ConfigError, match=r"^dsn is not a valid connection string"):
         resolve_dsn(dsn, environ={})
-    with pytest.raises(ConfigError, match="^PYBATCH_DSN is not a valid connection string"):
+    with pytest.raises(ConfigError, match=r"^PYBATCH_DSN is not a valid connection string"):
         resolve_dsn(None, environ={"PYBATCH_DSN": dsn})
 
 
