@@ -84,10 +84,10 @@ def test_the_readme_has_every_walked_block() -> None:
 def test_quick_start_is_the_two_make_targets() -> None:
     (block,) = readme_blocks("quick-start")
     assert _commands(block) == ["make demo", "make test"]
-    makefile = (REPO / "Makefile").read_text(encoding="utf-8")
-    for target in ("demo", "test"):
-        assert re.search(rf"^{target}:.*\bsetup\b", makefile, re.M), target
-    assert "scripts/setup.sh" in makefile
+    for target in ("demo", "test"):  # each sets up what it needs first
+        dry = subprocess.run(["make", "-n", target], cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
+        assert dry.returncode == 0, dry.stderr
+        assert "scripts/setup.sh" in dry.stdout, dry.stdout
 
 
 def test_use_it_with_your_database_as_written(pg_cluster: LocalCluster, empty_dsn: str) -> None:
