@@ -245,8 +245,14 @@ def test_remove_ends_a_running_loop(dsn: str, pg_cluster: LocalCluster) -> None:
     thread.start()
     with psycopg.connect(dsn, autocommit=True) as conn:
         deadline = time.monotonic() + 10
-        while not conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s"
-                               " AND datname = current_database()", (cron.LOOP_APPLICATION_NAME,)).fetchone()[0]:
+
+        def loop_sessions() -> int:
+            row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s"
+                               " AND datname = current_database()", (cron.LOOP_APPLICATION_NAME,)).fetchone()
+            assert row is not None
+            return int(row[0])
+
+        while not loop_sessions():
             assert time.monotonic() < deadline, "the loop never started"
             time.sleep(0.05)
         started = time.monotonic()

@@ -62,7 +62,7 @@ def test_a_seconds_job_flushes_every_few_seconds_in_committed_passes(cron16_clus
                 if row[0] >= 3 and (row[2] or 0) >= 300:
                     break
                 time.sleep(0.5)
-            assert row[0] >= 3 and row[2] == 300 and (row[1] or 0) >= 1, row
+            assert row is not None and row[0] >= 3 and row[2] == 300 and (row[1] or 0) >= 1, row
             assert set(last_connected(conn, agents).values()) == {at}
             starts = [r[0] for r in conn.execute("SELECT started_at FROM pybatch.flush_log ORDER BY id")]
             assert all(1 <= (b - a).total_seconds() <= 4 for a, b in itertools.pairwise(starts)), starts

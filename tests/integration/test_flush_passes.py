@@ -141,7 +141,9 @@ def test_updated_at_is_the_newest_event_applied_never_the_flush_start(dsn: str, 
         waiting.join()
     assert result and result[0].ok and result[0].agents_updated == 2
     assert result[0].started_at < beat_a  # the flush began before the beat it applied
-    rows = dict(conn.execute("SELECT id, updated_at FROM public.workspace_agents").fetchall())
+    rows: dict[uuid.UUID, datetime] = dict(
+        conn.execute("SELECT id, updated_at FROM public.workspace_agents").fetchall()
+    )
     assert rows[a] == beat_a                       # the beat's own instant, as Coder writes it
     assert rows[b] == disconnect_b                 # the disconnect's own instant
     assert rows[c] > beat_a                        # never backwards past another writer's newer value
