@@ -23,6 +23,8 @@ OK, WARN, FAIL = "ok", "warn", "fail"
 # Columns flush() writes: an index on any of them makes every flush update non-HOT.
 FLUSHED_COLUMNS = ["first_connected_at", "last_connected_at", "disconnected_at",
                    "last_connected_replica_id", "updated_at"]
+# The single-transaction flush: an old pg_cron job (before migration 0004) runs it.
+ONE_TRANSACTION_FLUSH = "pybatch.flush("
 
 
 @dataclass(frozen=True)
@@ -42,9 +44,13 @@ class Thresholds:
 
     min_server_version: int = 130000  # gen_random_uuid() in core
     stalled_intervals: int = 5  # staging older than this many flush intervals is not draining
-    hot_ratio_min: float = 0.5
+    hot_ratio_min: float = 0.8  # committed passes keep >= 95 % HOT in steady state (FACTS.md)
     hot_min_updates: int = 1000  # fewer updates than this are too few to judge
-    recommended_fillfactor: int = 70  # FACTS.md: HOT resumes at 70
+    recent_flushes: int = 30  # the flushes HOT ratio and table growth are judged over
+    growth_max: float = 0.10  # heap or index growth over recent flushes that is worth a warning
+    growth_min_bytes: int = 8 * 8192  # ... and at least this many bytes (a page or two is noise)
+    old_snapshot_seconds: float = 60  # a snapshot this old holds back pruning
+    pending_patience_intervals: int = 2  # pending rows older than this many flush intervals are stuck
     job_run_details_max_rows: int = 500_000  # ~30 days of a 5 s job
 
 
@@ -66,7 +72,8 @@ def doctor(dsn: str, thresholds: Thresholds | None = None) -> DoctorReport:
         for check in (
             context.server_version, context.migrations, context.compatibility, context.target_table,
             context.pg_cron_preload, context.pg_cron_extension, context.cron_job, context.job_run_details,
-            context.flushes, context.staging_growth, context.hot_updates,
+            context.flushes, context.staleness_budget, context.staging_growth, context.pending_and_quarantine,
+            context.table_shape, context.hot_updates, context.table_growth,
         ):
             result = _run(check)
             log.info("doctor check", extra={"check": result.name, "level": result.level, "detail": result.message})
@@ -99,6 +106,7 @@ class _Context:
         self.cron_database: str | None = None
         self.cron_version: str | None = None
         self._health: inspect.Health | None = None
+        self.cron_command: str | None = None
 
     def close(self) -> None:
         if self._cron_conn is not None and self._cron_conn is not self.conn:
@@ -195,8 +203,14 @@ class _Context:
             return self._no_job(f"no pg_cron job {name}")
         if not state.job.active:
             return Check("cron_job", FAIL, f"pg_cron job {name} is inactive: run `pybatch cron install`")
+        self.cron_command = state.job.command
         if state.error is not None:  # the newest finished run failed; the message says what to do
             return Check("cron_job", FAIL, str(state.error))
+        if ONE_TRANSACTION_FLUSH in state.job.command:
+            return Check("cron_job", WARN,
+                         f"pg_cron job {name} runs `{state.job.command}`: one transaction per flush, so its "
+                         "updates cannot stay HOT; run `pybatch cron install` again (it runs "
+                         "CALL pybatch.flush_in_passes(), which commits between passes)")
         finished = [run for run in state.runs if run.status in ("succeeded", "failed")]
         last = f"last run succeeded at {finished[0].end_time}" if finished else "no finished run yet"
         return Check("cron_job", OK, f"pg_cron job {name} scheduled ({state.job.schedule}), {last}")
@@ -228,8 +242,63 @@ class _Context:
 
     def flushes(self) -> Check:
         health = self.health
-        level = {"ok": OK, "late": WARN}.get(health.status, FAIL)
-        return Check("flushes", level, f"{health.status}: {health.reason}")
+        level = {"ok": OK, "late": WARN, "behind": WARN}.get(health.status, FAIL)
+        message = f"{health.status}: {health.reason}"
+        if health.worst_staleness is not None:
+            message += f"; measured worst staleness {_secs(health.worst_staleness)}"
+        return Check("flushes", level, message)
+
+    def staleness_budget(self) -> Check:
+        budget = inspect.staleness_budget(self.conn)
+        level = {"ok": OK, "tight": WARN}.get(budget.verdict, FAIL)
+        message = f"{budget.verdict}: {budget.reason}"
+        if level != OK:
+            message += " (`pybatch config set flush_interval ...`; set heartbeat_period and client_write_interval " \
+                       "to what your servers and clients use)"
+        return Check("staleness_budget", level, message)
+
+    def pending_and_quarantine(self) -> Check:
+        staging = inspect.staging(self.conn)
+        parts: list[str] = []
+        level = OK
+        if staging.quarantined_agents:
+            level = WARN
+            since = staging.oldest_quarantined_at.isoformat(timespec="seconds") \
+                if staging.oldest_quarantined_at else "-"
+            parts.append(
+                f"{staging.quarantined_agents} agent(s) quarantined ({staging.quarantined_beats} heartbeats kept), "
+                f"the oldest since {since}, e.g. agent {staging.quarantine_sample_agent}: "
+                f"{_one_line(staging.quarantine_sample_error)}; their merge fails alone (a trigger or constraint "
+                "on public.workspace_agents?): fix the cause, then SELECT pybatch.requeue_quarantined()")
+        else:
+            parts.append("no agent quarantined")
+        if staging.pending_agents is None:
+            parts.append("pending: not readable on a hot standby")
+        else:
+            patience = self.health.flush_interval * self.limits.pending_patience_intervals
+            age = staging.oldest_pending_age
+            text = f"pending: {staging.pending_agents} agent(s) handed off and not merged yet " \
+                   f"({staging.deferred_agents} deferred because their row was locked)"
+            if staging.pending_agents and age is not None and age > patience:
+                level = WARN
+                text += f", the oldest beat waiting {_secs(age)}: a transaction keeps those rows locked " \
+                        "(see pg_locks on public.workspace_agents)"
+            parts.append(text)
+        return Check("pending_and_quarantine", level, "; ".join(parts))
+
+    def table_shape(self) -> Check:
+        shape = inspect.table_shape(self.conn)
+        message = (f"public.workspace_agents: fillfactor {shape.fillfactor}, {_size(shape.heap_bytes)} heap "
+                   f"({shape.heap_pages} pages), {shape.live_rows} live rows, "
+                   f"{shape.rows_per_page if shape.rows_per_page is not None else '-'} per page, "
+                   f"average row {shape.avg_row_bytes if shape.avg_row_bytes is not None else '-'} B, "
+                   f"{shape.unused_percent if shape.unused_percent is not None else '-'} % of the heap unused "
+                   f"(free or dead; {shape.method}); {shape.index_count} index(es), {_size(shape.index_bytes)}")
+        if shape.indexed_flushed_columns:
+            return Check("table_shape", WARN,
+                         f"{message}; indexes cover {', '.join(shape.indexed_flushed_columns)}, which every merge "
+                         "writes: those updates can never be HOT; drop those indexes if you can")
+        return Check("table_shape", OK, message)
 
     def staging_growth(self) -> Check:
         staging = inspect.staging(self.conn)
@@ -252,24 +321,50 @@ class _Context:
         return Check("staging_growth", OK, f"staging holds {staging.rows_staged} heartbeats, oldest "
                      f"{_secs(age) if age is not None else '-'} old")
 
+    def _recent(self) -> list[inspect.FlushRecord]:
+        return [f for f in inspect.recent_flushes(self.conn, self.limits.recent_flushes) if f.succeeded]
+
     def hot_updates(self) -> Check:
-        with db.translated("cannot read pg_stat_user_tables"):
+        flushes = self._recent()
+        updated = sum(f.agents_updated for f in flushes)
+        hot = sum(f.hot_updates for f in flushes)
+        shape = inspect.table_shape(self.conn)
+        causes = Causes(
+            indexed=shape.indexed_flushed_columns,
+            cron_command=self.cron_command,
+            old_snapshot=self._old_snapshot(),
+        )
+        return judge_hot(updated, hot, len(flushes), shape.fillfactor, causes, self.limits)
+
+    def _old_snapshot(self) -> str | None:
+        """The oldest snapshot another session holds, if older than the threshold: it keeps old row
+        versions alive, so pages cannot be pruned and updates cannot stay HOT."""
+        with db.translated("cannot read pg_stat_activity"):
             row = self.conn.execute(
-                "SELECT s.n_tup_upd, s.n_tup_hot_upd, (SELECT o.option_value FROM pg_catalog.pg_options_to_table("
-                "c.reloptions) o WHERE o.option_name = 'fillfactor') FROM pg_catalog.pg_stat_user_tables s "
-                "JOIN pg_catalog.pg_class c ON c.oid = s.relid WHERE s.relid = 'public.workspace_agents'::regclass"
+                "SELECT a.pid, a.usename, a.application_name, "
+                "extract(epoch FROM now() - coalesce(a.xact_start, a.query_start))::float8 "
+                "FROM pg_catalog.pg_stat_activity a WHERE a.backend_xmin IS NOT NULL "
+                "AND a.pid <> pg_catalog.pg_backend_pid() AND a.datname = current_database() "
+                "AND now() - coalesce(a.xact_start, a.query_start) > make_interval(secs => %s) "
+                "ORDER BY a.xact_start LIMIT 1", (self.limits.old_snapshot_seconds,),
             ).fetchone()
-            indexed = [str(r[0]) for r in self.conn.execute(
-                "SELECT DISTINCT a.attname FROM pg_catalog.pg_index i JOIN pg_catalog.pg_attribute a "
-                "ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey) "
-                "WHERE i.indrelid = 'public.workspace_agents'::regclass AND a.attname = ANY (%s) ORDER BY 1",
-                (FLUSHED_COLUMNS,),
-            ).fetchall()]
         if row is None:
-            return Check("hot_updates", WARN, "no statistics for public.workspace_agents")
-        updates, hot, fillfactor_text = int(row[0]), int(row[1]), row[2]
-        fillfactor = int(fillfactor_text) if fillfactor_text else 100
-        return judge_hot(updates, hot, fillfactor, indexed, self.limits)
+            return None
+        pid, user, app, seconds = row
+        return f"pid {pid} (role {user}, application {app or '?'}) has held a snapshot for {seconds:.0f}s"
+
+    def table_growth(self) -> Check:
+        sized = [f for f in self._recent() if f.heap_bytes is not None and f.index_bytes is not None]
+        return judge_growth(sized, self.limits)
+
+
+@dataclass(frozen=True)
+class Causes:
+    """What doctor found that keeps merge updates from being HOT."""
+
+    indexed: list[str] = field(default_factory=list)  # flushed columns an index covers
+    cron_command: str | None = None  # the pg_cron job's command, if there is a job
+    old_snapshot: str | None = None  # a session holding back pruning
 
 
 def judge_server_version(number: int, text: str, minimum: int) -> Check:
@@ -279,24 +374,64 @@ def judge_server_version(number: int, text: str, minimum: int) -> Check:
     return Check("server_version", OK, f"PostgreSQL {text}")
 
 
-def judge_hot(updates: int, hot: int, fillfactor: int, indexed: list[str], limits: Thresholds) -> Check:
-    """HOT-update ratio of workspace_agents, with what to change when it is low (FACTS.md)."""
-    if updates < limits.hot_min_updates:
-        return Check("hot_updates", OK, f"{updates} updates so far: too few to judge HOT ({hot} HOT)")
-    ratio = hot / updates
-    summary = f"{ratio:.0%} of {updates} updates of public.workspace_agents were HOT (fillfactor {fillfactor})"
+def judge_hot(updated: int, hot: int, flushes: int, fillfactor: int, causes: Causes,
+              limits: Thresholds) -> Check:
+    """HOT ratio of the merge over recent flushes (flush_log), with the causes doctor found when
+    it is low. Committed passes keep the merge HOT at any fillfactor, 100 included, without
+    altering or rewriting the table; what defeats them is listed."""
+    if updated < limits.hot_min_updates:
+        return Check("hot_updates", OK,
+                     f"{updated} merge updates over the last {flushes} flush(es): too few to judge HOT ({hot} HOT)")
+    ratio = hot / updated
+    summary = (f"{ratio:.0%} of {updated} merge updates over the last {flushes} flushes were HOT "
+               f"(fillfactor {fillfactor})")
     if ratio >= limits.hot_ratio_min:
         return Check("hot_updates", OK, summary)
     advice = []
-    if indexed:
-        advice.append(f"indexes on {', '.join(indexed)} (columns flush() updates) make every update non-HOT: "
-                      "drop them if you can")
-    if fillfactor > limits.recommended_fillfactor:
-        advice.append(f"ALTER TABLE public.workspace_agents SET (fillfactor = {limits.recommended_fillfactor}), "
-                      "then rewrite it (VACUUM FULL, or pg_repack online) so pages keep room for new versions")
+    if causes.indexed:
+        advice.append(f"indexes on {', '.join(causes.indexed)} (columns the merge writes) make every update "
+                      "non-HOT: drop them if you can")
+    if causes.cron_command is not None and ONE_TRANSACTION_FLUSH in causes.cron_command:
+        advice.append(f"the pg_cron job runs `{causes.cron_command}`, one transaction per flush: run "
+                      "`pybatch cron install` again")
+    if causes.old_snapshot:
+        advice.append(f"{causes.old_snapshot}: old row versions cannot be pruned until it ends")
     if not advice:
-        advice.append("check autovacuum keeps up on public.workspace_agents")
-    return Check("hot_updates", WARN, f"{summary}: " + "; ".join(advice))
+        advice.append("flushes run as SELECT pybatch.flush() in one transaction (an app, or an old pg_cron job) "
+                      "cannot prune between passes: flush with CALL pybatch.flush_in_passes(), `pybatch flush`, "
+                      "`pybatch scheduler` or `pybatch cron install`; after a bulk load the first rounds are "
+                      "non-HOT until each page has room for one new version, which settles by itself; check that "
+                      "autovacuum keeps up on public.workspace_agents")
+    return Check("hot_updates", WARN, f"{summary}: " + "; ".join(advice)
+                 + " (no fillfactor change or VACUUM FULL is needed)")
+
+
+def judge_growth(flushes: list[inspect.FlushRecord], limits: Thresholds) -> Check:
+    """Heap and index growth of public.workspace_agents across recent flushes (newest first)."""
+    if len(flushes) < 2:
+        return Check("table_growth", OK, f"{len(flushes)} flush(es) with sizes recorded: too few to judge growth")
+    newest, oldest = flushes[0], flushes[-1]
+    assert newest.heap_bytes is not None and oldest.heap_bytes is not None
+    assert newest.index_bytes is not None and oldest.index_bytes is not None
+    grown = []
+    parts = []
+    for what, before, after in (("heap", oldest.heap_bytes, newest.heap_bytes),
+                                ("indexes", oldest.index_bytes, newest.index_bytes)):
+        change = (after - before) / before if before else 0.0
+        parts.append(f"{what} {_size(before)} -> {_size(after)} ({change:+.0%})")
+        if change > limits.growth_max and after - before >= limits.growth_min_bytes:
+            grown.append(what)
+    summary = f"over the last {len(flushes)} flushes: " + ", ".join(parts)
+    if not grown:
+        return Check("table_growth", OK, summary)
+    return Check("table_growth", WARN,
+                 f"{summary}: the {' and '.join(grown)} grew over {limits.growth_max:.0%}; new agents grow "
+                 "them too, but with no new agents it means non-HOT merge updates (see hot_updates). Once "
+                 "updates are HOT the sizes stop growing and the space is reused; VACUUM FULL is not needed")
+
+
+def _size(value: int) -> str:
+    return f"{value / 1048576:.1f} MB" if value >= 1048576 else f"{value / 1024:.0f} kB"
 
 
 def _optional_text(value: object) -> str | None:

@@ -8,8 +8,10 @@ live in pybatch.doctor and uninstall in pybatch.uninstall.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+import uuid
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import psycopg
@@ -22,12 +24,13 @@ from pybatch.errors import ConfigError, InvalidDuration, InvalidSetting
 
 log = logging.getLogger(__name__)
 
-HEALTH_STATES = ("ok", "late", "stalled")
+HEALTH_STATES = ("ok", "behind", "late", "stalled")  # best first
 AGENT_STATES = ("connecting", "connected", "disconnected", "timeout")
 
 # Settings `pybatch config set` may change, and how each value is parsed.
 # created_workspace_agents is internal (uninstall relies on it) and not settable.
-DURATION_SETTINGS = ("flush_interval", "inactive_timeout", "future_tolerance", "history_retention")
+DURATION_SETTINGS = ("flush_interval", "inactive_timeout", "future_tolerance", "history_retention",
+                     "heartbeat_period", "client_write_interval")
 INTEGER_SETTINGS = ("max_rows_per_flush",)
 SETTABLE = DURATION_SETTINGS + INTEGER_SETTINGS
 
@@ -39,6 +42,9 @@ DURATION_BOUNDS: dict[str, tuple[timedelta, timedelta]] = {
     "inactive_timeout": (timedelta(seconds=1), timedelta(days=1)),
     "future_tolerance": (timedelta(0), timedelta(hours=1)),
     "history_retention": (timedelta(minutes=1), timedelta(days=3650)),
+    # Migration 0005: the parts of the staleness budget outside PostgreSQL.
+    "heartbeat_period": (timedelta(seconds=1), timedelta(hours=1)),
+    "client_write_interval": (timedelta(0), timedelta(hours=1)),
 }
 COUNT_BOUNDS: dict[str, tuple[int, int]] = {
     "max_rows_per_flush": (1, 1_000_000_000),  # or NULL: no cap
@@ -58,6 +64,10 @@ class Health:
     reason: str
     last_failure_at: datetime | None
     last_error: str | None
+    behind: bool | None = None  # None on a hot standby
+    worst_staleness: timedelta | None = None
+    max_beat_wait: timedelta | None = None
+    flush_lock_held_by: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -79,6 +89,19 @@ class StagingSummary:
     oldest_beat_age: timedelta | None
     newest_beat_age: timedelta | None
     size_bytes: int | None
+    # Handed off to pybatch.pending, not merged yet (None on a hot standby).
+    pending_agents: int | None = None
+    pending_beats: int | None = None
+    deferred_agents: int | None = None
+    oldest_pending_at: datetime | None = None
+    oldest_pending_age: timedelta | None = None
+    # pybatch.quarantine: agents whose merge failed alone.
+    quarantined_agents: int | None = None
+    quarantined_beats: int | None = None
+    oldest_quarantined_at: datetime | None = None
+    quarantine_next_retry_at: datetime | None = None
+    quarantine_sample_agent: uuid.UUID | None = None
+    quarantine_sample_error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -96,6 +119,55 @@ class FlushRecord:
     future_heartbeats: int
     duration: timedelta
     error: str | None
+    passes: int = 0
+    hot_updates: int = 0
+    deferred_agents: int = 0
+    quarantined_agents: int = 0
+    newest_event_at: datetime | None = None
+    heap_bytes: int | None = None
+    index_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class StalenessBudget:
+    """One row of pybatch.staleness_budget(): how stale last_connected_at can get, against
+    inactive_timeout. verdict ok, tight (within, less than the margin) or exceeds; allowed is
+    False only for exceeds (what `config set` and `cron install` must refuse)."""
+
+    heartbeat_period: timedelta
+    client_write_interval: timedelta
+    flush_interval: timedelta
+    flush_duration: timedelta
+    flush_duration_measured: bool
+    worst_staleness: timedelta
+    inactive_timeout: timedelta
+    margin: timedelta
+    max_flush_interval: timedelta | None
+    verdict: str
+    allowed: bool
+    reason: str
+
+
+# The settings pybatch.staleness_budget() adds up; `config set` of any of them must keep it.
+BUDGET_SETTINGS = ("flush_interval", "heartbeat_period", "client_write_interval", "inactive_timeout")
+
+
+@dataclass(frozen=True)
+class TableShape:
+    """One row of pybatch.table_shape(): what public.workspace_agents looks like on disk."""
+
+    fillfactor: int
+    heap_bytes: int
+    heap_pages: int
+    index_count: int
+    index_bytes: int
+    sampled_pages: int
+    live_rows: int
+    rows_per_page: Decimal | None
+    avg_row_bytes: Decimal | None
+    unused_percent: Decimal | None
+    method: str
+    indexed_flushed_columns: list[str]
 
 
 @dataclass(frozen=True)
@@ -120,6 +192,8 @@ class Settings:
     history_retention: timedelta
     max_rows_per_flush: int | None
     created_workspace_agents: bool
+    heartbeat_period: timedelta = timedelta(seconds=15)
+    client_write_interval: timedelta = timedelta(seconds=1)
 
 
 @dataclass(frozen=True)
@@ -132,6 +206,7 @@ class Status:
     recent_flushes: list[FlushRecord]
     agents: AgentCounts
     settings: Settings = field(repr=False)
+    staleness: StalenessBudget | None = None
 
     def as_json(self) -> dict[str, Any]:
         """The stable `pybatch status --json` document (docs/status-json.md). Durations are
@@ -147,6 +222,10 @@ class Status:
                 "flush_interval_seconds": _seconds(self.health.flush_interval),
                 "last_failure_at": _iso(self.health.last_failure_at),
                 "last_error": self.health.last_error,
+                "behind": self.health.behind,
+                "worst_staleness_seconds": _seconds(self.health.worst_staleness),
+                "max_beat_wait_seconds": _seconds(self.health.max_beat_wait),
+                "flush_lock_held_by": self.health.flush_lock_held_by,
             },
             "staging": {
                 "available": self.staging.available,
@@ -161,6 +240,23 @@ class Status:
                 "newest_beat_age_seconds": _seconds(self.staging.newest_beat_age),
                 "size_bytes": self.staging.size_bytes,
             },
+            "pending": {
+                "agents": self.staging.pending_agents,
+                "beats": self.staging.pending_beats,
+                "deferred_agents": self.staging.deferred_agents,
+                "oldest_beat_at": _iso(self.staging.oldest_pending_at),
+                "oldest_beat_age_seconds": _seconds(self.staging.oldest_pending_age),
+            },
+            "quarantine": {
+                "agents": self.staging.quarantined_agents,
+                "beats": self.staging.quarantined_beats,
+                "oldest_quarantined_at": _iso(self.staging.oldest_quarantined_at),
+                "next_retry_at": _iso(self.staging.quarantine_next_retry_at),
+                "sample_agent": None if self.staging.quarantine_sample_agent is None
+                else str(self.staging.quarantine_sample_agent),
+                "sample_error": self.staging.quarantine_sample_error,
+            },
+            "staleness": None if self.staleness is None else staleness_as_json(self.staleness),
             "recent_flushes": [
                 {
                     "flush_id": f.flush_id,
@@ -173,6 +269,13 @@ class Status:
                     "future_heartbeats": f.future_heartbeats,
                     "duration_seconds": _seconds(f.duration),
                     "error": f.error,
+                    "passes": f.passes,
+                    "hot_updates": f.hot_updates,
+                    "deferred_agents": f.deferred_agents,
+                    "quarantined_agents": f.quarantined_agents,
+                    "newest_event_at": _iso(f.newest_event_at),
+                    "heap_bytes": f.heap_bytes,
+                    "index_bytes": f.index_bytes,
                 }
                 for f in self.recent_flushes
             ],
@@ -193,6 +296,23 @@ def _seconds(value: timedelta | None) -> float | None:
     return None if value is None else round(value.total_seconds(), 3)
 
 
+def staleness_as_json(budget: StalenessBudget) -> dict[str, Any]:
+    return {
+        "verdict": budget.verdict,
+        "allowed": budget.allowed,
+        "reason": budget.reason,
+        "heartbeat_period_seconds": _seconds(budget.heartbeat_period),
+        "client_write_interval_seconds": _seconds(budget.client_write_interval),
+        "flush_interval_seconds": _seconds(budget.flush_interval),
+        "flush_duration_seconds": _seconds(budget.flush_duration),
+        "flush_duration_measured": budget.flush_duration_measured,
+        "worst_staleness_seconds": _seconds(budget.worst_staleness),
+        "inactive_timeout_seconds": _seconds(budget.inactive_timeout),
+        "margin_seconds": _seconds(budget.margin),
+        "max_flush_interval_seconds": _seconds(budget.max_flush_interval),
+    }
+
+
 def settings_as_json(settings: Settings) -> dict[str, Any]:
     data = asdict(settings)
     for key in DURATION_SETTINGS:
@@ -201,24 +321,69 @@ def settings_as_json(settings: Settings) -> dict[str, Any]:
 
 
 # -- reads ---------------------------------------------------------------------------
+def _columns(cls: type) -> sql.Composable:
+    """The dataclass's fields as a column list: a view that gains columns later breaks nothing."""
+    return sql.SQL(", ").join(sql.Identifier(f.name) for f in fields(cls))
+
+
 def health(conn: psycopg.Connection) -> Health:
+    query = sql.SQL("SELECT {} FROM pybatch.health").format(_columns(Health))
     with db.translated("cannot read pybatch.health"), conn.cursor(row_factory=class_row(Health)) as cur:
-        row = cur.execute("SELECT * FROM pybatch.health").fetchone()
+        row = cur.execute(query).fetchone()
     assert row is not None  # the view always has one row
     return row
 
 
 def staging(conn: psycopg.Connection) -> StagingSummary:
+    query = sql.SQL("SELECT {} FROM pybatch.staging_summary").format(_columns(StagingSummary))
     with db.translated("cannot read pybatch.staging_summary"), \
             conn.cursor(row_factory=class_row(StagingSummary)) as cur:
-        row = cur.execute("SELECT * FROM pybatch.staging_summary").fetchone()
+        row = cur.execute(query).fetchone()
     assert row is not None
     return row
 
 
 def recent_flushes(conn: psycopg.Connection, limit: int = 10) -> list[FlushRecord]:
+    query = sql.SQL("SELECT {} FROM pybatch.flush_history LIMIT %s").format(_columns(FlushRecord))
     with db.translated("cannot read pybatch.flush_history"), conn.cursor(row_factory=class_row(FlushRecord)) as cur:
-        return cur.execute("SELECT * FROM pybatch.flush_history LIMIT %s", (limit,)).fetchall()
+        return cur.execute(query, (limit,)).fetchall()
+
+
+def staleness_budget(conn: psycopg.Connection, *, flush_interval: timedelta | None = None,
+                     heartbeat_period: timedelta | None = None, client_write_interval: timedelta | None = None,
+                     inactive_timeout: timedelta | None = None) -> StalenessBudget:
+    """pybatch.staleness_budget(): the stored settings, with any value given here in place of
+    the stored one (to judge a value before storing it). Refuse a value when not .allowed."""
+    with db.translated("cannot read pybatch.staleness_budget()"), \
+            conn.cursor(row_factory=class_row(StalenessBudget)) as cur:
+        row = cur.execute(
+            sql.SQL("SELECT {} FROM pybatch.staleness_budget(%s, %s, %s, %s)").format(_columns(StalenessBudget)),
+            (flush_interval, heartbeat_period, client_write_interval, inactive_timeout),
+        ).fetchone()
+    assert row is not None  # one row while pybatch.settings has its row
+    return row
+
+
+def require_staleness_budget(conn: psycopg.Connection, column: str, value: timedelta) -> StalenessBudget:
+    """InvalidSetting naming column and value when storing it would break the staleness budget
+    (column: flush_interval, heartbeat_period, client_write_interval or inactive_timeout);
+    otherwise the budget it gives (verdict ok, or tight: worth a warning)."""
+    if column not in BUDGET_SETTINGS:
+        raise ConfigError(f"{column} is not part of the staleness budget ({', '.join(BUDGET_SETTINGS)})")
+    budget = staleness_budget(conn, **{column: value})
+    if not budget.allowed:
+        raise InvalidSetting(column, format_duration(value), f"breaks the staleness budget: {budget.reason}")
+    return budget
+
+
+def table_shape(conn: psycopg.Connection, max_pages: int = 2000) -> TableShape:
+    """pybatch.table_shape(): public.workspace_agents measured (every page up to max_pages, else a sample)."""
+    with db.translated("cannot measure public.workspace_agents"), \
+            conn.cursor(row_factory=class_row(TableShape)) as cur:
+        row = cur.execute(sql.SQL("SELECT {} FROM pybatch.table_shape(%s)").format(_columns(TableShape)),
+                          (max_pages,)).fetchone()
+    assert row is not None
+    return row
 
 
 def agent_counts(conn: psycopg.Connection) -> AgentCounts:
@@ -241,7 +406,8 @@ def read_settings(conn: psycopg.Connection) -> Settings:
     with db.translated("cannot read pybatch.settings"), conn.cursor(row_factory=class_row(Settings)) as cur:
         row = cur.execute(
             "SELECT flush_interval, inactive_timeout, future_tolerance, history_retention, "
-            "max_rows_per_flush, created_workspace_agents FROM pybatch.settings"
+            "max_rows_per_flush, created_workspace_agents, heartbeat_period, client_write_interval "
+            "FROM pybatch.settings"
         ).fetchone()
     if row is None:
         raise ConfigError("pybatch.settings has no row: the schema is damaged; re-run `pybatch migrate`")
@@ -267,6 +433,7 @@ def status(conn: psycopg.Connection, *, flushes: int = 10) -> Status:
             recent_flushes=recent_flushes(conn, flushes),
             agents=agent_counts(conn),
             settings=read_settings(conn),
+            staleness=staleness_budget(conn),
         )
 
 

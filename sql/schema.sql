@@ -1668,3 +1668,1466 @@ REVOKE EXECUTE ON FUNCTION pybatch.flush_loop_next(pybatch.flush_result, interva
 REVOKE EXECUTE ON FUNCTION pybatch.align_owner() FROM PUBLIC;
 GRANT SELECT ON pybatch.flush_lock_holders TO pg_monitor;
 
+-- ===========================================================================
+-- from migrations/0005_health.sql
+-- ===========================================================================
+-- pybatch 0005: health you can act on.
+--
+-- - The staleness budget (issue 11 #10): Coder marks an agent disconnected
+--   inactive_timeout (30 s) after its last_connected_at. A beat can reach the row
+--   as late as heartbeat period + client write interval + flush interval + the
+--   flush's own duration after the one before it. Two settings describe the
+--   parts pybatch cannot see (heartbeat_period, client_write_interval) and
+--   pybatch.staleness_budget() adds them up, with the measured flush duration,
+--   for doctor, `config set` and `cron install`.
+-- - health: `behind` (a capped flush left at least a cap's worth, or pending rows
+--   wait too long), the measured worst staleness, and who holds pybatch.flush_lock.
+-- - What the passes hand off: staging_summary and agent_status include
+--   pybatch.pending (handed off, not merged yet) and pybatch.quarantine.
+-- - flush_history shows 0004's per-flush figures; pybatch.table_shape() measures
+--   the target table for doctor.
+-- Views are changed with CREATE OR REPLACE and only gain columns at the end.
+
+-- ---------------------------------------------------------------------------
+-- Settings: the parts of the staleness budget outside PostgreSQL.
+-- ---------------------------------------------------------------------------
+ALTER TABLE pybatch.settings
+    ADD COLUMN heartbeat_period interval NOT NULL DEFAULT interval '15 seconds',
+    ADD COLUMN client_write_interval interval NOT NULL DEFAULT interval '1 second',
+    ADD CONSTRAINT settings_heartbeat_period_range
+        CHECK (heartbeat_period BETWEEN interval '1 second' AND interval '1 hour'),
+    ADD CONSTRAINT settings_client_write_interval_range
+        CHECK (client_write_interval BETWEEN interval '0' AND interval '1 hour');
+COMMENT ON COLUMN pybatch.settings.heartbeat_period IS
+    'How often each agent''s heartbeat is written (Coder: AgentConnectionUpdateFrequency, 15 s). 1 s to 1 h. Part of the staleness budget (pybatch.staleness_budget()).';
+COMMENT ON COLUMN pybatch.settings.client_write_interval IS
+    'How long a beat may wait in a client before it reaches staging (HeartbeatClient write_interval, 1 s by default; 0 for immediate mode). 0 to 1 h. Part of the staleness budget.';
+
+-- ---------------------------------------------------------------------------
+-- A duration for people: "12.3 s".
+-- ---------------------------------------------------------------------------
+CREATE FUNCTION pybatch.seconds_text(duration interval)
+RETURNS text
+LANGUAGE sql
+IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT pg_catalog.round(EXTRACT(EPOCH FROM duration), 1)::text || ' s';
+$$;
+COMMENT ON FUNCTION pybatch.seconds_text(interval) IS
+    'Internal: an interval as seconds with one decimal ("12.3 s"), for the reasons the views give.';
+
+-- ---------------------------------------------------------------------------
+-- The staleness budget. NULL arguments take the stored settings, so a caller can
+-- ask "what if flush_interval were 25 s?" before storing it.
+-- ---------------------------------------------------------------------------
+CREATE FUNCTION pybatch.staleness_budget(new_flush_interval interval DEFAULT NULL,
+                                         new_heartbeat_period interval DEFAULT NULL,
+                                         new_client_write_interval interval DEFAULT NULL,
+                                         new_inactive_timeout interval DEFAULT NULL)
+RETURNS TABLE (
+    heartbeat_period interval,
+    client_write_interval interval,
+    flush_interval interval,
+    flush_duration interval,
+    flush_duration_measured boolean,
+    worst_staleness interval,
+    inactive_timeout interval,
+    margin interval,
+    max_flush_interval interval,
+    verdict text,
+    allowed boolean,
+    reason text
+)
+LANGUAGE sql
+STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    WITH cfg AS (
+        SELECT COALESCE(new_heartbeat_period, s.heartbeat_period) AS period,
+               COALESCE(new_client_write_interval, s.client_write_interval) AS write_interval,
+               COALESCE(new_flush_interval, s.flush_interval) AS flush_interval,
+               COALESCE(new_inactive_timeout, s.inactive_timeout) AS timeout
+        FROM pybatch.settings s
+    ), measured AS (
+        -- The flush's own duration: the longest of the last 20 successful flushes.
+        SELECT pg_catalog.max(r.duration) AS duration
+        FROM (SELECT l.duration FROM pybatch.flush_log l WHERE l.error IS NULL
+              ORDER BY l.started_at DESC LIMIT 20) r
+    ), parts AS (
+        SELECT c.*,
+               COALESCE(m.duration, interval '1 second') AS duration,  -- assumed until one is measured
+               m.duration IS NOT NULL AS measured,
+               GREATEST(interval '2 seconds', c.timeout / 5) AS margin
+        FROM cfg c CROSS JOIN measured m
+    ), summed AS (
+        SELECT p.*,
+               p.period + p.write_interval + p.flush_interval + p.duration AS worst,
+               p.timeout - p.margin - (p.period + p.write_interval + p.duration) AS room
+        FROM parts p
+    ), judged AS (
+        SELECT s.*,
+               CASE WHEN s.worst <= s.timeout - s.margin THEN 'ok'
+                    WHEN s.worst <= s.timeout THEN 'tight'
+                    ELSE 'exceeds' END AS verdict
+        FROM summed s
+    )
+    SELECT j.period, j.write_interval, j.flush_interval, j.duration, j.measured, j.worst, j.timeout,
+           j.margin,
+           CASE WHEN j.room > interval '0' THEN j.room END,
+           j.verdict,
+           j.verdict <> 'exceeds',
+           'heartbeat period ' || pybatch.seconds_text(j.period)
+           || ' + client write interval ' || pybatch.seconds_text(j.write_interval)
+           || ' + flush interval ' || pybatch.seconds_text(j.flush_interval)
+           || ' + flush duration ' || pybatch.seconds_text(j.duration)
+           || CASE WHEN j.measured THEN ' (longest of the last 20 flushes)' ELSE ' (assumed: no flush measured yet)' END
+           || ' = ' || pybatch.seconds_text(j.worst)
+           || CASE j.verdict
+                  WHEN 'ok' THEN ', within inactive_timeout ' || pybatch.seconds_text(j.timeout)
+                                 || ' with a margin of at least ' || pybatch.seconds_text(j.margin)
+                  WHEN 'tight' THEN ', within inactive_timeout ' || pybatch.seconds_text(j.timeout)
+                                 || ' but with less than the ' || pybatch.seconds_text(j.margin)
+                                 || ' margin: a slow flush or clock skew makes healthy agents look disconnected'
+                  ELSE ', over inactive_timeout ' || pybatch.seconds_text(j.timeout)
+                       || ': healthy agents will show as disconnected'
+              END
+           || CASE WHEN j.verdict = 'ok' THEN ''
+                   WHEN j.room > interval '0' THEN '; use a flush_interval of at most ' || pybatch.seconds_text(j.room)
+                   ELSE '; no flush_interval fits: shorten heartbeat_period or client_write_interval, '
+                        'or raise inactive_timeout' END
+    FROM judged j;
+$$;
+COMMENT ON FUNCTION pybatch.staleness_budget(interval, interval, interval, interval) IS
+    'The staleness budget: heartbeat_period + client_write_interval + flush_interval + the flush''s duration (the longest of the last 20 successful flushes; 1 s assumed before any) is how stale last_connected_at can get, against inactive_timeout. verdict ok (within, with margin = max(2 s, inactive_timeout / 5)), tight (within, less margin) or exceeds; allowed = verdict <> exceeds (what `config set` and `cron install` require). NULL arguments take the stored settings; pass new_flush_interval (etc.) to judge a value before storing it. max_flush_interval: the longest flush_interval that keeps the margin (NULL: none does).';
+
+-- ---------------------------------------------------------------------------
+-- pending and quarantine at a glance. pybatch.pending is UNLOGGED, so on a hot
+-- standby its figures are NULL; quarantine is a logged table and always read.
+-- ---------------------------------------------------------------------------
+CREATE FUNCTION pybatch.pending_stats()
+RETURNS TABLE (
+    pending_agents bigint,
+    pending_beats bigint,
+    deferred_agents bigint,
+    oldest_pending_at timestamptz,
+    quarantined_agents bigint,
+    quarantined_beats bigint,
+    oldest_quarantined_at timestamptz,
+    quarantine_next_retry_at timestamptz,
+    quarantine_sample_agent uuid,
+    quarantine_sample_error text
+)
+LANGUAGE plpgsql
+STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NOT pg_catalog.pg_is_in_recovery() THEN
+        SELECT pg_catalog.count(*), COALESCE(pg_catalog.sum(p.beats), 0),
+               pg_catalog.count(*) FILTER (WHERE p.pass_no IS NULL), pg_catalog.min(p.first_at)
+        INTO pending_agents, pending_beats, deferred_agents, oldest_pending_at
+        FROM pybatch.pending p;
+    END IF;
+    SELECT pg_catalog.count(*), COALESCE(pg_catalog.sum(q.beats), 0),
+           pg_catalog.min(q.quarantined_at), pg_catalog.min(q.retry_at)
+    INTO quarantined_agents, quarantined_beats, oldest_quarantined_at, quarantine_next_retry_at
+    FROM pybatch.quarantine q;
+    -- The sample: the agent quarantined longest, with its last error.
+    SELECT q.agent_id, q.error INTO quarantine_sample_agent, quarantine_sample_error
+    FROM pybatch.quarantine q ORDER BY q.quarantined_at, q.agent_id LIMIT 1;
+    RETURN NEXT;
+END
+$$;
+COMMENT ON FUNCTION pybatch.pending_stats() IS
+    'Backs the pending and quarantine columns of pybatch.staging_summary: one row (pending figures NULL on a hot standby).';
+
+-- Newest pending beat per agent; no rows on a hot standby.
+CREATE FUNCTION pybatch.pending_latest_beats()
+RETURNS TABLE (agent_id uuid, latest_beat_at timestamptz)
+LANGUAGE plpgsql
+STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF pg_catalog.pg_is_in_recovery() THEN
+        RETURN;
+    END IF;
+    RETURN QUERY SELECT p.agent_id, p.last_at FROM pybatch.pending p;
+END
+$$;
+COMMENT ON FUNCTION pybatch.pending_latest_beats() IS
+    'Backs pybatch.agent_status: the newest beat of each agent handed off to pybatch.pending and not merged yet (none on a hot standby).';
+
+REVOKE EXECUTE ON FUNCTION pybatch.pending_stats() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION pybatch.pending_latest_beats() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION pybatch.pending_stats(), pybatch.pending_latest_beats() TO pg_monitor;
+
+CREATE OR REPLACE VIEW pybatch.staging_summary AS
+SELECT s.available, s.reason, s.estimated, s.method, s.rows_staged, s.distinct_agents,
+       s.oldest_beat_at, s.newest_beat_at, s.oldest_beat_age, s.newest_beat_age, s.size_bytes,
+       p.pending_agents, p.pending_beats, p.deferred_agents, p.oldest_pending_at,
+       pg_catalog.now() - p.oldest_pending_at AS oldest_pending_age,
+       p.quarantined_agents, p.quarantined_beats, p.oldest_quarantined_at, p.quarantine_next_retry_at,
+       p.quarantine_sample_agent, p.quarantine_sample_error
+FROM pybatch.staging_stats() s
+CROSS JOIN pybatch.pending_stats() p;
+COMMENT ON VIEW pybatch.staging_summary IS
+    'One row: what waits to be merged. Staging (pybatch.heartbeats): exact while small (up to 8 MB), else estimates (estimated is true). pybatch.pending: beats a flush handed off and has not merged yet (deferred: the agent''s row was locked, they wait for the next flush). pybatch.quarantine: agents whose merge failed alone. On a hot standby available is false and the staging and pending figures are NULL.';
+COMMENT ON COLUMN pybatch.staging_summary.pending_agents IS 'Agents in pybatch.pending: handed off by a flush, not merged yet (normally 0 between flushes). NULL on a hot standby.';
+COMMENT ON COLUMN pybatch.staging_summary.pending_beats IS 'Heartbeats those pending rows stand for.';
+COMMENT ON COLUMN pybatch.staging_summary.deferred_agents IS 'Pending agents deferred to the next flush because another transaction held their row locked.';
+COMMENT ON COLUMN pybatch.staging_summary.oldest_pending_at IS 'Oldest beat among pending rows.';
+COMMENT ON COLUMN pybatch.staging_summary.oldest_pending_age IS 'now() - oldest_pending_at.';
+COMMENT ON COLUMN pybatch.staging_summary.quarantined_agents IS 'Agents in pybatch.quarantine: their merge failed alone; their beats are kept and retried.';
+COMMENT ON COLUMN pybatch.staging_summary.quarantined_beats IS 'Heartbeats kept in quarantine.';
+COMMENT ON COLUMN pybatch.staging_summary.oldest_quarantined_at IS 'When the longest-quarantined agent went there.';
+COMMENT ON COLUMN pybatch.staging_summary.quarantine_next_retry_at IS 'When the next quarantined agent is retried (SELECT pybatch.requeue_quarantined() retries all now).';
+COMMENT ON COLUMN pybatch.staging_summary.quarantine_sample_agent IS 'The longest-quarantined agent.';
+COMMENT ON COLUMN pybatch.staging_summary.quarantine_sample_error IS 'Its last merge error (SQLSTATE: message).';
+
+-- ---------------------------------------------------------------------------
+-- agent_status: a beat handed off to pending is as "newer" as a staged one.
+-- ---------------------------------------------------------------------------
+CREATE OR REPLACE VIEW pybatch.agent_status AS
+SELECT wa.id AS agent_id,
+       CASE
+           WHEN wa.first_connected_at IS NULL THEN
+               CASE WHEN wa.connection_timeout_seconds > 0
+                         AND pg_catalog.now() - wa.created_at
+                             > pg_catalog.make_interval(secs => wa.connection_timeout_seconds)
+                    THEN 'timeout' ELSE 'connecting' END
+           WHEN COALESCE(wa.disconnected_at, '-infinity') >= COALESCE(wa.last_connected_at, '-infinity')
+               THEN 'disconnected'
+           WHEN wa.last_connected_at IS NULL
+                OR pg_catalog.now() - wa.last_connected_at > s.inactive_timeout
+               THEN 'disconnected'
+           ELSE 'connected'
+       END AS status,
+       wa.created_at,
+       wa.first_connected_at,
+       wa.last_connected_at,
+       wa.disconnected_at,
+       wa.connection_timeout_seconds,
+       b.latest_beat_at AS staged_beat_at,
+       CASE WHEN pg_catalog.pg_is_in_recovery() THEN NULL
+            ELSE COALESCE(GREATEST(b.latest_beat_at, p.latest_beat_at)
+                          > COALESCE(wa.last_connected_at, '-infinity'), false)
+       END AS newer_heartbeat_staged,
+       p.latest_beat_at AS pending_beat_at,
+       q.last_at AS quarantined_beat_at,
+       q.error AS quarantine_error,
+       q.retry_at AS quarantine_retry_at
+FROM public.workspace_agents wa
+CROSS JOIN pybatch.settings s
+LEFT JOIN pybatch.staged_latest_beats() b ON b.agent_id = wa.id
+LEFT JOIN pybatch.pending_latest_beats() p ON p.agent_id = wa.id
+LEFT JOIN pybatch.quarantine q ON q.agent_id = wa.id;
+COMMENT ON VIEW pybatch.agent_status IS
+    'One row per agent of public.workspace_agents with Coder''s status (connecting, connected, disconnected, timeout) using settings.inactive_timeout, and whether a newer heartbeat still waits to be merged, in staging or handed off to pybatch.pending (the answer to "why does this agent look stale?"); a quarantined agent shows its error. Reads all of staging and pending once per query.';
+COMMENT ON COLUMN pybatch.agent_status.newer_heartbeat_staged IS 'True when staging or pybatch.pending holds a heartbeat newer than last_connected_at: a coming flush will move it. NULL on a hot standby.';
+COMMENT ON COLUMN pybatch.agent_status.pending_beat_at IS 'Newest beat of this agent handed off to pybatch.pending and not merged yet (deferred when its row was locked); NULL if none (or on a hot standby).';
+COMMENT ON COLUMN pybatch.agent_status.quarantined_beat_at IS 'Newest beat kept in pybatch.quarantine for this agent; NULL when it is not quarantined.';
+COMMENT ON COLUMN pybatch.agent_status.quarantine_error IS 'Why this agent''s merge failed (it is quarantined and retried with back-off); NULL when not quarantined.';
+COMMENT ON COLUMN pybatch.agent_status.quarantine_retry_at IS 'When the quarantined agent is retried next.';
+
+-- ---------------------------------------------------------------------------
+-- flush_history: 0004's figures per flush.
+-- ---------------------------------------------------------------------------
+CREATE OR REPLACE VIEW pybatch.flush_history AS
+SELECT l.id AS flush_id,
+       l.started_at,
+       l.started_at + l.duration AS finished_at,
+       l.error IS NULL AS succeeded,
+       l.rows_staged,
+       l.agents_updated,
+       l.stale_heartbeats,
+       l.unknown_heartbeats,
+       l.future_heartbeats,
+       l.duration,
+       l.error,
+       l.passes,
+       l.hot_updates,
+       l.deferred_agents,
+       l.quarantined_agents,
+       l.newest_event_at,
+       l.heap_bytes,
+       l.index_bytes
+FROM pybatch.flush_log l
+ORDER BY l.started_at DESC, l.id DESC;
+COMMENT ON COLUMN pybatch.flush_history.passes IS 'Committed passes the merge took (at most one row per heap page each).';
+COMMENT ON COLUMN pybatch.flush_history.hot_updates IS 'Of agents_updated, how many were HOT updates.';
+COMMENT ON COLUMN pybatch.flush_history.deferred_agents IS 'Agents whose row another transaction held locked: left in pybatch.pending for the next flush.';
+COMMENT ON COLUMN pybatch.flush_history.quarantined_agents IS 'Agents whose merge failed alone and went to pybatch.quarantine.';
+COMMENT ON COLUMN pybatch.flush_history.newest_event_at IS 'Newest beat_at the flush applied.';
+COMMENT ON COLUMN pybatch.flush_history.heap_bytes IS 'Size of public.workspace_agents (heap) after the flush.';
+COMMENT ON COLUMN pybatch.flush_history.index_bytes IS 'Size of its indexes after the flush.';
+
+-- ---------------------------------------------------------------------------
+-- behind: flushes succeed on time but do not keep up.
+-- ---------------------------------------------------------------------------
+CREATE FUNCTION pybatch.backlog_verdict()
+RETURNS TABLE (behind boolean, reason text)
+LANGUAGE plpgsql
+STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    cfg pybatch.settings;
+    last_drained bigint;
+    last_duration interval;
+    waiting bigint;
+    stuck_agents bigint;
+    oldest timestamptz;
+    patience interval;
+BEGIN
+    IF pg_catalog.pg_is_in_recovery() THEN
+        RETURN QUERY SELECT NULL::boolean, 'hot standby: staging and pending exist only on the primary'::text;
+        RETURN;
+    END IF;
+    SELECT * INTO STRICT cfg FROM pybatch.settings;
+    SELECT l.rows_staged, l.duration INTO last_drained, last_duration
+    FROM pybatch.flush_log l WHERE l.error IS NULL
+    ORDER BY l.started_at DESC, l.id DESC LIMIT 1;
+
+    -- 1. The last flush drained its cap and at least a cap's worth still waits:
+    --    the next flush is capped too (the backlog grew, or is still being worked off).
+    IF cfg.max_rows_per_flush IS NOT NULL AND last_drained >= cfg.max_rows_per_flush THEN
+        SELECT pg_catalog.count(*) INTO waiting
+        FROM (SELECT FROM pybatch.heartbeats h LIMIT cfg.max_rows_per_flush) s;
+        IF waiting >= cfg.max_rows_per_flush THEN
+            RETURN QUERY SELECT true,
+                'the last flush drained its cap of ' || cfg.max_rows_per_flush::text
+                || ' heartbeats (max_rows_per_flush) and at least as many still wait in staging: flushes are not keeping up';
+            RETURN;
+        END IF;
+    END IF;
+
+    -- 2. Beats handed off to pybatch.pending wait longer than a flush needs to
+    --    merge them (two intervals + the client's write interval + the last flush's
+    --    duration): deferred again and again because an app keeps their rows locked.
+    patience := 2 * cfg.flush_interval + cfg.client_write_interval + COALESCE(last_duration, interval '0');
+    SELECT pg_catalog.count(*), pg_catalog.min(p.first_at) INTO stuck_agents, oldest
+    FROM pybatch.pending p WHERE p.first_at < pg_catalog.now() - patience;
+    IF stuck_agents > 0 THEN
+        RETURN QUERY SELECT true,
+            stuck_agents::text || ' agent(s) in pybatch.pending have waited up to '
+            || pybatch.seconds_text(pg_catalog.now() - oldest) || ' (over ' || pybatch.seconds_text(patience)
+            || ') to be merged: their rows are kept locked by another transaction (see pg_locks on public.workspace_agents)';
+        RETURN;
+    END IF;
+    RETURN QUERY SELECT false, NULL::text;
+END
+$$;
+COMMENT ON FUNCTION pybatch.backlog_verdict() IS
+    'Backs pybatch.health''s behind: true when the last successful flush drained max_rows_per_flush and at least as many still wait in staging, or when rows in pybatch.pending have waited over 2 flush intervals + client_write_interval + the last flush''s duration. NULL on a hot standby.';
+REVOKE EXECUTE ON FUNCTION pybatch.backlog_verdict() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION pybatch.backlog_verdict() TO pg_monitor;
+
+-- ---------------------------------------------------------------------------
+-- health: ok, late, behind or stalled; the measured worst staleness; who holds
+-- the flush lock.
+-- ---------------------------------------------------------------------------
+CREATE OR REPLACE VIEW pybatch.health AS
+WITH cfg AS (
+    SELECT s.flush_interval, s.heartbeat_period, s.client_write_interval FROM pybatch.settings s
+), last_success AS (
+    SELECT l.started_at, l.started_at + l.duration AS finished_at
+    FROM pybatch.flush_log l
+    WHERE l.error IS NULL
+    ORDER BY l.started_at DESC
+    LIMIT 1
+), last_failure AS (
+    SELECT l.started_at + l.duration AS finished_at, l.error
+    FROM pybatch.flush_log l
+    WHERE l.error IS NOT NULL
+    ORDER BY l.started_at DESC
+    LIMIT 1
+), windows AS (
+    -- A beat staged just after one successful flush drained is merged by the end of
+    -- the next: its wait is that flush's finish - the previous flush's start.
+    SELECT r.started_at + r.duration
+           - pg_catalog.lag(r.started_at) OVER (ORDER BY r.started_at, r.id) AS wait
+    FROM (SELECT l.id, l.started_at, l.duration FROM pybatch.flush_log l WHERE l.error IS NULL
+          ORDER BY l.started_at DESC, l.id DESC LIMIT 21) r
+), waited AS (
+    -- ... and a beat staged after the last one started has waited now() - that start.
+    SELECT GREATEST((SELECT pg_catalog.max(w.wait) FROM windows w),
+                    (SELECT pg_catalog.now() - ok.started_at FROM last_success ok)) AS max_wait
+), holders AS (
+    SELECT pg_catalog.string_agg(
+               pg_catalog.format('pid %s (role %s, application %s) for %s', h.pid,
+                                 COALESCE(h.role::text, '?'), COALESCE(NULLIF(h.application_name, ''), '?'),
+                                 COALESCE(pybatch.seconds_text(h.for_how_long), '?')),
+               ', ' ORDER BY h.xact_start) COLLATE "default" AS held_by  -- role names sort as "C"
+    FROM pybatch.flush_lock_holders h
+    WHERE h.holding
+), judged AS (
+    SELECT cfg.flush_interval,
+           ok.finished_at AS last_success_at,
+           pg_catalog.now() - ok.finished_at AS last_success_age,
+           bad.finished_at AS last_failure_at,
+           bad.error AS last_error,
+           b.behind,
+           b.reason AS behind_reason,
+           cfg.heartbeat_period + cfg.client_write_interval + w.max_wait AS worst_staleness,
+           w.max_wait,
+           hl.held_by
+    FROM cfg
+    LEFT JOIN last_success ok ON true
+    LEFT JOIN last_failure bad ON true
+    CROSS JOIN waited w
+    CROSS JOIN holders hl
+    CROSS JOIN pybatch.backlog_verdict() b
+)
+SELECT j.last_success_at,
+       j.last_success_age,
+       j.flush_interval,
+       CASE
+           WHEN j.last_success_at IS NULL THEN 'stalled'
+           WHEN j.last_success_age > 5 * j.flush_interval THEN 'stalled'
+           WHEN j.last_success_age > 2 * j.flush_interval THEN 'late'
+           WHEN j.behind THEN 'behind'
+           ELSE 'ok'
+       END AS status,
+       CASE
+           WHEN j.last_success_at IS NULL THEN
+               'no successful flush recorded in pybatch.flush_log'
+               || CASE WHEN j.held_by IS NOT NULL THEN '; flushes are skipped: pybatch.flush_lock is held by ' || j.held_by
+                       WHEN j.last_error IS NOT NULL THEN '; last flush failed: ' || j.last_error
+                       ELSE '; is a scheduler running (pg_cron job or `pybatch scheduler`)?' END
+           WHEN j.last_success_age <= 2 * j.flush_interval THEN
+               CASE WHEN j.behind THEN j.behind_reason
+                    ELSE 'last successful flush ' || pybatch.seconds_text(j.last_success_age)
+                         || ' ago, within 2 flush intervals' END
+           ELSE
+               'last successful flush ' || pybatch.seconds_text(j.last_success_age)
+               || ' ago, over ' || CASE WHEN j.last_success_age <= 5 * j.flush_interval THEN '2' ELSE '5' END
+               || ' flush intervals of ' || j.flush_interval::text
+               || CASE WHEN j.held_by IS NOT NULL THEN '; flushes are skipped: pybatch.flush_lock is held by ' || j.held_by
+                       WHEN j.last_failure_at > j.last_success_at THEN '; last flush failed: ' || j.last_error
+                       ELSE '; is a scheduler running (pg_cron job or `pybatch scheduler`)?' END
+       END AS reason,
+       j.last_failure_at,
+       j.last_error,
+       j.behind,
+       j.worst_staleness,
+       j.max_wait AS max_beat_wait,
+       j.held_by AS flush_lock_held_by
+FROM judged j;
+COMMENT ON VIEW pybatch.health IS
+    'One row: is flushing keeping up? status ok (last success within 2 flush intervals and not behind), behind (on time, but the last flush was capped with a cap''s worth still staged, or pending rows wait too long), late (last success within 5 intervals) or stalled (older, or never), with a reason that names who holds pybatch.flush_lock when flushes are being skipped. Also the measured worst staleness of last_connected_at. Usable as a liveness check, also on a hot standby.';
+COMMENT ON COLUMN pybatch.health.status IS 'ok, behind, late or stalled (the first that applies, worst first: stalled, late, behind).';
+COMMENT ON COLUMN pybatch.health.behind IS 'True when flushes do not keep up although they run (see pybatch.backlog_verdict()); NULL on a hot standby.';
+COMMENT ON COLUMN pybatch.health.worst_staleness IS 'Measured: settings.heartbeat_period + settings.client_write_interval + max_beat_wait. How stale a connected agent''s last_connected_at got at worst lately; compare with settings.inactive_timeout.';
+COMMENT ON COLUMN pybatch.health.max_beat_wait IS 'Measured over the last 20 successful flushes: the longest time from one flush''s start to the next one''s end (a beat staged just after a drain waits that long), or now() - the last start if longer. Beats deferred or capped wait longer (see behind).';
+COMMENT ON COLUMN pybatch.health.flush_lock_held_by IS 'Sessions holding pybatch.flush_lock now (pid, role, application, for how long), from pybatch.flush_lock_holders; NULL when free.';
+
+-- ---------------------------------------------------------------------------
+-- The target table's shape, measured (doctor reports it).
+-- ---------------------------------------------------------------------------
+CREATE FUNCTION pybatch.table_shape(max_pages integer DEFAULT 2000)
+RETURNS TABLE (
+    fillfactor integer,
+    heap_bytes bigint,
+    heap_pages bigint,
+    index_count integer,
+    index_bytes bigint,
+    sampled_pages bigint,
+    live_rows bigint,
+    rows_per_page numeric,
+    avg_row_bytes numeric,
+    unused_percent numeric,
+    method text,
+    indexed_flushed_columns text[]
+)
+LANGUAGE plpgsql
+VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    target CONSTANT pg_catalog.regclass := 'public.workspace_agents'::pg_catalog.regclass;
+    block integer := pg_catalog.current_setting('block_size')::integer;
+    sample_percent numeric;
+    sampled_rows bigint;
+    row_bytes numeric;
+BEGIN
+    IF max_pages IS NULL OR max_pages < 1 THEN
+        RAISE EXCEPTION 'pybatch.table_shape: max_pages must be 1 or more, not %', max_pages
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT COALESCE((SELECT o.option_value::integer FROM pg_catalog.pg_options_to_table(c.reloptions) o
+                     WHERE o.option_name = 'fillfactor'), 100)
+    INTO fillfactor FROM pg_catalog.pg_class c WHERE c.oid = target;
+    heap_bytes := pg_catalog.pg_relation_size(target);
+    heap_pages := heap_bytes / block;
+    index_bytes := pg_catalog.pg_indexes_size(target);
+    SELECT pg_catalog.count(*)::integer INTO index_count FROM pg_catalog.pg_index i WHERE i.indrelid = target;
+    SELECT pg_catalog.array_agg(DISTINCT a.attname::text ORDER BY a.attname::text) INTO indexed_flushed_columns
+    FROM pg_catalog.pg_index i
+    JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid
+         AND (a.attnum = ANY (i.indkey)
+              OR pg_catalog.pg_get_expr(i.indexprs, i.indrelid) ~ ('\m' || a.attname || '\M')
+              OR pg_catalog.pg_get_expr(i.indpred, i.indrelid) ~ ('\m' || a.attname || '\M'))
+    WHERE i.indrelid = target
+      AND a.attname IN ('first_connected_at', 'last_connected_at', 'disconnected_at',
+                        'last_connected_replica_id', 'updated_at');
+    indexed_flushed_columns := COALESCE(indexed_flushed_columns, '{}');
+
+    IF heap_pages = 0 THEN
+        sampled_pages := 0;
+        live_rows := 0;
+        method := 'empty table';
+        RETURN NEXT;
+        RETURN;
+    END IF;
+    -- Live row versions only (what a scan sees); whole pages, so per-page figures hold.
+    sample_percent := LEAST(100, 100.0 * max_pages / heap_pages);
+    SELECT pg_catalog.count(*), COALESCE(pg_catalog.sum(pg_catalog.pg_column_size(wa.*)), 0)
+    INTO sampled_rows, row_bytes
+    FROM public.workspace_agents wa TABLESAMPLE SYSTEM (sample_percent);
+    -- The expected number of pages in the sample (exact at 100 %).
+    sampled_pages := pg_catalog.round(heap_pages * sample_percent / 100)::bigint;
+    IF sample_percent >= 100 THEN
+        method := 'exact: every page read';
+        live_rows := sampled_rows;
+    ELSE
+        method := 'estimate from a ' || pg_catalog.round(sample_percent, 2)::text || ' % block sample';
+        live_rows := pg_catalog.round(sampled_rows * 100 / sample_percent)::bigint;
+    END IF;
+    rows_per_page := pg_catalog.round(sampled_rows::numeric / GREATEST(sampled_pages, 1), 1);
+    avg_row_bytes := CASE WHEN sampled_rows > 0 THEN pg_catalog.round(row_bytes / sampled_rows) END;
+    -- A page holds a 24-byte header; each row takes its size plus a 4-byte line pointer.
+    unused_percent := GREATEST(0, pg_catalog.round(
+        100 * (1 - (row_bytes + 4 * sampled_rows) / (GREATEST(sampled_pages, 1)::numeric * (block - 24))), 1));
+    RETURN NEXT;
+END
+$$;
+COMMENT ON FUNCTION pybatch.table_shape(integer) IS
+    'Measures public.workspace_agents: fillfactor (reloptions; 100 when unset), heap and index sizes, live rows per page, their average size (pg_column_size of the row) and unused_percent: the share of the heap that live rows do not take (free space plus dead row versions not yet pruned). Reads every page up to max_pages, else a block sample of about max_pages pages (method says which). indexed_flushed_columns: columns the merge writes that an index covers (their updates can never be HOT).';
+REVOKE EXECUTE ON FUNCTION pybatch.table_shape(integer) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION pybatch.table_shape(integer) TO pg_monitor;
+
+-- ---------------------------------------------------------------------------
+-- 0004's flush_lock_holders, documented column by column like the other views.
+-- ---------------------------------------------------------------------------
+COMMENT ON COLUMN pybatch.flush_lock_holders.pid IS 'Backend process id of the session.';
+COMMENT ON COLUMN pybatch.flush_lock_holders.holding IS 'True: it holds pybatch.flush_lock (runs a flush step, or an open transaction that called SELECT pybatch.flush()); false: it waits for the holder.';
+COMMENT ON COLUMN pybatch.flush_lock_holders.role IS 'The session''s role (pg_stat_activity.usename).';
+COMMENT ON COLUMN pybatch.flush_lock_holders.application_name IS 'The session''s application_name (pg_cron, pybatch scheduler, an app...).';
+COMMENT ON COLUMN pybatch.flush_lock_holders.client_addr IS 'The client''s address; NULL over a Unix socket.';
+COMMENT ON COLUMN pybatch.flush_lock_holders.xact_start IS 'When its transaction started.';
+COMMENT ON COLUMN pybatch.flush_lock_holders.state IS 'pg_stat_activity.state: active, idle in transaction, ...';
+COMMENT ON COLUMN pybatch.flush_lock_holders.for_how_long IS 'now() - xact_start: how long its transaction has held (or waited for) the lock.';
+
+-- ===========================================================================
+-- from migrations/0006_citus.sql
+-- ===========================================================================
+-- pybatch 0006: Citus. On a Citus coordinator whose public.workspace_agents is
+-- distributed by id, staging (pybatch.heartbeats), pybatch.pending and
+-- pybatch.quarantine become distributed tables co-located with it (by
+-- agent_id), and a flush runs shard-local: every co-located group of shards
+-- (staging, pending, quarantine, agents) is drained and merged, in the same
+-- committed passes as on one server, by a procedure CALLed at top level on the
+-- worker that holds it. No heartbeat row travels to the coordinator: it sends
+-- one CALL per shard group and gets one composite value back.
+--
+-- One SQL serves both: the drain and the pass take the relations as regclass
+-- parameters. On plain PostgreSQL (or a Citus coordinator whose
+-- workspace_agents is local) flush_begin()/flush_pass() call them with
+-- pybatch.heartbeats, pybatch.pending, pybatch.quarantine and
+-- public.workspace_agents, exactly as 0004 did; on Citus each worker calls them
+-- with its shards. docs/citus.md has the layout and the argument.
+
+-- ---------------------------------------------------------------------------
+-- Per-shard figures of a Citus flush; flush_log keeps the totals. Empty on
+-- plain PostgreSQL.
+-- ---------------------------------------------------------------------------
+CREATE TABLE pybatch.flush_log_shards (
+    flush_id bigint NOT NULL REFERENCES pybatch.flush_log (id) ON DELETE CASCADE,
+    shard_id bigint NOT NULL,
+    node text NOT NULL,
+    skipped boolean NOT NULL DEFAULT false,
+    rows_staged bigint NOT NULL DEFAULT 0,
+    agents_updated bigint NOT NULL DEFAULT 0,
+    stale_heartbeats bigint NOT NULL DEFAULT 0,
+    unknown_heartbeats bigint NOT NULL DEFAULT 0,
+    future_heartbeats bigint NOT NULL DEFAULT 0,
+    passes integer NOT NULL DEFAULT 0,
+    hot_updates bigint NOT NULL DEFAULT 0,
+    deferred_agents bigint NOT NULL DEFAULT 0,
+    quarantined_agents bigint NOT NULL DEFAULT 0,
+    newest_event_at timestamptz,
+    duration interval,
+    heap_bytes bigint,
+    index_bytes bigint,
+    error text,
+    PRIMARY KEY (flush_id, shard_id)
+);
+COMMENT ON TABLE pybatch.flush_log_shards IS
+    'Citus only: what each shard group did in a flush (flush_log holds the totals). shard_id is the staging shard; node is host:port of the worker that ran it. A failed shard kept its rows.';
+
+-- The result a worker sends back for one shard group: its flush_result and sizes.
+CREATE TYPE pybatch.shard_flush_result AS (
+    result pybatch.flush_result,
+    heap_bytes bigint,
+    index_bytes bigint
+);
+COMMENT ON TYPE pybatch.shard_flush_result IS
+    'Internal (Citus): what pybatch.shard_flush() returns to the coordinator for one shard group.';
+
+-- ---------------------------------------------------------------------------
+-- Is this database laid out for Citus (staging distributed)?
+-- ---------------------------------------------------------------------------
+CREATE FUNCTION pybatch.citus_distributed()
+RETURNS boolean
+LANGUAGE plpgsql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    found boolean;
+BEGIN
+    IF pg_catalog.to_regclass('pg_catalog.pg_dist_partition') IS NULL THEN
+        RETURN false;  -- no citus extension: plain PostgreSQL
+    END IF;
+    EXECUTE 'SELECT EXISTS (SELECT FROM pg_catalog.pg_dist_partition p
+                            WHERE p.logicalrelid = ''pybatch.heartbeats''::pg_catalog.regclass)'
+        INTO found;
+    RETURN found;
+END
+$fn$;
+COMMENT ON FUNCTION pybatch.citus_distributed() IS
+    'True when pybatch.heartbeats is a Citus distributed table (the flush then runs shard-local on the workers).';
+
+-- ---------------------------------------------------------------------------
+-- A lock that serializes flush steps on one set of relations. Plain PostgreSQL
+-- keeps 0004's row lock on pybatch.flush_lock; a shard group locks its pending
+-- shard (only flushes write pending). EXCLUSIVE: writers of staging and readers
+-- are never blocked. Autovacuum holds a conflicting lock now and then; it is
+-- cancelled for us after deadlock_timeout, so the wait is at least 2 s.
+-- ---------------------------------------------------------------------------
+CREATE FUNCTION pybatch.lock_pending(pending regclass, lock_wait interval)
+RETURNS boolean
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    previous_timeout text := pg_catalog.current_setting('lock_timeout');
+BEGIN
+    -- Citus refuses LOCK TABLE on a shard unless told the caller knows.
+    PERFORM pg_catalog.set_config('citus.enable_manual_changes_to_shards', 'on', true);
+    PERFORM pg_catalog.set_config('lock_timeout',
+        GREATEST(2000, pg_catalog.ceil(EXTRACT(EPOCH FROM COALESCE(lock_wait, interval '0')) * 1000))::bigint::text, true);
+    BEGIN
+        EXECUTE pg_catalog.format('LOCK TABLE %s IN EXCLUSIVE MODE', pending);
+    EXCEPTION WHEN lock_not_available THEN
+        PERFORM pg_catalog.set_config('lock_timeout', previous_timeout, true);
+        RETURN false;
+    END;
+    PERFORM pg_catalog.set_config('lock_timeout', previous_timeout, true);
+    RETURN true;
+END
+$fn$;
+COMMENT ON FUNCTION pybatch.lock_pending(regclass, interval) IS
+    'Internal (Citus): locks a pending shard for this transaction so one flush step at a time runs on its shard group; false after lock_wait (at least 2 s).';
+
+-- ---------------------------------------------------------------------------
+-- The drain (0004's flush_begin body), on any set of relations.
+-- ---------------------------------------------------------------------------
+CREATE FUNCTION pybatch.drain_into(staging regclass, pending regclass, agents regclass, quarantine regclass,
+                                   row_cap bigint, tolerance interval,
+                                   OUT rows_staged bigint, OUT future_heartbeats bigint,
+                                   OUT unknown_heartbeats bigint)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET work_mem = '64MB'
+AS $fn$
+DECLARE
+    gone bigint;
+BEGIN
+    EXECUTE pg_catalog.format($q$
+        WITH drained AS (
+            -- DELETE ... RETURNING, not TRUNCATE: a row committed after this
+            -- statement's snapshot is not deleted and waits for the next flush.
+            DELETE FROM %1$s h
+            WHERE h.ctid = ANY (ARRAY(SELECT s.ctid FROM %1$s s LIMIT $1))
+            RETURNING h.agent_id, h.replica_id, h.beat_at,
+                      h.beat_at > pg_catalog.clock_timestamp() + $2 AS is_future
+        ),
+        latest AS (
+            SELECT DISTINCT ON (d.agent_id)
+                d.agent_id,
+                d.replica_id,
+                d.beat_at AS last_at,
+                pg_catalog.min(d.beat_at) OVER per_agent AS first_at,
+                pg_catalog.count(*) OVER per_agent AS beats
+            FROM drained d
+            WHERE NOT d.is_future
+            WINDOW per_agent AS (
+                PARTITION BY d.agent_id
+                ORDER BY d.beat_at DESC, d.replica_id DESC NULLS LAST
+                ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)
+            ORDER BY d.agent_id, d.beat_at DESC, d.replica_id DESC NULLS LAST
+        ),
+        placed AS (
+            SELECT l.agent_id, l.first_at, l.last_at, l.replica_id, l.beats,
+                   pg_catalog.row_number() OVER (
+                       PARTITION BY (wa.ctid::text::point)[0] ORDER BY wa.ctid)::integer AS pass_no,
+                   EXISTS (SELECT FROM %4$s q WHERE q.agent_id = l.agent_id) AS held
+            FROM latest l
+            JOIN %3$s wa ON wa.id = l.agent_id
+        ),
+        queued AS (
+            INSERT INTO %2$s AS p (agent_id, first_at, last_at, replica_id, beats, pass_no)
+            SELECT pl.agent_id, pl.first_at, pl.last_at, pl.replica_id, pl.beats, pl.pass_no
+            FROM placed pl WHERE NOT pl.held
+            ON CONFLICT (agent_id) DO UPDATE SET
+                first_at = LEAST(p.first_at, excluded.first_at),
+                last_at = GREATEST(p.last_at, excluded.last_at),
+                replica_id = CASE
+                    WHEN excluded.last_at > p.last_at THEN excluded.replica_id
+                    WHEN excluded.last_at = p.last_at THEN GREATEST(p.replica_id, excluded.replica_id)
+                    ELSE p.replica_id
+                END,
+                beats = p.beats + excluded.beats,
+                pass_no = excluded.pass_no
+            RETURNING 1
+        ),
+        held AS (
+            UPDATE %4$s q SET
+                first_at = LEAST(q.first_at, pl.first_at),
+                last_at = GREATEST(q.last_at, pl.last_at),
+                replica_id = CASE
+                    WHEN pl.last_at > q.last_at THEN pl.replica_id
+                    WHEN pl.last_at = q.last_at THEN GREATEST(q.replica_id, pl.replica_id)
+                    ELSE q.replica_id
+                END,
+                beats = q.beats + pl.beats
+            FROM placed pl
+            WHERE pl.held AND q.agent_id = pl.agent_id
+            RETURNING 1
+        )
+        SELECT
+            (SELECT pg_catalog.count(*) FROM drained),
+            (SELECT pg_catalog.count(*) FROM drained d WHERE d.is_future),
+            (SELECT COALESCE(pg_catalog.sum(l.beats), 0) FROM latest l
+              WHERE NOT EXISTS (SELECT FROM placed pl WHERE pl.agent_id = l.agent_id))
+        $q$, staging, pending, agents, quarantine)
+    INTO rows_staged, future_heartbeats, unknown_heartbeats
+    USING row_cap, tolerance;
+
+    -- Agents deferred by an earlier flush, and quarantined agents due for a
+    -- retry, get a pass of their own numbering.
+    EXECUTE pg_catalog.format($q$
+        WITH due AS (
+            DELETE FROM %2$s q
+            WHERE q.retry_at <= pg_catalog.clock_timestamp()
+              AND NOT EXISTS (SELECT FROM %1$s p WHERE p.agent_id = q.agent_id)
+            RETURNING q.agent_id, q.first_at, q.last_at, q.replica_id, q.beats
+        )
+        INSERT INTO %1$s (agent_id, first_at, last_at, replica_id, beats, pass_no)
+        SELECT d.agent_id, d.first_at, d.last_at, d.replica_id, d.beats, NULL FROM due d
+        $q$, pending, quarantine);
+
+    EXECUTE pg_catalog.format($q$
+        UPDATE %1$s p SET pass_no = r.pass_no
+        FROM (SELECT p2.agent_id,
+                     pg_catalog.row_number() OVER (
+                         PARTITION BY (wa.ctid::text::point)[0] ORDER BY wa.ctid)::integer AS pass_no
+              FROM %1$s p2
+              JOIN %2$s wa ON wa.id = p2.agent_id
+              WHERE p2.pass_no IS NULL) r
+        WHERE p.agent_id = r.agent_id
+        $q$, pending, agents);
+    -- Pending rows whose agent row is gone (deleted since): nothing to merge into.
+    EXECUTE pg_catalog.format($q$
+        WITH gone AS (DELETE FROM %1$s p WHERE p.pass_no IS NULL RETURNING p.beats)
+        SELECT COALESCE(pg_catalog.sum(g.beats), 0)::bigint FROM gone g
+        $q$, pending)
+    INTO gone;
+    unknown_heartbeats := unknown_heartbeats + gone;
+END
+$fn$;
+COMMENT ON FUNCTION pybatch.drain_into(regclass, regclass, regclass, regclass, bigint, interval) IS
+    'Internal: the hand-off of a flush on the given relations (staging, pending, agents, quarantine; a shard group on Citus). Drains at most row_cap staged rows into pending, one row per agent numbered by heap page.';
+
+-- ---------------------------------------------------------------------------
+-- One pass's merge (0004's merge_pass), on any set of relations.
+-- ---------------------------------------------------------------------------
+CREATE FUNCTION pybatch.merge_pass_in(pending regclass, agents regclass, this_pass integer, only_agent uuid)
+RETURNS TABLE (picked bigint, merged bigint, updated bigint, stale_beats bigint, newest_event_at timestamptz)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    RETURN QUERY EXECUTE pg_catalog.format($q$
+    WITH batch AS (
+        SELECT p.agent_id FROM %1$s p
+        WHERE p.pass_no = $1 AND ($2::uuid IS NULL OR p.agent_id = $2)
+    ),
+    locked AS (
+        SELECT wa.id FROM %2$s wa
+        WHERE wa.id IN (SELECT b.agent_id FROM batch b)
+        FOR UPDATE OF wa SKIP LOCKED
+    ),
+    done AS (
+        DELETE FROM %1$s p USING locked l
+        WHERE p.agent_id = l.id
+        RETURNING p.agent_id, p.first_at, p.last_at, p.replica_id, p.beats
+    ),
+    changed AS (
+        UPDATE %2$s wa SET
+            first_connected_at = LEAST(wa.first_connected_at, d.first_at),
+            last_connected_at = GREATEST(wa.last_connected_at, d.last_at),
+            last_connected_replica_id = CASE
+                WHEN wa.last_connected_at IS NULL OR d.last_at > wa.last_connected_at
+                    THEN d.replica_id
+                WHEN d.last_at = wa.last_connected_at
+                    THEN GREATEST(wa.last_connected_replica_id, d.replica_id)
+                ELSE wa.last_connected_replica_id
+            END,
+            disconnected_at = CASE
+                WHEN wa.last_connected_at > d.last_at THEN wa.disconnected_at
+                WHEN wa.disconnected_at >= d.last_at THEN wa.disconnected_at
+            END,
+            updated_at = GREATEST(wa.updated_at, d.last_at)
+        FROM done d
+        WHERE wa.id = d.agent_id
+          AND (wa.first_connected_at IS NULL OR d.first_at < wa.first_connected_at
+               OR wa.last_connected_at IS NULL OR d.last_at > wa.last_connected_at
+               OR (d.last_at = wa.last_connected_at
+                   AND (d.replica_id > wa.last_connected_replica_id
+                        OR (wa.last_connected_replica_id IS NULL AND d.replica_id IS NOT NULL)
+                        OR wa.disconnected_at < d.last_at)))
+        RETURNING wa.id, d.last_at
+    )
+    SELECT (SELECT pg_catalog.count(*) FROM batch),
+           (SELECT pg_catalog.count(*) FROM done),
+           (SELECT pg_catalog.count(*) FROM changed),
+           (SELECT COALESCE(pg_catalog.sum(d.beats), 0)::bigint FROM done d
+             WHERE NOT EXISTS (SELECT FROM changed c WHERE c.id = d.agent_id)),
+           (SELECT pg_catalog.max(c.last_at) FROM changed c)
+    $q$, pending, agents) USING this_pass, only_agent;
+END
+$fn$;
+COMMENT ON FUNCTION pybatch.merge_pass_in(regclass, regclass, integer, uuid) IS
+    'Internal: merges the pending rows of one pass (or one agent of it) into the agents relation, skipping rows locked by others (0004''s merge, on any pending/agents pair: a shard pair on Citus).';
+
+CREATE OR REPLACE FUNCTION pybatch.merge_pass(this_pass integer, only_agent uuid DEFAULT NULL)
+RETURNS TABLE (picked bigint, merged bigint, updated bigint, stale_beats bigint, newest_event_at timestamptz)
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT * FROM pybatch.merge_pass_in('pybatch.pending', 'public.workspace_agents', this_pass, only_agent);
+$fn$;
+
+-- ---------------------------------------------------------------------------
+-- The next pass (0004's flush_pass after its lock), on any set of relations.
+-- ---------------------------------------------------------------------------
+CREATE FUNCTION pybatch.next_pass_in(result pybatch.flush_result, pending regclass, agents regclass,
+                                     quarantine regclass)
+RETURNS pybatch.flush_result
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    this_pass integer;
+    hot_before bigint;
+    step record;
+    agent record;
+    isolated_ok bigint := 0;
+    failed_agents uuid[] := '{}';
+    failed_errors text[] := '{}';
+    error_state text;
+    error_message text;
+    first_error text;
+    retry_first timestamptz;
+    deferred bigint;
+BEGIN
+    EXECUTE pg_catalog.format('SELECT pg_catalog.min(p.pass_no) FROM %s p', pending) INTO this_pass;
+    IF this_pass IS NULL THEN
+        RETURN result;  -- nothing left: passes does not grow, the caller stops
+    END IF;
+    result.passes := result.passes + 1;
+    hot_before := pg_catalog.pg_stat_get_xact_tuples_hot_updated(agents);
+
+    BEGIN
+        SELECT * INTO STRICT step FROM pybatch.merge_pass_in(pending, agents, this_pass, NULL);
+        result.agents_updated := result.agents_updated + step.updated;
+        result.stale_heartbeats := result.stale_heartbeats + step.stale_beats;
+        result.newest_event_at := GREATEST(result.newest_event_at, step.newest_event_at);
+    EXCEPTION WHEN query_canceled THEN
+        GET STACKED DIAGNOSTICS error_state = RETURNED_SQLSTATE, error_message = MESSAGE_TEXT;
+        result.error := error_state || ': ' || error_message;
+    WHEN OTHERS THEN
+        GET STACKED DIAGNOSTICS error_state = RETURNED_SQLSTATE, error_message = MESSAGE_TEXT;
+        first_error := error_state || ': ' || error_message;
+        FOR agent IN EXECUTE pg_catalog.format('SELECT p.agent_id FROM %s p WHERE p.pass_no = $1', pending)
+                     USING this_pass LOOP
+            BEGIN
+                SELECT * INTO STRICT step FROM pybatch.merge_pass_in(pending, agents, this_pass, agent.agent_id);
+                result.agents_updated := result.agents_updated + step.updated;
+                result.stale_heartbeats := result.stale_heartbeats + step.stale_beats;
+                result.newest_event_at := GREATEST(result.newest_event_at, step.newest_event_at);
+                isolated_ok := isolated_ok + 1;
+            EXCEPTION WHEN OTHERS THEN
+                GET STACKED DIAGNOSTICS error_state = RETURNED_SQLSTATE, error_message = MESSAGE_TEXT;
+                failed_agents := failed_agents || agent.agent_id;
+                failed_errors := failed_errors || (error_state || ': ' || error_message);
+            END;
+        END LOOP;
+        IF isolated_ok + result.agents_updated + result.stale_heartbeats = 0 THEN
+            result.error := first_error;
+            EXECUTE pg_catalog.format('UPDATE %s p SET pass_no = NULL WHERE p.pass_no = $1', pending)
+                USING this_pass;
+        ELSE
+            retry_first := pg_catalog.clock_timestamp();  -- computed first: no volatile call in the DML
+            EXECUTE pg_catalog.format($q$
+            WITH moved AS (
+                DELETE FROM %1$s p WHERE p.agent_id = ANY ($1)
+                RETURNING p.agent_id, p.first_at, p.last_at, p.replica_id, p.beats
+            )
+            INSERT INTO %2$s AS q (agent_id, first_at, last_at, replica_id, beats, error, retry_at)
+            SELECT m.agent_id, m.first_at, m.last_at, m.replica_id, m.beats,
+                   ($2)[pg_catalog.array_position($1, m.agent_id)],
+                   $3 + interval '10 seconds'
+            FROM moved m
+            ON CONFLICT (agent_id) DO UPDATE SET
+                first_at = LEAST(q.first_at, excluded.first_at),
+                last_at = GREATEST(q.last_at, excluded.last_at),
+                replica_id = CASE
+                    WHEN excluded.last_at > q.last_at THEN excluded.replica_id
+                    WHEN excluded.last_at = q.last_at THEN GREATEST(q.replica_id, excluded.replica_id)
+                    ELSE q.replica_id
+                END,
+                beats = q.beats + excluded.beats,
+                error = excluded.error,
+                attempts = q.attempts + 1,
+                -- Back-off: 10 s, 20 s, 40 s, ... at most 1 h.
+                retry_at = $3 + LEAST(interval '1 hour', interval '10 seconds' * (2 ^ LEAST(q.attempts, 12)))
+            $q$, pending, quarantine) USING failed_agents, failed_errors, retry_first;
+            result.quarantined_agents := result.quarantined_agents + pg_catalog.cardinality(failed_agents);
+        END IF;
+    END;
+
+    IF result.error IS NULL THEN
+        -- Rows still in this pass were locked by another transaction: next flush.
+        EXECUTE pg_catalog.format($q$
+            WITH deferred AS (UPDATE %s p SET pass_no = NULL WHERE p.pass_no = $1 RETURNING 1)
+            SELECT pg_catalog.count(*) FROM deferred
+            $q$, pending) INTO deferred USING this_pass;
+        result.deferred_agents := result.deferred_agents + deferred;
+    END IF;
+    result.hot_updates := result.hot_updates
+        + pg_catalog.pg_stat_get_xact_tuples_hot_updated(agents) - hot_before;
+    RETURN result;
+END
+$fn$;
+COMMENT ON FUNCTION pybatch.next_pass_in(pybatch.flush_result, regclass, regclass, regclass) IS
+    'Internal: merges the pending rows of the lowest pass_no on the given relations (0004''s flush_pass, on any set: a shard group on Citus) and adds its figures to result; agents that fail alone go to quarantine.';
+
+-- ---------------------------------------------------------------------------
+-- 0004's steps, now calling the relation-parameterised bodies. Same
+-- signatures, owners and grants; on a Citus layout they are not used (the
+-- flush goes through pybatch.citus_flush()).
+-- ---------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION pybatch.flush_begin(max_rows bigint DEFAULT NULL, lock_wait interval DEFAULT '0 seconds')
+RETURNS pybatch.flush_result
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET work_mem = '64MB'
+AS $fn$
+DECLARE
+    result pybatch.flush_result;
+    cfg pybatch.settings;
+    drained record;
+    error_state text;
+    error_message text;
+BEGIN
+    IF max_rows < 0 THEN
+        RAISE EXCEPTION 'pybatch.flush: max_rows must be 0 or more, not %', max_rows
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    result := pybatch.empty_result();
+    IF NOT pybatch.flush_take_lock(COALESCE(lock_wait, interval '0')) THEN
+        result.skipped := true;
+        result.duration := pg_catalog.clock_timestamp() - result.started_at;
+        RETURN result;
+    END IF;
+    SELECT * INTO STRICT cfg FROM pybatch.settings;
+    -- A subtransaction: on any error the drain rolls back, staging keeps its rows.
+    BEGIN
+        SELECT * INTO STRICT drained FROM pybatch.drain_into(
+            'pybatch.heartbeats', 'pybatch.pending', 'public.workspace_agents', 'pybatch.quarantine',
+            COALESCE(max_rows, cfg.max_rows_per_flush), cfg.future_tolerance);
+        result.rows_staged := drained.rows_staged;
+        result.future_heartbeats := drained.future_heartbeats;
+        result.unknown_heartbeats := drained.unknown_heartbeats;
+    EXCEPTION WHEN OTHERS OR query_canceled THEN
+        GET STACKED DIAGNOSTICS error_state = RETURNED_SQLSTATE, error_message = MESSAGE_TEXT;
+        result.error := error_state || ': ' || error_message;
+    END;
+    RETURN result;
+END
+$fn$;
+
+CREATE FUNCTION pybatch.empty_result()
+RETURNS pybatch.flush_result
+LANGUAGE plpgsql
+VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    result pybatch.flush_result;
+BEGIN
+    result.started_at := pg_catalog.clock_timestamp();
+    result.skipped := false;
+    result.rows_staged := 0;
+    result.agents_updated := 0;
+    result.stale_heartbeats := 0;
+    result.unknown_heartbeats := 0;
+    result.future_heartbeats := 0;
+    result.passes := 0;
+    result.hot_updates := 0;
+    result.deferred_agents := 0;
+    result.quarantined_agents := 0;
+    RETURN result;
+END
+$fn$;
+COMMENT ON FUNCTION pybatch.empty_result() IS
+    'Internal: a flush_result with every count 0, started now.';
+
+CREATE OR REPLACE FUNCTION pybatch.flush_pass(result pybatch.flush_result)
+RETURNS pybatch.flush_result
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    IF result.skipped OR result.error IS NOT NULL THEN
+        RETURN result;
+    END IF;
+    PERFORM pybatch.flush_take_lock(NULL);
+    RETURN pybatch.next_pass_in(result, 'pybatch.pending', 'public.workspace_agents', 'pybatch.quarantine');
+END
+$fn$;
+
+-- ---------------------------------------------------------------------------
+-- Citus: one shard group's flush, on the worker that holds it.
+-- ---------------------------------------------------------------------------
+CREATE FUNCTION pybatch.shard_begin(staging regclass, pending regclass, agents regclass, quarantine regclass,
+                                    row_cap bigint, tolerance interval, lock_wait interval)
+RETURNS pybatch.flush_result
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET work_mem = '64MB'
+AS $fn$
+DECLARE
+    result pybatch.flush_result := pybatch.empty_result();
+    drained record;
+    error_state text;
+    error_message text;
+BEGIN
+    IF NOT pybatch.lock_pending(pending, lock_wait) THEN
+        result.skipped := true;
+        result.duration := pg_catalog.clock_timestamp() - result.started_at;
+        RETURN result;
+    END IF;
+    BEGIN
+        SELECT * INTO STRICT drained FROM pybatch.drain_into(staging, pending, agents, quarantine, row_cap, tolerance);
+        result.rows_staged := drained.rows_staged;
+        result.future_heartbeats := drained.future_heartbeats;
+        result.unknown_heartbeats := drained.unknown_heartbeats;
+    EXCEPTION WHEN OTHERS OR query_canceled THEN
+        GET STACKED DIAGNOSTICS error_state = RETURNED_SQLSTATE, error_message = MESSAGE_TEXT;
+        result.error := error_state || ': ' || error_message;
+    END;
+    RETURN result;
+END
+$fn$;
+COMMENT ON FUNCTION pybatch.shard_begin(regclass, regclass, regclass, regclass, bigint, interval, interval) IS
+    'Internal (Citus, on a worker): step 1 of a shard group''s flush: locks its pending shard and drains its staging shard.';
+
+CREATE FUNCTION pybatch.shard_pass(result pybatch.flush_result, pending regclass, agents regclass,
+                                   quarantine regclass)
+RETURNS pybatch.flush_result
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    IF result.skipped OR result.error IS NOT NULL THEN
+        RETURN result;
+    END IF;
+    IF NOT pybatch.lock_pending(pending, interval '1 minute') THEN
+        result.error := '55P03: could not lock ' || pending::text;
+        RETURN result;
+    END IF;
+    RETURN pybatch.next_pass_in(result, pending, agents, quarantine);
+END
+$fn$;
+COMMENT ON FUNCTION pybatch.shard_pass(pybatch.flush_result, regclass, regclass, regclass) IS
+    'Internal (Citus, on a worker): one committed pass of a shard group''s flush.';
+
+CREATE PROCEDURE pybatch.shard_flush(staging regclass, pending regclass, agents regclass, quarantine regclass,
+                                     row_cap bigint, tolerance interval, lock_wait interval,
+                                     INOUT outcome pybatch.shard_flush_result DEFAULT NULL)
+LANGUAGE plpgsql
+AS $fn$
+-- CALLed at top level on the worker (by pybatch.citus_flush() through
+-- master_run_on_worker, one connection per shard group), so it may COMMIT:
+-- the hand-off is durable before any merge and every pass commits, as on one
+-- server. No SET clause (COMMIT forbids it); it calls only functions that pin
+-- their own search_path.
+DECLARE
+    result pybatch.flush_result;
+    passes_before integer;
+BEGIN
+    result := pybatch.shard_begin(staging, pending, agents, quarantine, row_cap, tolerance, lock_wait);
+    COMMIT;
+    LOOP
+        passes_before := result.passes;
+        result := pybatch.shard_pass(result, pending, agents, quarantine);
+        COMMIT;
+        EXIT WHEN result.skipped OR result.error IS NOT NULL OR result.passes = passes_before;
+    END LOOP;
+    result.duration := pg_catalog.clock_timestamp() - result.started_at;
+    outcome := ROW(result, pg_catalog.pg_relation_size(agents), pg_catalog.pg_indexes_size(agents))::pybatch.shard_flush_result;
+END
+$fn$;
+COMMENT ON PROCEDURE pybatch.shard_flush(regclass, regclass, regclass, regclass, bigint, interval, interval, pybatch.shard_flush_result) IS
+    'Internal (Citus, on a worker): the whole flush of one shard group (staging, pending, agents, quarantine shards) in committed passes; returns its figures to the coordinator. Must be CALLed at top level.';
+
+-- ---------------------------------------------------------------------------
+-- Citus: the coordinator's flush. Holds pybatch.flush_lock (one flush at a
+-- time, as on one server), sends one CALL of pybatch.shard_flush per shard
+-- group to the worker holding it, all at once (one connection each: shards
+-- flush in parallel across and within workers), and logs the totals in
+-- flush_log and each group in flush_log_shards. A failed group keeps its rows
+-- (its own transaction rolled back on its worker) and does not stop the others.
+-- ---------------------------------------------------------------------------
+CREATE FUNCTION pybatch.citus_flush(max_rows bigint, lock_wait interval)
+RETURNS pybatch.flush_result
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    result pybatch.flush_result := pybatch.empty_result();
+    cfg pybatch.settings;
+    group_shards bigint[] := '{}';
+    node_names text[] := '{}';
+    node_ports integer[] := '{}';
+    commands text[] := '{}';
+    g record;
+    r record;
+    shard pybatch.shard_flush_result;
+    res pybatch.flush_result;
+    shard_heap bigint;
+    shard_index bigint;
+    shards_failed integer := 0;
+    errors text[] := '{}';
+    per_shard jsonb := '[]';
+    heap_total bigint := 0;
+    index_total bigint := 0;
+    retention interval;
+BEGIN
+    IF max_rows < 0 THEN
+        RAISE EXCEPTION 'pybatch.flush: max_rows must be 0 or more, not %', max_rows
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF NOT pybatch.flush_take_lock(COALESCE(lock_wait, interval '0')) THEN
+        result.skipped := true;
+        result.duration := pg_catalog.clock_timestamp() - result.started_at;
+        RETURN result;
+    END IF;
+    SELECT * INTO STRICT cfg FROM pybatch.settings;
+
+    -- The shard groups: co-located shards share their hash range.
+    FOR g IN EXECUTE $q$
+        SELECT hs.shardid,
+               pg_catalog.shard_name('pybatch.heartbeats'::pg_catalog.regclass, hs.shardid) AS staging,
+               pg_catalog.shard_name('pybatch.pending'::pg_catalog.regclass, ps.shardid) AS pending,
+               pg_catalog.shard_name('public.workspace_agents'::pg_catalog.regclass, ws.shardid) AS agents,
+               pg_catalog.shard_name('pybatch.quarantine'::pg_catalog.regclass, qs.shardid) AS quarantine,
+               n.nodename, n.nodeport
+        FROM pg_catalog.pg_dist_shard hs
+        JOIN pg_catalog.pg_dist_shard ps ON ps.logicalrelid = 'pybatch.pending'::pg_catalog.regclass
+             AND ps.shardminvalue = hs.shardminvalue
+        JOIN pg_catalog.pg_dist_shard ws ON ws.logicalrelid = 'public.workspace_agents'::pg_catalog.regclass
+             AND ws.shardminvalue = hs.shardminvalue
+        JOIN pg_catalog.pg_dist_shard qs ON qs.logicalrelid = 'pybatch.quarantine'::pg_catalog.regclass
+             AND qs.shardminvalue = hs.shardminvalue
+        JOIN pg_catalog.pg_dist_placement pl ON pl.shardid = hs.shardid
+        JOIN pg_catalog.pg_dist_node n ON n.groupid = pl.groupid AND n.noderole = 'primary' AND n.isactive
+        WHERE hs.logicalrelid = 'pybatch.heartbeats'::pg_catalog.regclass
+        ORDER BY hs.shardid
+    $q$ LOOP
+        group_shards := group_shards || g.shardid;
+        node_names := node_names || g.nodename::text;
+        node_ports := node_ports || g.nodeport::integer;
+        commands := commands || pg_catalog.format(
+            'CALL pybatch.shard_flush(%L, %L, %L, %L, %s, %L, %L, NULL)',
+            g.staging, g.pending, g.agents, g.quarantine,
+            COALESCE(max_rows, cfg.max_rows_per_flush), cfg.future_tolerance, COALESCE(lock_wait, interval '0'));
+    END LOOP;
+    IF pg_catalog.cardinality(commands) = 0 THEN
+        result.error := 'pybatch: no shard placements found for pybatch.heartbeats';
+    ELSE
+        FOR r IN EXECUTE
+            'SELECT w.node_name, w.node_port, w.success, w.result, w.n
+             FROM pg_catalog.master_run_on_worker($1, $2, $3, true) WITH ORDINALITY AS w(node_name, node_port, success, result, n)'
+            USING node_names, node_ports, commands
+        LOOP
+            res := NULL;
+            shard_heap := NULL;
+            shard_index := NULL;
+            IF r.success THEN
+                BEGIN
+                    shard := r.result::pybatch.shard_flush_result;
+                    res := (shard).result;
+                    shard_heap := (shard).heap_bytes;
+                    shard_index := (shard).index_bytes;
+                EXCEPTION WHEN OTHERS THEN
+                    res := NULL;
+                END;
+            END IF;
+            IF res IS NULL OR res.started_at IS NULL THEN
+                -- The CALL failed on its worker (its transaction rolled back: the
+                -- shard group kept its rows) or the worker could not be reached.
+                res := pybatch.empty_result();
+                res.error := COALESCE(NULLIF(r.result, ''), 'no result');
+            END IF;
+            per_shard := per_shard || pg_catalog.jsonb_build_object(
+                'shard_id', group_shards[r.n], 'node', r.node_name || ':' || r.node_port,
+                'result', pg_catalog.to_jsonb(res), 'heap_bytes', shard_heap, 'index_bytes', shard_index);
+            IF res.error IS NOT NULL THEN
+                shards_failed := shards_failed + 1;
+                errors := errors || pg_catalog.format('shard %s on %s:%s: %s', group_shards[r.n],
+                                                      r.node_name, r.node_port, res.error);
+            END IF;
+            result.rows_staged := result.rows_staged + COALESCE(res.rows_staged, 0);
+            result.agents_updated := result.agents_updated + COALESCE(res.agents_updated, 0);
+            result.stale_heartbeats := result.stale_heartbeats + COALESCE(res.stale_heartbeats, 0);
+            result.unknown_heartbeats := result.unknown_heartbeats + COALESCE(res.unknown_heartbeats, 0);
+            result.future_heartbeats := result.future_heartbeats + COALESCE(res.future_heartbeats, 0);
+            result.passes := GREATEST(result.passes, COALESCE(res.passes, 0));
+            result.hot_updates := result.hot_updates + COALESCE(res.hot_updates, 0);
+            result.deferred_agents := result.deferred_agents + COALESCE(res.deferred_agents, 0);
+            result.quarantined_agents := result.quarantined_agents + COALESCE(res.quarantined_agents, 0);
+            result.newest_event_at := GREATEST(result.newest_event_at, res.newest_event_at);
+            heap_total := heap_total + COALESCE(shard_heap, 0);
+            index_total := index_total + COALESCE(shard_index, 0);
+        END LOOP;
+        IF shards_failed > 0 THEN
+            result.error := pg_catalog.format('%s of %s shard groups failed (they kept their rows): %s',
+                                              shards_failed, pg_catalog.cardinality(commands),
+                                              pg_catalog.array_to_string(errors, '; '));
+        END IF;
+    END IF;
+    result.duration := pg_catalog.clock_timestamp() - result.started_at;
+
+    INSERT INTO pybatch.flush_log (started_at, duration, rows_staged, agents_updated,
+                                   stale_heartbeats, unknown_heartbeats, future_heartbeats, error,
+                                   passes, hot_updates, deferred_agents, quarantined_agents,
+                                   newest_event_at, heap_bytes, index_bytes)
+    VALUES (result.started_at, result.duration, result.rows_staged, result.agents_updated,
+            result.stale_heartbeats, result.unknown_heartbeats, result.future_heartbeats, result.error,
+            result.passes, result.hot_updates, result.deferred_agents, result.quarantined_agents,
+            result.newest_event_at, heap_total, index_total)
+    RETURNING id INTO result.flush_id;
+    INSERT INTO pybatch.flush_log_shards (flush_id, shard_id, node, skipped, rows_staged, agents_updated,
+                                          stale_heartbeats, unknown_heartbeats, future_heartbeats, passes,
+                                          hot_updates, deferred_agents, quarantined_agents, newest_event_at,
+                                          duration, heap_bytes, index_bytes, error)
+    SELECT result.flush_id, (e ->> 'shard_id')::bigint, e ->> 'node',
+           COALESCE((e -> 'result' ->> 'skipped')::boolean, false),
+           COALESCE((e -> 'result' ->> 'rows_staged')::bigint, 0),
+           COALESCE((e -> 'result' ->> 'agents_updated')::bigint, 0),
+           COALESCE((e -> 'result' ->> 'stale_heartbeats')::bigint, 0),
+           COALESCE((e -> 'result' ->> 'unknown_heartbeats')::bigint, 0),
+           COALESCE((e -> 'result' ->> 'future_heartbeats')::bigint, 0),
+           COALESCE((e -> 'result' ->> 'passes')::integer, 0),
+           COALESCE((e -> 'result' ->> 'hot_updates')::bigint, 0),
+           COALESCE((e -> 'result' ->> 'deferred_agents')::bigint, 0),
+           COALESCE((e -> 'result' ->> 'quarantined_agents')::bigint, 0),
+           (e -> 'result' ->> 'newest_event_at')::timestamptz,
+           (e -> 'result' ->> 'duration')::interval,
+           (e ->> 'heap_bytes')::bigint, (e ->> 'index_bytes')::bigint,
+           e -> 'result' ->> 'error'
+    FROM pg_catalog.jsonb_array_elements(per_shard) e;
+    SELECT s.history_retention INTO retention FROM pybatch.settings s;
+    DELETE FROM pybatch.flush_log WHERE started_at < result.started_at - retention;
+    RETURN result;
+END
+$fn$;
+COMMENT ON FUNCTION pybatch.citus_flush(bigint, interval) IS
+    'Citus: flushes every shard group on its own worker, in parallel (one CALL pybatch.shard_flush per group through master_run_on_worker), and logs totals in flush_log and each group in flush_log_shards. Runs with the caller''s rights: pybatch.flush() calls it as the owner of public.workspace_agents.';
+
+-- ---------------------------------------------------------------------------
+-- The entry points dispatch: on a Citus layout both flush shard-local.
+-- ---------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION pybatch.flush(max_rows bigint DEFAULT NULL, lock_wait interval DEFAULT '0 seconds')
+RETURNS pybatch.flush_result
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    result pybatch.flush_result;
+    passes_before integer;
+BEGIN
+    IF pybatch.citus_distributed() THEN
+        -- The workers commit their own passes whatever the caller's transaction does.
+        RETURN pybatch.citus_flush(max_rows, lock_wait);
+    END IF;
+    -- The same steps in the caller's transaction: correct, but one transaction
+    -- cannot prune its own old versions, so on a full page the later passes
+    -- go non-HOT. Use CALL pybatch.flush_in_passes() where a COMMIT is allowed.
+    result := pybatch.flush_begin(max_rows, lock_wait);
+    LOOP
+        passes_before := result.passes;
+        result := pybatch.flush_pass(result);
+        EXIT WHEN result.skipped OR result.error IS NOT NULL OR result.passes = passes_before;
+    END LOOP;
+    RETURN pybatch.flush_finish(result);
+END
+$fn$;
+
+CREATE OR REPLACE PROCEDURE pybatch.flush_in_passes(max_rows bigint DEFAULT NULL,
+                                                    lock_wait interval DEFAULT '0 seconds',
+                                                    INOUT result pybatch.flush_result DEFAULT NULL)
+LANGUAGE plpgsql
+AS $fn$
+-- No SET clause and no SECURITY DEFINER: PostgreSQL forbids COMMIT in a
+-- procedure with either. It only calls schema-qualified functions that pin
+-- their own search_path; the steps are SECURITY DEFINER.
+DECLARE
+    passes_before integer;
+BEGIN
+    IF pybatch.citus_distributed() THEN
+        -- Shard-local: each worker commits its own passes (pybatch.shard_flush).
+        result := pybatch.flush(max_rows, lock_wait);
+        COMMIT;
+        RETURN;
+    END IF;
+    result := pybatch.flush_begin(max_rows, lock_wait);
+    COMMIT;  -- the hand-off is durable (as staging was) before any merge
+    LOOP
+        passes_before := result.passes;
+        result := pybatch.flush_pass(result);
+        COMMIT;  -- old versions of this pass become prunable; the next pass stays HOT
+        EXIT WHEN result.skipped OR result.error IS NOT NULL OR result.passes = passes_before;
+    END LOOP;
+    result := pybatch.flush_finish(result);
+    COMMIT;
+END
+$fn$;
+
+-- ---------------------------------------------------------------------------
+-- Lay out pybatch's tables for Citus. Run by this migration; run it again
+-- after distributing public.workspace_agents later. Distributing
+-- workspace_agents stays the user's decision.
+-- ---------------------------------------------------------------------------
+CREATE FUNCTION pybatch.citus_distribute()
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    method text;
+    dist_column text;
+    tbl text;
+    fn text;
+    had_rows boolean;
+BEGIN
+    IF pg_catalog.to_regclass('pg_catalog.pg_dist_partition') IS NULL THEN
+        RETURN 'plain';
+    END IF;
+    EXECUTE $q$SELECT p.partmethod::text, pg_catalog.column_to_column_name(p.logicalrelid, p.partkey)
+               FROM pg_catalog.pg_dist_partition p
+               WHERE p.logicalrelid = 'public.workspace_agents'::pg_catalog.regclass$q$
+        INTO method, dist_column;
+    IF method IS NULL THEN
+        RAISE NOTICE 'pybatch: public.workspace_agents is a local table on this Citus coordinator; pybatch works as on plain PostgreSQL (staging and flush on the coordinator)'
+            USING HINT = 'To spread it: SELECT create_distributed_table(''public.workspace_agents'', ''id''); then SELECT pybatch.citus_distribute();';
+        RETURN 'local';
+    END IF;
+    IF method <> 'h' OR dist_column IS DISTINCT FROM 'id' THEN
+        RAISE EXCEPTION 'pybatch: public.workspace_agents is distributed by % (method %); pybatch needs it hash-distributed by id, or local',
+            COALESCE(dist_column, 'no column'), method
+            USING ERRCODE = 'feature_not_supported';
+    END IF;
+    FOREACH tbl IN ARRAY ARRAY['pybatch.heartbeats', 'pybatch.pending', 'pybatch.quarantine'] LOOP
+        IF NOT pybatch.citus_distributed_table(tbl) THEN
+            EXECUTE pg_catalog.format('SELECT EXISTS (SELECT FROM %s)', tbl) INTO had_rows;
+            PERFORM pg_catalog.create_distributed_table(tbl::pg_catalog.regclass, 'agent_id',
+                                                        colocate_with => 'public.workspace_agents');
+            IF had_rows THEN
+                PERFORM pg_catalog.truncate_local_data_after_distributing_table(tbl::pg_catalog.regclass);
+            END IF;
+        END IF;
+    END LOOP;
+    -- What a worker runs for its shard groups must exist there.
+    FOREACH fn IN ARRAY ARRAY[
+        'pybatch.empty_result()',
+        'pybatch.lock_pending(regclass, interval)',
+        'pybatch.drain_into(regclass, regclass, regclass, regclass, bigint, interval)',
+        'pybatch.merge_pass_in(regclass, regclass, integer, uuid)',
+        'pybatch.next_pass_in(pybatch.flush_result, regclass, regclass, regclass)',
+        'pybatch.shard_begin(regclass, regclass, regclass, regclass, bigint, interval, interval)',
+        'pybatch.shard_pass(pybatch.flush_result, regclass, regclass, regclass)',
+        'pybatch.shard_flush(regclass, regclass, regclass, regclass, bigint, interval, interval, pybatch.shard_flush_result)']
+    LOOP
+        PERFORM pg_catalog.create_distributed_function(fn);
+    END LOOP;
+    RETURN 'distributed';
+END
+$fn$;
+COMMENT ON FUNCTION pybatch.citus_distribute() IS
+    'Citus: when public.workspace_agents is hash-distributed by id, distributes pybatch.heartbeats, pending and quarantine by agent_id co-located with it and puts the shard-flush routines on every node. Returns plain, local (workspace_agents is a local table: pybatch works as on plain PostgreSQL) or distributed.';
+
+CREATE FUNCTION pybatch.citus_distributed_table(tbl text)
+RETURNS boolean
+LANGUAGE plpgsql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    found boolean;
+BEGIN
+    IF pg_catalog.to_regclass('pg_catalog.pg_dist_partition') IS NULL THEN
+        RETURN false;
+    END IF;
+    EXECUTE 'SELECT EXISTS (SELECT FROM pg_catalog.pg_dist_partition p WHERE p.logicalrelid = $1::pg_catalog.regclass)'
+        INTO found USING tbl;
+    RETURN found;
+END
+$fn$;
+COMMENT ON FUNCTION pybatch.citus_distributed_table(text) IS
+    'Internal: true when the named table is a Citus table (distributed or reference).';
+
+-- Rights: the relation-parameterised bodies run with their caller's rights
+-- (no SECURITY DEFINER), so calling them grants nothing; the commit procedure
+-- and the lock are not public.
+REVOKE EXECUTE ON PROCEDURE pybatch.shard_flush(regclass, regclass, regclass, regclass, bigint, interval, interval, pybatch.shard_flush_result) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION pybatch.citus_distribute() FROM PUBLIC;
+REVOKE ALL ON pybatch.flush_log_shards FROM PUBLIC;
+GRANT SELECT ON pybatch.flush_log_shards TO pg_monitor;
+DO $fn$
+DECLARE
+    table_owner text;
+BEGIN
+    SELECT c.relowner::pg_catalog.regrole::text INTO STRICT table_owner
+    FROM pg_catalog.pg_class c WHERE c.oid = 'public.workspace_agents'::pg_catalog.regclass;
+    EXECUTE pg_catalog.format('GRANT SELECT, INSERT, DELETE ON pybatch.flush_log_shards TO %s', table_owner);
+    EXECUTE pg_catalog.format('GRANT EXECUTE ON PROCEDURE pybatch.shard_flush(regclass, regclass, regclass, regclass, bigint, interval, interval, pybatch.shard_flush_result) TO %s', table_owner);
+    PERFORM pybatch.citus_distribute();
+END
+$fn$;
+

@@ -14,6 +14,7 @@ from pybatch.uninstall import uninstall
 # `pybatch status` exit codes: a liveness probe needs only "0 or not".
 EXIT_LATE = 3
 EXIT_STALLED = 4
+EXIT_BEHIND = 5  # flushes run on time but do not keep up (health "behind")
 
 
 def register(subparsers: Any) -> None:
@@ -80,12 +81,18 @@ def cmd_status(args: argparse.Namespace) -> int:
         print_json(state.as_json())
     else:
         _print_status(state)
-    return {"ok": 0, "late": EXIT_LATE}.get(state.health.status, EXIT_STALLED)
+    return {"ok": 0, "late": EXIT_LATE, "behind": EXIT_BEHIND}.get(state.health.status, EXIT_STALLED)
 
 
 def _print_status(state: inspect.Status) -> None:
     health = state.health
     print(f"health: {health.status.upper()} - {health.reason}")
+    if health.flush_lock_held_by:
+        print(f"flush lock held by: {health.flush_lock_held_by}")
+    if state.staleness is not None:
+        measured = f"measured worst staleness {_age(health.worst_staleness)}; " \
+            if health.worst_staleness is not None else ""
+        print(f"staleness: {measured}budget {state.staleness.verdict}: {state.staleness.reason}")
     if state.in_recovery:
         print("server: hot standby (staging figures are only on the primary)")
     staging = state.staging
@@ -100,6 +107,14 @@ def _print_status(state: inspect.Status) -> None:
         }], title="staging")
     else:
         print(f"staging: not available: {staging.reason}")
+    if staging.pending_agents is not None:
+        print(f"pending (handed off, not merged yet): {staging.pending_agents} agent(s), "
+              f"{staging.deferred_agents} deferred (row locked), oldest beat {_age(staging.oldest_pending_age)} old")
+    if staging.quarantined_agents:
+        print(f"quarantine: {staging.quarantined_agents} agent(s) since "
+              f"{staging.oldest_quarantined_at.isoformat(timespec='seconds') if staging.oldest_quarantined_at else '-'}"
+              f", e.g. {staging.quarantine_sample_agent}: {staging.quarantine_sample_error} "
+              "(retry now: SELECT pybatch.requeue_quarantined())")
     print_table([{
         "started at": f.started_at.isoformat(timespec="seconds"),
         "rows": f.rows_staged,
@@ -107,6 +122,10 @@ def _print_status(state: inspect.Status) -> None:
         "stale": f.stale_heartbeats,
         "unknown": f.unknown_heartbeats,
         "future": f.future_heartbeats,
+        "passes": f.passes,
+        "hot": f.hot_updates,
+        "deferred": f.deferred_agents,
+        "quarantined": f.quarantined_agents,
         "duration": _age(f.duration),
         "error": f.error,
     } for f in state.recent_flushes], title="recent flushes")

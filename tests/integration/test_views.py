@@ -124,11 +124,12 @@ def test_health_ok_after_a_real_flush(conn: psycopg.Connection) -> None:
     flush(conn)
     health = inspect.health(conn)
     assert health.status == "ok" and health.ok
-    assert health.flush_interval == timedelta(seconds=10)
+    assert health.flush_interval == timedelta(seconds=5)  # the default since 0004 (Coder's batcher: 5 s)
     assert health.last_success_age is not None and health.last_success_age < timedelta(seconds=20)
 
 
 def test_health_late_within_five_intervals(conn: psycopg.Connection) -> None:
+    conn.execute("UPDATE pybatch.settings SET flush_interval = '10 seconds'")
     log_flush(conn, "30 seconds")  # 3 intervals of 10 s
     health = inspect.health(conn)
     assert health.status == "late"
@@ -136,6 +137,7 @@ def test_health_late_within_five_intervals(conn: psycopg.Connection) -> None:
 
 
 def test_health_stalled_beyond_five_intervals(conn: psycopg.Connection) -> None:
+    conn.execute("UPDATE pybatch.settings SET flush_interval = '10 seconds'")
     log_flush(conn, "60 seconds")
     assert inspect.health(conn).status == "stalled"
     # The yardstick is settings.flush_interval.
@@ -209,6 +211,193 @@ def test_staging_summary_estimates_when_large(conn: psycopg.Connection) -> None:
     assert summary.oldest_beat_age > summary.newest_beat_age
 
 
+# -- migration 0005: staleness budget, behind, flush lock, pending and quarantine, table shape ----
+def test_staleness_budget_adds_the_parts_and_judges_them(conn: psycopg.Connection) -> None:
+    budget = inspect.staleness_budget(conn)
+    # Defaults: Coder's 15 s period + the client's 1 s write interval + a 5 s flush + 1 s assumed
+    # for a flush never measured = 22 s, within 30 s with the 6 s margin.
+    assert (budget.heartbeat_period, budget.client_write_interval, budget.flush_interval) == (
+        timedelta(seconds=15), timedelta(seconds=1), timedelta(seconds=5))
+    assert not budget.flush_duration_measured and budget.flush_duration == timedelta(seconds=1)
+    assert budget.worst_staleness == timedelta(seconds=22) and budget.margin == timedelta(seconds=6)
+    assert (budget.verdict, budget.allowed) == ("ok", True)
+    assert budget.max_flush_interval == timedelta(seconds=7)
+    # Coder's own findings: a 10 s flush reached 25.7 s (tight), a 15 s flush broke (exceeds).
+    tight = inspect.staleness_budget(conn, flush_interval=timedelta(seconds=10))
+    assert (tight.verdict, tight.allowed) == ("tight", True) and "at most 7.0 s" in tight.reason
+    broken = inspect.staleness_budget(conn, flush_interval=timedelta(seconds=15))
+    assert (broken.verdict, broken.allowed) == ("exceeds", False)
+    assert "over inactive_timeout 30.0 s" in broken.reason
+    with pytest.raises(inspect.InvalidSetting, match=r"flush_interval.*25s.*staleness budget"):
+        inspect.require_staleness_budget(conn, "flush_interval", timedelta(seconds=25))
+    assert inspect.require_staleness_budget(conn, "flush_interval", timedelta(seconds=5)).verdict == "ok"
+    # Any part counts: a 30 s heartbeat period alone breaks it; a longer timeout makes room.
+    assert not inspect.staleness_budget(conn, heartbeat_period=timedelta(seconds=30)).allowed
+    assert inspect.staleness_budget(conn, flush_interval=timedelta(seconds=15),
+                                    inactive_timeout=timedelta(minutes=1)).verdict == "ok"
+    # The flush's own duration is measured once flushes are logged: the longest of the last 20.
+    conn.execute("INSERT INTO pybatch.flush_log (started_at, duration) VALUES "
+                 "(now() - interval '1 minute', interval '4 seconds'), (now(), interval '200 milliseconds')")
+    measured = inspect.staleness_budget(conn)
+    assert measured.flush_duration_measured and measured.flush_duration == timedelta(seconds=4)
+    assert (measured.worst_staleness, measured.verdict) == (timedelta(seconds=25), "tight")
+    # Stored settings are what it judges by default; SQL callers get the same row.
+    conn.execute("UPDATE pybatch.settings SET heartbeat_period = '5 seconds', client_write_interval = '0'")
+    row = conn.execute("SELECT worst_staleness, verdict, allowed FROM pybatch.staleness_budget()").fetchone()
+    assert row == (timedelta(seconds=14), "ok", True)
+    row = conn.execute("SELECT allowed FROM pybatch.staleness_budget(new_flush_interval => '25 seconds')").fetchone()
+    assert row == (False,)
+
+
+def test_budget_settings_have_range_checks(conn: psycopg.Connection) -> None:
+    for statement in ("UPDATE pybatch.settings SET heartbeat_period = '0'",
+                      "UPDATE pybatch.settings SET heartbeat_period = '2 hours'",
+                      "UPDATE pybatch.settings SET client_write_interval = '-1 second'",
+                      "UPDATE pybatch.settings SET client_write_interval = '2 hours'"):
+        with pytest.raises(psycopg.errors.CheckViolation):
+            conn.execute(statement)
+    conn.execute("UPDATE pybatch.settings SET heartbeat_period = '1 hour', client_write_interval = '0'")
+    settings = inspect.read_settings(conn)
+    assert (settings.heartbeat_period, settings.client_write_interval) == (timedelta(hours=1), timedelta(0))
+
+
+def test_health_behind_when_a_capped_flush_leaves_a_cap_of_backlog(conn: psycopg.Connection) -> None:
+    """Issue 11 #12b: before 0005 this state reported ok."""
+    agents = [add_agent(conn) for _ in range(5)]
+    conn.execute("UPDATE pybatch.settings SET max_rows_per_flush = 2")
+    conn.execute("INSERT INTO pybatch.heartbeats (agent_id) SELECT unnest(%s::uuid[])", (agents,))
+    assert flush(conn).rows_staged == 2  # 3 left, more than the next flush drains
+    health = inspect.health(conn)
+    assert (health.status, health.behind, health.ok) == ("behind", True, False)
+    assert "max_rows_per_flush" in health.reason and "cap of 2" in health.reason
+    assert flush(conn).rows_staged == 2  # 1 left: the next flush takes it all
+    health = inspect.health(conn)
+    assert (health.status, health.behind) == ("ok", False)
+
+
+def test_deferred_pending_rows_show_in_views_and_make_health_behind(conn: psycopg.Connection, dsn: str) -> None:
+    locked, free = add_agent(conn), add_agent(conn)
+    conn.execute("INSERT INTO pybatch.heartbeats (agent_id, beat_at) SELECT unnest(%s::uuid[]), "
+                 "now() - interval '1 minute'", ([locked, free],))
+    with psycopg.connect(dsn) as app:  # an app transaction holds one agent's row
+        app.execute("SELECT FROM public.workspace_agents WHERE id = %s FOR UPDATE", (locked,))
+        result = flush(conn)
+        assert result.ok and result.deferred_agents == 1
+        summary = inspect.staging(conn)
+        assert (summary.rows_staged, summary.pending_agents, summary.pending_beats, summary.deferred_agents) == \
+            (0, 1, 1, 1)
+        assert summary.oldest_pending_age is not None and summary.oldest_pending_age > timedelta(seconds=50)
+        # The deferred beat is newer than the row: "newer heartbeat staged", though staging is empty.
+        assert status_of(conn, locked) == ("connecting", True)  # never merged yet
+        assert status_of(conn, free) == ("disconnected", False)  # merged: a minute old
+        row = conn.execute("SELECT staged_beat_at, pending_beat_at IS NOT NULL FROM pybatch.agent_status "
+                           "WHERE agent_id = %s", (locked,)).fetchone()
+        assert row == (None, True)
+        health = inspect.health(conn)
+        assert health.status == "behind" and "pybatch.pending" in health.reason, health
+        counts = inspect.agent_counts(conn)
+        assert counts.newer_heartbeat_staged == 1
+        app.rollback()
+    assert flush(conn).agents_updated == 1
+    assert inspect.staging(conn).pending_agents == 0
+    assert inspect.health(conn).status == "ok"
+
+
+def test_health_names_who_holds_the_flush_lock(conn: psycopg.Connection, dsn: str) -> None:
+    """Issue 11 #3: a skipped flush is visible, with the holder."""
+    conn.execute("UPDATE pybatch.settings SET flush_interval = '10 seconds'")
+    log_flush(conn, "30 seconds")
+    assert inspect.health(conn).flush_lock_held_by is None
+    with psycopg.connect(dsn, application_name="long-app-txn") as holder:
+        holder.execute("SELECT pybatch.flush()")  # holds pybatch.flush_lock until it commits
+        pid = holder.info.backend_pid
+        skipped = flush(conn)
+        assert skipped.skipped
+        health = inspect.health(conn)
+        assert health.status == "late"
+        assert health.flush_lock_held_by is not None and f"pid {pid}" in health.flush_lock_held_by
+        assert "long-app-txn" in health.flush_lock_held_by
+        assert f"flushes are skipped: pybatch.flush_lock is held by pid {pid}" in health.reason
+        holder.rollback()
+    assert inspect.health(conn).flush_lock_held_by is None
+
+
+def test_health_measures_the_worst_staleness(conn: psycopg.Connection) -> None:
+    assert inspect.health(conn).worst_staleness is None  # nothing measured yet
+    # Three flushes: a beat staged just after the first started waited until the second
+    # finished, 10 s + 2 s = 12 s; the latest window is 9.5 s.
+    conn.execute("INSERT INTO pybatch.flush_log (started_at, duration) VALUES "
+                 "(now() - interval '20 seconds', interval '1 second'), "
+                 "(now() - interval '10 seconds', interval '2 seconds'), "
+                 "(now() - interval '1 second', interval '500 milliseconds')")
+    health = inspect.health(conn)
+    assert health.max_beat_wait == timedelta(seconds=12)
+    assert health.worst_staleness == timedelta(seconds=15 + 1 + 12)  # + heartbeat period + write interval
+    # Failed flushes merge nothing: they do not end a wait.
+    conn.execute("INSERT INTO pybatch.flush_log (started_at, duration, error) VALUES "
+                 "(now() - interval '15 seconds', interval '1 second', 'XX000: boom')")
+    assert inspect.health(conn).max_beat_wait == timedelta(seconds=12)
+
+
+def test_quarantine_shows_in_staging_summary_and_agent_status(conn: psycopg.Connection) -> None:
+    good = add_agent(conn)  # first on the page: merged in pass 1, so the poison fails alone in pass 2
+    poison = add_agent(conn)
+    conn.execute("CREATE FUNCTION public.refuse_one() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                 f"IF NEW.id = '{poison}' THEN RAISE EXCEPTION 'poison row'; END IF; RETURN NEW; END $$")
+    conn.execute("CREATE TRIGGER refuse_one BEFORE UPDATE ON public.workspace_agents "
+                 "FOR EACH ROW EXECUTE FUNCTION public.refuse_one()")
+    conn.execute("INSERT INTO pybatch.heartbeats (agent_id) SELECT unnest(%s::uuid[])", ([poison, good],))
+    result = flush(conn)
+    assert result.quarantined_agents == 1 and result.agents_updated == 1
+    summary = inspect.staging(conn)
+    assert (summary.quarantined_agents, summary.quarantined_beats, summary.quarantine_sample_agent) == \
+        (1, 1, poison)
+    assert summary.quarantine_sample_error is not None and "poison row" in summary.quarantine_sample_error
+    assert summary.oldest_quarantined_at is not None and summary.quarantine_next_retry_at is not None
+    row = conn.execute("SELECT quarantine_error, quarantined_beat_at IS NOT NULL FROM pybatch.agent_status "
+                       "WHERE agent_id = %s", (poison,)).fetchone()
+    assert row is not None and "poison row" in row[0] and row[1]
+    row = conn.execute("SELECT quarantine_error FROM pybatch.agent_status WHERE agent_id = %s", (good,)).fetchone()
+    assert row == (None,)
+    document = inspect.status(conn).as_json()
+    assert document["quarantine"]["agents"] == 1 and document["quarantine"]["sample_agent"] == str(poison)
+    assert "poison row" in document["quarantine"]["sample_error"]
+    assert document["pending"] == {"agents": 0, "beats": 0, "deferred_agents": 0, "oldest_beat_at": None,
+                                   "oldest_beat_age_seconds": None}
+    flushed = document["recent_flushes"][0]
+    assert (flushed["quarantined_agents"], flushed["agents_updated"]) == (1, 1)
+    assert flushed["heap_bytes"] > 0 and flushed["passes"] >= 1
+    assert document["staleness"]["verdict"] == "ok" and document["staleness"]["allowed"] is True
+    assert document["health"]["worst_staleness_seconds"] is not None
+    assert document["settings"]["heartbeat_period_seconds"] == 15.0
+
+
+def test_table_shape_measures_fillfactor_rows_per_page_and_unused_space(conn: psycopg.Connection) -> None:
+    conn.execute("ALTER TABLE public.workspace_agents SET (fillfactor = 100)")
+    conn.execute("INSERT INTO public.workspace_agents (id) SELECT gen_random_uuid() FROM generate_series(1, 3000)")
+    full = inspect.table_shape(conn)
+    assert full.fillfactor == 100 and full.live_rows == 3000 and full.method.startswith("exact")
+    assert full.heap_pages == full.heap_bytes // 8192 and full.sampled_pages == full.heap_pages
+    assert full.rows_per_page is not None and full.avg_row_bytes is not None and full.unused_percent is not None
+    assert abs(float(full.rows_per_page) - 3000 / full.heap_pages) < 0.1
+    assert full.unused_percent < 15  # packed full
+    assert full.indexed_flushed_columns == [] and full.index_count >= 1
+    # The same rows at fillfactor 50 (rewritten, for the test): about half of each page unused.
+    conn.execute("ALTER TABLE public.workspace_agents SET (fillfactor = 50)")
+    conn.execute("VACUUM FULL public.workspace_agents")
+    half = inspect.table_shape(conn)
+    assert half.fillfactor == 50 and half.live_rows == 3000
+    assert half.rows_per_page is not None and half.unused_percent is not None
+    assert float(half.rows_per_page) < 0.6 * float(full.rows_per_page)
+    assert 40 < half.unused_percent < 65
+    # Large tables are sampled; an index on a column the merge writes is named.
+    conn.execute("CREATE INDEX wa_updated_idx ON public.workspace_agents (updated_at)")
+    sampled = inspect.table_shape(conn, max_pages=2)
+    assert sampled.method.startswith("estimate") and sampled.indexed_flushed_columns == ["updated_at"]
+    with pytest.raises(inspect.ConfigError):
+        inspect.table_shape(conn, max_pages=0)
+
+
 # -- access and documentation -----------------------------------------------------------------
 def test_pg_monitor_reads_every_view_and_runs_inspect_sql(conn: psycopg.Connection, dsn: str) -> None:
     role = f"monitor_{uuid.uuid4().hex[:8]}"
@@ -244,7 +433,9 @@ def test_every_view_column_and_function_is_commented(conn: psycopg.Connection) -
         "AND col_description(c.oid, coalesce(a.attnum, 0)) IS NULL AND (a.attnum IS NOT NULL "
         "OR obj_description(c.oid, 'pg_class') IS NULL) "
         "UNION ALL SELECT p.proname FROM pg_proc p WHERE p.pronamespace = 'pybatch'::regnamespace "
-        "AND p.proname IN ('staging_stats', 'staged_latest_beats') AND obj_description(p.oid, 'pg_proc') IS NULL"
+        "AND p.proname IN ('staging_stats', 'staged_latest_beats', 'pending_stats', 'pending_latest_beats', "
+        "'backlog_verdict', 'staleness_budget', 'table_shape', 'seconds_text') "
+        "AND obj_description(p.oid, 'pg_proc') IS NULL"
     ).fetchall()
     assert missing == []
     views = {r[0] for r in conn.execute(
