@@ -22,7 +22,19 @@ from pybatch.schedule import cron
 from tests.conftest import run_pybatch
 
 # The stable `status --json` document (docs/status-json.md): keys per object.
-STATUS_KEYS = {"schema_version", "in_recovery", "health", "staging", "recent_flushes", "agents", "settings"}
+STATUS_KEYS = {
+    "schema_version",
+    "in_recovery",
+    "health",
+    "staging",
+    "recent_flushes",
+    "agents",
+    "settings",
+    # added by migration 0005 (schema_version 1 allows new keys)
+    "pending",
+    "quarantine",
+    "staleness",
+}
 HEALTH_KEYS = {
     "status",
     "reason",
@@ -31,6 +43,26 @@ HEALTH_KEYS = {
     "flush_interval_seconds",
     "last_failure_at",
     "last_error",
+    "behind",
+    "flush_lock_held_by",
+    "max_beat_wait_seconds",
+    "worst_staleness_seconds",
+}
+PENDING_KEYS = {"agents", "beats", "deferred_agents", "oldest_beat_at", "oldest_beat_age_seconds"}
+QUARANTINE_KEYS = {"agents", "beats", "oldest_quarantined_at", "next_retry_at", "sample_agent", "sample_error"}
+STALENESS_KEYS = {
+    "verdict",
+    "allowed",
+    "reason",
+    "heartbeat_period_seconds",
+    "client_write_interval_seconds",
+    "flush_interval_seconds",
+    "flush_duration_seconds",
+    "flush_duration_measured",
+    "worst_staleness_seconds",
+    "inactive_timeout_seconds",
+    "margin_seconds",
+    "max_flush_interval_seconds",
 }
 STAGING_KEYS = {
     "available",
@@ -56,6 +88,13 @@ FLUSH_KEYS = {
     "future_heartbeats",
     "duration_seconds",
     "error",
+    "passes",
+    "hot_updates",
+    "deferred_agents",
+    "quarantined_agents",
+    "newest_event_at",
+    "heap_bytes",
+    "index_bytes",
 }
 AGENT_KEYS = {"total", "by_status", "newer_heartbeat_staged"}
 SETTINGS_KEYS = {
@@ -65,6 +104,8 @@ SETTINGS_KEYS = {
     "history_retention_seconds",
     "max_rows_per_flush",
     "created_workspace_agents",
+    "heartbeat_period_seconds",
+    "client_write_interval_seconds",
 }
 
 
@@ -88,6 +129,8 @@ def test_status_json_keys_and_exit_codes(conn: psycopg.Connection, dsn: str) -> 
     assert set(doc) == STATUS_KEYS and doc["schema_version"] == 1
     assert set(doc["health"]) == HEALTH_KEYS and set(doc["staging"]) == STAGING_KEYS
     assert set(doc["agents"]) == AGENT_KEYS and set(doc["settings"]) == SETTINGS_KEYS
+    assert set(doc["pending"]) == PENDING_KEYS and set(doc["quarantine"]) == QUARANTINE_KEYS
+    assert set(doc["staleness"]) == STALENESS_KEYS
     assert set(doc["agents"]["by_status"]) == {"connecting", "connected", "disconnected", "timeout"}
 
     agent = uuid.uuid4()
@@ -125,7 +168,7 @@ def test_doctor_lines_and_exit_codes(dsn: str) -> None:
     lines = broken.stdout.splitlines()
     assert lines and all(line.split()[0] in ("OK", "WARN", "FAIL") for line in lines)
     assert any(line.startswith("FAIL cron_job") for line in lines)
-    cron.install(dsn, 10)
+    cron.install(dsn, 5)  # the default interval: 10 s would leave the staleness budget tight (a WARN)
     try:
         with psycopg.connect(dsn, autocommit=True) as conn:
             flush(conn)
