@@ -191,10 +191,11 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
 
 
 class LifecycleFilter(logging.Filter):
-    """Shows the scheduler's lifecycle at the default log level, and nothing more of its debug chatter.
+    """Shows the scheduler's lifecycle at the default log level: one line per change of leadership.
 
-    The runner logs "became leader" at INFO and "standing by" at DEBUG once per interval; this
-    passes each change between them once, raised to INFO, and drops the runner's own start lines
+    The runner logs "became leader", "standing by" (at INFO, or at DEBUG every interval in older
+    runners) and "lost the scheduler lease ...; standing by" (a warning). This passes each change
+    between leading and standing by once, at INFO at least, and drops the runner's own start lines
     ("scheduler started", "serving metrics"), which the CLI's start line already covers."""
 
     REDUNDANT = frozenset({"scheduler started", "serving metrics"})
@@ -216,6 +217,8 @@ class LifecycleFilter(logging.Filter):
             return True
         if message.startswith("became leader"):
             self.state = "leader"
+        elif message.startswith("lost the scheduler lease"):
+            self.state = "standby"  # the warning says so; the "standing by" after it adds nothing
         if record.levelno == logging.INFO and message in self.REDUNDANT and self.user_level > logging.DEBUG:
             return False
         return record.levelno >= min(self.user_level, logging.INFO)
@@ -226,7 +229,7 @@ def setup_scheduler_logging(args: argparse.Namespace) -> None:
     user_level = logging.getLogger().getEffectiveLevel()
     if user_level > logging.WARNING:  # --log-level error: the user asked for errors only
         return
-    logging.getLogger("pybatch.schedule").setLevel(logging.DEBUG)  # "standing by" is a DEBUG record
+    logging.getLogger("pybatch.schedule").setLevel(min(user_level, logging.INFO))
     lifecycle = LifecycleFilter(user_level)
     for handler in logging.getLogger().handlers:
         handler.addFilter(lifecycle)
