@@ -1,7 +1,7 @@
 """Which `workspace_agents` the bench writes: Coder's real table (the default) or pybatch's own.
 
 - coder:   Coder's table as its dump.sql has it (sql/bench/coder_workspace_agents.sql):
-           36 columns, rows of ~360 bytes, 4 indexes, a trigger, 2 foreign keys,
+           34 columns, rows of ~360 bytes, 4 indexes, a trigger, 2 foreign keys,
            fillfactor 100. pybatch migrates onto it as it would in a real deployment.
            When the database the bench was pointed at already holds such a table it is
            used as it is; otherwise the bench creates a scratch database beside it

@@ -1,5 +1,6 @@
-"""`pybatch bench` as a subprocess (the demo: test_demo_cli.py): a tiny compressed run, checked for
-the shape of its output and for relations that hold on any machine (never for speed)."""
+"""`pybatch bench` as a subprocess (the demo: test_demo_cli.py): tiny compressed runs, checked for
+the shape of their output and for relations that hold on any machine (never for speed).
+The default table is Coder's, in a scratch database the bench creates beside the one it is given."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -16,11 +18,20 @@ from pybatch.bench.fleet import BENCH_ID_SPAN
 from pybatch.local import LocalCluster
 from tests.conftest import TEMPLATE_DB, _fresh_database, run_pybatch
 
-STRATEGIES = ["direct", "app_batch", "staged", "buffered"]
+STRATEGIES = ["direct", "app_batch", "coder_batch", "staged", "buffered"]
 FIGURES = {
     "cpu_us_per_beat", "wal_bytes_per_beat", "row_versions_per_beat", "hot_share", "statements_per_s",
     "beat_p50_ms", "beat_p99_ms", "beat_max_ms", "flush_p50_ms", "flush_max_ms", "staleness_max_s",
+    "wal_vs_direct", "cpu_vs_direct", "heap_bytes_loaded", "heap_bytes_before", "heap_bytes_after",
+    "heap_growth_pct", "index_bytes_before", "index_bytes_after", "worst_index_growth_pct", "indexes",
 }
+CODER_INDEXES = {"workspace_agents_pkey", "workspace_agents_auth_instance_id_deleted_idx",
+                 "workspace_agents_auth_token_idx", "workspace_agents_resource_id_idx"}
+
+
+def _databases(dsn: str) -> set[str]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return {row[0] for row in conn.execute("SELECT datname FROM pg_database")}
 AGENTS, PERIOD, FLUSH, SECONDS, COMPRESS = 200, 15.0, 10.0, 40.0, 20
 
 
@@ -28,7 +39,7 @@ AGENTS, PERIOD, FLUSH, SECONDS, COMPRESS = 200, 15.0, 10.0, 40.0, 20
 def bench_run(
     pg_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[str, dict[str, Any], str, str]]:
-    """One tiny run of all four strategies in a fresh database, shared by the checks below."""
+    """One tiny run of every strategy on Coder's table, shared by the checks below."""
     for bench_dsn in _fresh_database(pg_cluster, TEMPLATE_DB):
         out = tmp_path_factory.mktemp("bench")
         json_path, png_path = out / "bench.json", out / "bench.png"
@@ -40,12 +51,12 @@ def bench_run(
         assert result.returncode == 0, result.stderr
         assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         with psycopg.connect(bench_dsn, autocommit=True) as conn:
-            rows = conn.execute(
-                "SELECT count(*), count(*) FILTER (WHERE id BETWEEN %s AND %s) FROM public.workspace_agents",
-                BENCH_ID_SPAN,
-            ).fetchone()
+            rows = conn.execute("SELECT count(*) FROM public.workspace_agents").fetchone()
             version = conn.execute("SHOW server_version").fetchone()
-        assert rows == (AGENTS, AGENTS)  # the bench agents, and nothing else
+            dbname = conn.info.dbname
+        assert rows == (0,)  # the database it was given is untouched: the run used a scratch one
+        assert f"{dbname}_bench_coder" not in _databases(bench_dsn)  # and dropped it
+        assert f"scratch database {dbname}_bench_coder" in result.stderr
         assert version is not None
         yield result.stdout, json.loads(json_path.read_text()), result.stderr, str(version[0])
 
@@ -64,6 +75,11 @@ def test_json_has_every_figure_for_every_strategy(bench_run: tuple[str, dict[str
     assert doc["machine"]["cores"] == os.cpu_count()
     assert doc["machine"]["postgresql"] == server_version
     assert "20x" in doc["time_compression"]
+    assert params["table"] == "coder"
+    table = doc["target_table"]
+    assert (table["fillfactor"], table["indexes"], table["triggers"], table["foreign_keys"]) == (100, 4, 1, 2)
+    assert set(table["index_names"]) == CODER_INDEXES and table["columns"] == 34
+    assert 250 <= table["avg_row_bytes"] <= 450  # Coder-sized rows (about 330 B before connecting)
 
 
 @pytest.mark.slow
@@ -73,6 +89,9 @@ def test_output_shows_progress_the_table_and_the_compression(bench_run: tuple[st
         assert f"[{name}] measuring" in stderr
         assert any(line.startswith(name) for line in stdout.splitlines()), stdout
     assert "time compressed 20x" in stdout and "time compressed 20x" in stderr
+    assert "against one UPDATE per heartbeat (direct)" in stdout and "WAL ÷ direct" in stdout
+    assert "workspace_agents over the measured window" in stdout and "heap growth %" in stdout
+    assert "workspace_agents (coder): fillfactor 100, 4 index(es), 1 trigger(s), 2 foreign key(s)" in stdout
 
 
 @pytest.mark.slow
@@ -101,14 +120,29 @@ def test_figures_keep_their_relations(bench_run: tuple[str, dict[str, Any], str,
         # Staged beats wait for the next flush: older than direct's, whose beats land at once.
         assert s[name]["staleness_max_s"] > s["direct"]["staleness_max_s"]
     assert s["direct"]["flush_p50_ms"] is None and s["direct"]["flush_max_ms"] is None
-    assert 0 < s["app_batch"]["flush_p50_ms"] <= s["app_batch"]["flush_max_ms"]
+    for name in ("app_batch", "coder_batch"):
+        assert 0 < s[name]["flush_p50_ms"] <= s[name]["flush_max_ms"]
+        assert s[name]["statements_per_s"] < s["direct"]["statements_per_s"] / 10
+    assert s["direct"]["wal_vs_direct"] == 1.0
+    for name in STRATEGIES:
+        f = s[name]
+        direct_wal = s["direct"]["wal_bytes_per_beat"]
+        assert f["wal_vs_direct"] == pytest.approx(f["wal_bytes_per_beat"] / direct_wal, rel=0.01)
+        # Sizes: loaded, then the window's ends, of the heap and of each of Coder's indexes.
+        assert f["heap_bytes_loaded"] > 0 and f["heap_bytes_before"] > 0 and f["heap_bytes_after"] > 0, name
+        assert f["heap_growth_pct"] == pytest.approx(
+            100 * (f["heap_bytes_after"] - f["heap_bytes_before"]) / f["heap_bytes_before"], abs=0.01)
+        assert set(f["indexes"]) == CODER_INDEXES
+        assert f["index_bytes_before"] == sum(i["before"] for i in f["indexes"].values())
+        assert f["worst_index_growth_pct"] == max(i["growth_pct"] for i in f["indexes"].values())
 
 
 def test_bench_refuses_a_database_holding_other_agents(dsn: str) -> None:
     other = uuid.uuid4()
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("INSERT INTO public.workspace_agents (id) VALUES (%s)", (other,))
-    result = run_pybatch("--dsn", dsn, "bench", "--agents", "10", "--seconds", "10s", "--compress", "10")
+    result = run_pybatch("--dsn", dsn, "bench", "--table", "minimal", "--agents", "10", "--seconds", "10s",
+                         "--compress", "10")
     assert result.returncode == 1 and "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("pybatch: error")]
     assert len(errors) == 1 and "1 rows that are not bench agents" in errors[0], result.stderr
@@ -122,6 +156,8 @@ def test_bench_refuses_a_database_holding_other_agents(dsn: str) -> None:
         (["--strategies", "direct,nope"], "unknown strategy 'nope'"),
         (["--plot", "chart.jpg"], "must end in .png"),
         (["--period", "soon"], "--period: 'soon' is not a duration"),
+        (["--table", "nope"], "unknown table 'nope'"),
+        (["--flush-rounds", "3", "--flush-modes", "both"], "unknown mode 'both'"),
     ],
 )
 def test_bad_flags_are_one_line_errors(dsn: str, flags: list[str], fragment: str) -> None:
@@ -138,3 +174,55 @@ def test_client_overhead_figures(dsn: str) -> None:
         assert measure in result.stdout
     with psycopg.connect(dsn) as conn:
         assert conn.execute("SELECT count(*) FROM pybatch.heartbeats").fetchone() == (0,)  # left staging empty
+
+
+@pytest.mark.slow
+def test_minimal_table_runs_in_the_given_database(dsn: str) -> None:
+    result = run_pybatch("--dsn", dsn, "bench", "--table", "minimal", "--agents", "100", "--strategies",
+                         "direct,buffered", "--seconds", "20s", "--flush-interval", "10s", "--compress", "20",
+                         timeout=180)
+    assert result.returncode == 0, result.stderr
+    assert "workspace_agents (minimal): fillfactor 70, 1 index(es)" in result.stdout
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT count(*), count(*) FILTER (WHERE id BETWEEN %s AND %s) FROM public.workspace_agents",
+            BENCH_ID_SPAN,
+        ).fetchone()
+    assert rows == (100, 100)  # the bench agents, in this database
+
+
+def test_a_scratch_name_the_bench_did_not_create_is_never_dropped(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        taken = f"{conn.info.dbname}_bench_coder"
+        conn.execute(f'CREATE DATABASE "{taken}"')
+    try:
+        result = run_pybatch("--dsn", dsn, "bench", "--agents", "10", "--seconds", "10s", "--compress", "10")
+        assert result.returncode == 1 and "Traceback" not in result.stderr
+        errors = [line for line in result.stderr.splitlines() if line.startswith("pybatch: error")]
+        assert len(errors) == 1 and f"database {taken} exists and was not created by the bench" in errors[0]
+        assert taken in _databases(dsn)
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{taken}"')
+
+
+@pytest.mark.slow
+def test_flush_rounds_compare_passes_with_one_transaction(dsn: str, tmp_path: Path) -> None:
+    json_path = tmp_path / "rounds.json"
+    rounds = 7
+    result = run_pybatch("--dsn", dsn, "bench", "--flush-rounds", str(rounds), "--agents", "300",
+                         "--fillfactor", "70", "--json", str(json_path), timeout=240)
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(json_path.read_text())
+    assert (doc["agents"], doc["table"], doc["fillfactor"], doc["steady_after"]) == (300, "coder", 70, 5)
+    assert list(doc["modes"]) == ["passes", "single"]
+    for mode, m in doc["modes"].items():
+        assert [r["round"] for r in m["rounds"]] == list(range(1, rounds + 1)), mode
+        for r in m["rounds"]:
+            assert r["agents_updated"] == 300 and r["passes"] >= 1 and 0 <= r["hot_share"] <= 1, (mode, r)
+            assert r["heap_bytes"] > 0 and r["index_bytes"] > 0 and r["wal_bytes_per_row"] > 0
+        assert m["steady_rounds"] == rounds - 5
+        assert m["steady_median_ms"] <= m["steady_max_ms"]
+        assert set(m["steady_growth"]["indexes"]) == CODER_INDEXES
+    for title in ("CALL pybatch.flush_in_passes()", "SELECT pybatch.flush() in one transaction", "steady state"):
+        assert title in result.stdout
