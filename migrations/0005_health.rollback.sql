@@ -1,6 +1,7 @@
 -- Undo 0005: the views go back to their 0003 shape (a view can lose columns only by
 -- being dropped and made again), the health helpers and the two settings go.
 DROP VIEW pybatch.health;
+DROP VIEW pybatch.staleness;
 DROP VIEW pybatch.agent_status;
 DROP VIEW pybatch.flush_history;
 DROP VIEW pybatch.staging_summary;

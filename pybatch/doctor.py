@@ -249,7 +249,7 @@ class _Context:
         return Check("flushes", level, message)
 
     def staleness_budget(self) -> Check:
-        budget = inspect.staleness_budget(self.conn)
+        budget = inspect.stored_staleness_budget(self.conn)
         level = {"ok": OK, "tight": WARN}.get(budget.verdict, FAIL)
         message = f"{budget.verdict}: {budget.reason}"
         if level != OK:

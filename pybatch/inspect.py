@@ -364,6 +364,14 @@ def staleness_budget(conn: psycopg.Connection, *, flush_interval: timedelta | No
     return row
 
 
+def stored_staleness_budget(conn: psycopg.Connection) -> StalenessBudget:
+    """The budget of the stored settings, from view pybatch.staleness (readable by monitoring roles)."""
+    with db.translated("cannot read pybatch.staleness"), conn.cursor(row_factory=class_row(StalenessBudget)) as cur:
+        row = cur.execute(sql.SQL("SELECT {} FROM pybatch.staleness").format(_columns(StalenessBudget))).fetchone()
+    assert row is not None
+    return row
+
+
 def require_staleness_budget(conn: psycopg.Connection, column: str, value: timedelta) -> StalenessBudget:
     """InvalidSetting naming column and value when storing it would break the staleness budget
     (column: flush_interval, heartbeat_period, client_write_interval or inactive_timeout);
@@ -433,7 +441,7 @@ def status(conn: psycopg.Connection, *, flushes: int = 10) -> Status:
             recent_flushes=recent_flushes(conn, flushes),
             agents=agent_counts(conn),
             settings=read_settings(conn),
-            staleness=staleness_budget(conn),
+            staleness=stored_staleness_budget(conn),
         )
 
 

@@ -7,14 +7,19 @@
 \pset expanded off
 
 \echo
-\echo '== health: ok (last flush <= 2 intervals ago), late (<= 5), stalled =='
+\echo '== health: ok (last flush <= 2 intervals ago), behind (on time, not keeping up), late (<= 5), stalled =='
 SELECT status,
        reason,
        last_success_at,
        pg_catalog.round(EXTRACT(EPOCH FROM last_success_age), 1) AS last_success_age_s,
        flush_interval,
+       pg_catalog.round(EXTRACT(EPOCH FROM worst_staleness), 1) AS worst_staleness_s,
+       flush_lock_held_by,
        last_error
 FROM pybatch.health;
+
+\echo '== staleness budget (heartbeat period + client write + flush interval + flush time vs inactive_timeout) =='
+SELECT verdict, reason FROM pybatch.staleness;
 
 \echo '== staging (estimated = true: figures from a block sample) =='
 SELECT available,
@@ -26,6 +31,16 @@ SELECT available,
        pg_catalog.pg_size_pretty(size_bytes) AS size
 FROM pybatch.staging_summary;
 
+\echo '== pending (handed off, not merged; deferred: row was locked) and quarantine (merge failed alone) =='
+SELECT pending_agents,
+       deferred_agents,
+       pg_catalog.round(EXTRACT(EPOCH FROM oldest_pending_age), 1) AS oldest_pending_age_s,
+       quarantined_agents,
+       oldest_quarantined_at,
+       quarantine_sample_agent,
+       quarantine_sample_error
+FROM pybatch.staging_summary;
+
 \echo '== last 10 flushes, newest first =='
 SELECT started_at,
        succeeded AS ok,
@@ -34,7 +49,12 @@ SELECT started_at,
        stale_heartbeats AS stale,
        unknown_heartbeats AS unknown,
        future_heartbeats AS future,
+       passes,
+       hot_updates AS hot,
+       deferred_agents AS deferred,
+       quarantined_agents AS quarantined,
        pg_catalog.round(EXTRACT(EPOCH FROM duration) * 1000, 1) AS duration_ms,
+       pg_catalog.pg_size_pretty(heap_bytes) AS heap,
        error
 FROM pybatch.flush_history
 LIMIT 10;
@@ -48,7 +68,8 @@ GROUP BY status
 ORDER BY status;
 
 \echo '== settings (change with `pybatch config set KEY VALUE`) =='
-SELECT flush_interval, inactive_timeout, future_tolerance, history_retention, max_rows_per_flush
+SELECT flush_interval, inactive_timeout, heartbeat_period, client_write_interval, future_tolerance,
+       history_retention, max_rows_per_flush
 FROM pybatch.settings;
 \pset border 1
 \set QUIET off

@@ -868,7 +868,10 @@ COMMENT ON TABLE pybatch.flush_lock IS
 -- most the one interval it holds; the next heartbeat restores each agent.
 -- ---------------------------------------------------------------------------
 CREATE UNLOGGED TABLE pybatch.pending (
-    agent_id uuid PRIMARY KEY,
+    -- One row per agent by construction (each hand-off folds in what is left),
+    -- under pybatch.flush_lock; no unique index, whose random inserts would
+    -- cost more than the rest of the hand-off.
+    agent_id uuid NOT NULL,
     first_at timestamptz NOT NULL,
     last_at timestamptz NOT NULL,
     replica_id uuid,
@@ -878,6 +881,7 @@ CREATE UNLOGGED TABLE pybatch.pending (
     -- next flush (its row was locked by another transaction).
     pass_no integer
 );
+-- Rows are inserted in pass order, so this index only ever grows at its right edge.
 CREATE INDEX pending_pass_no_idx ON pybatch.pending (pass_no);
 COMMENT ON TABLE pybatch.pending IS
     'Heartbeats drained from staging and not merged yet, reduced to one row per agent (UNLOGGED). Normally empty between flushes; rows whose agent row was locked wait here for the next flush.';
@@ -984,28 +988,47 @@ CREATE FUNCTION pybatch.merge_pass(this_pass integer, only_agent uuid DEFAULT NU
 RETURNS TABLE (picked bigint, merged bigint, updated bigint, stale_beats bigint, newest_event_at timestamptz)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+-- Every plan sees the arrays as constants: true row counts and hashed = ANY.
+SET plan_cache_mode = force_custom_plan
+-- A pass touches one row per page, so the planner would rather scan the whole
+-- table than look rows up; the lookups are several times cheaper (they read
+-- only the rows of this pass) and keep the cost of a pass to its own size.
+SET enable_seqscan = off
 AS $$
+-- Statements over id and ctid arrays rather than one statement over CTE joins:
+-- a pass then costs its own size, never a scan of the whole table or hand-off.
+DECLARE
+    batch_ids uuid[];
+    batch_rows tid[];   -- where this pass's rows are in pybatch.pending
+    locked_ids uuid[];
+    locked_ctids tid[];
 BEGIN
-    RETURN QUERY
-    WITH batch AS (
-        SELECT p.agent_id FROM pybatch.pending p
-        WHERE p.pass_no = this_pass AND (only_agent IS NULL OR p.agent_id = only_agent)
-    ),
-    locked AS (
-        -- SKIP LOCKED: a row an app transaction holds stays pending for the next
-        -- flush instead of stalling this one (and every disconnect behind it).
-        SELECT wa.id FROM public.workspace_agents wa
-        WHERE wa.id IN (SELECT b.agent_id FROM batch b)
-        FOR UPDATE OF wa SKIP LOCKED
-    ),
-    done AS (
-        DELETE FROM pybatch.pending p USING locked l
-        WHERE p.agent_id = l.id
+    SELECT COALESCE(pg_catalog.array_agg(p.agent_id), '{}'), COALESCE(pg_catalog.array_agg(p.ctid), '{}')
+    INTO batch_ids, batch_rows
+    FROM pybatch.pending p
+    WHERE p.pass_no = this_pass AND (only_agent IS NULL OR p.agent_id = only_agent);
+    picked := pg_catalog.cardinality(batch_ids);
+
+    -- Lock each row by id. SKIP LOCKED: a row an app transaction holds stays
+    -- pending for the next flush instead of stalling this one (and every
+    -- disconnect behind it). An index lookup, not a fetch by ctid, because
+    -- only the index path prunes the page on the way: that frees the room the
+    -- last pass's old version took, and the update below stays HOT.
+    SELECT COALESCE(pg_catalog.array_agg(l.id), '{}'), COALESCE(pg_catalog.array_agg(l.ctid), '{}')
+    INTO locked_ids, locked_ctids
+    FROM (SELECT wa.id, wa.ctid FROM public.workspace_agents wa
+          WHERE wa.id = ANY (batch_ids)
+          FOR UPDATE OF wa SKIP LOCKED) l;
+    merged := pg_catalog.cardinality(locked_ids);
+
+    WITH done AS (
+        DELETE FROM pybatch.pending p
+        WHERE p.ctid = ANY (batch_rows) AND p.agent_id = ANY (locked_ids)
         RETURNING p.agent_id, p.first_at, p.last_at, p.replica_id, p.beats
     ),
     changed AS (
-        -- SET reads wa.* from the row version it updates (re-read after a
-        -- concurrent disconnect commits), so no disconnect is ever undone.
+        -- SET reads wa.* from the row version it updates (locked above, so the
+        -- latest committed one), so no disconnect is ever undone.
         UPDATE public.workspace_agents wa SET
             first_connected_at = LEAST(wa.first_connected_at, d.first_at),
             last_connected_at = GREATEST(wa.last_connected_at, d.last_at),
@@ -1026,7 +1049,8 @@ BEGIN
             -- app's lifecycle update may have set a newer one).
             updated_at = GREATEST(wa.updated_at, d.last_at)
         FROM done d
-        WHERE wa.id = d.agent_id
+        WHERE wa.ctid = ANY (locked_ctids)
+          AND wa.id = d.agent_id
           -- Only rows whose values change are rewritten (no dead tuple, no WAL otherwise).
           AND (wa.first_connected_at IS NULL OR d.first_at < wa.first_connected_at
                OR wa.last_connected_at IS NULL OR d.last_at > wa.last_connected_at
@@ -1036,12 +1060,12 @@ BEGIN
                         OR wa.disconnected_at < d.last_at)))
         RETURNING wa.id, d.last_at
     )
-    SELECT (SELECT pg_catalog.count(*) FROM batch),
-           (SELECT pg_catalog.count(*) FROM done),
-           (SELECT pg_catalog.count(*) FROM changed),
+    SELECT (SELECT pg_catalog.count(*) FROM changed),
            (SELECT COALESCE(pg_catalog.sum(d.beats), 0)::bigint FROM done d
              WHERE NOT EXISTS (SELECT FROM changed c WHERE c.id = d.agent_id)),
-           (SELECT pg_catalog.max(c.last_at) FROM changed c);
+           (SELECT pg_catalog.max(c.last_at) FROM changed c)
+    INTO updated, stale_beats, newest_event_at;
+    RETURN NEXT;
 END
 $$;
 COMMENT ON FUNCTION pybatch.merge_pass(integer, uuid) IS
@@ -1060,6 +1084,8 @@ AS $$
 DECLARE
     result pybatch.flush_result;
     cfg pybatch.settings;
+    handoff_at timestamptz;
+    previous_nestloop text;
     error_state text;
     error_message text;
 BEGIN
@@ -1086,6 +1112,16 @@ BEGIN
     END IF;
     SELECT * INTO STRICT cfg FROM pybatch.settings;
 
+    handoff_at := pg_catalog.clock_timestamp();
+    -- The planner cannot know how many rows a drain returns (it guesses ten)
+    -- and would look each agent up by index; past a few pages of staging one
+    -- hash join with the table is many times cheaper.
+    previous_nestloop := pg_catalog.current_setting('enable_nestloop');
+    IF pg_catalog.pg_relation_size('pybatch.heartbeats'::pg_catalog.regclass)
+       > 8 * pg_catalog.current_setting('block_size')::bigint THEN
+        PERFORM pg_catalog.set_config('enable_nestloop', 'off', true);
+    END IF;
+
     -- The inner block is a subtransaction: on any error the drain rolls back,
     -- staging keeps its rows, and the error is returned.
     BEGIN
@@ -1101,48 +1137,59 @@ BEGIN
             RETURNING h.agent_id, h.replica_id, h.beat_at,
                       h.beat_at > pg_catalog.clock_timestamp() + cfg.future_tolerance AS is_future
         ),
+        carried AS (
+            -- What is still pending (deferred by an earlier flush because its row
+            -- was locked, or left by one that failed) is handed off again with
+            -- the new beats, so every agent has one pending row and one pass.
+            DELETE FROM pybatch.pending p
+            RETURNING p.agent_id, p.replica_id, p.first_at, p.last_at, p.beats
+        ),
+        retried AS (
+            -- Quarantined agents whose back-off has passed get another try.
+            DELETE FROM pybatch.quarantine q WHERE q.retry_at <= handoff_at
+            RETURNING q.agent_id, q.replica_id, q.first_at, q.last_at, q.beats
+        ),
+        events AS (
+            SELECT d.agent_id, d.replica_id, d.beat_at AS first_at, d.beat_at AS last_at, 1::bigint AS beats
+            FROM drained d
+            WHERE NOT d.is_future     -- future-dated beats would freeze the agent
+            UNION ALL
+            SELECT c.agent_id, c.replica_id, c.first_at, c.last_at, c.beats FROM carried c
+            UNION ALL
+            SELECT r.agent_id, r.replica_id, r.first_at, r.last_at, r.beats FROM retried r
+        ),
         latest AS (
             -- One row per agent: its latest beat (ties: greater replica, NULL
             -- lowest), its earliest beat and its count. One sort serves both.
-            SELECT DISTINCT ON (d.agent_id)
-                d.agent_id,
-                d.replica_id,
-                d.beat_at AS last_at,
-                pg_catalog.min(d.beat_at) OVER per_agent AS first_at,
-                pg_catalog.count(*) OVER per_agent AS beats
-            FROM drained d
-            WHERE NOT d.is_future     -- future-dated beats would freeze the agent
+            SELECT DISTINCT ON (e.agent_id)
+                e.agent_id,
+                e.replica_id,
+                e.last_at,
+                pg_catalog.min(e.first_at) OVER per_agent AS first_at,
+                pg_catalog.sum(e.beats) OVER per_agent AS beats
+            FROM events e
             WINDOW per_agent AS (
-                PARTITION BY d.agent_id
-                ORDER BY d.beat_at DESC, d.replica_id DESC NULLS LAST
+                PARTITION BY e.agent_id
+                ORDER BY e.last_at DESC, e.replica_id DESC NULLS LAST
                 ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)
-            ORDER BY d.agent_id, d.beat_at DESC, d.replica_id DESC NULLS LAST
+            ORDER BY e.agent_id, e.last_at DESC, e.replica_id DESC NULLS LAST
         ),
         placed AS (
             -- Number each agent within its row's heap page: pass k takes the k-th.
             SELECT l.agent_id, l.first_at, l.last_at, l.replica_id, l.beats,
                    pg_catalog.row_number() OVER (
                        PARTITION BY (wa.ctid::text::point)[0] ORDER BY wa.ctid)::integer AS pass_no,
-                   EXISTS (SELECT FROM pybatch.quarantine q WHERE q.agent_id = l.agent_id) AS held
+                   EXISTS (SELECT FROM pybatch.quarantine q
+                           WHERE q.agent_id = l.agent_id AND q.retry_at > handoff_at) AS held
             FROM latest l
             JOIN public.workspace_agents wa ON wa.id = l.agent_id
         ),
         queued AS (
-            INSERT INTO pybatch.pending AS p (agent_id, first_at, last_at, replica_id, beats, pass_no)
+            -- In pass order, so each pass reads and deletes neighbouring rows.
+            INSERT INTO pybatch.pending (agent_id, first_at, last_at, replica_id, beats, pass_no)
             SELECT pl.agent_id, pl.first_at, pl.last_at, pl.replica_id, pl.beats, pl.pass_no
             FROM placed pl WHERE NOT pl.held
-            -- A row already pending (deferred, or another flush's) folds in.
-            ON CONFLICT (agent_id) DO UPDATE SET
-                first_at = LEAST(p.first_at, excluded.first_at),
-                last_at = GREATEST(p.last_at, excluded.last_at),
-                replica_id = CASE
-                    WHEN excluded.last_at > p.last_at THEN excluded.replica_id
-                    WHEN excluded.last_at = p.last_at THEN GREATEST(p.replica_id, excluded.replica_id)
-                    ELSE p.replica_id
-                END,
-                beats = p.beats + excluded.beats,
-                pass_no = excluded.pass_no
-            RETURNING 1
+            ORDER BY pl.pass_no
         ),
         held AS (
             -- A quarantined agent's new beats join its quarantined ones.
@@ -1157,41 +1204,15 @@ BEGIN
                 beats = q.beats + pl.beats
             FROM placed pl
             WHERE pl.held AND q.agent_id = pl.agent_id
-            RETURNING 1
         )
+        -- (queued and held run to completion although nothing reads them.)
         SELECT
             (SELECT pg_catalog.count(*) FROM drained),
             (SELECT pg_catalog.count(*) FROM drained d WHERE d.is_future),
+            -- Agents with no row (never created, or deleted since): nothing to merge into.
             (SELECT COALESCE(pg_catalog.sum(l.beats), 0) FROM latest l
               WHERE NOT EXISTS (SELECT FROM placed pl WHERE pl.agent_id = l.agent_id))
-        -- (queued and held run to completion although nothing reads them.)
         INTO result.rows_staged, result.future_heartbeats, result.unknown_heartbeats;
-
-        -- Agents deferred by an earlier flush, and quarantined agents due for a
-        -- retry, get a pass of their own numbering.
-        WITH due AS (
-            DELETE FROM pybatch.quarantine q
-            WHERE q.retry_at <= pg_catalog.clock_timestamp()
-              AND NOT EXISTS (SELECT FROM pybatch.pending p WHERE p.agent_id = q.agent_id)
-            RETURNING q.agent_id, q.first_at, q.last_at, q.replica_id, q.beats
-        )
-        INSERT INTO pybatch.pending (agent_id, first_at, last_at, replica_id, beats, pass_no)
-        SELECT d.agent_id, d.first_at, d.last_at, d.replica_id, d.beats, NULL FROM due d;
-
-        UPDATE pybatch.pending p SET pass_no = r.pass_no
-        FROM (SELECT p2.agent_id,
-                     pg_catalog.row_number() OVER (
-                         PARTITION BY (wa.ctid::text::point)[0] ORDER BY wa.ctid)::integer AS pass_no
-              FROM pybatch.pending p2
-              JOIN public.workspace_agents wa ON wa.id = p2.agent_id
-              WHERE p2.pass_no IS NULL) r
-        WHERE p.agent_id = r.agent_id;
-        -- Pending rows whose agent row is gone (deleted since): nothing to merge into.
-        WITH gone AS (
-            DELETE FROM pybatch.pending p WHERE p.pass_no IS NULL RETURNING p.beats
-        )
-        SELECT result.unknown_heartbeats + COALESCE(pg_catalog.sum(g.beats), 0) INTO result.unknown_heartbeats
-        FROM gone g;
     EXCEPTION WHEN OTHERS OR query_canceled THEN
         GET STACKED DIAGNOSTICS error_state = RETURNED_SQLSTATE, error_message = MESSAGE_TEXT;
         result.error := error_state || ': ' || error_message;
@@ -1199,6 +1220,8 @@ BEGIN
         result.future_heartbeats := 0;
         result.unknown_heartbeats := 0;
     END;
+    -- Only for the hand-off: the caller's transaction may go on (SELECT pybatch.flush()).
+    PERFORM pg_catalog.set_config('enable_nestloop', previous_nestloop, true);
     RETURN result;
 END
 $$;
@@ -1802,6 +1825,31 @@ $$;
 COMMENT ON FUNCTION pybatch.staleness_budget(interval, interval, interval, interval) IS
     'The staleness budget: heartbeat_period + client_write_interval + flush_interval + the flush''s duration (the longest of the last 20 successful flushes; 1 s assumed before any) is how stale last_connected_at can get, against inactive_timeout. verdict ok (within, with margin = max(2 s, inactive_timeout / 5)), tight (within, less margin) or exceeds; allowed = verdict <> exceeds (what `config set` and `cron install` require). NULL arguments take the stored settings; pass new_flush_interval (etc.) to judge a value before storing it. max_flush_interval: the longest flush_interval that keeps the margin (NULL: none does).';
 
+-- The budget for the stored settings, as a view: monitoring roles (pg_monitor, and
+-- `pybatch grant reader`, which covers the functions views call) read it.
+CREATE VIEW pybatch.staleness AS
+SELECT b.heartbeat_period, b.client_write_interval, b.flush_interval, b.flush_duration,
+       b.flush_duration_measured, b.worst_staleness, b.inactive_timeout, b.margin, b.max_flush_interval,
+       b.verdict, b.allowed, b.reason
+FROM pybatch.staleness_budget() b;
+COMMENT ON VIEW pybatch.staleness IS
+    'One row: pybatch.staleness_budget() for the stored settings (how stale last_connected_at can get, against inactive_timeout).';
+COMMENT ON COLUMN pybatch.staleness.heartbeat_period IS 'settings.heartbeat_period.';
+COMMENT ON COLUMN pybatch.staleness.client_write_interval IS 'settings.client_write_interval.';
+COMMENT ON COLUMN pybatch.staleness.flush_interval IS 'settings.flush_interval.';
+COMMENT ON COLUMN pybatch.staleness.flush_duration IS 'The longest of the last 20 successful flushes (1 s assumed before any).';
+COMMENT ON COLUMN pybatch.staleness.flush_duration_measured IS 'False while no flush is recorded (flush_duration is assumed).';
+COMMENT ON COLUMN pybatch.staleness.worst_staleness IS 'The sum of the four parts: the worst last_connected_at staleness they allow.';
+COMMENT ON COLUMN pybatch.staleness.inactive_timeout IS 'settings.inactive_timeout: Coder calls an agent disconnected past it.';
+COMMENT ON COLUMN pybatch.staleness.margin IS 'The margin verdict ok requires: max(2 s, inactive_timeout / 5).';
+COMMENT ON COLUMN pybatch.staleness.max_flush_interval IS 'The longest flush_interval that keeps the margin; NULL when none does.';
+COMMENT ON COLUMN pybatch.staleness.verdict IS 'ok, tight (within inactive_timeout, less than the margin) or exceeds.';
+COMMENT ON COLUMN pybatch.staleness.allowed IS 'False when verdict is exceeds: `config set` and `cron install` refuse such values.';
+COMMENT ON COLUMN pybatch.staleness.reason IS 'The sum spelled out, and what to change, for people.';
+REVOKE EXECUTE ON FUNCTION pybatch.staleness_budget(interval, interval, interval, interval) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION pybatch.staleness_budget(interval, interval, interval, interval) TO pg_monitor;
+GRANT SELECT ON pybatch.staleness TO pg_monitor;
+
 -- ---------------------------------------------------------------------------
 -- pending and quarantine at a glance. pybatch.pending is UNLOGGED, so on a hot
 -- standby its figures are NULL; quarantine is a logged table and always read.
@@ -2237,12 +2285,11 @@ COMMENT ON COLUMN pybatch.flush_lock_holders.for_how_long IS 'now() - xact_start
 -- worker that holds it. No heartbeat row travels to the coordinator: it sends
 -- one CALL per shard group and gets one composite value back.
 --
--- One SQL serves both: the drain and the pass take the relations as regclass
--- parameters. On plain PostgreSQL (or a Citus coordinator whose
--- workspace_agents is local) flush_begin()/flush_pass() call them with
--- pybatch.heartbeats, pybatch.pending, pybatch.quarantine and
--- public.workspace_agents, exactly as 0004 did; on Citus each worker calls them
--- with its shards. docs/citus.md has the layout and the argument.
+-- Plain PostgreSQL (no citus extension), and a Citus coordinator whose
+-- workspace_agents is a local table, keep 0004's functions exactly: nothing
+-- here changes them. The shard path runs relation-parameterised copies of
+-- 0004's hand-off and pass (drain_into, merge_pass_in, next_pass_in), which
+-- must follow 0004's bodies; docs/citus.md has the layout and the argument.
 
 -- ---------------------------------------------------------------------------
 -- Per-shard figures of a Citus flush; flush_log keeps the totals. Empty on
@@ -2349,8 +2396,13 @@ SET search_path = pg_catalog, pg_temp
 SET work_mem = '64MB'
 AS $fn$
 DECLARE
-    gone bigint;
+    handoff_at timestamptz := pg_catalog.clock_timestamp();
 BEGIN
+    -- As 0004's hand-off: past a few pages of staging one hash join beats the
+    -- planner's guess of ten rows looked up by index.
+    IF pg_catalog.pg_relation_size(staging) > 8 * pg_catalog.current_setting('block_size')::bigint THEN
+        PERFORM pg_catalog.set_config('enable_nestloop', 'off', true);
+    END IF;
     EXECUTE pg_catalog.format($q$
         WITH drained AS (
             -- DELETE ... RETURNING, not TRUNCATE: a row committed after this
@@ -2360,44 +2412,52 @@ BEGIN
             RETURNING h.agent_id, h.replica_id, h.beat_at,
                       h.beat_at > pg_catalog.clock_timestamp() + $2 AS is_future
         ),
-        latest AS (
-            SELECT DISTINCT ON (d.agent_id)
-                d.agent_id,
-                d.replica_id,
-                d.beat_at AS last_at,
-                pg_catalog.min(d.beat_at) OVER per_agent AS first_at,
-                pg_catalog.count(*) OVER per_agent AS beats
+        carried AS (
+            -- Still pending (deferred or left by a failed flush): handed off again.
+            DELETE FROM %2$s p
+            RETURNING p.agent_id, p.replica_id, p.first_at, p.last_at, p.beats
+        ),
+        retried AS (
+            DELETE FROM %4$s q WHERE q.retry_at <= $3
+            RETURNING q.agent_id, q.replica_id, q.first_at, q.last_at, q.beats
+        ),
+        events AS (
+            SELECT d.agent_id, d.replica_id, d.beat_at AS first_at, d.beat_at AS last_at, 1::bigint AS beats
             FROM drained d
             WHERE NOT d.is_future
+            UNION ALL
+            SELECT c.agent_id, c.replica_id, c.first_at, c.last_at, c.beats FROM carried c
+            UNION ALL
+            SELECT r.agent_id, r.replica_id, r.first_at, r.last_at, r.beats FROM retried r
+        ),
+        latest AS (
+            SELECT DISTINCT ON (e.agent_id)
+                e.agent_id,
+                e.replica_id,
+                e.last_at,
+                pg_catalog.min(e.first_at) OVER per_agent AS first_at,
+                pg_catalog.sum(e.beats) OVER per_agent AS beats
+            FROM events e
             WINDOW per_agent AS (
-                PARTITION BY d.agent_id
-                ORDER BY d.beat_at DESC, d.replica_id DESC NULLS LAST
+                PARTITION BY e.agent_id
+                ORDER BY e.last_at DESC, e.replica_id DESC NULLS LAST
                 ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)
-            ORDER BY d.agent_id, d.beat_at DESC, d.replica_id DESC NULLS LAST
+            ORDER BY e.agent_id, e.last_at DESC, e.replica_id DESC NULLS LAST
         ),
         placed AS (
             SELECT l.agent_id, l.first_at, l.last_at, l.replica_id, l.beats,
                    pg_catalog.row_number() OVER (
                        PARTITION BY (wa.ctid::text::point)[0] ORDER BY wa.ctid)::integer AS pass_no,
-                   EXISTS (SELECT FROM %4$s q WHERE q.agent_id = l.agent_id) AS held
+                   EXISTS (SELECT FROM %4$s q
+                           WHERE q.agent_id = l.agent_id AND q.retry_at > $3) AS held
             FROM latest l
             JOIN %3$s wa ON wa.id = l.agent_id
         ),
         queued AS (
-            INSERT INTO %2$s AS p (agent_id, first_at, last_at, replica_id, beats, pass_no)
+            INSERT INTO %2$s (agent_id, first_at, last_at, replica_id, beats, pass_no)
             SELECT pl.agent_id, pl.first_at, pl.last_at, pl.replica_id, pl.beats, pl.pass_no
             FROM placed pl WHERE NOT pl.held
-            ON CONFLICT (agent_id) DO UPDATE SET
-                first_at = LEAST(p.first_at, excluded.first_at),
-                last_at = GREATEST(p.last_at, excluded.last_at),
-                replica_id = CASE
-                    WHEN excluded.last_at > p.last_at THEN excluded.replica_id
-                    WHEN excluded.last_at = p.last_at THEN GREATEST(p.replica_id, excluded.replica_id)
-                    ELSE p.replica_id
-                END,
-                beats = p.beats + excluded.beats,
-                pass_no = excluded.pass_no
-            RETURNING 1
+            ORDER BY pl.pass_no
         ),
         held AS (
             UPDATE %4$s q SET
@@ -2411,47 +2471,15 @@ BEGIN
                 beats = q.beats + pl.beats
             FROM placed pl
             WHERE pl.held AND q.agent_id = pl.agent_id
-            RETURNING 1
         )
         SELECT
             (SELECT pg_catalog.count(*) FROM drained),
             (SELECT pg_catalog.count(*) FROM drained d WHERE d.is_future),
-            (SELECT COALESCE(pg_catalog.sum(l.beats), 0) FROM latest l
+            (SELECT COALESCE(pg_catalog.sum(l.beats), 0)::bigint FROM latest l
               WHERE NOT EXISTS (SELECT FROM placed pl WHERE pl.agent_id = l.agent_id))
         $q$, staging, pending, agents, quarantine)
     INTO rows_staged, future_heartbeats, unknown_heartbeats
-    USING row_cap, tolerance;
-
-    -- Agents deferred by an earlier flush, and quarantined agents due for a
-    -- retry, get a pass of their own numbering.
-    EXECUTE pg_catalog.format($q$
-        WITH due AS (
-            DELETE FROM %2$s q
-            WHERE q.retry_at <= pg_catalog.clock_timestamp()
-              AND NOT EXISTS (SELECT FROM %1$s p WHERE p.agent_id = q.agent_id)
-            RETURNING q.agent_id, q.first_at, q.last_at, q.replica_id, q.beats
-        )
-        INSERT INTO %1$s (agent_id, first_at, last_at, replica_id, beats, pass_no)
-        SELECT d.agent_id, d.first_at, d.last_at, d.replica_id, d.beats, NULL FROM due d
-        $q$, pending, quarantine);
-
-    EXECUTE pg_catalog.format($q$
-        UPDATE %1$s p SET pass_no = r.pass_no
-        FROM (SELECT p2.agent_id,
-                     pg_catalog.row_number() OVER (
-                         PARTITION BY (wa.ctid::text::point)[0] ORDER BY wa.ctid)::integer AS pass_no
-              FROM %1$s p2
-              JOIN %2$s wa ON wa.id = p2.agent_id
-              WHERE p2.pass_no IS NULL) r
-        WHERE p.agent_id = r.agent_id
-        $q$, pending, agents);
-    -- Pending rows whose agent row is gone (deleted since): nothing to merge into.
-    EXECUTE pg_catalog.format($q$
-        WITH gone AS (DELETE FROM %1$s p WHERE p.pass_no IS NULL RETURNING p.beats)
-        SELECT COALESCE(pg_catalog.sum(g.beats), 0)::bigint FROM gone g
-        $q$, pending)
-    INTO gone;
-    unknown_heartbeats := unknown_heartbeats + gone;
+    USING row_cap, tolerance, handoff_at;
 END
 $fn$;
 COMMENT ON FUNCTION pybatch.drain_into(regclass, regclass, regclass, regclass, bigint, interval) IS
@@ -2464,21 +2492,36 @@ CREATE FUNCTION pybatch.merge_pass_in(pending regclass, agents regclass, this_pa
 RETURNS TABLE (picked bigint, merged bigint, updated bigint, stale_beats bigint, newest_event_at timestamptz)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_custom_plan
+SET enable_seqscan = off
 AS $fn$
+-- As 0004's merge_pass: statements over id and ctid arrays, so a pass costs its own size.
+DECLARE
+    batch_ids uuid[];
+    batch_rows tid[];
+    locked_ids uuid[];
+    locked_ctids tid[];
 BEGIN
-    RETURN QUERY EXECUTE pg_catalog.format($q$
-    WITH batch AS (
-        SELECT p.agent_id FROM %1$s p
+    EXECUTE pg_catalog.format($q$
+        SELECT COALESCE(pg_catalog.array_agg(p.agent_id), '{}'), COALESCE(pg_catalog.array_agg(p.ctid), '{}')
+        FROM %s p
         WHERE p.pass_no = $1 AND ($2::uuid IS NULL OR p.agent_id = $2)
-    ),
-    locked AS (
-        SELECT wa.id FROM %2$s wa
-        WHERE wa.id IN (SELECT b.agent_id FROM batch b)
-        FOR UPDATE OF wa SKIP LOCKED
-    ),
-    done AS (
-        DELETE FROM %1$s p USING locked l
-        WHERE p.agent_id = l.id
+        $q$, pending) INTO batch_ids, batch_rows USING this_pass, only_agent;
+    picked := pg_catalog.cardinality(batch_ids);
+
+    -- SKIP LOCKED: a row an app transaction holds stays pending for the next flush.
+    EXECUTE pg_catalog.format($q$
+        SELECT COALESCE(pg_catalog.array_agg(l.id), '{}'), COALESCE(pg_catalog.array_agg(l.ctid), '{}')
+        FROM (SELECT wa.id, wa.ctid FROM %s wa
+              WHERE wa.id = ANY ($1)
+              FOR UPDATE OF wa SKIP LOCKED) l
+        $q$, agents) INTO locked_ids, locked_ctids USING batch_ids;
+    merged := pg_catalog.cardinality(locked_ids);
+
+    EXECUTE pg_catalog.format($q$
+    WITH done AS (
+        DELETE FROM %1$s p
+        WHERE p.ctid = ANY ($1) AND p.agent_id = ANY ($2)
         RETURNING p.agent_id, p.first_at, p.last_at, p.replica_id, p.beats
     ),
     changed AS (
@@ -2498,7 +2541,8 @@ BEGIN
             END,
             updated_at = GREATEST(wa.updated_at, d.last_at)
         FROM done d
-        WHERE wa.id = d.agent_id
+        WHERE wa.ctid = ANY ($3)
+          AND wa.id = d.agent_id
           AND (wa.first_connected_at IS NULL OR d.first_at < wa.first_connected_at
                OR wa.last_connected_at IS NULL OR d.last_at > wa.last_connected_at
                OR (d.last_at = wa.last_connected_at
@@ -2507,25 +2551,16 @@ BEGIN
                         OR wa.disconnected_at < d.last_at)))
         RETURNING wa.id, d.last_at
     )
-    SELECT (SELECT pg_catalog.count(*) FROM batch),
-           (SELECT pg_catalog.count(*) FROM done),
-           (SELECT pg_catalog.count(*) FROM changed),
+    SELECT (SELECT pg_catalog.count(*) FROM changed),
            (SELECT COALESCE(pg_catalog.sum(d.beats), 0)::bigint FROM done d
              WHERE NOT EXISTS (SELECT FROM changed c WHERE c.id = d.agent_id)),
            (SELECT pg_catalog.max(c.last_at) FROM changed c)
-    $q$, pending, agents) USING this_pass, only_agent;
+    $q$, pending, agents) INTO updated, stale_beats, newest_event_at USING batch_rows, locked_ids, locked_ctids;
+    RETURN NEXT;
 END
 $fn$;
 COMMENT ON FUNCTION pybatch.merge_pass_in(regclass, regclass, integer, uuid) IS
     'Internal: merges the pending rows of one pass (or one agent of it) into the agents relation, skipping rows locked by others (0004''s merge, on any pending/agents pair: a shard pair on Citus).';
-
-CREATE OR REPLACE FUNCTION pybatch.merge_pass(this_pass integer, only_agent uuid DEFAULT NULL)
-RETURNS TABLE (picked bigint, merged bigint, updated bigint, stale_beats bigint, newest_event_at timestamptz)
-LANGUAGE sql
-SET search_path = pg_catalog, pg_temp
-AS $fn$
-    SELECT * FROM pybatch.merge_pass_in('pybatch.pending', 'public.workspace_agents', this_pass, only_agent);
-$fn$;
 
 -- ---------------------------------------------------------------------------
 -- The next pass (0004's flush_pass after its lock), on any set of relations.
@@ -2633,51 +2668,8 @@ COMMENT ON FUNCTION pybatch.next_pass_in(pybatch.flush_result, regclass, regclas
     'Internal: merges the pending rows of the lowest pass_no on the given relations (0004''s flush_pass, on any set: a shard group on Citus) and adds its figures to result; agents that fail alone go to quarantine.';
 
 -- ---------------------------------------------------------------------------
--- 0004's steps, now calling the relation-parameterised bodies. Same
--- signatures, owners and grants; on a Citus layout they are not used (the
--- flush goes through pybatch.citus_flush()).
+-- A zeroed result for the shard and coordinator steps.
 -- ---------------------------------------------------------------------------
-CREATE OR REPLACE FUNCTION pybatch.flush_begin(max_rows bigint DEFAULT NULL, lock_wait interval DEFAULT '0 seconds')
-RETURNS pybatch.flush_result
-LANGUAGE plpgsql
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-SET work_mem = '64MB'
-AS $fn$
-DECLARE
-    result pybatch.flush_result;
-    cfg pybatch.settings;
-    drained record;
-    error_state text;
-    error_message text;
-BEGIN
-    IF max_rows < 0 THEN
-        RAISE EXCEPTION 'pybatch.flush: max_rows must be 0 or more, not %', max_rows
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    result := pybatch.empty_result();
-    IF NOT pybatch.flush_take_lock(COALESCE(lock_wait, interval '0')) THEN
-        result.skipped := true;
-        result.duration := pg_catalog.clock_timestamp() - result.started_at;
-        RETURN result;
-    END IF;
-    SELECT * INTO STRICT cfg FROM pybatch.settings;
-    -- A subtransaction: on any error the drain rolls back, staging keeps its rows.
-    BEGIN
-        SELECT * INTO STRICT drained FROM pybatch.drain_into(
-            'pybatch.heartbeats', 'pybatch.pending', 'public.workspace_agents', 'pybatch.quarantine',
-            COALESCE(max_rows, cfg.max_rows_per_flush), cfg.future_tolerance);
-        result.rows_staged := drained.rows_staged;
-        result.future_heartbeats := drained.future_heartbeats;
-        result.unknown_heartbeats := drained.unknown_heartbeats;
-    EXCEPTION WHEN OTHERS OR query_canceled THEN
-        GET STACKED DIAGNOSTICS error_state = RETURNED_SQLSTATE, error_message = MESSAGE_TEXT;
-        result.error := error_state || ': ' || error_message;
-    END;
-    RETURN result;
-END
-$fn$;
-
 CREATE FUNCTION pybatch.empty_result()
 RETURNS pybatch.flush_result
 LANGUAGE plpgsql
@@ -2703,21 +2695,6 @@ END
 $fn$;
 COMMENT ON FUNCTION pybatch.empty_result() IS
     'Internal: a flush_result with every count 0, started now.';
-
-CREATE OR REPLACE FUNCTION pybatch.flush_pass(result pybatch.flush_result)
-RETURNS pybatch.flush_result
-LANGUAGE plpgsql
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $fn$
-BEGIN
-    IF result.skipped OR result.error IS NOT NULL THEN
-        RETURN result;
-    END IF;
-    PERFORM pybatch.flush_take_lock(NULL);
-    RETURN pybatch.next_pass_in(result, 'pybatch.pending', 'public.workspace_agents', 'pybatch.quarantine');
-END
-$fn$;
 
 -- ---------------------------------------------------------------------------
 -- Citus: one shard group's flush, on the worker that holds it.
@@ -2849,8 +2826,10 @@ BEGIN
     SELECT * INTO STRICT cfg FROM pybatch.settings;
 
     -- The shard groups: co-located shards share their hash range.
+    -- max_rows bounds the whole flush: it is split evenly over the shard groups.
     FOR g IN EXECUTE $q$
-        SELECT hs.shardid,
+        SELECT hs.shardid, (pg_catalog.row_number() OVER (ORDER BY hs.shardid) - 1)::integer AS k,
+               pg_catalog.count(*) OVER ()::integer AS groups,
                pg_catalog.shard_name('pybatch.heartbeats'::pg_catalog.regclass, hs.shardid) AS staging,
                pg_catalog.shard_name('pybatch.pending'::pg_catalog.regclass, ps.shardid) AS pending,
                pg_catalog.shard_name('public.workspace_agents'::pg_catalog.regclass, ws.shardid) AS agents,
@@ -2874,7 +2853,9 @@ BEGIN
         commands := commands || pg_catalog.format(
             'CALL pybatch.shard_flush(%L, %L, %L, %L, %s, %L, %L, NULL)',
             g.staging, g.pending, g.agents, g.quarantine,
-            COALESCE(max_rows, cfg.max_rows_per_flush), cfg.future_tolerance, COALESCE(lock_wait, interval '0'));
+            COALESCE(max_rows, cfg.max_rows_per_flush) / g.groups
+                + CASE WHEN g.k < COALESCE(max_rows, cfg.max_rows_per_flush) % g.groups THEN 1 ELSE 0 END,
+            cfg.future_tolerance, COALESCE(lock_wait, interval '0'));
     END LOOP;
     IF pg_catalog.cardinality(commands) = 0 THEN
         result.error := 'pybatch: no shard placements found for pybatch.heartbeats';
@@ -3084,8 +3065,12 @@ BEGIN
         'pybatch.shard_pass(pybatch.flush_result, regclass, regclass, regclass)',
         'pybatch.shard_flush(regclass, regclass, regclass, regclass, bigint, interval, interval, pybatch.shard_flush_result)']
     LOOP
-        PERFORM pg_catalog.create_distributed_function(fn);
+        PERFORM pg_catalog.create_distributed_function(fn::pg_catalog.regprocedure);
     END LOOP;
+    -- align_owner() (run by every `pybatch migrate`) grants on distributed tables
+    -- (parallel, one connection per shard) and then alters distributed
+    -- functions, which Citus allows only over one connection per node.
+    ALTER FUNCTION pybatch.align_owner() SET citus.multi_shard_modify_mode = 'sequential';
     RETURN 'distributed';
 END
 $fn$;

@@ -24,7 +24,7 @@ from pybatch.flush import flush
 from pybatch.local import SUPERUSER, LocalCluster, find_bindir
 from tests.conftest import TEST_SETTINGS
 
-VIEWS = ("staging_summary", "flush_history", "agent_status", "health")
+VIEWS = ("staging_summary", "flush_history", "agent_status", "health", "staleness")
 
 
 def add_agent(conn: psycopg.Connection, **columns: object) -> uuid.UUID:
@@ -411,7 +411,8 @@ def test_pg_monitor_reads_every_view_and_runs_inspect_sql(conn: psycopg.Connecti
             capture_output=True, text=True, check=False,
         )
         assert psql.returncode == 0, psql.stderr
-        for heading in ("== health", "== staging", "== last 10 flushes", "== agents by status", "== settings"):
+        for heading in ("== health", "== staleness budget", "== staging", "== pending", "== last 10 flushes",
+                        "== agents by status", "== settings"):
             assert heading in psql.stdout
         assert "| ok " in psql.stdout and "connected" in psql.stdout
         conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
