@@ -7,12 +7,11 @@
 -- worker that holds it. No heartbeat row travels to the coordinator: it sends
 -- one CALL per shard group and gets one composite value back.
 --
--- One SQL serves both: the drain and the pass take the relations as regclass
--- parameters. On plain PostgreSQL (or a Citus coordinator whose
--- workspace_agents is local) flush_begin()/flush_pass() call them with
--- pybatch.heartbeats, pybatch.pending, pybatch.quarantine and
--- public.workspace_agents, exactly as 0004 did; on Citus each worker calls them
--- with its shards. docs/citus.md has the layout and the argument.
+-- Plain PostgreSQL (no citus extension), and a Citus coordinator whose
+-- workspace_agents is a local table, keep 0004's functions exactly: nothing
+-- here changes them. The shard path runs relation-parameterised copies of
+-- 0004's hand-off and pass (drain_into, merge_pass_in, next_pass_in), which
+-- must follow 0004's bodies; docs/citus.md has the layout and the argument.
 -- depends: 0004_flush_passes
 
 -- ---------------------------------------------------------------------------
@@ -120,8 +119,13 @@ SET search_path = pg_catalog, pg_temp
 SET work_mem = '64MB'
 AS $fn$
 DECLARE
-    gone bigint;
+    handoff_at timestamptz := pg_catalog.clock_timestamp();
 BEGIN
+    -- As 0004's hand-off: past a few pages of staging one hash join beats the
+    -- planner's guess of ten rows looked up by index.
+    IF pg_catalog.pg_relation_size(staging) > 8 * pg_catalog.current_setting('block_size')::bigint THEN
+        PERFORM pg_catalog.set_config('enable_nestloop', 'off', true);
+    END IF;
     EXECUTE pg_catalog.format($q$
         WITH drained AS (
             -- DELETE ... RETURNING, not TRUNCATE: a row committed after this
@@ -131,44 +135,52 @@ BEGIN
             RETURNING h.agent_id, h.replica_id, h.beat_at,
                       h.beat_at > pg_catalog.clock_timestamp() + $2 AS is_future
         ),
-        latest AS (
-            SELECT DISTINCT ON (d.agent_id)
-                d.agent_id,
-                d.replica_id,
-                d.beat_at AS last_at,
-                pg_catalog.min(d.beat_at) OVER per_agent AS first_at,
-                pg_catalog.count(*) OVER per_agent AS beats
+        carried AS (
+            -- Still pending (deferred or left by a failed flush): handed off again.
+            DELETE FROM %2$s p
+            RETURNING p.agent_id, p.replica_id, p.first_at, p.last_at, p.beats
+        ),
+        retried AS (
+            DELETE FROM %4$s q WHERE q.retry_at <= $3
+            RETURNING q.agent_id, q.replica_id, q.first_at, q.last_at, q.beats
+        ),
+        events AS (
+            SELECT d.agent_id, d.replica_id, d.beat_at AS first_at, d.beat_at AS last_at, 1::bigint AS beats
             FROM drained d
             WHERE NOT d.is_future
+            UNION ALL
+            SELECT c.agent_id, c.replica_id, c.first_at, c.last_at, c.beats FROM carried c
+            UNION ALL
+            SELECT r.agent_id, r.replica_id, r.first_at, r.last_at, r.beats FROM retried r
+        ),
+        latest AS (
+            SELECT DISTINCT ON (e.agent_id)
+                e.agent_id,
+                e.replica_id,
+                e.last_at,
+                pg_catalog.min(e.first_at) OVER per_agent AS first_at,
+                pg_catalog.sum(e.beats) OVER per_agent AS beats
+            FROM events e
             WINDOW per_agent AS (
-                PARTITION BY d.agent_id
-                ORDER BY d.beat_at DESC, d.replica_id DESC NULLS LAST
+                PARTITION BY e.agent_id
+                ORDER BY e.last_at DESC, e.replica_id DESC NULLS LAST
                 ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)
-            ORDER BY d.agent_id, d.beat_at DESC, d.replica_id DESC NULLS LAST
+            ORDER BY e.agent_id, e.last_at DESC, e.replica_id DESC NULLS LAST
         ),
         placed AS (
             SELECT l.agent_id, l.first_at, l.last_at, l.replica_id, l.beats,
                    pg_catalog.row_number() OVER (
                        PARTITION BY (wa.ctid::text::point)[0] ORDER BY wa.ctid)::integer AS pass_no,
-                   EXISTS (SELECT FROM %4$s q WHERE q.agent_id = l.agent_id) AS held
+                   EXISTS (SELECT FROM %4$s q
+                           WHERE q.agent_id = l.agent_id AND q.retry_at > $3) AS held
             FROM latest l
             JOIN %3$s wa ON wa.id = l.agent_id
         ),
         queued AS (
-            INSERT INTO %2$s AS p (agent_id, first_at, last_at, replica_id, beats, pass_no)
+            INSERT INTO %2$s (agent_id, first_at, last_at, replica_id, beats, pass_no)
             SELECT pl.agent_id, pl.first_at, pl.last_at, pl.replica_id, pl.beats, pl.pass_no
             FROM placed pl WHERE NOT pl.held
-            ON CONFLICT (agent_id) DO UPDATE SET
-                first_at = LEAST(p.first_at, excluded.first_at),
-                last_at = GREATEST(p.last_at, excluded.last_at),
-                replica_id = CASE
-                    WHEN excluded.last_at > p.last_at THEN excluded.replica_id
-                    WHEN excluded.last_at = p.last_at THEN GREATEST(p.replica_id, excluded.replica_id)
-                    ELSE p.replica_id
-                END,
-                beats = p.beats + excluded.beats,
-                pass_no = excluded.pass_no
-            RETURNING 1
+            ORDER BY pl.pass_no
         ),
         held AS (
             UPDATE %4$s q SET
@@ -182,47 +194,15 @@ BEGIN
                 beats = q.beats + pl.beats
             FROM placed pl
             WHERE pl.held AND q.agent_id = pl.agent_id
-            RETURNING 1
         )
         SELECT
             (SELECT pg_catalog.count(*) FROM drained),
             (SELECT pg_catalog.count(*) FROM drained d WHERE d.is_future),
-            (SELECT COALESCE(pg_catalog.sum(l.beats), 0) FROM latest l
+            (SELECT COALESCE(pg_catalog.sum(l.beats), 0)::bigint FROM latest l
               WHERE NOT EXISTS (SELECT FROM placed pl WHERE pl.agent_id = l.agent_id))
         $q$, staging, pending, agents, quarantine)
     INTO rows_staged, future_heartbeats, unknown_heartbeats
-    USING row_cap, tolerance;
-
-    -- Agents deferred by an earlier flush, and quarantined agents due for a
-    -- retry, get a pass of their own numbering.
-    EXECUTE pg_catalog.format($q$
-        WITH due AS (
-            DELETE FROM %2$s q
-            WHERE q.retry_at <= pg_catalog.clock_timestamp()
-              AND NOT EXISTS (SELECT FROM %1$s p WHERE p.agent_id = q.agent_id)
-            RETURNING q.agent_id, q.first_at, q.last_at, q.replica_id, q.beats
-        )
-        INSERT INTO %1$s (agent_id, first_at, last_at, replica_id, beats, pass_no)
-        SELECT d.agent_id, d.first_at, d.last_at, d.replica_id, d.beats, NULL FROM due d
-        $q$, pending, quarantine);
-
-    EXECUTE pg_catalog.format($q$
-        UPDATE %1$s p SET pass_no = r.pass_no
-        FROM (SELECT p2.agent_id,
-                     pg_catalog.row_number() OVER (
-                         PARTITION BY (wa.ctid::text::point)[0] ORDER BY wa.ctid)::integer AS pass_no
-              FROM %1$s p2
-              JOIN %2$s wa ON wa.id = p2.agent_id
-              WHERE p2.pass_no IS NULL) r
-        WHERE p.agent_id = r.agent_id
-        $q$, pending, agents);
-    -- Pending rows whose agent row is gone (deleted since): nothing to merge into.
-    EXECUTE pg_catalog.format($q$
-        WITH gone AS (DELETE FROM %1$s p WHERE p.pass_no IS NULL RETURNING p.beats)
-        SELECT COALESCE(pg_catalog.sum(g.beats), 0)::bigint FROM gone g
-        $q$, pending)
-    INTO gone;
-    unknown_heartbeats := unknown_heartbeats + gone;
+    USING row_cap, tolerance, handoff_at;
 END
 $fn$;
 COMMENT ON FUNCTION pybatch.drain_into(regclass, regclass, regclass, regclass, bigint, interval) IS
@@ -235,21 +215,36 @@ CREATE FUNCTION pybatch.merge_pass_in(pending regclass, agents regclass, this_pa
 RETURNS TABLE (picked bigint, merged bigint, updated bigint, stale_beats bigint, newest_event_at timestamptz)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_custom_plan
+SET enable_seqscan = off
 AS $fn$
+-- As 0004's merge_pass: statements over id and ctid arrays, so a pass costs its own size.
+DECLARE
+    batch_ids uuid[];
+    batch_rows tid[];
+    locked_ids uuid[];
+    locked_ctids tid[];
 BEGIN
-    RETURN QUERY EXECUTE pg_catalog.format($q$
-    WITH batch AS (
-        SELECT p.agent_id FROM %1$s p
+    EXECUTE pg_catalog.format($q$
+        SELECT COALESCE(pg_catalog.array_agg(p.agent_id), '{}'), COALESCE(pg_catalog.array_agg(p.ctid), '{}')
+        FROM %s p
         WHERE p.pass_no = $1 AND ($2::uuid IS NULL OR p.agent_id = $2)
-    ),
-    locked AS (
-        SELECT wa.id FROM %2$s wa
-        WHERE wa.id IN (SELECT b.agent_id FROM batch b)
-        FOR UPDATE OF wa SKIP LOCKED
-    ),
-    done AS (
-        DELETE FROM %1$s p USING locked l
-        WHERE p.agent_id = l.id
+        $q$, pending) INTO batch_ids, batch_rows USING this_pass, only_agent;
+    picked := pg_catalog.cardinality(batch_ids);
+
+    -- SKIP LOCKED: a row an app transaction holds stays pending for the next flush.
+    EXECUTE pg_catalog.format($q$
+        SELECT COALESCE(pg_catalog.array_agg(l.id), '{}'), COALESCE(pg_catalog.array_agg(l.ctid), '{}')
+        FROM (SELECT wa.id, wa.ctid FROM %s wa
+              WHERE wa.id = ANY ($1)
+              FOR UPDATE OF wa SKIP LOCKED) l
+        $q$, agents) INTO locked_ids, locked_ctids USING batch_ids;
+    merged := pg_catalog.cardinality(locked_ids);
+
+    EXECUTE pg_catalog.format($q$
+    WITH done AS (
+        DELETE FROM %1$s p
+        WHERE p.ctid = ANY ($1) AND p.agent_id = ANY ($2)
         RETURNING p.agent_id, p.first_at, p.last_at, p.replica_id, p.beats
     ),
     changed AS (
@@ -269,7 +264,8 @@ BEGIN
             END,
             updated_at = GREATEST(wa.updated_at, d.last_at)
         FROM done d
-        WHERE wa.id = d.agent_id
+        WHERE wa.ctid = ANY ($3)
+          AND wa.id = d.agent_id
           AND (wa.first_connected_at IS NULL OR d.first_at < wa.first_connected_at
                OR wa.last_connected_at IS NULL OR d.last_at > wa.last_connected_at
                OR (d.last_at = wa.last_connected_at
@@ -278,25 +274,16 @@ BEGIN
                         OR wa.disconnected_at < d.last_at)))
         RETURNING wa.id, d.last_at
     )
-    SELECT (SELECT pg_catalog.count(*) FROM batch),
-           (SELECT pg_catalog.count(*) FROM done),
-           (SELECT pg_catalog.count(*) FROM changed),
+    SELECT (SELECT pg_catalog.count(*) FROM changed),
            (SELECT COALESCE(pg_catalog.sum(d.beats), 0)::bigint FROM done d
              WHERE NOT EXISTS (SELECT FROM changed c WHERE c.id = d.agent_id)),
            (SELECT pg_catalog.max(c.last_at) FROM changed c)
-    $q$, pending, agents) USING this_pass, only_agent;
+    $q$, pending, agents) INTO updated, stale_beats, newest_event_at USING batch_rows, locked_ids, locked_ctids;
+    RETURN NEXT;
 END
 $fn$;
 COMMENT ON FUNCTION pybatch.merge_pass_in(regclass, regclass, integer, uuid) IS
     'Internal: merges the pending rows of one pass (or one agent of it) into the agents relation, skipping rows locked by others (0004''s merge, on any pending/agents pair: a shard pair on Citus).';
-
-CREATE OR REPLACE FUNCTION pybatch.merge_pass(this_pass integer, only_agent uuid DEFAULT NULL)
-RETURNS TABLE (picked bigint, merged bigint, updated bigint, stale_beats bigint, newest_event_at timestamptz)
-LANGUAGE sql
-SET search_path = pg_catalog, pg_temp
-AS $fn$
-    SELECT * FROM pybatch.merge_pass_in('pybatch.pending', 'public.workspace_agents', this_pass, only_agent);
-$fn$;
 
 -- ---------------------------------------------------------------------------
 -- The next pass (0004's flush_pass after its lock), on any set of relations.
@@ -404,51 +391,8 @@ COMMENT ON FUNCTION pybatch.next_pass_in(pybatch.flush_result, regclass, regclas
     'Internal: merges the pending rows of the lowest pass_no on the given relations (0004''s flush_pass, on any set: a shard group on Citus) and adds its figures to result; agents that fail alone go to quarantine.';
 
 -- ---------------------------------------------------------------------------
--- 0004's steps, now calling the relation-parameterised bodies. Same
--- signatures, owners and grants; on a Citus layout they are not used (the
--- flush goes through pybatch.citus_flush()).
+-- A zeroed result for the shard and coordinator steps.
 -- ---------------------------------------------------------------------------
-CREATE OR REPLACE FUNCTION pybatch.flush_begin(max_rows bigint DEFAULT NULL, lock_wait interval DEFAULT '0 seconds')
-RETURNS pybatch.flush_result
-LANGUAGE plpgsql
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-SET work_mem = '64MB'
-AS $fn$
-DECLARE
-    result pybatch.flush_result;
-    cfg pybatch.settings;
-    drained record;
-    error_state text;
-    error_message text;
-BEGIN
-    IF max_rows < 0 THEN
-        RAISE EXCEPTION 'pybatch.flush: max_rows must be 0 or more, not %', max_rows
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    result := pybatch.empty_result();
-    IF NOT pybatch.flush_take_lock(COALESCE(lock_wait, interval '0')) THEN
-        result.skipped := true;
-        result.duration := pg_catalog.clock_timestamp() - result.started_at;
-        RETURN result;
-    END IF;
-    SELECT * INTO STRICT cfg FROM pybatch.settings;
-    -- A subtransaction: on any error the drain rolls back, staging keeps its rows.
-    BEGIN
-        SELECT * INTO STRICT drained FROM pybatch.drain_into(
-            'pybatch.heartbeats', 'pybatch.pending', 'public.workspace_agents', 'pybatch.quarantine',
-            COALESCE(max_rows, cfg.max_rows_per_flush), cfg.future_tolerance);
-        result.rows_staged := drained.rows_staged;
-        result.future_heartbeats := drained.future_heartbeats;
-        result.unknown_heartbeats := drained.unknown_heartbeats;
-    EXCEPTION WHEN OTHERS OR query_canceled THEN
-        GET STACKED DIAGNOSTICS error_state = RETURNED_SQLSTATE, error_message = MESSAGE_TEXT;
-        result.error := error_state || ': ' || error_message;
-    END;
-    RETURN result;
-END
-$fn$;
-
 CREATE FUNCTION pybatch.empty_result()
 RETURNS pybatch.flush_result
 LANGUAGE plpgsql
@@ -474,21 +418,6 @@ END
 $fn$;
 COMMENT ON FUNCTION pybatch.empty_result() IS
     'Internal: a flush_result with every count 0, started now.';
-
-CREATE OR REPLACE FUNCTION pybatch.flush_pass(result pybatch.flush_result)
-RETURNS pybatch.flush_result
-LANGUAGE plpgsql
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $fn$
-BEGIN
-    IF result.skipped OR result.error IS NOT NULL THEN
-        RETURN result;
-    END IF;
-    PERFORM pybatch.flush_take_lock(NULL);
-    RETURN pybatch.next_pass_in(result, 'pybatch.pending', 'public.workspace_agents', 'pybatch.quarantine');
-END
-$fn$;
 
 -- ---------------------------------------------------------------------------
 -- Citus: one shard group's flush, on the worker that holds it.
@@ -620,8 +549,10 @@ BEGIN
     SELECT * INTO STRICT cfg FROM pybatch.settings;
 
     -- The shard groups: co-located shards share their hash range.
+    -- max_rows bounds the whole flush: it is split evenly over the shard groups.
     FOR g IN EXECUTE $q$
-        SELECT hs.shardid,
+        SELECT hs.shardid, (pg_catalog.row_number() OVER (ORDER BY hs.shardid) - 1)::integer AS k,
+               pg_catalog.count(*) OVER ()::integer AS groups,
                pg_catalog.shard_name('pybatch.heartbeats'::pg_catalog.regclass, hs.shardid) AS staging,
                pg_catalog.shard_name('pybatch.pending'::pg_catalog.regclass, ps.shardid) AS pending,
                pg_catalog.shard_name('public.workspace_agents'::pg_catalog.regclass, ws.shardid) AS agents,
@@ -645,7 +576,9 @@ BEGIN
         commands := commands || pg_catalog.format(
             'CALL pybatch.shard_flush(%L, %L, %L, %L, %s, %L, %L, NULL)',
             g.staging, g.pending, g.agents, g.quarantine,
-            COALESCE(max_rows, cfg.max_rows_per_flush), cfg.future_tolerance, COALESCE(lock_wait, interval '0'));
+            COALESCE(max_rows, cfg.max_rows_per_flush) / g.groups
+                + CASE WHEN g.k < COALESCE(max_rows, cfg.max_rows_per_flush) % g.groups THEN 1 ELSE 0 END,
+            cfg.future_tolerance, COALESCE(lock_wait, interval '0'));
     END LOOP;
     IF pg_catalog.cardinality(commands) = 0 THEN
         result.error := 'pybatch: no shard placements found for pybatch.heartbeats';

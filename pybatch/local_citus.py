@@ -18,6 +18,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -143,9 +144,21 @@ class CitusCluster:
                     conn.execute("SELECT citus_add_node('127.0.0.1', %s)", (worker.port,))
 
     def drop_database(self, dbname: str) -> None:
+        """Drop `dbname` on every node (Citus's maintenance daemon reconnects: lock it out first)."""
+        name = sql.Identifier(dbname)
         for node in self.nodes:
             with psycopg.connect(node.conninfo("postgres"), autocommit=True) as conn:
-                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
+                if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone():
+                    continue
+                conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(name))
+                for attempt in range(50):
+                    try:
+                        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(name))
+                        break
+                    except psycopg.errors.ObjectInUse:
+                        if attempt == 49:
+                            raise
+                        time.sleep(0.1)
 
     def describe(self) -> str:
         ports = ", ".join(f"worker {n} :{w.port}" for n, w in enumerate(self.workers, start=1))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import psycopg
@@ -13,10 +14,44 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pybatch.flush import flush
+from pybatch.local import LocalCluster
+from tests.citus_fixtures import citus_cluster, citus_dsn  # noqa: F401 (fixtures)
+from tests.conftest import TEMPLATE_DB, _fresh_database
 from tests.model import AgentState, Beat, Disconnect, actual_states, expected_states
 
 BASE = datetime(2026, 1, 1, tzinfo=UTC)
 REPLICAS = [uuid.UUID(int=n) for n in (1, 2, 0xFFFF_0000_0000_0000_0000_0000_0000_0000)]
+
+
+# The same tests on plain PostgreSQL and on Citus (coordinator + 2 workers, workspace_agents
+# distributed by id, staging/pending/quarantine co-located: the shard-local flush). Not on
+# Citus: the 150-example property test (test_any_order_on_citus below runs its body with
+# fewer examples: each Citus flush opens a connection per shard group), and the
+# statement_timeout test (a coordinator's statement_timeout does not bound the CALLs it sent
+# to the workers; docs/citus.md).
+PLAIN_ONLY = {"test_any_order_equals_timestamp_order", "test_statement_timeout_mid_flush_is_recorded"}
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "backend" in metafunc.fixturenames:
+        backends: list[object] = ["postgres"]
+        if metafunc.function.__name__ not in PLAIN_ONLY:
+            backends.append(pytest.param("citus", marks=pytest.mark.citus))
+        metafunc.parametrize("backend", backends, indirect=True)
+
+
+@pytest.fixture
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def dsn(backend: str, request: pytest.FixtureRequest, pg_cluster: LocalCluster) -> Iterator[str]:
+    """A fresh migrated database on the backend under test."""
+    if backend == "citus":
+        yield request.getfixturevalue("citus_dsn")
+    else:
+        yield from _fresh_database(pg_cluster, TEMPLATE_DB)
 
 
 def t(seconds: float) -> datetime:
@@ -191,29 +226,37 @@ def test_disconnect_rejects_future_null_and_unknown(conn: psycopg.Connection) ->
         disconnect(conn, Disconnect(uuid.uuid4(), t(1)))
 
 
-def test_null_agent_rejected_at_insert(conn: psycopg.Connection) -> None:
-    with pytest.raises(psycopg.errors.NotNullViolation):
+def test_null_agent_rejected_at_insert(conn: psycopg.Connection, backend: str) -> None:
+    # Citus rejects it on the coordinator, before routing, with its own error class.
+    expected = psycopg.errors.NullValueNotAllowed if backend == "citus" else psycopg.errors.NotNullViolation
+    with pytest.raises(expected):
         conn.execute("INSERT INTO pybatch.heartbeats (agent_id) VALUES (NULL)")
 
 
-def test_max_rows_drains_partially_and_keeps_the_rest(conn: psycopg.Connection) -> None:
+def test_max_rows_drains_partially_and_keeps_the_rest(conn: psycopg.Connection, backend: str) -> None:
     agents = make_agents(conn, 10)
     beats = [Beat(a, t(i)) for i, a in enumerate(agents)]
     stage(conn, beats)
     first = flush(conn, max_rows=4)
-    assert first.rows_staged == 4 and staged_count(conn) == 6
+    if backend == "citus":
+        # The cap is split across the shard groups (which drain in parallel): at most 4 in all.
+        assert first.rows_staged is not None and first.rows_staged <= 4
+        assert staged_count(conn) == 10 - first.rows_staged
+    else:
+        assert first.rows_staged == 4 and staged_count(conn) == 6
     flush(conn)
     assert actual_states(conn, agents) == expected_states(beats)
 
 
 def test_failed_flush_rolls_back_keeps_staging_and_is_logged(conn: psycopg.Connection) -> None:
     (a,) = make_agents(conn, 1)
+    # One statement per call: Citus propagates DDL to the workers one statement at a time.
     conn.execute("""
         CREATE FUNCTION public.fail_once() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN RAISE EXCEPTION 'injected failure'; END $$;
+        BEGIN RAISE EXCEPTION 'injected failure'; END $$""")
+    conn.execute("""
         CREATE TRIGGER fail_once BEFORE UPDATE ON public.workspace_agents
-            FOR EACH ROW EXECUTE FUNCTION public.fail_once();
-    """)
+            FOR EACH ROW EXECUTE FUNCTION public.fail_once()""")
     stage(conn, [Beat(a, t(1))])
     failed = flush(conn)
     assert failed.error is not None and "injected failure" in failed.error
@@ -382,3 +425,15 @@ def test_concurrent_writers_disconnects_and_two_flushers(dsn: str, conn: psycopg
     expected = expected_states(events)
     assert actual_states(conn, agents) == {a: expected.get(a, AgentState()) for a in agents}
     assert_updated_at_follows_events(conn, agents, events)
+
+
+@pytest.mark.citus
+@pytest.mark.parametrize("in_transaction", [False, True], ids=["in_passes", "one_transaction"])
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(event_strategy, max_size=25))
+def test_any_order_on_citus(
+    citus_dsn: str, in_transaction: bool, script: list[tuple[str, int, int, uuid.UUID]]  # noqa: F811
+) -> None:
+    """The property test's body on Citus, with fewer examples."""
+    with psycopg.connect(citus_dsn, autocommit=True) as conn:
+        test_any_order_equals_timestamp_order.hypothesis.inner_test(conn, in_transaction, script)  # type: ignore[attr-defined]
