@@ -76,7 +76,10 @@ COMMENT ON TABLE pybatch.flush_lock IS
 -- most the one interval it holds; the next heartbeat restores each agent.
 -- ---------------------------------------------------------------------------
 CREATE UNLOGGED TABLE pybatch.pending (
-    agent_id uuid PRIMARY KEY,
+    -- One row per agent by construction (each hand-off folds in what is left),
+    -- under pybatch.flush_lock; no unique index, whose random inserts would
+    -- cost more than the rest of the hand-off.
+    agent_id uuid NOT NULL,
     first_at timestamptz NOT NULL,
     last_at timestamptz NOT NULL,
     replica_id uuid,
@@ -86,6 +89,7 @@ CREATE UNLOGGED TABLE pybatch.pending (
     -- next flush (its row was locked by another transaction).
     pass_no integer
 );
+-- Rows are inserted in pass order, so this index only ever grows at its right edge.
 CREATE INDEX pending_pass_no_idx ON pybatch.pending (pass_no);
 COMMENT ON TABLE pybatch.pending IS
     'Heartbeats drained from staging and not merged yet, reduced to one row per agent (UNLOGGED). Normally empty between flushes; rows whose agent row was locked wait here for the next flush.';
@@ -192,28 +196,47 @@ CREATE FUNCTION pybatch.merge_pass(this_pass integer, only_agent uuid DEFAULT NU
 RETURNS TABLE (picked bigint, merged bigint, updated bigint, stale_beats bigint, newest_event_at timestamptz)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+-- Every plan sees the arrays as constants: true row counts and hashed = ANY.
+SET plan_cache_mode = force_custom_plan
+-- A pass touches one row per page, so the planner would rather scan the whole
+-- table than look rows up; the lookups are several times cheaper (they read
+-- only the rows of this pass) and keep the cost of a pass to its own size.
+SET enable_seqscan = off
 AS $$
+-- Statements over id and ctid arrays rather than one statement over CTE joins:
+-- a pass then costs its own size, never a scan of the whole table or hand-off.
+DECLARE
+    batch_ids uuid[];
+    batch_rows tid[];   -- where this pass's rows are in pybatch.pending
+    locked_ids uuid[];
+    locked_ctids tid[];
 BEGIN
-    RETURN QUERY
-    WITH batch AS (
-        SELECT p.agent_id FROM pybatch.pending p
-        WHERE p.pass_no = this_pass AND (only_agent IS NULL OR p.agent_id = only_agent)
-    ),
-    locked AS (
-        -- SKIP LOCKED: a row an app transaction holds stays pending for the next
-        -- flush instead of stalling this one (and every disconnect behind it).
-        SELECT wa.id FROM public.workspace_agents wa
-        WHERE wa.id IN (SELECT b.agent_id FROM batch b)
-        FOR UPDATE OF wa SKIP LOCKED
-    ),
-    done AS (
-        DELETE FROM pybatch.pending p USING locked l
-        WHERE p.agent_id = l.id
+    SELECT COALESCE(pg_catalog.array_agg(p.agent_id), '{}'), COALESCE(pg_catalog.array_agg(p.ctid), '{}')
+    INTO batch_ids, batch_rows
+    FROM pybatch.pending p
+    WHERE p.pass_no = this_pass AND (only_agent IS NULL OR p.agent_id = only_agent);
+    picked := pg_catalog.cardinality(batch_ids);
+
+    -- Lock each row by id. SKIP LOCKED: a row an app transaction holds stays
+    -- pending for the next flush instead of stalling this one (and every
+    -- disconnect behind it). An index lookup, not a fetch by ctid, because
+    -- only the index path prunes the page on the way: that frees the room the
+    -- last pass's old version took, and the update below stays HOT.
+    SELECT COALESCE(pg_catalog.array_agg(l.id), '{}'), COALESCE(pg_catalog.array_agg(l.ctid), '{}')
+    INTO locked_ids, locked_ctids
+    FROM (SELECT wa.id, wa.ctid FROM public.workspace_agents wa
+          WHERE wa.id = ANY (batch_ids)
+          FOR UPDATE OF wa SKIP LOCKED) l;
+    merged := pg_catalog.cardinality(locked_ids);
+
+    WITH done AS (
+        DELETE FROM pybatch.pending p
+        WHERE p.ctid = ANY (batch_rows) AND p.agent_id = ANY (locked_ids)
         RETURNING p.agent_id, p.first_at, p.last_at, p.replica_id, p.beats
     ),
     changed AS (
-        -- SET reads wa.* from the row version it updates (re-read after a
-        -- concurrent disconnect commits), so no disconnect is ever undone.
+        -- SET reads wa.* from the row version it updates (locked above, so the
+        -- latest committed one), so no disconnect is ever undone.
         UPDATE public.workspace_agents wa SET
             first_connected_at = LEAST(wa.first_connected_at, d.first_at),
             last_connected_at = GREATEST(wa.last_connected_at, d.last_at),
@@ -234,7 +257,8 @@ BEGIN
             -- app's lifecycle update may have set a newer one).
             updated_at = GREATEST(wa.updated_at, d.last_at)
         FROM done d
-        WHERE wa.id = d.agent_id
+        WHERE wa.ctid = ANY (locked_ctids)
+          AND wa.id = d.agent_id
           -- Only rows whose values change are rewritten (no dead tuple, no WAL otherwise).
           AND (wa.first_connected_at IS NULL OR d.first_at < wa.first_connected_at
                OR wa.last_connected_at IS NULL OR d.last_at > wa.last_connected_at
@@ -244,12 +268,12 @@ BEGIN
                         OR wa.disconnected_at < d.last_at)))
         RETURNING wa.id, d.last_at
     )
-    SELECT (SELECT pg_catalog.count(*) FROM batch),
-           (SELECT pg_catalog.count(*) FROM done),
-           (SELECT pg_catalog.count(*) FROM changed),
+    SELECT (SELECT pg_catalog.count(*) FROM changed),
            (SELECT COALESCE(pg_catalog.sum(d.beats), 0)::bigint FROM done d
              WHERE NOT EXISTS (SELECT FROM changed c WHERE c.id = d.agent_id)),
-           (SELECT pg_catalog.max(c.last_at) FROM changed c);
+           (SELECT pg_catalog.max(c.last_at) FROM changed c)
+    INTO updated, stale_beats, newest_event_at;
+    RETURN NEXT;
 END
 $$;
 COMMENT ON FUNCTION pybatch.merge_pass(integer, uuid) IS
@@ -268,6 +292,8 @@ AS $$
 DECLARE
     result pybatch.flush_result;
     cfg pybatch.settings;
+    handoff_at timestamptz;
+    previous_nestloop text;
     error_state text;
     error_message text;
 BEGIN
@@ -294,6 +320,16 @@ BEGIN
     END IF;
     SELECT * INTO STRICT cfg FROM pybatch.settings;
 
+    handoff_at := pg_catalog.clock_timestamp();
+    -- The planner cannot know how many rows a drain returns (it guesses ten)
+    -- and would look each agent up by index; past a few pages of staging one
+    -- hash join with the table is many times cheaper.
+    previous_nestloop := pg_catalog.current_setting('enable_nestloop');
+    IF pg_catalog.pg_relation_size('pybatch.heartbeats'::pg_catalog.regclass)
+       > 8 * pg_catalog.current_setting('block_size')::bigint THEN
+        PERFORM pg_catalog.set_config('enable_nestloop', 'off', true);
+    END IF;
+
     -- The inner block is a subtransaction: on any error the drain rolls back,
     -- staging keeps its rows, and the error is returned.
     BEGIN
@@ -309,48 +345,59 @@ BEGIN
             RETURNING h.agent_id, h.replica_id, h.beat_at,
                       h.beat_at > pg_catalog.clock_timestamp() + cfg.future_tolerance AS is_future
         ),
+        carried AS (
+            -- What is still pending (deferred by an earlier flush because its row
+            -- was locked, or left by one that failed) is handed off again with
+            -- the new beats, so every agent has one pending row and one pass.
+            DELETE FROM pybatch.pending p
+            RETURNING p.agent_id, p.replica_id, p.first_at, p.last_at, p.beats
+        ),
+        retried AS (
+            -- Quarantined agents whose back-off has passed get another try.
+            DELETE FROM pybatch.quarantine q WHERE q.retry_at <= handoff_at
+            RETURNING q.agent_id, q.replica_id, q.first_at, q.last_at, q.beats
+        ),
+        events AS (
+            SELECT d.agent_id, d.replica_id, d.beat_at AS first_at, d.beat_at AS last_at, 1::bigint AS beats
+            FROM drained d
+            WHERE NOT d.is_future     -- future-dated beats would freeze the agent
+            UNION ALL
+            SELECT c.agent_id, c.replica_id, c.first_at, c.last_at, c.beats FROM carried c
+            UNION ALL
+            SELECT r.agent_id, r.replica_id, r.first_at, r.last_at, r.beats FROM retried r
+        ),
         latest AS (
             -- One row per agent: its latest beat (ties: greater replica, NULL
             -- lowest), its earliest beat and its count. One sort serves both.
-            SELECT DISTINCT ON (d.agent_id)
-                d.agent_id,
-                d.replica_id,
-                d.beat_at AS last_at,
-                pg_catalog.min(d.beat_at) OVER per_agent AS first_at,
-                pg_catalog.count(*) OVER per_agent AS beats
-            FROM drained d
-            WHERE NOT d.is_future     -- future-dated beats would freeze the agent
+            SELECT DISTINCT ON (e.agent_id)
+                e.agent_id,
+                e.replica_id,
+                e.last_at,
+                pg_catalog.min(e.first_at) OVER per_agent AS first_at,
+                pg_catalog.sum(e.beats) OVER per_agent AS beats
+            FROM events e
             WINDOW per_agent AS (
-                PARTITION BY d.agent_id
-                ORDER BY d.beat_at DESC, d.replica_id DESC NULLS LAST
+                PARTITION BY e.agent_id
+                ORDER BY e.last_at DESC, e.replica_id DESC NULLS LAST
                 ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)
-            ORDER BY d.agent_id, d.beat_at DESC, d.replica_id DESC NULLS LAST
+            ORDER BY e.agent_id, e.last_at DESC, e.replica_id DESC NULLS LAST
         ),
         placed AS (
             -- Number each agent within its row's heap page: pass k takes the k-th.
             SELECT l.agent_id, l.first_at, l.last_at, l.replica_id, l.beats,
                    pg_catalog.row_number() OVER (
                        PARTITION BY (wa.ctid::text::point)[0] ORDER BY wa.ctid)::integer AS pass_no,
-                   EXISTS (SELECT FROM pybatch.quarantine q WHERE q.agent_id = l.agent_id) AS held
+                   EXISTS (SELECT FROM pybatch.quarantine q
+                           WHERE q.agent_id = l.agent_id AND q.retry_at > handoff_at) AS held
             FROM latest l
             JOIN public.workspace_agents wa ON wa.id = l.agent_id
         ),
         queued AS (
-            INSERT INTO pybatch.pending AS p (agent_id, first_at, last_at, replica_id, beats, pass_no)
+            -- In pass order, so each pass reads and deletes neighbouring rows.
+            INSERT INTO pybatch.pending (agent_id, first_at, last_at, replica_id, beats, pass_no)
             SELECT pl.agent_id, pl.first_at, pl.last_at, pl.replica_id, pl.beats, pl.pass_no
             FROM placed pl WHERE NOT pl.held
-            -- A row already pending (deferred, or another flush's) folds in.
-            ON CONFLICT (agent_id) DO UPDATE SET
-                first_at = LEAST(p.first_at, excluded.first_at),
-                last_at = GREATEST(p.last_at, excluded.last_at),
-                replica_id = CASE
-                    WHEN excluded.last_at > p.last_at THEN excluded.replica_id
-                    WHEN excluded.last_at = p.last_at THEN GREATEST(p.replica_id, excluded.replica_id)
-                    ELSE p.replica_id
-                END,
-                beats = p.beats + excluded.beats,
-                pass_no = excluded.pass_no
-            RETURNING 1
+            ORDER BY pl.pass_no
         ),
         held AS (
             -- A quarantined agent's new beats join its quarantined ones.
@@ -365,41 +412,15 @@ BEGIN
                 beats = q.beats + pl.beats
             FROM placed pl
             WHERE pl.held AND q.agent_id = pl.agent_id
-            RETURNING 1
         )
+        -- (queued and held run to completion although nothing reads them.)
         SELECT
             (SELECT pg_catalog.count(*) FROM drained),
             (SELECT pg_catalog.count(*) FROM drained d WHERE d.is_future),
+            -- Agents with no row (never created, or deleted since): nothing to merge into.
             (SELECT COALESCE(pg_catalog.sum(l.beats), 0) FROM latest l
               WHERE NOT EXISTS (SELECT FROM placed pl WHERE pl.agent_id = l.agent_id))
-        -- (queued and held run to completion although nothing reads them.)
         INTO result.rows_staged, result.future_heartbeats, result.unknown_heartbeats;
-
-        -- Agents deferred by an earlier flush, and quarantined agents due for a
-        -- retry, get a pass of their own numbering.
-        WITH due AS (
-            DELETE FROM pybatch.quarantine q
-            WHERE q.retry_at <= pg_catalog.clock_timestamp()
-              AND NOT EXISTS (SELECT FROM pybatch.pending p WHERE p.agent_id = q.agent_id)
-            RETURNING q.agent_id, q.first_at, q.last_at, q.replica_id, q.beats
-        )
-        INSERT INTO pybatch.pending (agent_id, first_at, last_at, replica_id, beats, pass_no)
-        SELECT d.agent_id, d.first_at, d.last_at, d.replica_id, d.beats, NULL FROM due d;
-
-        UPDATE pybatch.pending p SET pass_no = r.pass_no
-        FROM (SELECT p2.agent_id,
-                     pg_catalog.row_number() OVER (
-                         PARTITION BY (wa.ctid::text::point)[0] ORDER BY wa.ctid)::integer AS pass_no
-              FROM pybatch.pending p2
-              JOIN public.workspace_agents wa ON wa.id = p2.agent_id
-              WHERE p2.pass_no IS NULL) r
-        WHERE p.agent_id = r.agent_id;
-        -- Pending rows whose agent row is gone (deleted since): nothing to merge into.
-        WITH gone AS (
-            DELETE FROM pybatch.pending p WHERE p.pass_no IS NULL RETURNING p.beats
-        )
-        SELECT result.unknown_heartbeats + COALESCE(pg_catalog.sum(g.beats), 0) INTO result.unknown_heartbeats
-        FROM gone g;
     EXCEPTION WHEN OTHERS OR query_canceled THEN
         GET STACKED DIAGNOSTICS error_state = RETURNED_SQLSTATE, error_message = MESSAGE_TEXT;
         result.error := error_state || ': ' || error_message;
@@ -407,6 +428,8 @@ BEGIN
         result.future_heartbeats := 0;
         result.unknown_heartbeats := 0;
     END;
+    -- Only for the hand-off: the caller's transaction may go on (SELECT pybatch.flush()).
+    PERFORM pg_catalog.set_config('enable_nestloop', previous_nestloop, true);
     RETURN result;
 END
 $$;

@@ -38,7 +38,7 @@ SETTABLE = DURATION_SETTINGS + INTEGER_SETTINGS
 # Migration 0004's CHECK constraints on pybatch.settings hold the same bounds; `config set`,
 # `scheduler --interval`, `cron install --interval` and `flush --max-rows` check against these.
 DURATION_BOUNDS: dict[str, tuple[timedelta, timedelta]] = {
-    "flush_interval": (timedelta(seconds=1), timedelta(hours=1)),
+    "flush_interval": (timedelta(milliseconds=100), timedelta(hours=1)),
     "inactive_timeout": (timedelta(seconds=1), timedelta(days=1)),
     "future_tolerance": (timedelta(0), timedelta(hours=1)),
     "history_retention": (timedelta(minutes=1), timedelta(days=3650)),

@@ -430,9 +430,9 @@ BAD_INPUTS: list[BadInput] = [
         "bad flag",
         CLI,
         "pybatch scheduler --interval 0.00001ms",
-        "usage error naming the range 1s-1h (was: ran forever logging constraint errors); the flag is "
+        "usage error naming the range 100ms-1h (was: ran forever logging constraint errors); the flag is "
         "named once (was `argument --interval: --interval: ...`)",
-        r"error: argument --interval: '0\.00001ms' is out of range: the flush interval must be between 1s "
+        r"error: argument --interval: '0\.00001ms' is out of range: the flush interval must be between 100ms "
         r"and 1h$",
         argv=("--dsn", "{dsn}", "scheduler", "--interval", "0.00001ms"),
     ),
@@ -479,7 +479,7 @@ BAD_INPUTS: list[BadInput] = [
         CLI,
         "pybatch config set flush_interval 99999999999999999999h",
         "one line naming setting, value and range (was 'unexpected error: OverflowError')",
-        r"flush_interval: '99999999999999999999h' is out of range: flush_interval must be between 1s and 1h",
+        r"flush_interval: '99999999999999999999h' is out of range: flush_interval must be between 100ms and 1h",
         argv=("--dsn", "{dsn}", "config", "set", "flush_interval", "99999999999999999999h"),
     ),
     BadInput(
