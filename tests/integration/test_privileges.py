@@ -20,7 +20,7 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC)
 ROLE_OID = "(SELECT oid FROM pg_roles WHERE rolname = %(role)s)"
 # Every privilege a role holds directly, as (kind, object, privilege), from the ACLs in the catalog.
 HELD_PRIVILEGES = """
-    SELECT 'schema', n.nspname, a.privilege_type
+    SELECT 'schema', n.nspname::text, a.privilege_type  -- text: a name would cut long signatures
     FROM pg_namespace n, aclexplode(n.nspacl) a WHERE a.grantee = {role}
     UNION ALL
     SELECT 'relation', c.oid::regclass::text, a.privilege_type
@@ -44,10 +44,31 @@ WRITER_PRIVILEGES = {
     ("schema", "pybatch", "USAGE"),
     ("relation", "pybatch.heartbeats", "INSERT"),
     ("function", "pybatch.disconnect(uuid,timestamp with time zone)", "EXECUTE"),
+    # The client checks at= against the tolerance disconnect() applies; nothing else in settings.
+    ("column", "pybatch.settings.future_tolerance", "SELECT"),
 }
 FLUSHER_PRIVILEGES = {
     ("schema", "pybatch", "USAGE"),
+    # The default flush is a procedure calling its steps, so the caller needs each step.
+    ("function", "pybatch.flush_in_passes(bigint,interval,pybatch.flush_result)", "EXECUTE"),
+    ("function", "pybatch.flush_begin(bigint,interval)", "EXECUTE"),
+    ("function", "pybatch.flush_pass(pybatch.flush_result)", "EXECUTE"),
+    ("function", "pybatch.flush_finish(pybatch.flush_result)", "EXECUTE"),
     ("function", "pybatch.flush(bigint,interval)", "EXECUTE"),
+    # The pg_cron 1.4 loop.
+    ("function", "pybatch.flush_loop(interval,timestamp with time zone)", "EXECUTE"),
+    ("function", "pybatch.flush_loop_deadline(timestamp with time zone)", "EXECUTE"),
+    ("function", "pybatch.flush_loop_next(pybatch.flush_result,interval,timestamp with time zone,"
+                 "timestamp with time zone)", "EXECUTE"),
+    # `pybatch scheduler`: its lease, its metrics, its yardsticks and its --interval.
+    ("function", "pybatch.scheduler_claim(text,interval)", "EXECUTE"),
+    ("function", "pybatch.scheduler_release()", "EXECUTE"),
+    ("function", "pybatch.staging_stats()", "EXECUTE"),
+    ("column", "pybatch.settings.flush_interval", "SELECT"),
+    ("column", "pybatch.settings.inactive_timeout", "SELECT"),
+    ("column", "pybatch.settings.future_tolerance", "SELECT"),
+    ("column", "pybatch.settings.max_rows_per_flush", "SELECT"),
+    ("column", "pybatch.settings.flush_interval", "UPDATE"),
 }
 
 
@@ -84,7 +105,7 @@ def test_writer_gets_exactly_insert_and_disconnect(conn: psycopg.Connection, wri
     assert held(conn, writer) == WRITER_PRIVILEGES
 
 
-def test_flusher_gets_exactly_flush(conn: psycopg.Connection) -> None:
+def test_flusher_gets_exactly_what_the_flush_paths_run(conn: psycopg.Connection) -> None:
     with login_role(conn, "flusher") as role:
         grant(conn, Grant.FLUSHER, role)
         assert held(conn, role) == FLUSHER_PRIVILEGES
@@ -140,8 +161,14 @@ def test_writer_cannot_read_any_table(dsn: str, conn: psycopg.Connection, writer
             "SELECT has_table_privilege(c.oid, 'SELECT') FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
             " WHERE quote_ident(n.nspname) || '.' || quote_ident(c.relname) = %s", (t,)).fetchone() != (False,)]
         for table in tables:  # and the server really refuses, not just the catalog
+            if table == "pybatch.settings":
+                continue  # one column is readable: checked below
             with pytest.raises(pg_errors.InsufficientPrivilege):
                 w.execute(f"SELECT 1 FROM {table} LIMIT 1")
+        assert w.execute("SELECT future_tolerance FROM pybatch.settings").fetchone() is not None
+        for column in ("flush_interval", "inactive_timeout", "history_retention", "max_rows_per_flush"):
+            with pytest.raises(pg_errors.InsufficientPrivilege):
+                w.execute(f"SELECT {column} FROM pybatch.settings")
     assert readable == []
 
 
