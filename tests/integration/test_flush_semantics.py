@@ -436,4 +436,4 @@ def test_any_order_on_citus(
 ) -> None:
     """The property test's body on Citus, with fewer examples."""
     with psycopg.connect(citus_dsn, autocommit=True) as conn:
-        test_any_order_equals_timestamp_order.hypothesis.inner_test(conn, in_transaction, script)  # type: ignore[attr-defined]
+        test_any_order_equals_timestamp_order.hypothesis.inner_test(conn, in_transaction, script)
