@@ -55,6 +55,8 @@ FLUSHER_ROUTINES = (
     *FLUSH_ROUTINES,
     "FUNCTION pybatch.scheduler_claim(text, interval)",
     "FUNCTION pybatch.scheduler_release()",
+    # `cron install --interval` checks the staleness budget first.
+    "FUNCTION pybatch.staleness_budget(interval, interval, interval, interval)",
     "FUNCTION pybatch.staging_stats()",
 )
 

@@ -451,6 +451,11 @@ def set_setting(conn: psycopg.Connection, key: str, value: str | int | float | t
     InvalidSetting (a ConfigError) names the key and value when it is malformed or out of range."""
     column, parsed = parse_setting(key, value)
     query = sql.SQL("UPDATE pybatch.settings SET {} = %s").format(sql.Identifier(column))
+    if column in BUDGET_SETTINGS:
+        assert isinstance(parsed, timedelta)
+        budget = require_staleness_budget(conn, column, parsed)  # InvalidSetting when it would not fit
+        if budget.verdict == "tight":
+            log.warning("%s leaves little margin: %s", column, budget.reason, extra={"staleness": budget.reason})
     with db.translated(f"cannot set {column}"):
         conn.execute(query, (parsed,))
     log.info("setting changed", extra={"setting": column, "value": value})

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from datetime import timedelta
 from typing import Any
 
 from pybatch import db, doctor, inspect, migrate, resources
 from pybatch.cli.common import bounded_int, dsn, invoked_as, print_json, print_table
 from pybatch.errors import ConfigError
+from pybatch.schedule import cron
 from pybatch.uninstall import uninstall
 
 # `pybatch status` exit codes: a liveness probe needs only "0 or not".
@@ -210,8 +212,16 @@ def cmd_config_show(args: argparse.Namespace) -> int:
 
 
 def cmd_config_set(args: argparse.Namespace) -> int:
-    column, _ = inspect.parse_setting(args.key, args.value)  # a bad key or value fails before connecting
-    with db.connect(dsn(args)) as conn:
-        settings = inspect.set_setting(conn, column, args.value)
+    column, parsed = inspect.parse_setting(args.key, args.value)  # a bad key or value fails before connecting
+    target = dsn(args)
+    job = cron.installed_job(target) if column == "flush_interval" else None
+    if job is not None:
+        # The pg_cron job must flush at the interval health judges lateness by: reschedule it
+        # (cron install checks the interval, stores it and refuses as one step).
+        assert isinstance(parsed, timedelta)
+        cron.install(target, parsed.total_seconds(), force_loop=job.mode == "loop")
+        print(f"rescheduled pg_cron job {job.name} to flush every {inspect.format_setting(column, parsed)}")
+    with db.connect(target) as conn:
+        settings = inspect.set_setting(conn, column, args.value) if job is None else inspect.read_settings(conn)
     print(f"{column} = {inspect.format_setting(column, getattr(settings, column))}")
     return 0

@@ -36,6 +36,7 @@ from pybatch.config import describe_dsn
 from pybatch.durations import format_duration
 from pybatch.errors import CronError, NotMigrated, PermissionDenied, PybatchError
 from pybatch.grants import FLUSH_ROUTINES
+from pybatch.inspect import require_staleness_budget
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +217,12 @@ def purge_schedule(database: str) -> str:
 
 
 def install(dsn: str, interval_seconds: float, *, force_loop: bool = False) -> CronJob:
-    """Create or update this database's flush job (and its purge job); store the interval in settings."""
+    """Create or update this database's flush job (and its purge job); store the interval in settings.
+
+    All or nothing: every check (pg_cron, privileges, the staleness budget, the settings'
+    range) runs before the jobs are scheduled, the interval is stored in a transaction that
+    commits only once they are, and jobs scheduled by a call that then fails are removed.
+    """
     check_interval(interval_seconds)
     with db.connect(dsn) as app:
         target = _target(app, dsn)
@@ -226,25 +232,73 @@ def install(dsn: str, interval_seconds: float, *, force_loop: bool = False) -> C
             _require_privileges(cron, target)
             plan = plan_job(interval_seconds, parse_version(version), force_loop=force_loop)
             _require_executable(app, target, plan)
-            with _cron_call(target, "cannot schedule the pg_cron job"), cron.transaction():
-                cron.execute(
-                    "SELECT cron.schedule_in_database(%s, %s, %s, %s)",
-                    (flush_job_name(target.database), plan.schedule, plan.command, target.database),
-                )
-                cron.execute(
-                    "SELECT cron.schedule_in_database(%s, %s, %s, %s)",
-                    (purge_job_name(target.database), purge_schedule(target.database),
-                     purge_command(target.database, cron), target.cron_database),
-                )
-            job = _read_job(cron, flush_job_name(target.database))
-        with db.translated("cannot store the flush interval"):
-            app.execute(
-                "UPDATE pybatch.settings SET flush_interval = make_interval(secs => %s)", (interval_seconds,),
-            )
+            previous = _read_job(cron, flush_job_name(target.database))
+            try:
+                with db.translated("cannot store the flush interval"), app.transaction():
+                    budget = require_staleness_budget(app, "flush_interval", timedelta(seconds=interval_seconds))
+                    app.execute("UPDATE pybatch.settings SET flush_interval = make_interval(secs => %s)",
+                                (interval_seconds,))
+                    # Scheduled inside the settings transaction: it commits only once they are.
+                    with _cron_call(target, "cannot schedule the pg_cron job"), cron.transaction():
+                        _schedule(cron, flush_job_name(target.database), plan.schedule, plan.command,
+                                  target.database)
+                        _schedule(cron, purge_job_name(target.database), purge_schedule(target.database),
+                                  purge_command(target.database, cron), str(target.cron_database))
+                    job = _read_job(cron, flush_job_name(target.database))
+            except BaseException:
+                # The settings rolled back; put the jobs back as they were.
+                with contextlib.suppress(PybatchError, psycopg.Error):
+                    if previous is None:
+                        _unschedule(target)
+                    else:
+                        _schedule(cron, previous.name, previous.schedule, previous.command,
+                                  previous.database)
+                raise
+    if budget.verdict == "tight":
+        log.warning("flush interval leaves little margin: %s", budget.reason, extra={"staleness": budget.reason})
     assert job is not None  # just scheduled
     log.info("installed pg_cron flush job", extra={"cron_job": asdict(job), "mode": plan.mode,
                                                     "pg_cron_version": version})
     return job
+
+
+def _schedule(cron: psycopg.Connection, name: str, schedule: str, command: str, database: str) -> None:
+    cron.execute("SELECT cron.schedule_in_database(%s, %s, %s, %s)", (name, schedule, command, database))
+
+
+def job_interval(job: CronJob) -> float | None:
+    """How often a pybatch flush job flushes, in seconds, read back from its schedule and command."""
+    loop = re.search(r"flush_loop\('(\d+) seconds'\)", job.command)
+    if loop:
+        return float(loop.group(1))
+    seconds = re.fullmatch(r"(\d+) seconds", job.schedule.strip())
+    if seconds:
+        return float(seconds.group(1))
+    minutes = {"* * * * *": 60.0, "0 * * * *": 3600.0}.get(job.schedule.strip())
+    if minutes:
+        return minutes
+    every = re.fullmatch(r"\*/(\d+) \* \* \* \*", job.schedule.strip())
+    return float(every.group(1)) * 60 if every else None
+
+
+def installed_job(dsn: str) -> CronJob | None:
+    """This database's flush job, or None when there is none, or no pg_cron this role can see."""
+    with db.connect(dsn) as app:
+        target = _target(app, dsn)
+    if target.cron_database is None:
+        return None
+    try:
+        cron = _connect_cron(target)
+    except CronError:
+        return None
+    with cron:
+        if _extension_version(cron) is None:
+            return None
+        with db.translated("cannot check privileges on schema cron"):
+            usage = cron.execute("SELECT has_schema_privilege('cron', 'USAGE')").fetchone()
+        if not (usage and usage[0]):
+            return None
+        return _read_job(cron, flush_job_name(target.database))
 
 
 def stored_interval(dsn: str) -> float:
@@ -304,7 +358,18 @@ def status(dsn: str) -> CronStatus:
 
 
 def diagnose(state: CronStatus, cron_host: str | None) -> CronError | None:
-    """A CronError for the newest finished run when it failed (pg_hba refusal first), else None."""
+    """A CronError for the newest finished run when it failed (pg_hba refusal first), for a job whose
+    interval differs from settings.flush_interval, else None."""
+    if state.job is not None:
+        runs_every = job_interval(state.job)
+        if runs_every is not None and abs(runs_every - state.configured_interval) > 1e-6:
+            return CronError(
+                f"pg_cron's job {state.job.name} flushes every {format_duration(runs_every)} but "
+                f"settings.flush_interval is {format_duration(state.configured_interval)}, which health "
+                f"judges lateness by: run `pybatch cron install --interval "
+                f"{format_duration(state.configured_interval)}` (or `pybatch config set flush_interval "
+                f"{format_duration(runs_every)}`)"
+            )
     finished = [run for run in state.runs if run.status in ("failed", "succeeded")]
     if not finished or finished[0].status != "failed" or state.job is None:
         return None
