@@ -260,3 +260,17 @@ def test_acceptance_20k_agents_4_writers_2_flushers(citus_dsn: str) -> None:  # 
         assert totals == per_shard == (rows,)
     print(f"\ncitus acceptance: {beats:,} beats + {len(all_events) - beats:,} disconnects to {AGENTS:,} agents,"
           f" {flushes['ok']} flushes ({flushes['skipped']} skipped) in {time.monotonic() - started:.1f}s; wrong 0")
+
+
+def test_rollback_of_0006_brings_staged_rows_back_to_the_coordinator(citus_dsn: str) -> None:  # noqa: F811
+    from pybatch import migrate
+
+    with psycopg.connect(citus_dsn, autocommit=True) as conn:
+        agent = uuid.uuid4()
+        conn.execute("INSERT INTO public.workspace_agents (id) VALUES (%s)", (agent,))
+        conn.execute("INSERT INTO pybatch.heartbeats (agent_id, beat_at) VALUES (%s, %s)", (agent, T0))
+    assert migrate.rollback(citus_dsn) == "0006_citus"
+    with psycopg.connect(citus_dsn, autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM pg_dist_partition"
+                            " WHERE logicalrelid = 'pybatch.heartbeats'::regclass").fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM pybatch.heartbeats").fetchone() == (1,)
