@@ -11,6 +11,10 @@ cd "$(dirname "$0")/.."
 vendor=${PYBATCH_VENDOR:-../shared/vendor}
 dest=${PYBATCH_CRON16_HOME:-/var/tmp/pg-cron16}
 
+# Citus 13.2.2 for the Citus tests (tests/integration/test_citus.py); headers pinned to the
+# installed server, so nothing running is upgraded. As a normal user it says what to run.
+bash scripts/build_citus.sh >&2 || echo "pybatch setup: Citus not built; the Citus tests will fail (CI) or skip" >&2
+
 if [ ! -x "$vendor/pg_cron/build.sh" ] && [ ! -f "$vendor/pg_cron/build.sh" ]; then
     echo "pybatch setup: $vendor/pg_cron/build.sh not found; the pg_cron 1.6 tests will fail" >&2
     exit 0
