@@ -980,33 +980,136 @@ COMMENT ON VIEW pybatch.flush_lock_holders IS
     'Sessions holding (granted) or waiting for pybatch.flush_lock: who runs a flush step right now.';
 
 -- ---------------------------------------------------------------------------
--- The merge of one agent's reduced beats into its row. The fold (LEAST/GREATEST)
--- does not depend on order, so passes, deferrals and retries change nothing.
--- Written once, as a function over one pass's rows, and used by every path.
+-- The hand-off: drain staging into pending, on any set of relations (the
+-- tables here; one shard group of each on Citus, migration 0006).
 -- ---------------------------------------------------------------------------
-CREATE FUNCTION pybatch.merge_pass(this_pass integer, only_agent uuid DEFAULT NULL)
+CREATE FUNCTION pybatch.drain_into(staging regclass, pending regclass, agents regclass, quarantine regclass,
+                                   row_cap bigint, tolerance interval,
+                                   OUT rows_staged bigint, OUT future_heartbeats bigint,
+                                   OUT unknown_heartbeats bigint)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET work_mem = '64MB'
+AS $fn$
+DECLARE
+    handoff_at timestamptz := pg_catalog.clock_timestamp();
+BEGIN
+    -- As 0004's hand-off: past a few pages of staging one hash join beats the
+    -- planner's guess of ten rows looked up by index.
+    IF pg_catalog.pg_relation_size(staging) > 8 * pg_catalog.current_setting('block_size')::bigint THEN
+        PERFORM pg_catalog.set_config('enable_nestloop', 'off', true);
+    END IF;
+    EXECUTE pg_catalog.format($q$
+        WITH drained AS (
+            -- DELETE ... RETURNING, not TRUNCATE: a row committed after this
+            -- statement's snapshot is not deleted and waits for the next flush.
+            DELETE FROM %1$s h
+            WHERE h.ctid = ANY (ARRAY(SELECT s.ctid FROM %1$s s LIMIT $1))
+            RETURNING h.agent_id, h.replica_id, h.beat_at,
+                      h.beat_at > pg_catalog.clock_timestamp() + $2 AS is_future
+        ),
+        carried AS (
+            -- Still pending (deferred or left by a failed flush): handed off again.
+            DELETE FROM %2$s p
+            RETURNING p.agent_id, p.replica_id, p.first_at, p.last_at, p.beats
+        ),
+        retried AS (
+            DELETE FROM %4$s q WHERE q.retry_at <= $3
+            RETURNING q.agent_id, q.replica_id, q.first_at, q.last_at, q.beats
+        ),
+        events AS (
+            SELECT d.agent_id, d.replica_id, d.beat_at AS first_at, d.beat_at AS last_at, 1::bigint AS beats
+            FROM drained d
+            WHERE NOT d.is_future
+            UNION ALL
+            SELECT c.agent_id, c.replica_id, c.first_at, c.last_at, c.beats FROM carried c
+            UNION ALL
+            SELECT r.agent_id, r.replica_id, r.first_at, r.last_at, r.beats FROM retried r
+        ),
+        latest AS (
+            SELECT DISTINCT ON (e.agent_id)
+                e.agent_id,
+                e.replica_id,
+                e.last_at,
+                pg_catalog.min(e.first_at) OVER per_agent AS first_at,
+                pg_catalog.sum(e.beats) OVER per_agent AS beats
+            FROM events e
+            WINDOW per_agent AS (
+                PARTITION BY e.agent_id
+                ORDER BY e.last_at DESC, e.replica_id DESC NULLS LAST
+                ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)
+            ORDER BY e.agent_id, e.last_at DESC, e.replica_id DESC NULLS LAST
+        ),
+        placed AS (
+            SELECT l.agent_id, l.first_at, l.last_at, l.replica_id, l.beats,
+                   pg_catalog.row_number() OVER (
+                       PARTITION BY (wa.ctid::text::point)[0] ORDER BY wa.ctid)::integer AS pass_no,
+                   EXISTS (SELECT FROM %4$s q
+                           WHERE q.agent_id = l.agent_id AND q.retry_at > $3) AS held
+            FROM latest l
+            JOIN %3$s wa ON wa.id = l.agent_id
+        ),
+        queued AS (
+            INSERT INTO %2$s (agent_id, first_at, last_at, replica_id, beats, pass_no)
+            SELECT pl.agent_id, pl.first_at, pl.last_at, pl.replica_id, pl.beats, pl.pass_no
+            FROM placed pl WHERE NOT pl.held
+            ORDER BY pl.pass_no
+        ),
+        held AS (
+            UPDATE %4$s q SET
+                first_at = LEAST(q.first_at, pl.first_at),
+                last_at = GREATEST(q.last_at, pl.last_at),
+                replica_id = CASE
+                    WHEN pl.last_at > q.last_at THEN pl.replica_id
+                    WHEN pl.last_at = q.last_at THEN GREATEST(q.replica_id, pl.replica_id)
+                    ELSE q.replica_id
+                END,
+                beats = q.beats + pl.beats
+            FROM placed pl
+            WHERE pl.held AND q.agent_id = pl.agent_id
+        )
+        SELECT
+            (SELECT pg_catalog.count(*) FROM drained),
+            (SELECT pg_catalog.count(*) FROM drained d WHERE d.is_future),
+            (SELECT COALESCE(pg_catalog.sum(l.beats), 0)::bigint FROM latest l
+              WHERE NOT EXISTS (SELECT FROM placed pl WHERE pl.agent_id = l.agent_id))
+        $q$, staging, pending, agents, quarantine)
+    INTO rows_staged, future_heartbeats, unknown_heartbeats
+    USING row_cap, tolerance, handoff_at;
+END
+$fn$;
+COMMENT ON FUNCTION pybatch.drain_into(regclass, regclass, regclass, regclass, bigint, interval) IS
+    'Internal: the hand-off of a flush on the given relations (staging, pending, agents, quarantine; a shard group on Citus). Drains at most row_cap staged rows into pending, one row per agent numbered by heap page.';
+
+-- ---------------------------------------------------------------------------
+-- One pass's merge of one agent's reduced beats into its row, on any set of
+-- relations. The fold (LEAST/GREATEST) does not depend on order, so passes,
+-- deferrals and retries change nothing.
+-- ---------------------------------------------------------------------------
+CREATE FUNCTION pybatch.merge_pass_in(pending regclass, agents regclass, this_pass integer, only_agent uuid)
 RETURNS TABLE (picked bigint, merged bigint, updated bigint, stale_beats bigint, newest_event_at timestamptz)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
--- Every plan sees the arrays as constants: true row counts and hashed = ANY.
-SET plan_cache_mode = force_custom_plan
 -- A pass touches one row per page, so the planner would rather scan the whole
 -- table than look rows up; the lookups are several times cheaper (they read
 -- only the rows of this pass) and keep the cost of a pass to its own size.
 SET enable_seqscan = off
-AS $$
+-- Plans see the arrays' values: true row counts and hashed = ANY.
+SET plan_cache_mode = force_custom_plan
+AS $fn$
 -- Statements over id and ctid arrays rather than one statement over CTE joins:
 -- a pass then costs its own size, never a scan of the whole table or hand-off.
 DECLARE
     batch_ids uuid[];
-    batch_rows tid[];   -- where this pass's rows are in pybatch.pending
+    batch_rows tid[];
     locked_ids uuid[];
     locked_ctids tid[];
 BEGIN
-    SELECT COALESCE(pg_catalog.array_agg(p.agent_id), '{}'), COALESCE(pg_catalog.array_agg(p.ctid), '{}')
-    INTO batch_ids, batch_rows
-    FROM pybatch.pending p
-    WHERE p.pass_no = this_pass AND (only_agent IS NULL OR p.agent_id = only_agent);
+    EXECUTE pg_catalog.format($q$
+        SELECT COALESCE(pg_catalog.array_agg(p.agent_id), '{}'), COALESCE(pg_catalog.array_agg(p.ctid), '{}')
+        FROM %s p
+        WHERE p.pass_no = $1 AND ($2::uuid IS NULL OR p.agent_id = $2)
+        $q$, pending) INTO batch_ids, batch_rows USING this_pass, only_agent;
     picked := pg_catalog.cardinality(batch_ids);
 
     -- Lock each row by id. SKIP LOCKED: a row an app transaction holds stays
@@ -1014,22 +1117,24 @@ BEGIN
     -- disconnect behind it). An index lookup, not a fetch by ctid, because
     -- only the index path prunes the page on the way: that frees the room the
     -- last pass's old version took, and the update below stays HOT.
-    SELECT COALESCE(pg_catalog.array_agg(l.id), '{}'), COALESCE(pg_catalog.array_agg(l.ctid), '{}')
-    INTO locked_ids, locked_ctids
-    FROM (SELECT wa.id, wa.ctid FROM public.workspace_agents wa
-          WHERE wa.id = ANY (batch_ids)
-          FOR UPDATE OF wa SKIP LOCKED) l;
+    EXECUTE pg_catalog.format($q$
+        SELECT COALESCE(pg_catalog.array_agg(l.id), '{}'), COALESCE(pg_catalog.array_agg(l.ctid), '{}')
+        FROM (SELECT wa.id, wa.ctid FROM %s wa
+              WHERE wa.id = ANY ($1)
+              FOR UPDATE OF wa SKIP LOCKED) l
+        $q$, agents) INTO locked_ids, locked_ctids USING batch_ids;
     merged := pg_catalog.cardinality(locked_ids);
 
+    EXECUTE pg_catalog.format($q$
     WITH done AS (
-        DELETE FROM pybatch.pending p
-        WHERE p.ctid = ANY (batch_rows) AND p.agent_id = ANY (locked_ids)
+        DELETE FROM %1$s p
+        WHERE p.ctid = ANY ($1) AND p.agent_id = ANY ($2)
         RETURNING p.agent_id, p.first_at, p.last_at, p.replica_id, p.beats
     ),
     changed AS (
         -- SET reads wa.* from the row version it updates (locked above, so the
         -- latest committed one), so no disconnect is ever undone.
-        UPDATE public.workspace_agents wa SET
+        UPDATE %2$s wa SET
             first_connected_at = LEAST(wa.first_connected_at, d.first_at),
             last_connected_at = GREATEST(wa.last_connected_at, d.last_at),
             last_connected_replica_id = CASE
@@ -1049,7 +1154,7 @@ BEGIN
             -- app's lifecycle update may have set a newer one).
             updated_at = GREATEST(wa.updated_at, d.last_at)
         FROM done d
-        WHERE wa.ctid = ANY (locked_ctids)
+        WHERE wa.ctid = ANY ($3)    -- the versions locked above: fetched by ctid
           AND wa.id = d.agent_id
           -- Only rows whose values change are rewritten (no dead tuple, no WAL otherwise).
           AND (wa.first_connected_at IS NULL OR d.first_at < wa.first_connected_at
@@ -1064,181 +1169,24 @@ BEGIN
            (SELECT COALESCE(pg_catalog.sum(d.beats), 0)::bigint FROM done d
              WHERE NOT EXISTS (SELECT FROM changed c WHERE c.id = d.agent_id)),
            (SELECT pg_catalog.max(c.last_at) FROM changed c)
-    INTO updated, stale_beats, newest_event_at;
+    $q$, pending, agents) INTO updated, stale_beats, newest_event_at USING batch_rows, locked_ids, locked_ctids;
     RETURN NEXT;
 END
-$$;
-COMMENT ON FUNCTION pybatch.merge_pass(integer, uuid) IS
-    'Internal: merges the pending rows of one pass (or one agent of it) into public.workspace_agents, skipping rows locked by others. Returns rows picked, merged (locked and removed from pending), updated, stale beats and the newest beat applied.';
+$fn$;
+COMMENT ON FUNCTION pybatch.merge_pass_in(regclass, regclass, integer, uuid) IS
+    'Internal: merges the pending rows of one pass (or one agent of it) into the agents relation, skipping rows locked by others. Runs with its caller''s rights.';
 
 -- ---------------------------------------------------------------------------
--- flush_begin: checks, the lock, and the hand-off from staging to pending.
+-- The next pass, on any set of relations. A failing pass is retried one agent
+-- at a time: agents that fail alone go to quarantine when the others merge;
+-- when nothing merges at all the failure is systemic and everything stays pending.
 -- ---------------------------------------------------------------------------
-CREATE FUNCTION pybatch.flush_begin(max_rows bigint DEFAULT NULL, lock_wait interval DEFAULT '0 seconds')
+CREATE FUNCTION pybatch.next_pass_in(result pybatch.flush_result, pending regclass, agents regclass,
+                                     quarantine regclass)
 RETURNS pybatch.flush_result
 LANGUAGE plpgsql
-SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
-SET work_mem = '64MB'  -- the per-agent sort of a large batch stays in memory
-AS $$
-DECLARE
-    result pybatch.flush_result;
-    cfg pybatch.settings;
-    handoff_at timestamptz;
-    previous_nestloop text;
-    error_state text;
-    error_message text;
-BEGIN
-    IF max_rows < 0 THEN
-        RAISE EXCEPTION 'pybatch.flush: max_rows must be 0 or more, not %', max_rows
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    result.started_at := pg_catalog.clock_timestamp();
-    result.skipped := false;
-    result.rows_staged := 0;
-    result.agents_updated := 0;
-    result.stale_heartbeats := 0;
-    result.unknown_heartbeats := 0;
-    result.future_heartbeats := 0;
-    result.passes := 0;
-    result.hot_updates := 0;
-    result.deferred_agents := 0;
-    result.quarantined_agents := 0;
-
-    IF NOT pybatch.flush_take_lock(COALESCE(lock_wait, interval '0')) THEN
-        result.skipped := true;
-        result.duration := pg_catalog.clock_timestamp() - result.started_at;
-        RETURN result;
-    END IF;
-    SELECT * INTO STRICT cfg FROM pybatch.settings;
-
-    handoff_at := pg_catalog.clock_timestamp();
-    -- The planner cannot know how many rows a drain returns (it guesses ten)
-    -- and would look each agent up by index; past a few pages of staging one
-    -- hash join with the table is many times cheaper.
-    previous_nestloop := pg_catalog.current_setting('enable_nestloop');
-    IF pg_catalog.pg_relation_size('pybatch.heartbeats'::pg_catalog.regclass)
-       > 8 * pg_catalog.current_setting('block_size')::bigint THEN
-        PERFORM pg_catalog.set_config('enable_nestloop', 'off', true);
-    END IF;
-
-    -- The inner block is a subtransaction: on any error the drain rolls back,
-    -- staging keeps its rows, and the error is returned.
-    BEGIN
-        WITH drained AS (
-            -- DELETE ... RETURNING, not TRUNCATE: a row committed after this
-            -- statement's snapshot is not deleted and waits for the next flush.
-            -- "Future" is judged per row by the clock read here, after the
-            -- snapshot: a beat stamped with the server clock committed before the
-            -- snapshot, so it is never future, however long the lock took.
-            DELETE FROM pybatch.heartbeats h
-            WHERE h.ctid = ANY (ARRAY(SELECT s.ctid FROM pybatch.heartbeats s
-                                      LIMIT COALESCE(max_rows, cfg.max_rows_per_flush)))
-            RETURNING h.agent_id, h.replica_id, h.beat_at,
-                      h.beat_at > pg_catalog.clock_timestamp() + cfg.future_tolerance AS is_future
-        ),
-        carried AS (
-            -- What is still pending (deferred by an earlier flush because its row
-            -- was locked, or left by one that failed) is handed off again with
-            -- the new beats, so every agent has one pending row and one pass.
-            DELETE FROM pybatch.pending p
-            RETURNING p.agent_id, p.replica_id, p.first_at, p.last_at, p.beats
-        ),
-        retried AS (
-            -- Quarantined agents whose back-off has passed get another try.
-            DELETE FROM pybatch.quarantine q WHERE q.retry_at <= handoff_at
-            RETURNING q.agent_id, q.replica_id, q.first_at, q.last_at, q.beats
-        ),
-        events AS (
-            SELECT d.agent_id, d.replica_id, d.beat_at AS first_at, d.beat_at AS last_at, 1::bigint AS beats
-            FROM drained d
-            WHERE NOT d.is_future     -- future-dated beats would freeze the agent
-            UNION ALL
-            SELECT c.agent_id, c.replica_id, c.first_at, c.last_at, c.beats FROM carried c
-            UNION ALL
-            SELECT r.agent_id, r.replica_id, r.first_at, r.last_at, r.beats FROM retried r
-        ),
-        latest AS (
-            -- One row per agent: its latest beat (ties: greater replica, NULL
-            -- lowest), its earliest beat and its count. One sort serves both.
-            SELECT DISTINCT ON (e.agent_id)
-                e.agent_id,
-                e.replica_id,
-                e.last_at,
-                pg_catalog.min(e.first_at) OVER per_agent AS first_at,
-                pg_catalog.sum(e.beats) OVER per_agent AS beats
-            FROM events e
-            WINDOW per_agent AS (
-                PARTITION BY e.agent_id
-                ORDER BY e.last_at DESC, e.replica_id DESC NULLS LAST
-                ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)
-            ORDER BY e.agent_id, e.last_at DESC, e.replica_id DESC NULLS LAST
-        ),
-        placed AS (
-            -- Number each agent within its row's heap page: pass k takes the k-th.
-            SELECT l.agent_id, l.first_at, l.last_at, l.replica_id, l.beats,
-                   pg_catalog.row_number() OVER (
-                       PARTITION BY (wa.ctid::text::point)[0] ORDER BY wa.ctid)::integer AS pass_no,
-                   EXISTS (SELECT FROM pybatch.quarantine q
-                           WHERE q.agent_id = l.agent_id AND q.retry_at > handoff_at) AS held
-            FROM latest l
-            JOIN public.workspace_agents wa ON wa.id = l.agent_id
-        ),
-        queued AS (
-            -- In pass order, so each pass reads and deletes neighbouring rows.
-            INSERT INTO pybatch.pending (agent_id, first_at, last_at, replica_id, beats, pass_no)
-            SELECT pl.agent_id, pl.first_at, pl.last_at, pl.replica_id, pl.beats, pl.pass_no
-            FROM placed pl WHERE NOT pl.held
-            ORDER BY pl.pass_no
-        ),
-        held AS (
-            -- A quarantined agent's new beats join its quarantined ones.
-            UPDATE pybatch.quarantine q SET
-                first_at = LEAST(q.first_at, pl.first_at),
-                last_at = GREATEST(q.last_at, pl.last_at),
-                replica_id = CASE
-                    WHEN pl.last_at > q.last_at THEN pl.replica_id
-                    WHEN pl.last_at = q.last_at THEN GREATEST(q.replica_id, pl.replica_id)
-                    ELSE q.replica_id
-                END,
-                beats = q.beats + pl.beats
-            FROM placed pl
-            WHERE pl.held AND q.agent_id = pl.agent_id
-        )
-        -- (queued and held run to completion although nothing reads them.)
-        SELECT
-            (SELECT pg_catalog.count(*) FROM drained),
-            (SELECT pg_catalog.count(*) FROM drained d WHERE d.is_future),
-            -- Agents with no row (never created, or deleted since): nothing to merge into.
-            (SELECT COALESCE(pg_catalog.sum(l.beats), 0) FROM latest l
-              WHERE NOT EXISTS (SELECT FROM placed pl WHERE pl.agent_id = l.agent_id))
-        INTO result.rows_staged, result.future_heartbeats, result.unknown_heartbeats;
-    EXCEPTION WHEN OTHERS OR query_canceled THEN
-        GET STACKED DIAGNOSTICS error_state = RETURNED_SQLSTATE, error_message = MESSAGE_TEXT;
-        result.error := error_state || ': ' || error_message;
-        result.rows_staged := 0;
-        result.future_heartbeats := 0;
-        result.unknown_heartbeats := 0;
-    END;
-    -- Only for the hand-off: the caller's transaction may go on (SELECT pybatch.flush()).
-    PERFORM pg_catalog.set_config('enable_nestloop', previous_nestloop, true);
-    RETURN result;
-END
-$$;
-COMMENT ON FUNCTION pybatch.flush_begin(bigint, interval) IS
-    'Internal step 1 of a flush: takes pybatch.flush_lock (or returns skipped after lock_wait), then drains staging into pybatch.pending, one row per agent numbered by heap page. On error staging is kept and the error returned.';
-
--- ---------------------------------------------------------------------------
--- flush_pass: merge the next pass. A failing pass is retried one agent at a
--- time: agents that fail alone go to quarantine when the others merge; when
--- nothing merges at all the failure is systemic and everything stays pending.
--- ---------------------------------------------------------------------------
-CREATE FUNCTION pybatch.flush_pass(result pybatch.flush_result)
-RETURNS pybatch.flush_result
-LANGUAGE plpgsql
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
+AS $fn$
 DECLARE
     this_pass integer;
     hot_before bigint;
@@ -1250,34 +1198,31 @@ DECLARE
     error_state text;
     error_message text;
     first_error text;
+    retry_first timestamptz;
+    deferred bigint;
 BEGIN
-    IF result.skipped OR result.error IS NOT NULL THEN
-        RETURN result;
-    END IF;
-    PERFORM pybatch.flush_take_lock(NULL);
-    SELECT pg_catalog.min(p.pass_no) INTO this_pass FROM pybatch.pending p;
+    EXECUTE pg_catalog.format('SELECT pg_catalog.min(p.pass_no) FROM %s p', pending) INTO this_pass;
     IF this_pass IS NULL THEN
         RETURN result;  -- nothing left: passes does not grow, the caller stops
     END IF;
     result.passes := result.passes + 1;
-    -- Counters of this transaction, so a pass counts its own HOT updates.
-    hot_before := pg_catalog.pg_stat_get_xact_tuples_hot_updated('public.workspace_agents'::pg_catalog.regclass);
+    hot_before := pg_catalog.pg_stat_get_xact_tuples_hot_updated(agents);
 
     BEGIN
-        SELECT * INTO STRICT step FROM pybatch.merge_pass(this_pass);
+        SELECT * INTO STRICT step FROM pybatch.merge_pass_in(pending, agents, this_pass, NULL);
         result.agents_updated := result.agents_updated + step.updated;
         result.stale_heartbeats := result.stale_heartbeats + step.stale_beats;
         result.newest_event_at := GREATEST(result.newest_event_at, step.newest_event_at);
     EXCEPTION WHEN query_canceled THEN
-        -- A cancel or statement_timeout is not one agent's fault: stop, keep all.
         GET STACKED DIAGNOSTICS error_state = RETURNED_SQLSTATE, error_message = MESSAGE_TEXT;
         result.error := error_state || ': ' || error_message;
     WHEN OTHERS THEN
         GET STACKED DIAGNOSTICS error_state = RETURNED_SQLSTATE, error_message = MESSAGE_TEXT;
         first_error := error_state || ': ' || error_message;
-        FOR agent IN SELECT p.agent_id FROM pybatch.pending p WHERE p.pass_no = this_pass LOOP
+        FOR agent IN EXECUTE pg_catalog.format('SELECT p.agent_id FROM %s p WHERE p.pass_no = $1', pending)
+                     USING this_pass LOOP
             BEGIN
-                SELECT * INTO STRICT step FROM pybatch.merge_pass(this_pass, agent.agent_id);
+                SELECT * INTO STRICT step FROM pybatch.merge_pass_in(pending, agents, this_pass, agent.agent_id);
                 result.agents_updated := result.agents_updated + step.updated;
                 result.stale_heartbeats := result.stale_heartbeats + step.stale_beats;
                 result.newest_event_at := GREATEST(result.newest_event_at, step.newest_event_at);
@@ -1289,18 +1234,20 @@ BEGIN
             END;
         END LOOP;
         IF isolated_ok + result.agents_updated + result.stale_heartbeats = 0 THEN
-            -- Nothing merged in this flush: not one agent's fault. Keep all pending.
             result.error := first_error;
-            UPDATE pybatch.pending p SET pass_no = NULL WHERE p.pass_no = this_pass;
+            EXECUTE pg_catalog.format('UPDATE %s p SET pass_no = NULL WHERE p.pass_no = $1', pending)
+                USING this_pass;
         ELSE
+            retry_first := pg_catalog.clock_timestamp();  -- computed first: no volatile call in the DML
+            EXECUTE pg_catalog.format($q$
             WITH moved AS (
-                DELETE FROM pybatch.pending p WHERE p.agent_id = ANY (failed_agents)
+                DELETE FROM %1$s p WHERE p.agent_id = ANY ($1)
                 RETURNING p.agent_id, p.first_at, p.last_at, p.replica_id, p.beats
             )
-            INSERT INTO pybatch.quarantine AS q (agent_id, first_at, last_at, replica_id, beats, error, retry_at)
+            INSERT INTO %2$s AS q (agent_id, first_at, last_at, replica_id, beats, error, retry_at)
             SELECT m.agent_id, m.first_at, m.last_at, m.replica_id, m.beats,
-                   failed_errors[pg_catalog.array_position(failed_agents, m.agent_id)],
-                   pg_catalog.clock_timestamp() + interval '10 seconds'
+                   ($2)[pg_catalog.array_position($1, m.agent_id)],
+                   $3 + interval '10 seconds'
             FROM moved m
             ON CONFLICT (agent_id) DO UPDATE SET
                 first_at = LEAST(q.first_at, excluded.first_at),
@@ -1314,23 +1261,118 @@ BEGIN
                 error = excluded.error,
                 attempts = q.attempts + 1,
                 -- Back-off: 10 s, 20 s, 40 s, ... at most 1 h.
-                retry_at = pg_catalog.clock_timestamp()
-                    + LEAST(interval '1 hour', interval '10 seconds' * (2 ^ LEAST(q.attempts, 12)));
+                retry_at = $3 + LEAST(interval '1 hour', interval '10 seconds' * (2 ^ LEAST(q.attempts, 12)))
+            $q$, pending, quarantine) USING failed_agents, failed_errors, retry_first;
             result.quarantined_agents := result.quarantined_agents + pg_catalog.cardinality(failed_agents);
         END IF;
     END;
 
     IF result.error IS NULL THEN
         -- Rows still in this pass were locked by another transaction: next flush.
-        WITH deferred AS (
-            UPDATE pybatch.pending p SET pass_no = NULL WHERE p.pass_no = this_pass RETURNING 1
-        )
-        SELECT result.deferred_agents + pg_catalog.count(*) INTO result.deferred_agents FROM deferred;
+        EXECUTE pg_catalog.format($q$
+            WITH deferred AS (UPDATE %s p SET pass_no = NULL WHERE p.pass_no = $1 RETURNING 1)
+            SELECT pg_catalog.count(*) FROM deferred
+            $q$, pending) INTO deferred USING this_pass;
+        result.deferred_agents := result.deferred_agents + deferred;
     END IF;
     result.hot_updates := result.hot_updates
-        + pg_catalog.pg_stat_get_xact_tuples_hot_updated('public.workspace_agents'::pg_catalog.regclass)
-        - hot_before;
+        + pg_catalog.pg_stat_get_xact_tuples_hot_updated(agents) - hot_before;
     RETURN result;
+END
+$fn$;
+COMMENT ON FUNCTION pybatch.next_pass_in(pybatch.flush_result, regclass, regclass, regclass) IS
+    'Internal: merges the pending rows of the lowest pass_no on the given relations (0004''s flush_pass, on any set: a shard group on Citus) and adds its figures to result; agents that fail alone go to quarantine.';
+
+-- ---------------------------------------------------------------------------
+-- A zeroed result for the shard and coordinator steps.
+-- ---------------------------------------------------------------------------
+CREATE FUNCTION pybatch.empty_result()
+RETURNS pybatch.flush_result
+LANGUAGE plpgsql
+VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    result pybatch.flush_result;
+BEGIN
+    result.started_at := pg_catalog.clock_timestamp();
+    result.skipped := false;
+    result.rows_staged := 0;
+    result.agents_updated := 0;
+    result.stale_heartbeats := 0;
+    result.unknown_heartbeats := 0;
+    result.future_heartbeats := 0;
+    result.passes := 0;
+    result.hot_updates := 0;
+    result.deferred_agents := 0;
+    result.quarantined_agents := 0;
+    RETURN result;
+END
+$fn$;
+COMMENT ON FUNCTION pybatch.empty_result() IS
+    'Internal: a flush_result with every count 0, started now.';
+
+-- ---------------------------------------------------------------------------
+-- flush_begin: checks, the lock, and the hand-off from staging to pending.
+-- ---------------------------------------------------------------------------
+CREATE FUNCTION pybatch.flush_begin(max_rows bigint DEFAULT NULL, lock_wait interval DEFAULT '0 seconds')
+RETURNS pybatch.flush_result
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    result pybatch.flush_result;
+    cfg pybatch.settings;
+    drained record;
+    error_state text;
+    error_message text;
+BEGIN
+    IF max_rows < 0 THEN
+        RAISE EXCEPTION 'pybatch.flush: max_rows must be 0 or more, not %', max_rows
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    result := pybatch.empty_result();
+    IF NOT pybatch.flush_take_lock(COALESCE(lock_wait, interval '0')) THEN
+        result.skipped := true;
+        result.duration := pg_catalog.clock_timestamp() - result.started_at;
+        RETURN result;
+    END IF;
+    SELECT * INTO STRICT cfg FROM pybatch.settings;
+    -- A subtransaction: on any error the drain rolls back, staging keeps its rows,
+    -- and the error is returned.
+    BEGIN
+        SELECT * INTO STRICT drained FROM pybatch.drain_into(
+            'pybatch.heartbeats', 'pybatch.pending', 'public.workspace_agents', 'pybatch.quarantine',
+            COALESCE(max_rows, cfg.max_rows_per_flush), cfg.future_tolerance);
+        result.rows_staged := drained.rows_staged;
+        result.future_heartbeats := drained.future_heartbeats;
+        result.unknown_heartbeats := drained.unknown_heartbeats;
+    EXCEPTION WHEN OTHERS OR query_canceled THEN
+        GET STACKED DIAGNOSTICS error_state = RETURNED_SQLSTATE, error_message = MESSAGE_TEXT;
+        result.error := error_state || ': ' || error_message;
+    END;
+    RETURN result;
+END
+$$;
+COMMENT ON FUNCTION pybatch.flush_begin(bigint, interval) IS
+    'Internal step 1 of a flush: takes pybatch.flush_lock (or returns skipped after lock_wait), then drains staging into pybatch.pending, one row per agent numbered by heap page. On error staging is kept and the error returned.';
+
+-- ---------------------------------------------------------------------------
+-- flush_pass: the next pass, under the lock.
+-- ---------------------------------------------------------------------------
+CREATE FUNCTION pybatch.flush_pass(result pybatch.flush_result)
+RETURNS pybatch.flush_result
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF result.skipped OR result.error IS NOT NULL THEN
+        RETURN result;
+    END IF;
+    PERFORM pybatch.flush_take_lock(NULL);
+    RETURN pybatch.next_pass_in(result, 'pybatch.pending', 'public.workspace_agents', 'pybatch.quarantine');
 END
 $$;
 COMMENT ON FUNCTION pybatch.flush_pass(pybatch.flush_result) IS
@@ -1386,6 +1428,22 @@ COMMENT ON FUNCTION pybatch.flush_finish(pybatch.flush_result) IS
     'Internal step 3 of a flush: logs it in pybatch.flush_log (not when skipped) and purges history older than settings.history_retention.';
 
 -- ---------------------------------------------------------------------------
+-- Where staging is not here but spread over servers (Citus, migration 0006),
+-- the flush runs there: this returns its result. Here it returns NULL and the
+-- flush runs in this database. 0006 replaces it.
+-- ---------------------------------------------------------------------------
+CREATE FUNCTION pybatch.flush_distributed(max_rows bigint, lock_wait interval)
+RETURNS pybatch.flush_result
+LANGUAGE sql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT NULL::pybatch.flush_result;
+$$;
+COMMENT ON FUNCTION pybatch.flush_distributed(bigint, interval) IS
+    'Internal: the flush where staging is distributed (Citus: each shard group on its worker), or NULL when staging is in this database.';
+
+-- ---------------------------------------------------------------------------
 -- The two ways to flush.
 -- ---------------------------------------------------------------------------
 CREATE PROCEDURE pybatch.flush_in_passes(max_rows bigint DEFAULT NULL,
@@ -1399,6 +1457,11 @@ AS $$
 DECLARE
     passes_before integer;
 BEGIN
+    result := pybatch.flush_distributed(max_rows, lock_wait);
+    IF result.started_at IS NOT NULL THEN
+        COMMIT;  -- the workers committed their own passes
+        RETURN;
+    END IF;
     result := pybatch.flush_begin(max_rows, lock_wait);
     COMMIT;  -- the hand-off is durable (as staging was) before any merge
     LOOP
@@ -1424,6 +1487,10 @@ DECLARE
     result pybatch.flush_result;
     passes_before integer;
 BEGIN
+    result := pybatch.flush_distributed(max_rows, lock_wait);
+    IF result.started_at IS NOT NULL THEN
+        RETURN result;  -- the workers commit their own passes whatever this transaction does
+    END IF;
     -- The same steps in the caller's transaction: correct, but one transaction
     -- cannot prune its own old versions, so on a full page the later passes
     -- go non-HOT. Use CALL pybatch.flush_in_passes() where a COMMIT is allowed.
@@ -1663,7 +1730,7 @@ BEGIN
         'pybatch.flush_pass(pybatch.flush_result)',
         'pybatch.flush_finish(pybatch.flush_result)',
         'pybatch.flush(bigint, interval)',
-        'pybatch.merge_pass(integer, uuid)',
+        'pybatch.flush_distributed(bigint, interval)',
         'pybatch.flush_take_lock(interval)',
         'pybatch.requeue_quarantined(uuid)',
         'pybatch.disconnect(uuid, timestamptz)']
@@ -1681,7 +1748,7 @@ DO $$ BEGIN PERFORM pybatch.align_owner(); END $$;
 REVOKE ALL ON pybatch.flush_lock, pybatch.pending, pybatch.quarantine, pybatch.scheduler_lease FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION pybatch.scheduler_claim(text, interval), pybatch.scheduler_release() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION pybatch.flush_take_lock(interval) FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION pybatch.merge_pass(integer, uuid) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION pybatch.flush_distributed(bigint, interval) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION pybatch.flush_begin(bigint, interval) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION pybatch.flush_pass(pybatch.flush_result) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION pybatch.flush_finish(pybatch.flush_result) FROM PUBLIC;
@@ -2384,317 +2451,9 @@ $fn$;
 COMMENT ON FUNCTION pybatch.lock_pending(regclass, interval) IS
     'Internal (Citus): locks a pending shard for this transaction so one flush step at a time runs on its shard group; false after lock_wait (at least 2 s).';
 
--- ---------------------------------------------------------------------------
--- The drain (0004's flush_begin body), on any set of relations.
--- ---------------------------------------------------------------------------
-CREATE FUNCTION pybatch.drain_into(staging regclass, pending regclass, agents regclass, quarantine regclass,
-                                   row_cap bigint, tolerance interval,
-                                   OUT rows_staged bigint, OUT future_heartbeats bigint,
-                                   OUT unknown_heartbeats bigint)
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-SET work_mem = '64MB'
-AS $fn$
-DECLARE
-    handoff_at timestamptz := pg_catalog.clock_timestamp();
-BEGIN
-    -- As 0004's hand-off: past a few pages of staging one hash join beats the
-    -- planner's guess of ten rows looked up by index.
-    IF pg_catalog.pg_relation_size(staging) > 8 * pg_catalog.current_setting('block_size')::bigint THEN
-        PERFORM pg_catalog.set_config('enable_nestloop', 'off', true);
-    END IF;
-    EXECUTE pg_catalog.format($q$
-        WITH drained AS (
-            -- DELETE ... RETURNING, not TRUNCATE: a row committed after this
-            -- statement's snapshot is not deleted and waits for the next flush.
-            DELETE FROM %1$s h
-            WHERE h.ctid = ANY (ARRAY(SELECT s.ctid FROM %1$s s LIMIT $1))
-            RETURNING h.agent_id, h.replica_id, h.beat_at,
-                      h.beat_at > pg_catalog.clock_timestamp() + $2 AS is_future
-        ),
-        carried AS (
-            -- Still pending (deferred or left by a failed flush): handed off again.
-            DELETE FROM %2$s p
-            RETURNING p.agent_id, p.replica_id, p.first_at, p.last_at, p.beats
-        ),
-        retried AS (
-            DELETE FROM %4$s q WHERE q.retry_at <= $3
-            RETURNING q.agent_id, q.replica_id, q.first_at, q.last_at, q.beats
-        ),
-        events AS (
-            SELECT d.agent_id, d.replica_id, d.beat_at AS first_at, d.beat_at AS last_at, 1::bigint AS beats
-            FROM drained d
-            WHERE NOT d.is_future
-            UNION ALL
-            SELECT c.agent_id, c.replica_id, c.first_at, c.last_at, c.beats FROM carried c
-            UNION ALL
-            SELECT r.agent_id, r.replica_id, r.first_at, r.last_at, r.beats FROM retried r
-        ),
-        latest AS (
-            SELECT DISTINCT ON (e.agent_id)
-                e.agent_id,
-                e.replica_id,
-                e.last_at,
-                pg_catalog.min(e.first_at) OVER per_agent AS first_at,
-                pg_catalog.sum(e.beats) OVER per_agent AS beats
-            FROM events e
-            WINDOW per_agent AS (
-                PARTITION BY e.agent_id
-                ORDER BY e.last_at DESC, e.replica_id DESC NULLS LAST
-                ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)
-            ORDER BY e.agent_id, e.last_at DESC, e.replica_id DESC NULLS LAST
-        ),
-        placed AS (
-            SELECT l.agent_id, l.first_at, l.last_at, l.replica_id, l.beats,
-                   pg_catalog.row_number() OVER (
-                       PARTITION BY (wa.ctid::text::point)[0] ORDER BY wa.ctid)::integer AS pass_no,
-                   EXISTS (SELECT FROM %4$s q
-                           WHERE q.agent_id = l.agent_id AND q.retry_at > $3) AS held
-            FROM latest l
-            JOIN %3$s wa ON wa.id = l.agent_id
-        ),
-        queued AS (
-            INSERT INTO %2$s (agent_id, first_at, last_at, replica_id, beats, pass_no)
-            SELECT pl.agent_id, pl.first_at, pl.last_at, pl.replica_id, pl.beats, pl.pass_no
-            FROM placed pl WHERE NOT pl.held
-            ORDER BY pl.pass_no
-        ),
-        held AS (
-            UPDATE %4$s q SET
-                first_at = LEAST(q.first_at, pl.first_at),
-                last_at = GREATEST(q.last_at, pl.last_at),
-                replica_id = CASE
-                    WHEN pl.last_at > q.last_at THEN pl.replica_id
-                    WHEN pl.last_at = q.last_at THEN GREATEST(q.replica_id, pl.replica_id)
-                    ELSE q.replica_id
-                END,
-                beats = q.beats + pl.beats
-            FROM placed pl
-            WHERE pl.held AND q.agent_id = pl.agent_id
-        )
-        SELECT
-            (SELECT pg_catalog.count(*) FROM drained),
-            (SELECT pg_catalog.count(*) FROM drained d WHERE d.is_future),
-            (SELECT COALESCE(pg_catalog.sum(l.beats), 0)::bigint FROM latest l
-              WHERE NOT EXISTS (SELECT FROM placed pl WHERE pl.agent_id = l.agent_id))
-        $q$, staging, pending, agents, quarantine)
-    INTO rows_staged, future_heartbeats, unknown_heartbeats
-    USING row_cap, tolerance, handoff_at;
-END
-$fn$;
-COMMENT ON FUNCTION pybatch.drain_into(regclass, regclass, regclass, regclass, bigint, interval) IS
-    'Internal: the hand-off of a flush on the given relations (staging, pending, agents, quarantine; a shard group on Citus). Drains at most row_cap staged rows into pending, one row per agent numbered by heap page.';
 
--- ---------------------------------------------------------------------------
--- One pass's merge (0004's merge_pass), on any set of relations.
--- ---------------------------------------------------------------------------
-CREATE FUNCTION pybatch.merge_pass_in(pending regclass, agents regclass, this_pass integer, only_agent uuid)
-RETURNS TABLE (picked bigint, merged bigint, updated bigint, stale_beats bigint, newest_event_at timestamptz)
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-SET plan_cache_mode = force_custom_plan
-SET enable_seqscan = off
-AS $fn$
--- As 0004's merge_pass: statements over id and ctid arrays, so a pass costs its own size.
-DECLARE
-    batch_ids uuid[];
-    batch_rows tid[];
-    locked_ids uuid[];
-    locked_ctids tid[];
-BEGIN
-    EXECUTE pg_catalog.format($q$
-        SELECT COALESCE(pg_catalog.array_agg(p.agent_id), '{}'), COALESCE(pg_catalog.array_agg(p.ctid), '{}')
-        FROM %s p
-        WHERE p.pass_no = $1 AND ($2::uuid IS NULL OR p.agent_id = $2)
-        $q$, pending) INTO batch_ids, batch_rows USING this_pass, only_agent;
-    picked := pg_catalog.cardinality(batch_ids);
 
-    -- SKIP LOCKED: a row an app transaction holds stays pending for the next flush.
-    EXECUTE pg_catalog.format($q$
-        SELECT COALESCE(pg_catalog.array_agg(l.id), '{}'), COALESCE(pg_catalog.array_agg(l.ctid), '{}')
-        FROM (SELECT wa.id, wa.ctid FROM %s wa
-              WHERE wa.id = ANY ($1)
-              FOR UPDATE OF wa SKIP LOCKED) l
-        $q$, agents) INTO locked_ids, locked_ctids USING batch_ids;
-    merged := pg_catalog.cardinality(locked_ids);
 
-    EXECUTE pg_catalog.format($q$
-    WITH done AS (
-        DELETE FROM %1$s p
-        WHERE p.ctid = ANY ($1) AND p.agent_id = ANY ($2)
-        RETURNING p.agent_id, p.first_at, p.last_at, p.replica_id, p.beats
-    ),
-    changed AS (
-        UPDATE %2$s wa SET
-            first_connected_at = LEAST(wa.first_connected_at, d.first_at),
-            last_connected_at = GREATEST(wa.last_connected_at, d.last_at),
-            last_connected_replica_id = CASE
-                WHEN wa.last_connected_at IS NULL OR d.last_at > wa.last_connected_at
-                    THEN d.replica_id
-                WHEN d.last_at = wa.last_connected_at
-                    THEN GREATEST(wa.last_connected_replica_id, d.replica_id)
-                ELSE wa.last_connected_replica_id
-            END,
-            disconnected_at = CASE
-                WHEN wa.last_connected_at > d.last_at THEN wa.disconnected_at
-                WHEN wa.disconnected_at >= d.last_at THEN wa.disconnected_at
-            END,
-            updated_at = GREATEST(wa.updated_at, d.last_at)
-        FROM done d
-        WHERE wa.ctid = ANY ($3)
-          AND wa.id = d.agent_id
-          AND (wa.first_connected_at IS NULL OR d.first_at < wa.first_connected_at
-               OR wa.last_connected_at IS NULL OR d.last_at > wa.last_connected_at
-               OR (d.last_at = wa.last_connected_at
-                   AND (d.replica_id > wa.last_connected_replica_id
-                        OR (wa.last_connected_replica_id IS NULL AND d.replica_id IS NOT NULL)
-                        OR wa.disconnected_at < d.last_at)))
-        RETURNING wa.id, d.last_at
-    )
-    SELECT (SELECT pg_catalog.count(*) FROM changed),
-           (SELECT COALESCE(pg_catalog.sum(d.beats), 0)::bigint FROM done d
-             WHERE NOT EXISTS (SELECT FROM changed c WHERE c.id = d.agent_id)),
-           (SELECT pg_catalog.max(c.last_at) FROM changed c)
-    $q$, pending, agents) INTO updated, stale_beats, newest_event_at USING batch_rows, locked_ids, locked_ctids;
-    RETURN NEXT;
-END
-$fn$;
-COMMENT ON FUNCTION pybatch.merge_pass_in(regclass, regclass, integer, uuid) IS
-    'Internal: merges the pending rows of one pass (or one agent of it) into the agents relation, skipping rows locked by others (0004''s merge, on any pending/agents pair: a shard pair on Citus).';
-
--- ---------------------------------------------------------------------------
--- The next pass (0004's flush_pass after its lock), on any set of relations.
--- ---------------------------------------------------------------------------
-CREATE FUNCTION pybatch.next_pass_in(result pybatch.flush_result, pending regclass, agents regclass,
-                                     quarantine regclass)
-RETURNS pybatch.flush_result
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $fn$
-DECLARE
-    this_pass integer;
-    hot_before bigint;
-    step record;
-    agent record;
-    isolated_ok bigint := 0;
-    failed_agents uuid[] := '{}';
-    failed_errors text[] := '{}';
-    error_state text;
-    error_message text;
-    first_error text;
-    retry_first timestamptz;
-    deferred bigint;
-BEGIN
-    EXECUTE pg_catalog.format('SELECT pg_catalog.min(p.pass_no) FROM %s p', pending) INTO this_pass;
-    IF this_pass IS NULL THEN
-        RETURN result;  -- nothing left: passes does not grow, the caller stops
-    END IF;
-    result.passes := result.passes + 1;
-    hot_before := pg_catalog.pg_stat_get_xact_tuples_hot_updated(agents);
-
-    BEGIN
-        SELECT * INTO STRICT step FROM pybatch.merge_pass_in(pending, agents, this_pass, NULL);
-        result.agents_updated := result.agents_updated + step.updated;
-        result.stale_heartbeats := result.stale_heartbeats + step.stale_beats;
-        result.newest_event_at := GREATEST(result.newest_event_at, step.newest_event_at);
-    EXCEPTION WHEN query_canceled THEN
-        GET STACKED DIAGNOSTICS error_state = RETURNED_SQLSTATE, error_message = MESSAGE_TEXT;
-        result.error := error_state || ': ' || error_message;
-    WHEN OTHERS THEN
-        GET STACKED DIAGNOSTICS error_state = RETURNED_SQLSTATE, error_message = MESSAGE_TEXT;
-        first_error := error_state || ': ' || error_message;
-        FOR agent IN EXECUTE pg_catalog.format('SELECT p.agent_id FROM %s p WHERE p.pass_no = $1', pending)
-                     USING this_pass LOOP
-            BEGIN
-                SELECT * INTO STRICT step FROM pybatch.merge_pass_in(pending, agents, this_pass, agent.agent_id);
-                result.agents_updated := result.agents_updated + step.updated;
-                result.stale_heartbeats := result.stale_heartbeats + step.stale_beats;
-                result.newest_event_at := GREATEST(result.newest_event_at, step.newest_event_at);
-                isolated_ok := isolated_ok + 1;
-            EXCEPTION WHEN OTHERS THEN
-                GET STACKED DIAGNOSTICS error_state = RETURNED_SQLSTATE, error_message = MESSAGE_TEXT;
-                failed_agents := failed_agents || agent.agent_id;
-                failed_errors := failed_errors || (error_state || ': ' || error_message);
-            END;
-        END LOOP;
-        IF isolated_ok + result.agents_updated + result.stale_heartbeats = 0 THEN
-            result.error := first_error;
-            EXECUTE pg_catalog.format('UPDATE %s p SET pass_no = NULL WHERE p.pass_no = $1', pending)
-                USING this_pass;
-        ELSE
-            retry_first := pg_catalog.clock_timestamp();  -- computed first: no volatile call in the DML
-            EXECUTE pg_catalog.format($q$
-            WITH moved AS (
-                DELETE FROM %1$s p WHERE p.agent_id = ANY ($1)
-                RETURNING p.agent_id, p.first_at, p.last_at, p.replica_id, p.beats
-            )
-            INSERT INTO %2$s AS q (agent_id, first_at, last_at, replica_id, beats, error, retry_at)
-            SELECT m.agent_id, m.first_at, m.last_at, m.replica_id, m.beats,
-                   ($2)[pg_catalog.array_position($1, m.agent_id)],
-                   $3 + interval '10 seconds'
-            FROM moved m
-            ON CONFLICT (agent_id) DO UPDATE SET
-                first_at = LEAST(q.first_at, excluded.first_at),
-                last_at = GREATEST(q.last_at, excluded.last_at),
-                replica_id = CASE
-                    WHEN excluded.last_at > q.last_at THEN excluded.replica_id
-                    WHEN excluded.last_at = q.last_at THEN GREATEST(q.replica_id, excluded.replica_id)
-                    ELSE q.replica_id
-                END,
-                beats = q.beats + excluded.beats,
-                error = excluded.error,
-                attempts = q.attempts + 1,
-                -- Back-off: 10 s, 20 s, 40 s, ... at most 1 h.
-                retry_at = $3 + LEAST(interval '1 hour', interval '10 seconds' * (2 ^ LEAST(q.attempts, 12)))
-            $q$, pending, quarantine) USING failed_agents, failed_errors, retry_first;
-            result.quarantined_agents := result.quarantined_agents + pg_catalog.cardinality(failed_agents);
-        END IF;
-    END;
-
-    IF result.error IS NULL THEN
-        -- Rows still in this pass were locked by another transaction: next flush.
-        EXECUTE pg_catalog.format($q$
-            WITH deferred AS (UPDATE %s p SET pass_no = NULL WHERE p.pass_no = $1 RETURNING 1)
-            SELECT pg_catalog.count(*) FROM deferred
-            $q$, pending) INTO deferred USING this_pass;
-        result.deferred_agents := result.deferred_agents + deferred;
-    END IF;
-    result.hot_updates := result.hot_updates
-        + pg_catalog.pg_stat_get_xact_tuples_hot_updated(agents) - hot_before;
-    RETURN result;
-END
-$fn$;
-COMMENT ON FUNCTION pybatch.next_pass_in(pybatch.flush_result, regclass, regclass, regclass) IS
-    'Internal: merges the pending rows of the lowest pass_no on the given relations (0004''s flush_pass, on any set: a shard group on Citus) and adds its figures to result; agents that fail alone go to quarantine.';
-
--- ---------------------------------------------------------------------------
--- A zeroed result for the shard and coordinator steps.
--- ---------------------------------------------------------------------------
-CREATE FUNCTION pybatch.empty_result()
-RETURNS pybatch.flush_result
-LANGUAGE plpgsql
-VOLATILE
-SET search_path = pg_catalog, pg_temp
-AS $fn$
-DECLARE
-    result pybatch.flush_result;
-BEGIN
-    result.started_at := pg_catalog.clock_timestamp();
-    result.skipped := false;
-    result.rows_staged := 0;
-    result.agents_updated := 0;
-    result.stale_heartbeats := 0;
-    result.unknown_heartbeats := 0;
-    result.future_heartbeats := 0;
-    result.passes := 0;
-    result.hot_updates := 0;
-    result.deferred_agents := 0;
-    result.quarantined_agents := 0;
-    RETURN result;
-END
-$fn$;
-COMMENT ON FUNCTION pybatch.empty_result() IS
-    'Internal: a flush_result with every count 0, started now.';
 
 -- ---------------------------------------------------------------------------
 -- Citus: one shard group's flush, on the worker that holds it.
@@ -2951,62 +2710,21 @@ COMMENT ON FUNCTION pybatch.citus_flush(bigint, interval) IS
     'Citus: flushes every shard group on its own worker, in parallel (one CALL pybatch.shard_flush per group through master_run_on_worker), and logs totals in flush_log and each group in flush_log_shards. Runs with the caller''s rights: pybatch.flush() calls it as the owner of public.workspace_agents.';
 
 -- ---------------------------------------------------------------------------
--- The entry points dispatch: on a Citus layout both flush shard-local.
+-- The entry points (CALL pybatch.flush_in_passes(), SELECT pybatch.flush())
+-- ask this first: with staging distributed, the flush runs on the workers.
 -- ---------------------------------------------------------------------------
-CREATE OR REPLACE FUNCTION pybatch.flush(max_rows bigint DEFAULT NULL, lock_wait interval DEFAULT '0 seconds')
+CREATE OR REPLACE FUNCTION pybatch.flush_distributed(max_rows bigint, lock_wait interval)
 RETURNS pybatch.flush_result
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $fn$
-DECLARE
-    result pybatch.flush_result;
-    passes_before integer;
-BEGIN
-    IF pybatch.citus_distributed() THEN
-        -- The workers commit their own passes whatever the caller's transaction does.
-        RETURN pybatch.citus_flush(max_rows, lock_wait);
-    END IF;
-    -- The same steps in the caller's transaction: correct, but one transaction
-    -- cannot prune its own old versions, so on a full page the later passes
-    -- go non-HOT. Use CALL pybatch.flush_in_passes() where a COMMIT is allowed.
-    result := pybatch.flush_begin(max_rows, lock_wait);
-    LOOP
-        passes_before := result.passes;
-        result := pybatch.flush_pass(result);
-        EXIT WHEN result.skipped OR result.error IS NOT NULL OR result.passes = passes_before;
-    END LOOP;
-    RETURN pybatch.flush_finish(result);
-END
-$fn$;
-
-CREATE OR REPLACE PROCEDURE pybatch.flush_in_passes(max_rows bigint DEFAULT NULL,
-                                                    lock_wait interval DEFAULT '0 seconds',
-                                                    INOUT result pybatch.flush_result DEFAULT NULL)
-LANGUAGE plpgsql
-AS $fn$
--- No SET clause and no SECURITY DEFINER: PostgreSQL forbids COMMIT in a
--- procedure with either. It only calls schema-qualified functions that pin
--- their own search_path; the steps are SECURITY DEFINER.
-DECLARE
-    passes_before integer;
 BEGIN
     IF pybatch.citus_distributed() THEN
         -- Shard-local: each worker commits its own passes (pybatch.shard_flush).
-        result := pybatch.flush(max_rows, lock_wait);
-        COMMIT;
-        RETURN;
+        RETURN pybatch.citus_flush(max_rows, lock_wait);
     END IF;
-    result := pybatch.flush_begin(max_rows, lock_wait);
-    COMMIT;  -- the hand-off is durable (as staging was) before any merge
-    LOOP
-        passes_before := result.passes;
-        result := pybatch.flush_pass(result);
-        COMMIT;  -- old versions of this pass become prunable; the next pass stays HOT
-        EXIT WHEN result.skipped OR result.error IS NOT NULL OR result.passes = passes_before;
-    END LOOP;
-    result := pybatch.flush_finish(result);
-    COMMIT;
+    RETURN NULL;
 END
 $fn$;
 
