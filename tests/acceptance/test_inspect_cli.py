@@ -14,6 +14,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg import sql as psql
 
 from pybatch import inspect, migrate
 from pybatch.errors import ConfigError, InvalidSetting
@@ -319,10 +320,14 @@ def test_config_show_prints_values_config_set_takes_back(dsn: str) -> None:
 def test_set_setting_checks_every_bound_and_names_key_and_value(conn: psycopg.Connection) -> None:
     before = inspect.read_settings(conn)
     for key, (low, high) in inspect.SETTING_BOUNDS.items():
-        # Both bounds are accepted...
+        update = psql.SQL("UPDATE pybatch.settings SET {} = %s").format(psql.Identifier(key))
+        # Both bounds are accepted, by the parser and by the table's CHECK (set_setting would
+        # also weigh the staleness budget, which some bounds break on purpose)...
         for bound in (low, high):
-            assert getattr(inspect.set_setting(conn, key, inspect.format_setting(key, bound)), key) == bound
-        # ... one step beyond either is refused, naming key and value, and nothing changes.
+            assert inspect.parse_setting(key, inspect.format_setting(key, bound)) == (key, bound)
+            conn.execute(update, (bound,))
+        conn.execute(update, (getattr(before, key),))
+        # ... one step beyond either is refused, naming key and value, by both; nothing changes.
         step = timedelta(microseconds=1) if isinstance(low, timedelta) else 1
         for outside in (low - step, high + step):  # type: ignore[operator]
             text = inspect.format_setting(key, outside)
@@ -330,6 +335,8 @@ def test_set_setting_checks_every_bound_and_names_key_and_value(conn: psycopg.Co
                 inspect.set_setting(conn, key, text)
             assert (info.value.key, info.value.value) == (key, text)
             assert isinstance(info.value, ConfigError)
+            with pytest.raises(psycopg.errors.CheckViolation):
+                conn.execute(update, (outside,))
     inspect.set_setting(conn, "history_retention", "7d")
     for key in inspect.SETTABLE:
         inspect.set_setting(conn, key, inspect.format_setting(key, getattr(before, key)))
