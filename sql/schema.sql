@@ -993,9 +993,11 @@ SET work_mem = '64MB'
 AS $fn$
 DECLARE
     handoff_at timestamptz := pg_catalog.clock_timestamp();
+    previous_nestloop text := pg_catalog.current_setting('enable_nestloop');
 BEGIN
-    -- As 0004's hand-off: past a few pages of staging one hash join beats the
-    -- planner's guess of ten rows looked up by index.
+    -- The planner cannot know how many rows a drain returns (it guesses ten)
+    -- and would look each agent up by index; past a few pages of staging one
+    -- hash join with the table is many times cheaper.
     IF pg_catalog.pg_relation_size(staging) > 8 * pg_catalog.current_setting('block_size')::bigint THEN
         PERFORM pg_catalog.set_config('enable_nestloop', 'off', true);
     END IF;
@@ -1003,30 +1005,38 @@ BEGIN
         WITH drained AS (
             -- DELETE ... RETURNING, not TRUNCATE: a row committed after this
             -- statement's snapshot is not deleted and waits for the next flush.
+            -- "Future" is judged per row by the clock read here, after the
+            -- snapshot: a beat stamped with the server clock committed before the
+            -- snapshot, so it is never future, however long the lock took.
             DELETE FROM %1$s h
             WHERE h.ctid = ANY (ARRAY(SELECT s.ctid FROM %1$s s LIMIT $1))
             RETURNING h.agent_id, h.replica_id, h.beat_at,
                       h.beat_at > pg_catalog.clock_timestamp() + $2 AS is_future
         ),
         carried AS (
-            -- Still pending (deferred or left by a failed flush): handed off again.
+            -- What is still pending (deferred by an earlier flush because its row
+            -- was locked, or left by one that failed) is handed off again with
+            -- the new beats, so every agent has one pending row and one pass.
             DELETE FROM %2$s p
             RETURNING p.agent_id, p.replica_id, p.first_at, p.last_at, p.beats
         ),
         retried AS (
+            -- Quarantined agents whose back-off has passed get another try.
             DELETE FROM %4$s q WHERE q.retry_at <= $3
             RETURNING q.agent_id, q.replica_id, q.first_at, q.last_at, q.beats
         ),
         events AS (
             SELECT d.agent_id, d.replica_id, d.beat_at AS first_at, d.beat_at AS last_at, 1::bigint AS beats
             FROM drained d
-            WHERE NOT d.is_future
+            WHERE NOT d.is_future     -- future-dated beats would freeze the agent
             UNION ALL
             SELECT c.agent_id, c.replica_id, c.first_at, c.last_at, c.beats FROM carried c
             UNION ALL
             SELECT r.agent_id, r.replica_id, r.first_at, r.last_at, r.beats FROM retried r
         ),
         latest AS (
+            -- One row per agent: its latest beat (ties: greater replica, NULL
+            -- lowest), its earliest beat and its count. One sort serves both.
             SELECT DISTINCT ON (e.agent_id)
                 e.agent_id,
                 e.replica_id,
@@ -1041,6 +1051,7 @@ BEGIN
             ORDER BY e.agent_id, e.last_at DESC, e.replica_id DESC NULLS LAST
         ),
         placed AS (
+            -- Number each agent within its row's heap page: pass k takes the k-th.
             SELECT l.agent_id, l.first_at, l.last_at, l.replica_id, l.beats,
                    pg_catalog.row_number() OVER (
                        PARTITION BY (wa.ctid::text::point)[0] ORDER BY wa.ctid)::integer AS pass_no,
@@ -1050,12 +1061,14 @@ BEGIN
             JOIN %3$s wa ON wa.id = l.agent_id
         ),
         queued AS (
+            -- In pass order, so each pass reads and deletes neighbouring rows.
             INSERT INTO %2$s (agent_id, first_at, last_at, replica_id, beats, pass_no)
             SELECT pl.agent_id, pl.first_at, pl.last_at, pl.replica_id, pl.beats, pl.pass_no
             FROM placed pl WHERE NOT pl.held
             ORDER BY pl.pass_no
         ),
         held AS (
+            -- A quarantined agent's new beats join its quarantined ones.
             UPDATE %4$s q SET
                 first_at = LEAST(q.first_at, pl.first_at),
                 last_at = GREATEST(q.last_at, pl.last_at),
@@ -1068,14 +1081,18 @@ BEGIN
             FROM placed pl
             WHERE pl.held AND q.agent_id = pl.agent_id
         )
+        -- (queued and held run to completion although nothing reads them.)
         SELECT
             (SELECT pg_catalog.count(*) FROM drained),
             (SELECT pg_catalog.count(*) FROM drained d WHERE d.is_future),
+            -- Agents with no row (never created, or deleted since): nothing to merge into.
             (SELECT COALESCE(pg_catalog.sum(l.beats), 0)::bigint FROM latest l
               WHERE NOT EXISTS (SELECT FROM placed pl WHERE pl.agent_id = l.agent_id))
         $q$, staging, pending, agents, quarantine)
     INTO rows_staged, future_heartbeats, unknown_heartbeats
     USING row_cap, tolerance, handoff_at;
+    -- Only for the hand-off: the caller's transaction may go on (SELECT pybatch.flush()).
+    PERFORM pg_catalog.set_config('enable_nestloop', previous_nestloop, true);
 END
 $fn$;
 COMMENT ON FUNCTION pybatch.drain_into(regclass, regclass, regclass, regclass, bigint, interval) IS
@@ -1206,6 +1223,7 @@ BEGIN
         RETURN result;  -- nothing left: passes does not grow, the caller stops
     END IF;
     result.passes := result.passes + 1;
+    -- Counters of this transaction, so a pass counts its own HOT updates.
     hot_before := pg_catalog.pg_stat_get_xact_tuples_hot_updated(agents);
 
     BEGIN
@@ -1214,9 +1232,11 @@ BEGIN
         result.stale_heartbeats := result.stale_heartbeats + step.stale_beats;
         result.newest_event_at := GREATEST(result.newest_event_at, step.newest_event_at);
     EXCEPTION WHEN query_canceled THEN
+        -- A cancel or statement_timeout is not one agent's fault: stop, keep all.
         GET STACKED DIAGNOSTICS error_state = RETURNED_SQLSTATE, error_message = MESSAGE_TEXT;
         result.error := error_state || ': ' || error_message;
     WHEN OTHERS THEN
+        -- Find who fails: the pass again, one agent at a time.
         GET STACKED DIAGNOSTICS error_state = RETURNED_SQLSTATE, error_message = MESSAGE_TEXT;
         first_error := error_state || ': ' || error_message;
         FOR agent IN EXECUTE pg_catalog.format('SELECT p.agent_id FROM %s p WHERE p.pass_no = $1', pending)
@@ -1234,6 +1254,7 @@ BEGIN
             END;
         END LOOP;
         IF isolated_ok + result.agents_updated + result.stale_heartbeats = 0 THEN
+            -- Nothing merged in this flush: not one agent's fault. Keep all pending.
             result.error := first_error;
             EXECUTE pg_catalog.format('UPDATE %s p SET pass_no = NULL WHERE p.pass_no = $1', pending)
                 USING this_pass;
