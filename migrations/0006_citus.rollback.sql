@@ -22,6 +22,7 @@ AS $$
     SELECT NULL::pybatch.flush_result;
 $$;
 
+DROP FUNCTION pybatch.citus_table_shape(integer);
 DROP FUNCTION pybatch.citus_distribute();
 DROP FUNCTION pybatch.citus_distributed_table(text);
 DROP FUNCTION pybatch.citus_flush(bigint, interval);

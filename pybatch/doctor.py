@@ -71,7 +71,8 @@ def doctor(dsn: str, thresholds: Thresholds | None = None) -> DoctorReport:
         context = _Context(dsn, conn, limits)
         for check in (
             context.server_version, context.migrations, context.compatibility, context.target_table,
-            context.pg_cron_preload, context.pg_cron_extension, context.cron_job, context.job_run_details,
+            context.citus_layout, context.pg_cron_preload, context.pg_cron_extension, context.cron_job,
+            context.job_run_details,
             context.flushes, context.staleness_budget, context.staging_growth, context.pending_and_quarantine,
             context.table_shape, context.hot_updates, context.table_growth,
         ):
@@ -155,6 +156,25 @@ class _Context:
         with db.translated("public.workspace_agents cannot serve as target"):
             self.conn.execute("SELECT pybatch.check_target()")
         return Check("target_table", OK, "public.workspace_agents has every column pybatch needs")
+
+    def citus_layout(self) -> Check:
+        """On a Citus coordinator: workspace_agents hash-distributed by id (or local), and staging,
+        pending and quarantine distributed by agent_id, co-located with it."""
+        row = self.conn.execute("SELECT to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL").fetchone()
+        if row is None or not row[0]:
+            return Check("citus_layout", OK, "plain PostgreSQL (no citus extension): nothing to check")
+        with db.translated("cannot read the Citus metadata (pg_dist_partition)"):
+            rows = self.conn.execute(
+                "SELECT t.name, p.partmethod::text, pg_catalog.column_to_column_name(p.logicalrelid, p.partkey),"
+                " p.colocationid FROM unnest(%s::text[]) WITH ORDINALITY t(name, n)"
+                " LEFT JOIN pg_catalog.pg_dist_partition p ON p.logicalrelid = pg_catalog.to_regclass(t.name)"
+                " ORDER BY t.n", (CITUS_TABLES,)).fetchall()
+            shape = self.conn.execute(
+                "SELECT count(DISTINCT s.shardid), count(DISTINCT p.groupid) FROM pg_catalog.pg_dist_shard s"
+                " JOIN pg_catalog.pg_dist_placement p USING (shardid)"
+                " WHERE s.logicalrelid = 'pybatch.heartbeats'::regclass").fetchone()
+        layout = {name: (method, column, colocation) for name, method, column, colocation in rows}
+        return judge_citus_layout(layout, (int(shape[0]), int(shape[1])) if shape else (0, 0))
 
     def pg_cron_preload(self) -> Check:
         self.cron_database = _optional_text(self.scalar("SELECT current_setting('cron.database_name', true)"))
@@ -355,7 +375,11 @@ class _Context:
 
     def table_growth(self) -> Check:
         sized = [f for f in self._recent() if f.heap_bytes is not None and f.index_bytes is not None]
-        return judge_growth(sized, self.limits)
+        # On Citus each shard group's flush measures its own agents shard on its worker; flush_log
+        # holds the sums (the coordinator's table is an empty shell).
+        scope = " (summed over the shards of public.workspace_agents, as each shard's flush measured them)" \
+            if inspect.citus_table(self.conn) else ""
+        return judge_growth(sized, self.limits, scope)
 
 
 @dataclass(frozen=True)
@@ -365,6 +389,56 @@ class Causes:
     indexed: list[str] = field(default_factory=list)  # flushed columns an index covers
     cron_command: str | None = None  # the pg_cron job's command, if there is a job
     old_snapshot: str | None = None  # a session holding back pruning
+
+
+CITUS_TABLES = ["public.workspace_agents", "pybatch.heartbeats", "pybatch.pending", "pybatch.quarantine"]
+CITUS_FIX = "SELECT pybatch.citus_distribute() on the coordinator"
+
+
+def judge_citus_layout(layout: dict[str, tuple[str | None, str | None, int | None]],
+                       groups: tuple[int, int]) -> Check:
+    """layout: table -> (partmethod, distribution column, colocationid), all None for a local table;
+    groups: (shard groups of staging, nodes holding them)."""
+    agents_method, agents_column, agents_colocation = layout["public.workspace_agents"]
+    ours = CITUS_TABLES[1:]
+    if agents_method is None:
+        distributed = [t for t in ours if layout[t][0] is not None]
+        if distributed:
+            return Check("citus_layout", FAIL,
+                         f"public.workspace_agents is a local table but {', '.join(distributed)} "
+                         "distributed: the flush cannot merge them; undistribute them "
+                         "(SELECT undistribute_table('<table>')) or distribute public.workspace_agents by id and "
+                         f"run {CITUS_FIX}")
+        return Check("citus_layout", OK,
+                     "Citus coordinator with public.workspace_agents a local table: pybatch works as on plain "
+                     "PostgreSQL (staging and flush on the coordinator); to spread it: SELECT "
+                     f"create_distributed_table('public.workspace_agents', 'id'), then {CITUS_FIX}")
+    if agents_method != "h" or agents_column != "id":
+        kind = {"n": "a reference or Citus local table"}.get(agents_method or "", f"method {agents_method}")
+        return Check("citus_layout", FAIL,
+                     f"public.workspace_agents is distributed by {agents_column or 'no column'} ({kind}): pybatch "
+                     "needs it hash-distributed by id (SELECT alter_distributed_table('public.workspace_agents', "
+                     "distribution_column => 'id')), or local")
+    problems = []
+    for table in ours:
+        method, column, colocation = layout[table]
+        if method is None:
+            problems.append(f"{table} is a local table (run {CITUS_FIX})")
+        elif method != "h" or column != "agent_id":
+            problems.append(f"{table} is distributed by {column or 'no column'} (method {method}), not hash by "
+                            f"agent_id (SELECT undistribute_table('{table}'), then {CITUS_FIX})")
+        elif colocation != agents_colocation:
+            problems.append(f"{table} is not co-located with public.workspace_agents (colocation {colocation}, "
+                            f"not {agents_colocation}: SELECT update_distributed_table_colocation('{table}', "
+                            "colocate_with => 'public.workspace_agents'))")
+    if problems:
+        return Check("citus_layout", FAIL, "public.workspace_agents is hash-distributed by id, but "
+                     + "; ".join(problems) + ": shard-local flushes need staging beside each agents shard")
+    shard_groups, nodes = groups
+    return Check("citus_layout", OK,
+                 "public.workspace_agents hash-distributed by id; pybatch.heartbeats, pending and quarantine by "
+                 f"agent_id, co-located with it (colocation {agents_colocation}, {shard_groups} shard groups on "
+                 f"{nodes} node(s)): flushes run shard-local on the workers")
 
 
 def judge_server_version(number: int, text: str, minimum: int) -> Check:
@@ -406,8 +480,9 @@ def judge_hot(updated: int, hot: int, flushes: int, fillfactor: int, causes: Cau
                  + " (no fillfactor change or VACUUM FULL is needed)")
 
 
-def judge_growth(flushes: list[inspect.FlushRecord], limits: Thresholds) -> Check:
-    """Heap and index growth of public.workspace_agents across recent flushes (newest first)."""
+def judge_growth(flushes: list[inspect.FlushRecord], limits: Thresholds, scope: str = "") -> Check:
+    """Heap and index growth of public.workspace_agents across recent flushes (newest first);
+    scope says where the sizes come from (Citus: the shards), after the figures."""
     if len(flushes) < 2:
         return Check("table_growth", OK, f"{len(flushes)} flush(es) with sizes recorded: too few to judge growth")
     newest, oldest = flushes[0], flushes[-1]
@@ -421,7 +496,7 @@ def judge_growth(flushes: list[inspect.FlushRecord], limits: Thresholds) -> Chec
         parts.append(f"{what} {_size(before)} -> {_size(after)} ({change:+.0%})")
         if change > limits.growth_max and after - before >= limits.growth_min_bytes:
             grown.append(what)
-    summary = f"over the last {len(flushes)} flushes: " + ", ".join(parts)
+    summary = f"over the last {len(flushes)} flushes: " + ", ".join(parts) + scope
     if not grown:
         return Check("table_growth", OK, summary)
     return Check("table_growth", WARN,

@@ -385,13 +385,29 @@ def require_staleness_budget(conn: psycopg.Connection, column: str, value: timed
 
 
 def table_shape(conn: psycopg.Connection, max_pages: int = 2000) -> TableShape:
-    """pybatch.table_shape(): public.workspace_agents measured (every page up to max_pages, else a sample)."""
+    """pybatch.table_shape(): public.workspace_agents measured (every page up to max_pages, else a sample).
+    On a Citus coordinator with the table distributed, pybatch.citus_table_shape(): the same figures
+    summed over its shards on the workers (the coordinator's table is an empty shell)."""
+    function = "table_shape"
+    if citus_table(conn):
+        function = "citus_table_shape"
     with db.translated("cannot measure public.workspace_agents"), \
             conn.cursor(row_factory=class_row(TableShape)) as cur:
-        row = cur.execute(sql.SQL("SELECT {} FROM pybatch.table_shape(%s)").format(_columns(TableShape)),
+        row = cur.execute(sql.SQL("SELECT {} FROM pybatch.{}(%s)").format(_columns(TableShape),
+                                                                        sql.Identifier(function)),
                           (max_pages,)).fetchone()
     assert row is not None
     return row
+
+
+def citus_table(conn: psycopg.Connection) -> bool:
+    """Whether public.workspace_agents is a Citus table here (a coordinator with it distributed)."""
+    with db.translated("cannot read the Citus metadata"):
+        row = conn.execute("SELECT to_regprocedure('pybatch.citus_distributed_table(text)') IS NOT NULL").fetchone()
+        if row is None or not row[0]:
+            return False
+        row = conn.execute("SELECT pybatch.citus_distributed_table('public.workspace_agents')").fetchone()
+    return bool(row and row[0])
 
 
 def agent_counts(conn: psycopg.Connection) -> AgentCounts:

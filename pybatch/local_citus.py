@@ -91,6 +91,8 @@ class CitusCluster:
 
     @classmethod
     def default(cls) -> CitusCluster:
+        """`pybatch local --citus`: the directory `citus` beside the embedded cluster's (default_home()),
+        e.g. /var/lib/pybatch/citus as root; one subdirectory per node (coordinator, worker1, worker2)."""
         return cls(default_home().parent / "citus")
 
     @property
@@ -102,10 +104,27 @@ class CitusCluster:
         return self.coordinator.port
 
     def url(self, dbname: str = APP_DATABASE) -> str:
+        if not self.coordinator.is_initialised():
+            raise LocalClusterError(f"local Citus cluster at {self.home} is not initialised: "
+                                    "run `pybatch local start --citus`")
         return self.coordinator.url(dbname)
+
+    def layout_hint(self, dbname: str = APP_DATABASE) -> str | None:
+        """What to do before `pybatch migrate`, or None once public.workspace_agents is distributed."""
+        with psycopg.connect(self.coordinator.conninfo(dbname), autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT EXISTS (SELECT FROM pg_dist_partition"
+                " WHERE logicalrelid = to_regclass('public.workspace_agents'))").fetchone()
+        if row is not None and row[0]:
+            return None
+        return ("distribute public.workspace_agents before `pybatch migrate` (else pybatch works as on plain "
+                "PostgreSQL): SELECT create_distributed_table('public.workspace_agents', 'id'); see docs/citus.md")
 
     def conninfo(self, dbname: str = APP_DATABASE) -> str:
         return self.coordinator.conninfo(dbname)
+
+    def is_initialised(self) -> bool:
+        return all(node.is_initialised() for node in self.nodes)
 
     def is_running(self) -> bool:
         return all(node.is_running() for node in self.nodes)

@@ -21,6 +21,7 @@ from pybatch.doctor import (
     DoctorReport,
     Thresholds,
     doctor,
+    judge_citus_layout,
     judge_hot,
     judge_server_version,
 )
@@ -64,11 +65,13 @@ def test_healthy_install_passes_every_check(scheduled: str) -> None:
     assert report.ok
     assert {c.name: c.level for c in report.checks} == {c.name: OK for c in report.checks}, report.checks
     assert set(checks(report)) == {
-        "server_version", "migrations", "compatibility", "target_table", "pg_cron_preload", "pg_cron_extension",
+        "server_version", "migrations", "compatibility", "target_table", "citus_layout", "pg_cron_preload",
+        "pg_cron_extension",
         "cron_job", "job_run_details", "flushes", "staleness_budget", "staging_growth", "pending_and_quarantine",
         "table_shape", "hot_updates", "table_growth",
     }
     assert "pybatch-flush-" in checks(report)["cron_job"].message
+    assert checks(report)["citus_layout"].message.startswith("plain PostgreSQL (no citus extension)")
 
 
 def test_no_job_and_no_flushes_fails_and_says_how_to_schedule(dsn: str) -> None:
@@ -249,6 +252,22 @@ def test_judges_without_a_server() -> None:
     assert low.level == WARN and "autovacuum" in low.message and "flush_in_passes" in low.message
     held = judge_hot(10_000, 1_000, 20, 100, Causes(old_snapshot="pid 7 has held a snapshot for 90s"), limits)
     assert held.level == WARN and "pid 7" in held.message and "autovacuum" not in held.message
+
+
+def test_judge_citus_layout_without_a_server() -> None:
+    ours = {"pybatch.heartbeats": ("h", "agent_id", 3), "pybatch.pending": ("h", "agent_id", 3),
+            "pybatch.quarantine": ("h", "agent_id", 3)}
+    good = judge_citus_layout({"public.workspace_agents": ("h", "id", 3), **ours}, (8, 2))
+    assert good.level == OK and "8 shard groups on 2 node(s)" in good.message
+    by_time = judge_citus_layout({"public.workspace_agents": ("h", "created_at", 3), **ours}, (8, 2))
+    assert by_time.level == FAIL and "distributed by created_at" in by_time.message
+    reference = judge_citus_layout({"public.workspace_agents": ("n", None, 4), **ours}, (8, 2))
+    assert reference.level == FAIL and "reference or Citus local table" in reference.message
+    by_replica = {**ours, "pybatch.heartbeats": ("h", "replica_id", 3)}
+    wrong = judge_citus_layout({"public.workspace_agents": ("h", "id", 3), **by_replica}, (8, 2))
+    assert wrong.level == FAIL and "pybatch.heartbeats is distributed by replica_id" in wrong.message
+    local_target = judge_citus_layout({"public.workspace_agents": (None, None, None), **ours}, (8, 2))
+    assert local_target.level == FAIL and "is a local table but" in local_target.message
 
 
 @pytest.fixture
