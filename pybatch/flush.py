@@ -119,6 +119,7 @@ def _flush_in_passes(conn: psycopg.Connection, max_rows: int | None, lock_wait: 
         try:
             row = conn.execute(CALL_IN_PASSES, (max_rows, lock_wait)).fetchone()
         finally:
-            conn.autocommit = autocommit
+            if not conn.broken:  # a lost connection must surface as itself, not as this
+                conn.autocommit = autocommit
     assert row is not None  # the procedure always returns its INOUT value
     return FlushResult(*row[0])

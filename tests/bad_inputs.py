@@ -623,7 +623,7 @@ BAD_INPUTS: list[BadInput] = [
         "dropped connection",
         SQL,
         "pg_terminate_backend of the flushing backend mid-flush",
-        "the flush transaction rolls back; staging keeps every row; the next flush merges them",
+        "what the flush had not merged stays in staging or pybatch.pending; the next flush merges it",
         r"terminat|server closed|consuming input failed",
     ),
     BadInput(

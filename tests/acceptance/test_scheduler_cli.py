@@ -28,6 +28,9 @@ def one_error_line(stderr: str) -> str:
 
 def test_cron_install_status_remove(cron_dsn: str) -> None:
     database = psycopg.conninfo.conninfo_to_dict(cron_dsn)["dbname"]
+    # Agents that time out after 2 minutes, so 15-20 s flushes fit the staleness budget.
+    relaxed = run_pybatch("--dsn", cron_dsn, "config", "set", "inactive_timeout", "2m")
+    assert relaxed.returncode == 0, relaxed.stderr
     installed = run_pybatch("--dsn", cron_dsn, "cron", "install", "--interval", "15s", "--force-loop")
     assert installed.returncode == 0, installed.stderr
     assert f"installed pybatch-flush-{database}" in installed.stdout and "loop" in installed.stdout

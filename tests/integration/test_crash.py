@@ -162,8 +162,9 @@ def test_kill_9_postmaster_under_load(own_cluster: LocalCluster) -> None:
         writers.stop.set()
         writers.join()
         with psycopg.connect(dsn, autocommit=True) as conn:
-            wait_for(lambda: count(conn, "SELECT count(*) FROM pybatch.heartbeats") == 0, 20,
-                     "the scheduler to drain staging after the restart")
+            wait_for(lambda: count(conn, "SELECT (SELECT count(*) FROM pybatch.heartbeats)"
+                                         " + (SELECT count(*) FROM pybatch.pending)") == 0, 20,
+                     "the scheduler to drain staging and merge everything after the restart")
             assert count(conn, "SELECT count(*) FROM pybatch.flush_log WHERE error IS NULL AND rows_staged > 0 "
                                "AND started_at > to_timestamp(%s)", (killed_at,)) >= 1
             final: dict[uuid.UUID, datetime | None] = dict(
@@ -189,7 +190,9 @@ def test_flush_failing_once_is_retried_by_the_scheduler(dsn: str, conn: psycopg.
         CREATE SEQUENCE public.fail_once_seq;
         CREATE FUNCTION public.fail_once() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN
-            IF nextval('public.fail_once_seq') = 1 THEN RAISE EXCEPTION 'injected half-way failure'; END IF;
+            -- Twenty small rows share a page, so each pass has one: the first pass and its
+            -- one-agent retry fail, nothing merges, and the flush fails as a whole.
+            IF nextval('public.fail_once_seq') <= 2 THEN RAISE EXCEPTION 'injected half-way failure'; END IF;
             RETURN NEW;
         END $$;
         CREATE TRIGGER fail_once BEFORE UPDATE ON public.workspace_agents
@@ -201,14 +204,16 @@ def test_flush_failing_once_is_retried_by_the_scheduler(dsn: str, conn: psycopg.
             cp.write_row((agent, at))
     scheduler, thread = start_scheduler(dsn)
     try:
-        wait_for(lambda: count(conn, "SELECT count(*) FROM pybatch.heartbeats") == 0, 20, "the retry to drain")
+        wait_for(lambda: count(conn, "SELECT (SELECT count(*) FROM pybatch.heartbeats)"
+                                     " + (SELECT count(*) FROM pybatch.pending)") == 0, 20, "the retry to merge")
     finally:
         scheduler.request_stop()
         thread.join(timeout=30)
     log = conn.execute("SELECT error, rows_staged, agents_updated FROM pybatch.flush_log "
-                       "WHERE error IS NOT NULL OR rows_staged > 0 ORDER BY id").fetchall()
-    assert log[0][0] is not None and "injected half-way failure" in log[0][0] and log[0][1] == 0
-    assert log[1] == (None, 20, 20)
+                       "WHERE error IS NOT NULL OR agents_updated > 0 ORDER BY id").fetchall()
+    # The failed flush handed the 20 beats off and merged none; the next merged them all.
+    assert log[0][0] is not None and "injected half-way failure" in log[0][0] and log[0][1:] == (20, 0)
+    assert log[1] == (None, 0, 20)
     assert count(conn, "SELECT count(*) FROM public.workspace_agents WHERE last_connected_at = %s", (at,)) == 20
 
 

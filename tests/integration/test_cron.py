@@ -166,6 +166,8 @@ def test_install_twice_updates_the_job_and_stores_the_interval(conn: psycopg.Con
                                                                cleanup: Cleanup) -> None:
     cleanup(dsn)
     database = dbname(conn)
+    # Slow agents (a 2-minute timeout), so 20 s flushes fit the staleness budget.
+    conn.execute("UPDATE pybatch.settings SET inactive_timeout = '2 minutes'")
     first = cron.install(dsn, 10, force_loop=True)
     second = cron.install(dsn, 20, force_loop=True)
     assert first.jobid == second.jobid

@@ -191,7 +191,9 @@ def test_old_cron_job_running_select_flush_is_reported(scheduled: str) -> None:
         beat_and_flush(conn, add_agents(conn, 3))
         job = cron.flush_job_name(conn.info.dbname)
     with psycopg.connect(make_conninfo(scheduled, dbname="postgres"), autocommit=True) as cron_conn:
-        cron_conn.execute("UPDATE cron.job SET command = 'SELECT pybatch.flush()' WHERE jobname = %s", (job,))
+        # As pg_cron 1.5+ jobs of earlier pybatch versions were: a seconds schedule, one transaction.
+        cron_conn.execute("UPDATE cron.job SET command = 'SELECT pybatch.flush()', schedule = '5 seconds'"
+                          " WHERE jobname = %s", (job,))
     check = checks(doctor(scheduled))["cron_job"]
     assert check.level == WARN and "pybatch cron install" in check.message and "SELECT pybatch.flush()" in check.message
 

@@ -31,7 +31,7 @@ def test_old_pg_cron_gets_the_minute_loop() -> None:
 
 
 def test_new_pg_cron_gets_a_seconds_schedule_unless_the_loop_is_forced() -> None:
-    assert cron.plan_job(5, NEW) == cron.JobPlan("seconds", "5 seconds", "SELECT pybatch.flush()")
+    assert cron.plan_job(5, NEW) == cron.JobPlan("seconds", "5 seconds", cron.FLUSH_COMMAND)
     assert cron.plan_job(5, NEW, force_loop=True).mode == "loop"
     assert cron.plan_job(59, (1, 5)).schedule == "59 seconds"
 
@@ -41,7 +41,7 @@ def test_new_pg_cron_gets_a_seconds_schedule_unless_the_loop_is_forced() -> None
 def test_whole_minutes_dividing_an_hour_use_a_cron_schedule(seconds: float, schedule: str) -> None:
     for version in (OLD, NEW):
         plan = cron.plan_job(seconds, version, force_loop=True)
-        assert (plan.mode, plan.schedule, plan.command) == ("minutes", schedule, "SELECT pybatch.flush()")
+        assert (plan.mode, plan.schedule, plan.command) == ("minutes", schedule, cron.FLUSH_COMMAND)
 
 
 @pytest.mark.parametrize("seconds", [0.5, 1.5, 90, 420, 7200, 0])
@@ -72,8 +72,8 @@ def _job(command: str = "CALL pybatch.flush_loop('10 seconds')", schedule: str =
 
 def test_job_mode_is_read_from_schedule_and_command() -> None:
     assert _job().mode == "loop"
-    assert _job("SELECT pybatch.flush()", "5 seconds").mode == "seconds"
-    assert _job("SELECT pybatch.flush()", "*/2 * * * *").mode == "minutes"
+    assert _job(cron.FLUSH_COMMAND, "5 seconds").mode == "seconds"
+    assert _job(cron.FLUSH_COMMAND, "*/2 * * * *").mode == "minutes"
 
 
 def _status(*runs: CronRun) -> CronStatus:
