@@ -14,7 +14,7 @@ from datetime import timedelta
 import psycopg
 import psycopg.conninfo
 
-from pybatch import db, inspect, migrate
+from pybatch import db, migrate, status
 from pybatch.errors import NotMigrated, PybatchError
 
 log = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ class _Context:
         self._cron_conn: psycopg.Connection | None = None
         self.cron_database: str | None = None
         self.cron_version: str | None = None
-        self._health: inspect.Health | None = None
+        self._health: status.Health | None = None
         self.cron_command: str | None = None
 
     def close(self) -> None:
@@ -118,9 +118,9 @@ class _Context:
         return None if row is None else row[0]
 
     @property
-    def health(self) -> inspect.Health:
+    def health(self) -> status.Health:
         if self._health is None:
-            self._health = inspect.health(self.conn)
+            self._health = status.health(self.conn)
         return self._health
 
     def flushes_arrive(self) -> bool:
@@ -269,7 +269,7 @@ class _Context:
         return Check("flushes", level, message)
 
     def staleness_budget(self) -> Check:
-        budget = inspect.stored_staleness_budget(self.conn)
+        budget = status.stored_staleness_budget(self.conn)
         level = {"ok": OK, "tight": WARN}.get(budget.verdict, FAIL)
         message = f"{budget.verdict}: {budget.reason}"
         if level != OK:
@@ -278,7 +278,7 @@ class _Context:
         return Check("staleness_budget", level, message)
 
     def pending_and_quarantine(self) -> Check:
-        staging = inspect.staging(self.conn)
+        staging = status.staging(self.conn)
         parts: list[str] = []
         level = OK
         if staging.quarantined_agents:
@@ -307,7 +307,7 @@ class _Context:
         return Check("pending_and_quarantine", level, "; ".join(parts))
 
     def table_shape(self) -> Check:
-        shape = inspect.table_shape(self.conn)
+        shape = status.table_shape(self.conn)
         message = (f"public.workspace_agents: fillfactor {shape.fillfactor}, {_size(shape.heap_bytes)} heap "
                    f"({shape.heap_pages} pages), {shape.live_rows} live rows, "
                    f"{shape.rows_per_page if shape.rows_per_page is not None else '-'} per page, "
@@ -321,7 +321,7 @@ class _Context:
         return Check("table_shape", OK, message)
 
     def staging_growth(self) -> Check:
-        staging = inspect.staging(self.conn)
+        staging = status.staging(self.conn)
         if not staging.available:
             return Check("staging_growth", OK, f"skipped: {staging.reason}")
         interval = self.health.flush_interval
@@ -333,7 +333,7 @@ class _Context:
                          f"staging holds {approx}{staging.rows_staged} heartbeats and the oldest has waited "
                          f"{_secs(age)} (over {self.limits.stalled_intervals} flush intervals): nothing drains it; "
                          "check the scheduler (`pybatch cron status`) or run `pybatch flush`")
-        cap = inspect.read_settings(self.conn).max_rows_per_flush
+        cap = status.read_settings(self.conn).max_rows_per_flush
         if cap is not None and staging.rows_staged is not None and staging.rows_staged > cap:
             return Check("staging_growth", WARN,
                          f"staging holds about {staging.rows_staged} heartbeats, more than one flush drains "
@@ -341,14 +341,14 @@ class _Context:
         return Check("staging_growth", OK, f"staging holds {staging.rows_staged} heartbeats, oldest "
                      f"{_secs(age) if age is not None else '-'} old")
 
-    def _recent(self) -> list[inspect.FlushRecord]:
-        return [f for f in inspect.recent_flushes(self.conn, self.limits.recent_flushes) if f.succeeded]
+    def _recent(self) -> list[status.FlushRecord]:
+        return [f for f in status.recent_flushes(self.conn, self.limits.recent_flushes) if f.succeeded]
 
     def hot_updates(self) -> Check:
         flushes = self._recent()
         updated = sum(f.agents_updated for f in flushes)
         hot = sum(f.hot_updates for f in flushes)
-        shape = inspect.table_shape(self.conn)
+        shape = status.table_shape(self.conn)
         causes = Causes(
             indexed=shape.indexed_flushed_columns,
             cron_command=self.cron_command,
@@ -378,7 +378,7 @@ class _Context:
         # On Citus each shard group's flush measures its own agents shard on its worker; flush_log
         # holds the sums (the coordinator's table is an empty shell).
         scope = " (summed over the shards of public.workspace_agents, as each shard's flush measured them)" \
-            if inspect.citus_table(self.conn) else ""
+            if status.citus_table(self.conn) else ""
         return judge_growth(sized, self.limits, scope)
 
 
@@ -480,7 +480,7 @@ def judge_hot(updated: int, hot: int, flushes: int, fillfactor: int, causes: Cau
                  + " (no fillfactor change or VACUUM FULL is needed)")
 
 
-def judge_growth(flushes: list[inspect.FlushRecord], limits: Thresholds, scope: str = "") -> Check:
+def judge_growth(flushes: list[status.FlushRecord], limits: Thresholds, scope: str = "") -> Check:
     """Heap and index growth of public.workspace_agents across recent flushes (newest first);
     scope says where the sizes come from (Citus: the shards), after the figures."""
     if len(flushes) < 2:

@@ -14,13 +14,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from pybatch import __version__
-from pybatch.cli import bench, core, grant, inspect, local, schedule
+from pybatch.cli import bench, config, core, grant, local, schedule, status
 from pybatch.errors import ConfigError, PybatchError
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 
-COMMAND_MODULES = [core, local, schedule, inspect, grant, bench]
+COMMAND_MODULES = [core, local, schedule, status, config, grant, bench]
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error")

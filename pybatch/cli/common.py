@@ -29,6 +29,7 @@ NO_ENV = frozenset(
         "--status",
         "--rollback",
         "--force-loop",
+        "--citus",
         "--flushes",
         "--max-rows",
         "--agents",

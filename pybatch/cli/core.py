@@ -1,4 +1,4 @@
-"""Core commands: migrate, flush, psql."""
+"""Core commands: migrate, flush, psql, uninstall."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ from typing import Any
 
 from pybatch import db, migrate
 from pybatch.cli.common import bounded_int, dsn, print_json
-from pybatch.errors import PybatchError
+from pybatch.errors import ConfigError, PybatchError
 from pybatch.flush import flush
-from pybatch.inspect import COUNT_BOUNDS
 from pybatch.schedule import cron
+from pybatch.status import COUNT_BOUNDS
+from pybatch.uninstall import uninstall
 
 # `pybatch flush`: another flush held the lock, nothing was done (distinct from 0 and errors).
 EXIT_SKIPPED = 3
@@ -45,6 +46,16 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("psql_args", nargs=argparse.REMAINDER, help="extra arguments for psql")
     p.set_defaults(handler=cmd_psql)
+
+    p = subparsers.add_parser(
+        "uninstall",
+        help="remove pybatch's pg_cron job, schema and migration tables (a workspace_agents it did not create stays)",
+    )
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    p.add_argument("--force", action="store_true",
+                   help="also drop objects of others that depend on pybatch's (views, columns of its types, ...); "
+                        "without it uninstall lists them and refuses")
+    p.set_defaults(handler=cmd_uninstall)
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -93,3 +104,24 @@ def cmd_psql(args: argparse.Namespace) -> int:
     argv = [psql, target, *args.psql_args] if target else [psql, *args.psql_args]
     os.execv(psql, argv)
     return 0  # not reached
+
+
+def cmd_uninstall(args: argparse.Namespace) -> int:
+    target = dsn(args)
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise ConfigError("uninstall asks for confirmation and stdin is not a terminal: pass --yes")
+        answer = input("Remove pybatch (its pg_cron job, schema pybatch and staged heartbeats) from this database? "
+                       "Type 'yes': ")
+        if answer.strip().lower() != "yes":
+            print("not uninstalled", file=sys.stderr)
+            return 1
+    result = uninstall(target, force=args.force)
+    for dependant in result.dropped_dependants:
+        print(f"dropped (--force): {dependant}")
+    if not result.schema_existed:
+        print("pybatch schema was not installed; removed pybatch's migration bookkeeping if any")
+    kept = "dropped public.workspace_agents (pybatch created it)" if result.dropped_workspace_agents \
+        else "kept public.workspace_agents"
+    print(f"uninstalled: removed {result.jobs_removed} pg_cron job(s) and schema pybatch; {kept}")
+    return 0

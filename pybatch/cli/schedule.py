@@ -14,11 +14,11 @@ from pybatch.cli.common import dsn, print_json, resolved_dsn
 from pybatch.config import describe_dsn
 from pybatch.durations import format_duration, parse_timedelta, well_formed
 from pybatch.errors import ConfigError, InvalidDuration, InvalidSetting
-from pybatch.inspect import DURATION_BOUNDS, check_duration
-from pybatch.schedule import cron, runner
+from pybatch.schedule import cron, scheduler
+from pybatch.status import DURATION_BOUNDS, check_duration
 
 EXIT_NOT_INSTALLED = 3
-# The logger the scheduler's lifecycle lines come from (runner logs under pybatch.schedule.runner).
+# The logger the scheduler's lifecycle lines come from (logged under pybatch.schedule.scheduler).
 log = logging.getLogger("pybatch.schedule")
 LOW, HIGH = (format_duration(bound) for bound in DURATION_BOUNDS["flush_interval"])
 
@@ -186,7 +186,7 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
         interval_text,
         "off" if port is None else f"on port {port}",
     )
-    runner.run_scheduler(target.dsn, interval=interval, metrics_port=port)
+    scheduler.run_scheduler(target.dsn, interval=interval, metrics_port=port)
     return 0
 
 

@@ -1,1 +1,1 @@
-"""Scheduling the flush: pg_cron jobs (`cron`) or the Python scheduler (`runner`)."""
+"""Scheduling the flush: pg_cron jobs (`cron`) or the Python scheduler (`scheduler`)."""

@@ -36,7 +36,7 @@ from pybatch.config import describe_dsn
 from pybatch.durations import format_duration
 from pybatch.errors import CronError, NotMigrated, PermissionDenied, PybatchError
 from pybatch.grants import FLUSH_ROUTINES
-from pybatch.inspect import require_staleness_budget
+from pybatch.status import require_staleness_budget
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from pybatch import inspect, migrate
+from pybatch import migrate, status
 from pybatch.doctor import FAIL, OK, Check, DoctorReport, doctor
 from pybatch.flush import flush
 from pybatch.local_citus import CitusCluster
@@ -61,7 +61,7 @@ def test_doctor_checks_colocation_and_reads_the_shards(citus_dsn: str) -> None: 
                            " (SELECT heap_bytes FROM pybatch.flush_log ORDER BY id DESC LIMIT 1)").fetchone()
         assert row is not None
         shards_heap, logged_heap = row
-        shape = inspect.table_shape(conn)
+        shape = status.table_shape(conn)
     assert shell == (0,) and shards_heap > 0  # the coordinator's table is an empty shell
     # The shape is the shards': every row counted on the workers, sizes summed over them.
     assert shape.live_rows == 3_000 and shape.heap_bytes == shards_heap and shape.index_count == 1

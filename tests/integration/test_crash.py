@@ -19,7 +19,7 @@ import pytest
 from pybatch.errors import LocalClusterError, PybatchError
 from pybatch.flush import flush
 from pybatch.local import LocalCluster
-from pybatch.schedule.runner import Scheduler
+from pybatch.schedule.scheduler import Scheduler
 
 FLUSH_INTERVAL = 0.5  # seconds; the scheduler's interval in these tests
 

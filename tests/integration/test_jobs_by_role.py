@@ -23,7 +23,7 @@ from pybatch import HeartbeatClient
 from pybatch.errors import InvalidSetting, PermissionDenied
 from pybatch.grants import Grant, grant
 from pybatch.schedule import cron
-from pybatch.schedule.runner import Scheduler
+from pybatch.schedule.scheduler import Scheduler
 from tests.conftest import run_pybatch
 from tests.helpers import last_connected, make_agents, stage
 from tests.integration.roles import as_role, login_role
@@ -123,7 +123,7 @@ def test_flusher_installs_the_pg_cron_job_and_can_run_what_it_runs(
     job = cron.install(role_dsn(dsn, flusher), 5, force_loop=True)
     assert job.username == flusher and "flush_loop" in job.command
     assert {(name, user) for name, _, user in jobs_of(dsn)} == {(job.name, flusher), (
-        cron.purge_job_name(psycopg.conninfo.conninfo_to_dict(dsn)["dbname"]), flusher)}
+        cron.purge_job_name(str(psycopg.conninfo.conninfo_to_dict(dsn)["dbname"])), flusher)}
     agents = make_agents(conn, 5)
     at = datetime.now(UTC) - timedelta(seconds=1)
     stage(conn, agents, at)

@@ -24,7 +24,7 @@ import psycopg
 import pytest
 
 from pybatch.local import LocalCluster
-from pybatch.schedule.runner import Scheduler
+from pybatch.schedule.scheduler import Scheduler
 from tests.helpers import last_connected, make_agents, stage
 
 LEADER_LINE = "became leader"

@@ -19,7 +19,8 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from pybatch import inspect
+from pybatch import status
+from pybatch.errors import ConfigError, InvalidSetting
 from pybatch.flush import flush
 from pybatch.local import SUPERUSER, LocalCluster, find_bindir
 from tests.conftest import TEST_SETTINGS
@@ -115,14 +116,14 @@ def log_flush(conn: psycopg.Connection, ago: str, error: str | None = None) -> N
 
 
 def test_health_never_flushed_is_stalled(conn: psycopg.Connection) -> None:
-    health = inspect.health(conn)
+    health = status.health(conn)
     assert health.status == "stalled" and health.last_success_at is None
     assert "no successful flush" in health.reason
 
 
 def test_health_ok_after_a_real_flush(conn: psycopg.Connection) -> None:
     flush(conn)
-    health = inspect.health(conn)
+    health = status.health(conn)
     assert health.status == "ok" and health.ok
     assert health.flush_interval == timedelta(seconds=5)  # the default since 0004 (Coder's batcher: 5 s)
     assert health.last_success_age is not None and health.last_success_age < timedelta(seconds=20)
@@ -131,7 +132,7 @@ def test_health_ok_after_a_real_flush(conn: psycopg.Connection) -> None:
 def test_health_late_within_five_intervals(conn: psycopg.Connection) -> None:
     conn.execute("UPDATE pybatch.settings SET flush_interval = '10 seconds'")
     log_flush(conn, "30 seconds")  # 3 intervals of 10 s
-    health = inspect.health(conn)
+    health = status.health(conn)
     assert health.status == "late"
     assert "over 2 flush intervals" in health.reason
 
@@ -139,16 +140,16 @@ def test_health_late_within_five_intervals(conn: psycopg.Connection) -> None:
 def test_health_stalled_beyond_five_intervals(conn: psycopg.Connection) -> None:
     conn.execute("UPDATE pybatch.settings SET flush_interval = '10 seconds'")
     log_flush(conn, "60 seconds")
-    assert inspect.health(conn).status == "stalled"
+    assert status.health(conn).status == "stalled"
     # The yardstick is settings.flush_interval.
     conn.execute("UPDATE pybatch.settings SET flush_interval = '1 minute'")
-    assert inspect.health(conn).status == "ok"
+    assert status.health(conn).status == "ok"
 
 
 def test_health_reason_names_the_failure_after_the_last_success(conn: psycopg.Connection) -> None:
     log_flush(conn, "2 minutes")
     log_flush(conn, "1 second", error="XX000: disk on fire")
-    health = inspect.health(conn)
+    health = status.health(conn)
     assert health.status == "stalled"
     assert health.last_error == "XX000: disk on fire"
     assert "disk on fire" in health.reason
@@ -168,7 +169,7 @@ def test_flush_history_newest_first_with_counts_and_errors(conn: psycopg.Connect
     conn.execute("INSERT INTO pybatch.heartbeats (agent_id) VALUES (%s)", (agent,))
     second = flush(conn)
     assert second.error is not None
-    history = inspect.recent_flushes(conn)
+    history = status.recent_flushes(conn)
     assert [h.flush_id for h in history] == [second.flush_id, first.flush_id]
     failed, ok = history
     assert not failed.succeeded and failed.error is not None and "refused by test" in failed.error
@@ -179,13 +180,13 @@ def test_flush_history_newest_first_with_counts_and_errors(conn: psycopg.Connect
 
 # -- staging_summary --------------------------------------------------------------------------
 def test_staging_summary_exact_when_small(conn: psycopg.Connection) -> None:
-    empty = inspect.staging(conn)
+    empty = status.staging(conn)
     assert empty.available and not empty.estimated and empty.rows_staged == 0 and empty.oldest_beat_at is None
     a, b = uuid.uuid4(), uuid.uuid4()
     conn.execute("INSERT INTO pybatch.heartbeats (agent_id, beat_at) VALUES "
                  "(%s, now() - interval '20 seconds'), (%s, now() - interval '10 seconds'), "
                  "(%s, now() - interval '3 seconds')", (a, a, b))
-    summary = inspect.staging(conn)
+    summary = status.staging(conn)
     assert summary.method == "exact" and summary.estimated is False
     assert (summary.rows_staged, summary.distinct_agents) == (3, 2)
     assert summary.oldest_beat_age is not None and summary.newest_beat_age is not None
@@ -202,7 +203,7 @@ def test_staging_summary_estimates_when_large(conn: psycopg.Connection) -> None:
         "now() - (%s - g) * interval '1 millisecond' FROM generate_series(1, %s) g",
         (agents, rows, rows),
     )
-    summary = inspect.staging(conn)
+    summary = status.staging(conn)
     assert summary.estimated is True and summary.method is not None and "sample" in summary.method
     assert summary.rows_staged is not None and summary.distinct_agents is not None
     assert 0.7 * rows < summary.rows_staged < 1.3 * rows
@@ -213,7 +214,7 @@ def test_staging_summary_estimates_when_large(conn: psycopg.Connection) -> None:
 
 # -- migration 0005: staleness budget, behind, flush lock, pending and quarantine, table shape ----
 def test_staleness_budget_adds_the_parts_and_judges_them(conn: psycopg.Connection) -> None:
-    budget = inspect.staleness_budget(conn)
+    budget = status.staleness_budget(conn)
     # Defaults: Coder's 15 s period + the client's 1 s write interval + a 5 s flush + 1 s assumed
     # for a flush never measured = 22 s, within 30 s with the 6 s margin.
     assert (budget.heartbeat_period, budget.client_write_interval, budget.flush_interval) == (
@@ -223,22 +224,22 @@ def test_staleness_budget_adds_the_parts_and_judges_them(conn: psycopg.Connectio
     assert (budget.verdict, budget.allowed) == ("ok", True)
     assert budget.max_flush_interval == timedelta(seconds=7)
     # Coder's own findings: a 10 s flush reached 25.7 s (tight), a 15 s flush broke (exceeds).
-    tight = inspect.staleness_budget(conn, flush_interval=timedelta(seconds=10))
+    tight = status.staleness_budget(conn, flush_interval=timedelta(seconds=10))
     assert (tight.verdict, tight.allowed) == ("tight", True) and "at most 7.0 s" in tight.reason
-    broken = inspect.staleness_budget(conn, flush_interval=timedelta(seconds=15))
+    broken = status.staleness_budget(conn, flush_interval=timedelta(seconds=15))
     assert (broken.verdict, broken.allowed) == ("exceeds", False)
     assert "over inactive_timeout 30.0 s" in broken.reason
-    with pytest.raises(inspect.InvalidSetting, match=r"flush_interval.*25s.*staleness budget"):
-        inspect.require_staleness_budget(conn, "flush_interval", timedelta(seconds=25))
-    assert inspect.require_staleness_budget(conn, "flush_interval", timedelta(seconds=5)).verdict == "ok"
+    with pytest.raises(InvalidSetting, match=r"flush_interval.*25s.*staleness budget"):
+        status.require_staleness_budget(conn, "flush_interval", timedelta(seconds=25))
+    assert status.require_staleness_budget(conn, "flush_interval", timedelta(seconds=5)).verdict == "ok"
     # Any part counts: a 30 s heartbeat period alone breaks it; a longer timeout makes room.
-    assert not inspect.staleness_budget(conn, heartbeat_period=timedelta(seconds=30)).allowed
-    assert inspect.staleness_budget(conn, flush_interval=timedelta(seconds=15),
+    assert not status.staleness_budget(conn, heartbeat_period=timedelta(seconds=30)).allowed
+    assert status.staleness_budget(conn, flush_interval=timedelta(seconds=15),
                                     inactive_timeout=timedelta(minutes=1)).verdict == "ok"
     # The flush's own duration is measured once flushes are logged: the longest of the last 20.
     conn.execute("INSERT INTO pybatch.flush_log (started_at, duration) VALUES "
                  "(now() - interval '1 minute', interval '4 seconds'), (now(), interval '200 milliseconds')")
-    measured = inspect.staleness_budget(conn)
+    measured = status.staleness_budget(conn)
     assert measured.flush_duration_measured and measured.flush_duration == timedelta(seconds=4)
     assert (measured.worst_staleness, measured.verdict) == (timedelta(seconds=25), "tight")
     # Stored settings are what it judges by default; SQL callers get the same row.
@@ -257,7 +258,7 @@ def test_budget_settings_have_range_checks(conn: psycopg.Connection) -> None:
         with pytest.raises(psycopg.errors.CheckViolation):
             conn.execute(statement)
     conn.execute("UPDATE pybatch.settings SET heartbeat_period = '1 hour', client_write_interval = '0'")
-    settings = inspect.read_settings(conn)
+    settings = status.read_settings(conn)
     assert (settings.heartbeat_period, settings.client_write_interval) == (timedelta(hours=1), timedelta(0))
 
 
@@ -267,11 +268,11 @@ def test_health_behind_when_a_capped_flush_leaves_a_cap_of_backlog(conn: psycopg
     conn.execute("UPDATE pybatch.settings SET max_rows_per_flush = 2")
     conn.execute("INSERT INTO pybatch.heartbeats (agent_id) SELECT unnest(%s::uuid[])", (agents,))
     assert flush(conn).rows_staged == 2  # 3 left, more than the next flush drains
-    health = inspect.health(conn)
+    health = status.health(conn)
     assert (health.status, health.behind, health.ok) == ("behind", True, False)
     assert "max_rows_per_flush" in health.reason and "cap of 2" in health.reason
     assert flush(conn).rows_staged == 2  # 1 left: the next flush takes it all
-    health = inspect.health(conn)
+    health = status.health(conn)
     assert (health.status, health.behind) == ("ok", False)
 
 
@@ -283,7 +284,7 @@ def test_deferred_pending_rows_show_in_views_and_make_health_behind(conn: psycop
         app.execute("SELECT FROM public.workspace_agents WHERE id = %s FOR UPDATE", (locked,))
         result = flush(conn)
         assert result.ok and result.deferred_agents == 1
-        summary = inspect.staging(conn)
+        summary = status.staging(conn)
         assert (summary.rows_staged, summary.pending_agents, summary.pending_beats, summary.deferred_agents) == \
             (0, 1, 1, 1)
         assert summary.oldest_pending_age is not None and summary.oldest_pending_age > timedelta(seconds=50)
@@ -293,50 +294,50 @@ def test_deferred_pending_rows_show_in_views_and_make_health_behind(conn: psycop
         row = conn.execute("SELECT staged_beat_at, pending_beat_at IS NOT NULL FROM pybatch.agent_status "
                            "WHERE agent_id = %s", (locked,)).fetchone()
         assert row == (None, True)
-        health = inspect.health(conn)
+        health = status.health(conn)
         assert health.status == "behind" and "pybatch.pending" in health.reason, health
-        counts = inspect.agent_counts(conn)
+        counts = status.agent_counts(conn)
         assert counts.newer_heartbeat_staged == 1
         app.rollback()
     assert flush(conn).agents_updated == 1
-    assert inspect.staging(conn).pending_agents == 0
-    assert inspect.health(conn).status == "ok"
+    assert status.staging(conn).pending_agents == 0
+    assert status.health(conn).status == "ok"
 
 
 def test_health_names_who_holds_the_flush_lock(conn: psycopg.Connection, dsn: str) -> None:
     """Issue 11 #3: a skipped flush is visible, with the holder."""
     conn.execute("UPDATE pybatch.settings SET flush_interval = '10 seconds'")
     log_flush(conn, "30 seconds")
-    assert inspect.health(conn).flush_lock_held_by is None
+    assert status.health(conn).flush_lock_held_by is None
     with psycopg.connect(dsn, application_name="long-app-txn") as holder:
         holder.execute("SELECT pybatch.flush()")  # holds pybatch.flush_lock until it commits
         pid = holder.info.backend_pid
         skipped = flush(conn)
         assert skipped.skipped
-        health = inspect.health(conn)
+        health = status.health(conn)
         assert health.status == "late"
         assert health.flush_lock_held_by is not None and f"pid {pid}" in health.flush_lock_held_by
         assert "long-app-txn" in health.flush_lock_held_by
         assert f"flushes are skipped: pybatch.flush_lock is held by pid {pid}" in health.reason
         holder.rollback()
-    assert inspect.health(conn).flush_lock_held_by is None
+    assert status.health(conn).flush_lock_held_by is None
 
 
 def test_health_measures_the_worst_staleness(conn: psycopg.Connection) -> None:
-    assert inspect.health(conn).worst_staleness is None  # nothing measured yet
+    assert status.health(conn).worst_staleness is None  # nothing measured yet
     # Three flushes: a beat staged just after the first started waited until the second
     # finished, 10 s + 2 s = 12 s; the latest window is 9.5 s.
     conn.execute("INSERT INTO pybatch.flush_log (started_at, duration) VALUES "
                  "(now() - interval '20 seconds', interval '1 second'), "
                  "(now() - interval '10 seconds', interval '2 seconds'), "
                  "(now() - interval '1 second', interval '500 milliseconds')")
-    health = inspect.health(conn)
+    health = status.health(conn)
     assert health.max_beat_wait == timedelta(seconds=12)
     assert health.worst_staleness == timedelta(seconds=15 + 1 + 12)  # + heartbeat period + write interval
     # Failed flushes merge nothing: they do not end a wait.
     conn.execute("INSERT INTO pybatch.flush_log (started_at, duration, error) VALUES "
                  "(now() - interval '15 seconds', interval '1 second', 'XX000: boom')")
-    assert inspect.health(conn).max_beat_wait == timedelta(seconds=12)
+    assert status.health(conn).max_beat_wait == timedelta(seconds=12)
 
 
 def test_quarantine_shows_in_staging_summary_and_agent_status(conn: psycopg.Connection) -> None:
@@ -349,7 +350,7 @@ def test_quarantine_shows_in_staging_summary_and_agent_status(conn: psycopg.Conn
     conn.execute("INSERT INTO pybatch.heartbeats (agent_id) SELECT unnest(%s::uuid[])", ([poison, good],))
     result = flush(conn)
     assert result.quarantined_agents == 1 and result.agents_updated == 1
-    summary = inspect.staging(conn)
+    summary = status.staging(conn)
     assert (summary.quarantined_agents, summary.quarantined_beats, summary.quarantine_sample_agent) == \
         (1, 1, poison)
     assert summary.quarantine_sample_error is not None and "poison row" in summary.quarantine_sample_error
@@ -359,7 +360,7 @@ def test_quarantine_shows_in_staging_summary_and_agent_status(conn: psycopg.Conn
     assert row is not None and "poison row" in row[0] and row[1]
     row = conn.execute("SELECT quarantine_error FROM pybatch.agent_status WHERE agent_id = %s", (good,)).fetchone()
     assert row == (None,)
-    document = inspect.status(conn).as_json()
+    document = status.status(conn).as_json()
     assert document["quarantine"]["agents"] == 1 and document["quarantine"]["sample_agent"] == str(poison)
     assert "poison row" in document["quarantine"]["sample_error"]
     assert document["pending"] == {"agents": 0, "beats": 0, "deferred_agents": 0, "oldest_beat_at": None,
@@ -375,7 +376,7 @@ def test_quarantine_shows_in_staging_summary_and_agent_status(conn: psycopg.Conn
 def test_table_shape_measures_fillfactor_rows_per_page_and_unused_space(conn: psycopg.Connection) -> None:
     conn.execute("ALTER TABLE public.workspace_agents SET (fillfactor = 100)")
     conn.execute("INSERT INTO public.workspace_agents (id) SELECT gen_random_uuid() FROM generate_series(1, 3000)")
-    full = inspect.table_shape(conn)
+    full = status.table_shape(conn)
     assert full.fillfactor == 100 and full.live_rows == 3000 and full.method.startswith("exact")
     assert full.heap_pages == full.heap_bytes // 8192 and full.sampled_pages == full.heap_pages
     assert full.rows_per_page is not None and full.avg_row_bytes is not None and full.unused_percent is not None
@@ -385,17 +386,17 @@ def test_table_shape_measures_fillfactor_rows_per_page_and_unused_space(conn: ps
     # The same rows at fillfactor 50 (rewritten, for the test): about half of each page unused.
     conn.execute("ALTER TABLE public.workspace_agents SET (fillfactor = 50)")
     conn.execute("VACUUM FULL public.workspace_agents")
-    half = inspect.table_shape(conn)
+    half = status.table_shape(conn)
     assert half.fillfactor == 50 and half.live_rows == 3000
     assert half.rows_per_page is not None and half.unused_percent is not None
     assert float(half.rows_per_page) < 0.6 * float(full.rows_per_page)
     assert 40 < half.unused_percent < 65
     # Large tables are sampled; an index on a column the merge writes is named.
     conn.execute("CREATE INDEX wa_updated_idx ON public.workspace_agents (updated_at)")
-    sampled = inspect.table_shape(conn, max_pages=2)
+    sampled = status.table_shape(conn, max_pages=2)
     assert sampled.method.startswith("estimate") and sampled.indexed_flushed_columns == ["updated_at"]
-    with pytest.raises(inspect.ConfigError):
-        inspect.table_shape(conn, max_pages=0)
+    with pytest.raises(ConfigError):
+        status.table_shape(conn, max_pages=0)
 
 
 # -- access and documentation -----------------------------------------------------------------
@@ -492,10 +493,10 @@ def test_views_answer_on_a_hot_standby(standby: tuple[LocalCluster, LocalCluster
             if row and row[0]:
                 break
             conn.execute("SELECT pg_sleep(0.1)")
-        assert inspect.in_recovery(conn)
+        assert status.in_recovery(conn)
         with pytest.raises(psycopg.errors.FeatureNotSupported):
             conn.execute("SELECT count(*) FROM pybatch.heartbeats")  # what the views must avoid
-        state = inspect.status(conn)
+        state = status.status(conn)
         assert state.in_recovery
         assert not state.staging.available and state.staging.reason and "standby" in state.staging.reason
         assert state.staging.rows_staged is None and state.staging.size_bytes is None

@@ -32,7 +32,7 @@ sys.meta_path.insert(0, NotInstalled())
 
 import pybatch
 from pybatch import AsyncHeartbeatClient, DatabaseUnavailable, HeartbeatClient
-import pybatch.doctor, pybatch.flush, pybatch.grants, pybatch.inspect, pybatch.migrate
+import pybatch.doctor, pybatch.flush, pybatch.grants, pybatch.status, pybatch.migrate
 import pybatch.schedule.cron, pybatch.uninstall
 
 client = HeartbeatClient("host=/nonexistent-pybatch-socket-dir port=1", connect_timeout="2s")

@@ -1,17 +1,14 @@
-"""Inspection and operations: status, doctor, sql [migrations|inspect], uninstall, config show|set."""
+"""Looking at pybatch: status, doctor, sql [migrations|inspect]."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from datetime import timedelta
 from typing import Any
 
-from pybatch import db, doctor, inspect, migrate, resources
+from pybatch import db, doctor, migrate, resources, status
 from pybatch.cli.common import bounded_int, dsn, invoked_as, print_json, print_table
 from pybatch.errors import ConfigError
-from pybatch.schedule import cron
-from pybatch.uninstall import uninstall
 
 # `pybatch status` exit codes: a liveness probe needs only "0 or not".
 EXIT_LATE = 3
@@ -47,38 +44,11 @@ def register(subparsers: Any) -> None:
     )
     sub.set_defaults(handler=cmd_sql_inspect)
 
-    p = subparsers.add_parser(
-        "uninstall",
-        help="remove pybatch's pg_cron job, schema and migration tables (a workspace_agents it did not create stays)",
-    )
-    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-    p.add_argument("--force", action="store_true",
-                   help="also drop objects of others that depend on pybatch's (views, columns of its types, ...); "
-                        "without it uninstall lists them and refuses")
-    p.set_defaults(handler=cmd_uninstall)
-
-    p = subparsers.add_parser("config", help="show or change the settings stored in pybatch.settings")
-    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
-    show = actions.add_parser("show", help="print the settings")
-    show.add_argument("--json", action="store_true", help="print them as JSON")
-    show.set_defaults(handler=cmd_config_show)
-    setter = actions.add_parser(
-        "set", help=f"change one setting: {', '.join(inspect.SETTABLE)} (durations: 500ms, 10s, 1m, 2h, 7d or "
-                    "seconds; max_rows_per_flush: a number or `unlimited`; ranges: " + _ranges() + ")",
-    )
-    setter.add_argument("key", help="the setting to change")
-    setter.add_argument("value", help="its new value")
-    setter.set_defaults(handler=cmd_config_set)
-
-
-def _ranges() -> str:
-    return ", ".join(f"{key} {inspect.format_setting(key, low)}-{inspect.format_setting(key, high)}"
-                     for key, (low, high) in inspect.SETTING_BOUNDS.items())
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     with db.connect(dsn(args)) as conn:
-        state = inspect.status(conn, flushes=args.flushes)
+        state = status.status(conn, flushes=args.flushes)
     if args.json:
         print_json(state.as_json())
     else:
@@ -86,7 +56,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     return {"ok": 0, "late": EXIT_LATE, "behind": EXIT_BEHIND}.get(state.health.status, EXIT_STALLED)
 
 
-def _print_status(state: inspect.Status) -> None:
+def _print_status(state: status.Status) -> None:
     health = state.health
     print(f"health: {health.status.upper()} - {health.reason}")
     if health.flush_lock_held_by:
@@ -175,53 +145,4 @@ def cmd_sql_inspect(args: argparse.Namespace) -> int:
     me = invoked_as()
     sys.stdout.write(f"-- pybatch inspection queries; run them with:  {me} sql inspect | {me} psql\n")
     sys.stdout.write(resources.read_sql("inspect.sql"))
-    return 0
-
-
-def cmd_uninstall(args: argparse.Namespace) -> int:
-    target = dsn(args)
-    if not args.yes:
-        if not sys.stdin.isatty():
-            raise ConfigError("uninstall asks for confirmation and stdin is not a terminal: pass --yes")
-        answer = input("Remove pybatch (its pg_cron job, schema pybatch and staged heartbeats) from this database? "
-                       "Type 'yes': ")
-        if answer.strip().lower() != "yes":
-            print("not uninstalled", file=sys.stderr)
-            return 1
-    result = uninstall(target, force=args.force)
-    for dependant in result.dropped_dependants:
-        print(f"dropped (--force): {dependant}")
-    if not result.schema_existed:
-        print("pybatch schema was not installed; removed pybatch's migration bookkeeping if any")
-    kept = "dropped public.workspace_agents (pybatch created it)" if result.dropped_workspace_agents \
-        else "kept public.workspace_agents"
-    print(f"uninstalled: removed {result.jobs_removed} pg_cron job(s) and schema pybatch; {kept}")
-    return 0
-
-
-def cmd_config_show(args: argparse.Namespace) -> int:
-    with db.connect(dsn(args)) as conn:
-        settings = inspect.read_settings(conn)
-    if args.json:
-        print_json(inspect.settings_as_json(settings))
-    else:
-        # Values as `config set` takes them back: 10s, 7d, unlimited.
-        print_table([{"setting": key, "value": inspect.format_setting(key, value)}
-                     for key, value in vars(settings).items()])
-    return 0
-
-
-def cmd_config_set(args: argparse.Namespace) -> int:
-    column, parsed = inspect.parse_setting(args.key, args.value)  # a bad key or value fails before connecting
-    target = dsn(args)
-    job = cron.installed_job(target) if column == "flush_interval" else None
-    if job is not None:
-        # The pg_cron job must flush at the interval health judges lateness by: reschedule it
-        # (cron install checks the interval, stores it and refuses as one step).
-        assert isinstance(parsed, timedelta)
-        cron.install(target, parsed.total_seconds(), force_loop=job.mode == "loop")
-        print(f"rescheduled pg_cron job {job.name} to flush every {inspect.format_setting(column, parsed)}")
-    with db.connect(target) as conn:
-        settings = inspect.set_setting(conn, column, args.value) if job is None else inspect.read_settings(conn)
-    print(f"{column} = {inspect.format_setting(column, getattr(settings, column))}")
     return 0

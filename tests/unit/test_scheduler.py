@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from pybatch.flush import FlushResult
-from pybatch.schedule.runner import Scheduler, SchedulerMetrics
+from pybatch.schedule.scheduler import Scheduler, SchedulerMetrics
 
 
 def _result(*, rows: int = 5, error: str | None = None, skipped: bool = False) -> FlushResult:

@@ -1,0 +1,61 @@
+"""`pybatch config show|set`: the settings in pybatch.settings."""
+
+from __future__ import annotations
+
+import argparse
+from datetime import timedelta
+from typing import Any
+
+from pybatch import db, status
+from pybatch.cli.common import dsn, print_json, print_table
+from pybatch.schedule import cron
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("config", help="show or change the settings stored in pybatch.settings")
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    show = actions.add_parser("show", help="print the settings")
+    show.add_argument("--json", action="store_true", help="print them as JSON")
+    show.set_defaults(handler=cmd_config_show)
+    setter = actions.add_parser(
+        "set", help=f"change one setting: {', '.join(status.SETTABLE)} (durations: 500ms, 10s, 1m, 2h, 7d or "
+                    "seconds; max_rows_per_flush: a number or `unlimited`; ranges: " + _ranges() + ")",
+    )
+    setter.add_argument("key", help="the setting to change")
+    setter.add_argument("value", help="its new value")
+    setter.set_defaults(handler=cmd_config_set)
+
+
+
+def _ranges() -> str:
+    return ", ".join(f"{key} {status.format_setting(key, low)}-{status.format_setting(key, high)}"
+                     for key, (low, high) in status.SETTING_BOUNDS.items())
+
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    with db.connect(dsn(args)) as conn:
+        settings = status.read_settings(conn)
+    if args.json:
+        print_json(status.settings_as_json(settings))
+    else:
+        # Values as `config set` takes them back: 10s, 7d, unlimited.
+        print_table([{"setting": key, "value": status.format_setting(key, value)}
+                     for key, value in vars(settings).items()])
+    return 0
+
+
+def cmd_config_set(args: argparse.Namespace) -> int:
+    column, parsed = status.parse_setting(args.key, args.value)  # a bad key or value fails before connecting
+    target = dsn(args)
+    job = cron.installed_job(target) if column == "flush_interval" else None
+    if job is not None:
+        # The pg_cron job must flush at the interval health judges lateness by: reschedule it
+        # (cron install checks the interval, stores it and refuses as one step).
+        assert isinstance(parsed, timedelta)
+        cron.install(target, parsed.total_seconds(), force_loop=job.mode == "loop")
+        print(f"rescheduled pg_cron job {job.name} to flush every {status.format_setting(column, parsed)}")
+    with db.connect(target) as conn:
+        settings = status.set_setting(conn, column, args.value) if job is None else status.read_settings(conn)
+    print(f"{column} = {status.format_setting(column, getattr(settings, column))}")
+    return 0
