@@ -25,7 +25,9 @@ def connect(dsn: str, *, autocommit: bool = True, connect_timeout: int = 10) -> 
     """Open a connection; raise a pybatch error naming host:port/db (never the password)."""
     try:
         return psycopg.connect(
-            dsn, autocommit=autocommit, connect_timeout=connect_timeout,
+            dsn,
+            autocommit=autocommit,
+            connect_timeout=connect_timeout,
             application_name=APPLICATION_NAME,
         )
     except psycopg.ProgrammingError as exc:

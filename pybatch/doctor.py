@@ -21,8 +21,13 @@ log = logging.getLogger(__name__)
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 # Columns flush() writes: an index on any of them makes every flush update non-HOT.
-FLUSHED_COLUMNS = ["first_connected_at", "last_connected_at", "disconnected_at",
-                   "last_connected_replica_id", "updated_at"]
+FLUSHED_COLUMNS = [
+    "first_connected_at",
+    "last_connected_at",
+    "disconnected_at",
+    "last_connected_replica_id",
+    "updated_at",
+]
 # The single-transaction flush: an old pg_cron job (before migration 0004) runs it.
 ONE_TRANSACTION_FLUSH = "pybatch.flush("
 
@@ -63,18 +68,28 @@ class DoctorReport:
         return all(c.ok for c in self.checks)
 
 
-
 def doctor(dsn: str, thresholds: Thresholds | None = None) -> DoctorReport:
     limits = thresholds or Thresholds()
     report = DoctorReport()
     with db.connect(dsn) as conn:
         context = _Context(dsn, conn, limits)
         for check in (
-            context.server_version, context.migrations, context.compatibility, context.target_table,
-            context.citus_layout, context.pg_cron_preload, context.pg_cron_extension, context.cron_job,
+            context.server_version,
+            context.migrations,
+            context.compatibility,
+            context.target_table,
+            context.citus_layout,
+            context.pg_cron_preload,
+            context.pg_cron_extension,
+            context.cron_job,
             context.job_run_details,
-            context.flushes, context.staleness_budget, context.staging_growth, context.pending_and_quarantine,
-            context.table_shape, context.hot_updates, context.table_growth,
+            context.flushes,
+            context.staleness_budget,
+            context.staging_growth,
+            context.pending_and_quarantine,
+            context.table_shape,
+            context.hot_updates,
+            context.table_growth,
         ):
             result = _run(check)
             log.info("doctor check", extra={"check": result.name, "level": result.level, "detail": result.message})
@@ -147,9 +162,12 @@ class _Context:
             rows = migrate.recorded_ids(self.conn)
         unknown = [r for r in rows if r not in known]
         if unknown:
-            return Check("compatibility", FAIL,
-                         f"the database has migrations this client does not know ({', '.join(unknown)}): "
-                         "it was upgraded by a newer pybatch; upgrade this client")
+            return Check(
+                "compatibility",
+                FAIL,
+                f"the database has migrations this client does not know ({', '.join(unknown)}): "
+                "it was upgraded by a newer pybatch; upgrade this client",
+            )
         return Check("compatibility", OK, f"client knows all {len(rows)} applied migration(s)")
 
     def target_table(self) -> Check:
@@ -168,11 +186,14 @@ class _Context:
                 "SELECT t.name, p.partmethod::text, pg_catalog.column_to_column_name(p.logicalrelid, p.partkey),"
                 " p.colocationid FROM unnest(%s::text[]) WITH ORDINALITY t(name, n)"
                 " LEFT JOIN pg_catalog.pg_dist_partition p ON p.logicalrelid = pg_catalog.to_regclass(t.name)"
-                " ORDER BY t.n", (CITUS_TABLES,)).fetchall()
+                " ORDER BY t.n",
+                (CITUS_TABLES,),
+            ).fetchall()
             shape = self.conn.execute(
                 "SELECT count(DISTINCT s.shardid), count(DISTINCT p.groupid) FROM pg_catalog.pg_dist_shard s"
                 " JOIN pg_catalog.pg_dist_placement p USING (shardid)"
-                " WHERE s.logicalrelid = 'pybatch.heartbeats'::regclass").fetchone()
+                " WHERE s.logicalrelid = 'pybatch.heartbeats'::regclass"
+            ).fetchone()
         layout = {name: (method, column, colocation) for name, method, column, colocation in rows}
         return judge_citus_layout(layout, (int(shape[0]), int(shape[1])) if shape else (0, 0))
 
@@ -186,9 +207,12 @@ class _Context:
         preloaded = "pg_cron" in [name.strip().strip('"') for name in libraries.split(",")]
         if not preloaded:
             self.cron_database = None
-            return Check("pg_cron_preload", WARN,
-                         "pg_cron is not in shared_preload_libraries: add it and restart the server to flush with "
-                         "pg_cron, or run `pybatch scheduler`")
+            return Check(
+                "pg_cron_preload",
+                WARN,
+                "pg_cron is not in shared_preload_libraries: add it and restart the server to flush with "
+                "pg_cron, or run `pybatch scheduler`",
+            )
         return Check("pg_cron_preload", OK, f"pg_cron preloaded (cron.database_name = {self.cron_database})")
 
     def cron_connection(self) -> psycopg.Connection:
@@ -203,12 +227,18 @@ class _Context:
     def pg_cron_extension(self) -> Check:
         if self.cron_database is None:
             return Check("pg_cron_extension", WARN, "skipped: pg_cron is not preloaded")
-        row = self.cron_connection().execute(
-            "SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'pg_cron'").fetchone()
+        row = (
+            self.cron_connection()
+            .execute("SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'pg_cron'")
+            .fetchone()
+        )
         if row is None:
-            return Check("pg_cron_extension", WARN,
-                         f"pg_cron is not installed: run `CREATE EXTENSION pg_cron` in database "
-                         f"{self.cron_database}, or run `pybatch scheduler`")
+            return Check(
+                "pg_cron_extension",
+                WARN,
+                f"pg_cron is not installed: run `CREATE EXTENSION pg_cron` in database "
+                f"{self.cron_database}, or run `pybatch scheduler`",
+            )
         self.cron_version = str(row[0])
         return Check("pg_cron_extension", OK, f"pg_cron {self.cron_version} in database {self.cron_database}")
 
@@ -227,10 +257,13 @@ class _Context:
         if state.error is not None:  # the newest finished run failed; the message says what to do
             return Check("cron_job", FAIL, str(state.error))
         if ONE_TRANSACTION_FLUSH in state.job.command:
-            return Check("cron_job", WARN,
-                         f"pg_cron job {name} runs `{state.job.command}`: one transaction per flush, so its "
-                         "updates cannot stay HOT; run `pybatch cron install` again (it runs "
-                         "CALL pybatch.flush_in_passes(), which commits between passes)")
+            return Check(
+                "cron_job",
+                WARN,
+                f"pg_cron job {name} runs `{state.job.command}`: one transaction per flush, so its "
+                "updates cannot stay HOT; run `pybatch cron install` again (it runs "
+                "CALL pybatch.flush_in_passes(), which commits between passes)",
+            )
         finished = [run for run in state.runs if run.status in ("succeeded", "failed")]
         last = f"last run succeeded at {finished[0].end_time}" if finished else "no finished run yet"
         return Check("cron_job", OK, f"pg_cron job {name} scheduled ({state.job.schedule}), {last}")
@@ -238,8 +271,7 @@ class _Context:
     def _no_job(self, what: str) -> Check:
         if self.flushes_arrive():
             return Check("cron_job", OK, f"{what}, but flushes arrive (another scheduler, e.g. `pybatch scheduler`)")
-        return Check("cron_job", FAIL,
-                     f"{what} and no recent flush: run `pybatch cron install` or `pybatch scheduler`")
+        return Check("cron_job", FAIL, f"{what} and no recent flush: run `pybatch cron install` or `pybatch scheduler`")
 
     def job_run_details(self) -> Check:
         if self.cron_version is None:
@@ -250,14 +282,18 @@ class _Context:
             # A bounded count: cheap even when the table is huge.
             row = cron.execute(
                 "SELECT count(*), pg_catalog.pg_total_relation_size('cron.job_run_details') "
-                "FROM (SELECT FROM cron.job_run_details LIMIT %s) s", (limit + 1,),
+                "FROM (SELECT FROM cron.job_run_details LIMIT %s) s",
+                (limit + 1,),
             ).fetchone()
         assert row is not None
         rows, size = int(row[0]), int(row[1])
         if rows > limit:
-            return Check("job_run_details", WARN,
-                         f"cron.job_run_details holds over {limit} rows ({size // 1048576} MB); pg_cron never "
-                         "purges it: DELETE FROM cron.job_run_details WHERE end_time < now() - interval '7 days'")
+            return Check(
+                "job_run_details",
+                WARN,
+                f"cron.job_run_details holds over {limit} rows ({size // 1048576} MB); pg_cron never "
+                "purges it: DELETE FROM cron.job_run_details WHERE end_time < now() - interval '7 days'",
+            )
         return Check("job_run_details", OK, f"cron.job_run_details holds {rows} rows ({size // 1024} kB)")
 
     def flushes(self) -> Check:
@@ -273,8 +309,10 @@ class _Context:
         level = {"ok": OK, "tight": WARN}.get(budget.verdict, FAIL)
         message = f"{budget.verdict}: {budget.reason}"
         if level != OK:
-            message += " (`pybatch config set flush_interval ...`; set heartbeat_period and client_write_interval " \
-                       "to what your servers and clients use)"
+            message += (
+                " (`pybatch config set flush_interval ...`; set heartbeat_period and client_write_interval "
+                "to what your servers and clients use)"
+            )
         return Check("staleness_budget", level, message)
 
     def pending_and_quarantine(self) -> Check:
@@ -283,13 +321,15 @@ class _Context:
         level = OK
         if staging.quarantined_agents:
             level = WARN
-            since = staging.oldest_quarantined_at.isoformat(timespec="seconds") \
-                if staging.oldest_quarantined_at else "-"
+            since = (
+                staging.oldest_quarantined_at.isoformat(timespec="seconds") if staging.oldest_quarantined_at else "-"
+            )
             parts.append(
                 f"{staging.quarantined_agents} agent(s) quarantined ({staging.quarantined_beats} heartbeats kept), "
                 f"the oldest since {since}, e.g. agent {staging.quarantine_sample_agent}: "
                 f"{_one_line(staging.quarantine_sample_error)}; their merge fails alone (a trigger or constraint "
-                "on public.workspace_agents?): fix the cause, then SELECT pybatch.requeue_quarantined()")
+                "on public.workspace_agents?): fix the cause, then SELECT pybatch.requeue_quarantined()"
+            )
         else:
             parts.append("no agent quarantined")
         if staging.pending_agents is None:
@@ -297,27 +337,36 @@ class _Context:
         else:
             patience = self.health.flush_interval * self.limits.pending_patience_intervals
             age = staging.oldest_pending_age
-            text = f"pending: {staging.pending_agents} agent(s) handed off and not merged yet " \
-                   f"({staging.deferred_agents} deferred because their row was locked)"
+            text = (
+                f"pending: {staging.pending_agents} agent(s) handed off and not merged yet "
+                f"({staging.deferred_agents} deferred because their row was locked)"
+            )
             if staging.pending_agents and age is not None and age > patience:
                 level = WARN
-                text += f", the oldest beat waiting {_secs(age)}: a transaction keeps those rows locked " \
-                        "(see pg_locks on public.workspace_agents)"
+                text += (
+                    f", the oldest beat waiting {_secs(age)}: a transaction keeps those rows locked "
+                    "(see pg_locks on public.workspace_agents)"
+                )
             parts.append(text)
         return Check("pending_and_quarantine", level, "; ".join(parts))
 
     def table_shape(self) -> Check:
         shape = status.table_shape(self.conn)
-        message = (f"public.workspace_agents: fillfactor {shape.fillfactor}, {_size(shape.heap_bytes)} heap "
-                   f"({shape.heap_pages} pages), {shape.live_rows} live rows, "
-                   f"{shape.rows_per_page if shape.rows_per_page is not None else '-'} per page, "
-                   f"average row {shape.avg_row_bytes if shape.avg_row_bytes is not None else '-'} B, "
-                   f"{shape.unused_percent if shape.unused_percent is not None else '-'} % of the heap unused "
-                   f"(free or dead; {shape.method}); {shape.index_count} index(es), {_size(shape.index_bytes)}")
+        message = (
+            f"public.workspace_agents: fillfactor {shape.fillfactor}, {_size(shape.heap_bytes)} heap "
+            f"({shape.heap_pages} pages), {shape.live_rows} live rows, "
+            f"{shape.rows_per_page if shape.rows_per_page is not None else '-'} per page, "
+            f"average row {shape.avg_row_bytes if shape.avg_row_bytes is not None else '-'} B, "
+            f"{shape.unused_percent if shape.unused_percent is not None else '-'} % of the heap unused "
+            f"(free or dead; {shape.method}); {shape.index_count} index(es), {_size(shape.index_bytes)}"
+        )
         if shape.indexed_flushed_columns:
-            return Check("table_shape", WARN,
-                         f"{message}; indexes cover {', '.join(shape.indexed_flushed_columns)}, which every merge "
-                         "writes: those updates can never be HOT; drop those indexes if you can")
+            return Check(
+                "table_shape",
+                WARN,
+                f"{message}; indexes cover {', '.join(shape.indexed_flushed_columns)}, which every merge "
+                "writes: those updates can never be HOT; drop those indexes if you can",
+            )
         return Check("table_shape", OK, message)
 
     def staging_growth(self) -> Check:
@@ -329,17 +378,26 @@ class _Context:
         age = staging.oldest_beat_age
         if staging.rows_staged and age is not None and age > limit:
             approx = "about " if staging.estimated else ""
-            return Check("staging_growth", FAIL,
-                         f"staging holds {approx}{staging.rows_staged} heartbeats and the oldest has waited "
-                         f"{_secs(age)} (over {self.limits.stalled_intervals} flush intervals): nothing drains it; "
-                         "check the scheduler (`pybatch cron status`) or run `pybatch flush`")
+            return Check(
+                "staging_growth",
+                FAIL,
+                f"staging holds {approx}{staging.rows_staged} heartbeats and the oldest has waited "
+                f"{_secs(age)} (over {self.limits.stalled_intervals} flush intervals): nothing drains it; "
+                "check the scheduler (`pybatch cron status`) or run `pybatch flush`",
+            )
         cap = status.read_settings(self.conn).max_rows_per_flush
         if cap is not None and staging.rows_staged is not None and staging.rows_staged > cap:
-            return Check("staging_growth", WARN,
-                         f"staging holds about {staging.rows_staged} heartbeats, more than one flush drains "
-                         f"(max_rows_per_flush {cap}): catching up takes several passes")
-        return Check("staging_growth", OK, f"staging holds {staging.rows_staged} heartbeats, oldest "
-                     f"{_secs(age) if age is not None else '-'} old")
+            return Check(
+                "staging_growth",
+                WARN,
+                f"staging holds about {staging.rows_staged} heartbeats, more than one flush drains "
+                f"(max_rows_per_flush {cap}): catching up takes several passes",
+            )
+        return Check(
+            "staging_growth",
+            OK,
+            f"staging holds {staging.rows_staged} heartbeats, oldest {_secs(age) if age is not None else '-'} old",
+        )
 
     def _recent(self) -> list[status.FlushRecord]:
         return [f for f in status.recent_flushes(self.conn, self.limits.recent_flushes) if f.succeeded]
@@ -366,7 +424,8 @@ class _Context:
                 "FROM pg_catalog.pg_stat_activity a WHERE a.backend_xmin IS NOT NULL "
                 "AND a.pid <> pg_catalog.pg_backend_pid() AND a.datname = current_database() "
                 "AND now() - coalesce(a.xact_start, a.query_start) > make_interval(secs => %s) "
-                "ORDER BY a.xact_start LIMIT 1", (self.limits.old_snapshot_seconds,),
+                "ORDER BY a.xact_start LIMIT 1",
+                (self.limits.old_snapshot_seconds,),
             ).fetchone()
         if row is None:
             return None
@@ -377,8 +436,11 @@ class _Context:
         sized = [f for f in self._recent() if f.heap_bytes is not None and f.index_bytes is not None]
         # On Citus each shard group's flush measures its own agents shard on its worker; flush_log
         # holds the sums (the coordinator's table is an empty shell).
-        scope = " (summed over the shards of public.workspace_agents, as each shard's flush measured them)" \
-            if status.citus_table(self.conn) else ""
+        scope = (
+            " (summed over the shards of public.workspace_agents, as each shard's flush measured them)"
+            if status.citus_table(self.conn)
+            else ""
+        )
         return judge_growth(sized, self.limits, scope)
 
 
@@ -395,8 +457,7 @@ CITUS_TABLES = ["public.workspace_agents", "pybatch.heartbeats", "pybatch.pendin
 CITUS_FIX = "SELECT pybatch.citus_distribute() on the coordinator"
 
 
-def judge_citus_layout(layout: dict[str, tuple[str | None, str | None, int | None]],
-                       groups: tuple[int, int]) -> Check:
+def judge_citus_layout(layout: dict[str, tuple[str | None, str | None, int | None]], groups: tuple[int, int]) -> Check:
     """layout: table -> (partmethod, distribution column, colocationid), all None for a local table;
     groups: (shard groups of staging, nodes holding them)."""
     agents_method, agents_column, agents_colocation = layout["public.workspace_agents"]
@@ -404,80 +465,109 @@ def judge_citus_layout(layout: dict[str, tuple[str | None, str | None, int | Non
     if agents_method is None:
         distributed = [t for t in ours if layout[t][0] is not None]
         if distributed:
-            return Check("citus_layout", FAIL,
-                         f"public.workspace_agents is a local table but {', '.join(distributed)} "
-                         "distributed: the flush cannot merge them; undistribute them "
-                         "(SELECT undistribute_table('<table>')) or distribute public.workspace_agents by id and "
-                         f"run {CITUS_FIX}")
-        return Check("citus_layout", OK,
-                     "Citus coordinator with public.workspace_agents a local table: pybatch works as on plain "
-                     "PostgreSQL (staging and flush on the coordinator); to spread it: SELECT "
-                     f"create_distributed_table('public.workspace_agents', 'id'), then {CITUS_FIX}")
+            return Check(
+                "citus_layout",
+                FAIL,
+                f"public.workspace_agents is a local table but {', '.join(distributed)} "
+                "distributed: the flush cannot merge them; undistribute them "
+                "(SELECT undistribute_table('<table>')) or distribute public.workspace_agents by id and "
+                f"run {CITUS_FIX}",
+            )
+        return Check(
+            "citus_layout",
+            OK,
+            "Citus coordinator with public.workspace_agents a local table: pybatch works as on plain "
+            "PostgreSQL (staging and flush on the coordinator); to spread it: SELECT "
+            f"create_distributed_table('public.workspace_agents', 'id'), then {CITUS_FIX}",
+        )
     if agents_method != "h" or agents_column != "id":
         kind = {"n": "a reference or Citus local table"}.get(agents_method or "", f"method {agents_method}")
-        return Check("citus_layout", FAIL,
-                     f"public.workspace_agents is distributed by {agents_column or 'no column'} ({kind}): pybatch "
-                     "needs it hash-distributed by id (SELECT alter_distributed_table('public.workspace_agents', "
-                     "distribution_column => 'id')), or local")
+        return Check(
+            "citus_layout",
+            FAIL,
+            f"public.workspace_agents is distributed by {agents_column or 'no column'} ({kind}): pybatch "
+            "needs it hash-distributed by id (SELECT alter_distributed_table('public.workspace_agents', "
+            "distribution_column => 'id')), or local",
+        )
     problems = []
     for table in ours:
         method, column, colocation = layout[table]
         if method is None:
             problems.append(f"{table} is a local table (run {CITUS_FIX})")
         elif method != "h" or column != "agent_id":
-            problems.append(f"{table} is distributed by {column or 'no column'} (method {method}), not hash by "
-                            f"agent_id (SELECT undistribute_table('{table}'), then {CITUS_FIX})")
+            problems.append(
+                f"{table} is distributed by {column or 'no column'} (method {method}), not hash by "
+                f"agent_id (SELECT undistribute_table('{table}'), then {CITUS_FIX})"
+            )
         elif colocation != agents_colocation:
-            problems.append(f"{table} is not co-located with public.workspace_agents (colocation {colocation}, "
-                            f"not {agents_colocation}: SELECT update_distributed_table_colocation('{table}', "
-                            "colocate_with => 'public.workspace_agents'))")
+            problems.append(
+                f"{table} is not co-located with public.workspace_agents (colocation {colocation}, "
+                f"not {agents_colocation}: SELECT update_distributed_table_colocation('{table}', "
+                "colocate_with => 'public.workspace_agents'))"
+            )
     if problems:
-        return Check("citus_layout", FAIL, "public.workspace_agents is hash-distributed by id, but "
-                     + "; ".join(problems) + ": shard-local flushes need staging beside each agents shard")
+        return Check(
+            "citus_layout",
+            FAIL,
+            "public.workspace_agents is hash-distributed by id, but "
+            + "; ".join(problems)
+            + ": shard-local flushes need staging beside each agents shard",
+        )
     shard_groups, nodes = groups
-    return Check("citus_layout", OK,
-                 "public.workspace_agents hash-distributed by id; pybatch.heartbeats, pending and quarantine by "
-                 f"agent_id, co-located with it (colocation {agents_colocation}, {shard_groups} shard groups on "
-                 f"{nodes} node(s)): flushes run shard-local on the workers")
+    return Check(
+        "citus_layout",
+        OK,
+        "public.workspace_agents hash-distributed by id; pybatch.heartbeats, pending and quarantine by "
+        f"agent_id, co-located with it (colocation {agents_colocation}, {shard_groups} shard groups on "
+        f"{nodes} node(s)): flushes run shard-local on the workers",
+    )
 
 
 def judge_server_version(number: int, text: str, minimum: int) -> Check:
     if number < minimum:
-        return Check("server_version", FAIL,
-                     f"PostgreSQL {text} is too old: pybatch needs {minimum // 10000} or newer")
+        return Check("server_version", FAIL, f"PostgreSQL {text} is too old: pybatch needs {minimum // 10000} or newer")
     return Check("server_version", OK, f"PostgreSQL {text}")
 
 
-def judge_hot(updated: int, hot: int, flushes: int, fillfactor: int, causes: Causes,
-              limits: Thresholds) -> Check:
+def judge_hot(updated: int, hot: int, flushes: int, fillfactor: int, causes: Causes, limits: Thresholds) -> Check:
     """HOT ratio of the merge over recent flushes (flush_log), with the causes doctor found when
     it is low. Committed passes keep the merge HOT at any fillfactor, 100 included, without
     altering or rewriting the table; what defeats them is listed."""
     if updated < limits.hot_min_updates:
-        return Check("hot_updates", OK,
-                     f"{updated} merge updates over the last {flushes} flush(es): too few to judge HOT ({hot} HOT)")
+        return Check(
+            "hot_updates",
+            OK,
+            f"{updated} merge updates over the last {flushes} flush(es): too few to judge HOT ({hot} HOT)",
+        )
     ratio = hot / updated
-    summary = (f"{ratio:.0%} of {updated} merge updates over the last {flushes} flushes were HOT "
-               f"(fillfactor {fillfactor})")
+    summary = (
+        f"{ratio:.0%} of {updated} merge updates over the last {flushes} flushes were HOT (fillfactor {fillfactor})"
+    )
     if ratio >= limits.hot_ratio_min:
         return Check("hot_updates", OK, summary)
     advice = []
     if causes.indexed:
-        advice.append(f"indexes on {', '.join(causes.indexed)} (columns the merge writes) make every update "
-                      "non-HOT: drop them if you can")
+        advice.append(
+            f"indexes on {', '.join(causes.indexed)} (columns the merge writes) make every update "
+            "non-HOT: drop them if you can"
+        )
     if causes.cron_command is not None and ONE_TRANSACTION_FLUSH in causes.cron_command:
-        advice.append(f"the pg_cron job runs `{causes.cron_command}`, one transaction per flush: run "
-                      "`pybatch cron install` again")
+        advice.append(
+            f"the pg_cron job runs `{causes.cron_command}`, one transaction per flush: run `pybatch cron install` again"
+        )
     if causes.old_snapshot:
         advice.append(f"{causes.old_snapshot}: old row versions cannot be pruned until it ends")
     if not advice:
-        advice.append("flushes run as SELECT pybatch.flush() in one transaction (an app, or an old pg_cron job) "
-                      "cannot prune between passes: flush with CALL pybatch.flush_in_passes(), `pybatch flush`, "
-                      "`pybatch scheduler` or `pybatch cron install`; after a bulk load the first rounds are "
-                      "non-HOT until each page has room for one new version, which settles by itself; check that "
-                      "autovacuum keeps up on public.workspace_agents")
-    return Check("hot_updates", WARN, f"{summary}: " + "; ".join(advice)
-                 + " (no fillfactor change or VACUUM FULL is needed)")
+        advice.append(
+            "flushes run as SELECT pybatch.flush() in one transaction (an app, or an old pg_cron job) "
+            "cannot prune between passes: flush with CALL pybatch.flush_in_passes(), `pybatch flush`, "
+            "`pybatch scheduler` or `pybatch cron install`; after a bulk load the first rounds are "
+            "non-HOT until each page has room for one new version, which settles by itself; check that "
+            "autovacuum keeps up on public.workspace_agents"
+        )
+    return Check(
+        "hot_updates", WARN, f"{summary}: " + "; ".join(advice) + " (no fillfactor change or VACUUM FULL is needed)"
+    )
 
 
 def judge_growth(flushes: list[status.FlushRecord], limits: Thresholds, scope: str = "") -> Check:
@@ -490,8 +580,10 @@ def judge_growth(flushes: list[status.FlushRecord], limits: Thresholds, scope: s
     assert newest.index_bytes is not None and oldest.index_bytes is not None
     grown = []
     parts = []
-    for what, before, after in (("heap", oldest.heap_bytes, newest.heap_bytes),
-                                ("indexes", oldest.index_bytes, newest.index_bytes)):
+    for what, before, after in (
+        ("heap", oldest.heap_bytes, newest.heap_bytes),
+        ("indexes", oldest.index_bytes, newest.index_bytes),
+    ):
         change = (after - before) / before if before else 0.0
         parts.append(f"{what} {_size(before)} -> {_size(after)} ({change:+.0%})")
         if change > limits.growth_max and after - before >= limits.growth_min_bytes:
@@ -499,10 +591,13 @@ def judge_growth(flushes: list[status.FlushRecord], limits: Thresholds, scope: s
     summary = f"over the last {len(flushes)} flushes: " + ", ".join(parts) + scope
     if not grown:
         return Check("table_growth", OK, summary)
-    return Check("table_growth", WARN,
-                 f"{summary}: the {' and '.join(grown)} grew over {limits.growth_max:.0%}; new agents grow "
-                 "them too, but with no new agents it means non-HOT merge updates (see hot_updates). Once "
-                 "updates are HOT the sizes stop growing and the space is reused; VACUUM FULL is not needed")
+    return Check(
+        "table_growth",
+        WARN,
+        f"{summary}: the {' and '.join(grown)} grew over {limits.growth_max:.0%}; new agents grow "
+        "them too, but with no new agents it means non-HOT merge updates (see hot_updates). Once "
+        "updates are HOT the sizes stop growing and the space is reused; VACUUM FULL is not needed",
+    )
 
 
 def _size(value: int) -> str:
@@ -520,4 +615,3 @@ def _one_line(message: object) -> str:
 
 def _secs(age: timedelta) -> str:
     return f"{age.total_seconds():.0f}s"
-

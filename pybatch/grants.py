@@ -77,8 +77,10 @@ FIXED_STATEMENTS: dict[Grant, list[sql.SQL]] = {
         # Each routine is a constant of this module; {role} stays the statement's only placeholder.
         *(sql.SQL(f"GRANT EXECUTE ON {routine} TO {{role}}") for routine in FLUSHER_ROUTINES),
         # The scheduler reads its yardsticks and may store its --interval; nothing else in settings.
-        sql.SQL("GRANT SELECT (flush_interval, inactive_timeout, future_tolerance, max_rows_per_flush)"
-                " ON TABLE pybatch.settings TO {role}"),
+        sql.SQL(
+            "GRANT SELECT (flush_interval, inactive_timeout, future_tolerance, max_rows_per_flush)"
+            " ON TABLE pybatch.settings TO {role}"
+        ),
         sql.SQL("GRANT UPDATE (flush_interval) ON TABLE pybatch.settings TO {role}"),
     ],
 }
@@ -120,14 +122,14 @@ def statements(conn: psycopg.Connection, kind: Grant, role: str) -> list[sql.Com
             views = [str(row[0]) for row in conn.execute(VIEWS_QUERY).fetchall()]
             functions = [(str(name), str(args)) for name, args in conn.execute(VIEW_FUNCTIONS_QUERY).fetchall()]
         composed += [
-            sql.SQL("GRANT SELECT ON TABLE {view} TO {role}").format(
-                view=sql.Identifier("pybatch", view), role=role_id)
+            sql.SQL("GRANT SELECT ON TABLE {view} TO {role}").format(view=sql.Identifier("pybatch", view), role=role_id)
             for view in views
         ]
         # The argument list comes from the catalog (type names), never from input.
         composed += [
             sql.SQL("GRANT EXECUTE ON FUNCTION {function}({args}) TO {role}").format(
-                function=sql.Identifier("pybatch", name), args=sql.SQL(args), role=role_id)
+                function=sql.Identifier("pybatch", name), args=sql.SQL(args), role=role_id
+            )
             for name, args in functions
         ]
     return composed

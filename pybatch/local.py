@@ -156,13 +156,28 @@ class LocalCluster:
         self._make_home()
         port = _free_port()
         result = self._run(
-            [str(bindir / "initdb"), "-D", str(self.datadir), "-U", SUPERUSER, "--auth=trust",
-             "-E", "UTF8", "--locale=C", "--no-instructions"],
+            [
+                str(bindir / "initdb"),
+                "-D",
+                str(self.datadir),
+                "-U",
+                SUPERUSER,
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-instructions",
+            ],
         )
         if result.returncode != 0:
             raise LocalClusterError(f"initdb failed in {self.datadir}: {_last_line(result.stdout + result.stderr)}")
-        settings = {**BASE_SETTINGS, "port": str(port), "unix_socket_directories": f"'{self.home}'",
-                    "cron.host": f"'{self.home}'", **self.settings}
+        settings = {
+            **BASE_SETTINGS,
+            "port": str(port),
+            "unix_socket_directories": f"'{self.home}'",
+            "cron.host": f"'{self.home}'",
+            **self.settings,
+        }
         with (self.datadir / "postgresql.conf").open("a") as conf:
             conf.write("\n# --- pybatch embedded cluster ---\n")
             for key, value in settings.items():
@@ -177,9 +192,7 @@ class LocalCluster:
             if not self.is_running():
                 result = self._pg_ctl("start", "-w", "-t", "60", "-l", str(self.logfile), check=False)
                 if result.returncode != 0:
-                    raise LocalClusterError(
-                        f"could not start the local cluster in {self.home}: {self._log_tail()}"
-                    )
+                    raise LocalClusterError(f"could not start the local cluster in {self.home}: {self._log_tail()}")
                 log.info("started local cluster", extra={"home": str(self.home), "port": self.port})
             self.ensure_database(APP_DATABASE)
 
@@ -195,8 +208,9 @@ class LocalCluster:
         self.start()
         url = self.url()
         if notice:
-            print(f"pybatch: no database configured, using the embedded cluster in {self.home} ({url})",
-                  file=sys.stderr)
+            print(
+                f"pybatch: no database configured, using the embedded cluster in {self.home} ({url})", file=sys.stderr
+            )
         return url
 
     def destroy(self) -> None:
@@ -247,8 +261,7 @@ class LocalCluster:
         if user is not None:
             argv = ["runuser", "-u", user, "--", *argv]
         # cwd "/": the server user may not be able to enter the caller's directory.
-        return subprocess.run(argv, cwd="/", capture_output=True, text=True, check=False,
-                              stdin=subprocess.DEVNULL)
+        return subprocess.run(argv, cwd="/", capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL)
 
     def ensure_database(self, dbname: str) -> None:
         """Create database `dbname` in this (running) cluster unless it exists."""
@@ -278,7 +291,9 @@ class LocalCluster:
 
 @contextlib.contextmanager
 def temporary_cluster(
-    settings: Mapping[str, str] | None = None, *, prefix: str = "pybatch-",
+    settings: Mapping[str, str] | None = None,
+    *,
+    prefix: str = "pybatch-",
 ) -> Iterator[LocalCluster]:
     """A started cluster in a fresh temporary directory, destroyed afterwards (tests, benchmarks).
 

@@ -71,8 +71,9 @@ def ensure_citus() -> None:
         raise CitusUnavailable(f"Citus is not installed and {BUILD_SCRIPT} is missing")
     env = dict(os.environ)
     env.setdefault("PG_CONFIG", str(find_bindir() / "pg_config"))
-    result = subprocess.run(["bash", str(BUILD_SCRIPT)], capture_output=True, text=True, check=False,
-                            stdin=subprocess.DEVNULL, env=env)
+    result = subprocess.run(
+        ["bash", str(BUILD_SCRIPT)], capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL, env=env
+    )
     if result.returncode != 0 or not citus_installed():
         tail = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()][-3:]
         raise CitusUnavailable(f"building Citus failed ({BUILD_SCRIPT}): {' | '.join(tail) or 'no output'}")
@@ -105,8 +106,9 @@ class CitusCluster:
 
     def url(self, dbname: str = APP_DATABASE) -> str:
         if not self.coordinator.is_initialised():
-            raise LocalClusterError(f"local Citus cluster at {self.home} is not initialised: "
-                                    "run `pybatch local start --citus`")
+            raise LocalClusterError(
+                f"local Citus cluster at {self.home} is not initialised: run `pybatch local start --citus`"
+            )
         return self.coordinator.url(dbname)
 
     def layout_hint(self, dbname: str = APP_DATABASE) -> str | None:
@@ -114,11 +116,14 @@ class CitusCluster:
         with psycopg.connect(self.coordinator.conninfo(dbname), autocommit=True) as conn:
             row = conn.execute(
                 "SELECT EXISTS (SELECT FROM pg_dist_partition"
-                " WHERE logicalrelid = to_regclass('public.workspace_agents'))").fetchone()
+                " WHERE logicalrelid = to_regclass('public.workspace_agents'))"
+            ).fetchone()
         if row is not None and row[0]:
             return None
-        return ("distribute public.workspace_agents before `pybatch migrate` (else pybatch works as on plain "
-                "PostgreSQL): SELECT create_distributed_table('public.workspace_agents', 'id'); see docs/citus.md")
+        return (
+            "distribute public.workspace_agents before `pybatch migrate` (else pybatch works as on plain "
+            "PostgreSQL): SELECT create_distributed_table('public.workspace_agents', 'id'); see docs/citus.md"
+        )
 
     def conninfo(self, dbname: str = APP_DATABASE) -> str:
         return self.coordinator.conninfo(dbname)
@@ -156,8 +161,9 @@ class CitusCluster:
                 conn.execute("CREATE EXTENSION IF NOT EXISTS citus")
         with psycopg.connect(self.coordinator.conninfo(dbname), autocommit=True) as conn:
             conn.execute("SELECT citus_set_coordinator_host('127.0.0.1', %s)", (self.coordinator.port,))
-            known = {int(row[0]) for row in conn.execute(
-                "SELECT nodeport FROM pg_dist_node WHERE groupid <> 0").fetchall()}
+            known = {
+                int(row[0]) for row in conn.execute("SELECT nodeport FROM pg_dist_node WHERE groupid <> 0").fetchall()
+            }
             for worker in self.workers:
                 if worker.port not in known:
                     conn.execute("SELECT citus_add_node('127.0.0.1', %s)", (worker.port,))
@@ -186,7 +192,10 @@ class CitusCluster:
 
 @contextlib.contextmanager
 def temporary_citus_cluster(
-    settings: Mapping[str, str] | None = None, *, workers: int = 2, prefix: str = "pybatch-citus-",
+    settings: Mapping[str, str] | None = None,
+    *,
+    workers: int = 2,
+    prefix: str = "pybatch-citus-",
 ) -> Iterator[CitusCluster]:
     """A started Citus cluster in a fresh temporary directory, destroyed afterwards (tests, benchmarks)."""
     ensure_citus()

@@ -29,8 +29,14 @@ AGENT_STATES = ("connecting", "connected", "disconnected", "timeout")
 
 # Settings `pybatch config set` may change, and how each value is parsed.
 # created_workspace_agents is internal (uninstall relies on it) and not settable.
-DURATION_SETTINGS = ("flush_interval", "inactive_timeout", "future_tolerance", "history_retention",
-                     "heartbeat_period", "client_write_interval")
+DURATION_SETTINGS = (
+    "flush_interval",
+    "inactive_timeout",
+    "future_tolerance",
+    "history_retention",
+    "heartbeat_period",
+    "client_write_interval",
+)
 INTEGER_SETTINGS = ("max_rows_per_flush",)
 SETTABLE = DURATION_SETTINGS + INTEGER_SETTINGS
 
@@ -252,7 +258,8 @@ class Status:
                 "beats": self.staging.quarantined_beats,
                 "oldest_quarantined_at": _iso(self.staging.oldest_quarantined_at),
                 "next_retry_at": _iso(self.staging.quarantine_next_retry_at),
-                "sample_agent": None if self.staging.quarantine_sample_agent is None
+                "sample_agent": None
+                if self.staging.quarantine_sample_agent is None
                 else str(self.staging.quarantine_sample_agent),
                 "sample_error": self.staging.quarantine_sample_error,
             },
@@ -336,8 +343,10 @@ def health(conn: psycopg.Connection) -> Health:
 
 def staging(conn: psycopg.Connection) -> StagingSummary:
     query = sql.SQL("SELECT {} FROM pybatch.staging_summary").format(_columns(StagingSummary))
-    with db.translated("cannot read pybatch.staging_summary"), \
-            conn.cursor(row_factory=class_row(StagingSummary)) as cur:
+    with (
+        db.translated("cannot read pybatch.staging_summary"),
+        conn.cursor(row_factory=class_row(StagingSummary)) as cur,
+    ):
         row = cur.execute(query).fetchone()
     assert row is not None
     return row
@@ -349,13 +358,20 @@ def recent_flushes(conn: psycopg.Connection, limit: int = 10) -> list[FlushRecor
         return cur.execute(query, (limit,)).fetchall()
 
 
-def staleness_budget(conn: psycopg.Connection, *, flush_interval: timedelta | None = None,
-                     heartbeat_period: timedelta | None = None, client_write_interval: timedelta | None = None,
-                     inactive_timeout: timedelta | None = None) -> StalenessBudget:
+def staleness_budget(
+    conn: psycopg.Connection,
+    *,
+    flush_interval: timedelta | None = None,
+    heartbeat_period: timedelta | None = None,
+    client_write_interval: timedelta | None = None,
+    inactive_timeout: timedelta | None = None,
+) -> StalenessBudget:
     """pybatch.staleness_budget(): the stored settings, with any value given here in place of
     the stored one (to judge a value before storing it). Refuse a value when not .allowed."""
-    with db.translated("cannot read pybatch.staleness_budget()"), \
-            conn.cursor(row_factory=class_row(StalenessBudget)) as cur:
+    with (
+        db.translated("cannot read pybatch.staleness_budget()"),
+        conn.cursor(row_factory=class_row(StalenessBudget)) as cur,
+    ):
         row = cur.execute(
             sql.SQL("SELECT {} FROM pybatch.staleness_budget(%s, %s, %s, %s)").format(_columns(StalenessBudget)),
             (flush_interval, heartbeat_period, client_write_interval, inactive_timeout),
@@ -391,11 +407,11 @@ def table_shape(conn: psycopg.Connection, max_pages: int = 2000) -> TableShape:
     function = "table_shape"
     if citus_table(conn):
         function = "citus_table_shape"
-    with db.translated("cannot measure public.workspace_agents"), \
-            conn.cursor(row_factory=class_row(TableShape)) as cur:
-        row = cur.execute(sql.SQL("SELECT {} FROM pybatch.{}(%s)").format(_columns(TableShape),
-                                                                        sql.Identifier(function)),
-                          (max_pages,)).fetchone()
+    with db.translated("cannot measure public.workspace_agents"), conn.cursor(row_factory=class_row(TableShape)) as cur:
+        row = cur.execute(
+            sql.SQL("SELECT {} FROM pybatch.{}(%s)").format(_columns(TableShape), sql.Identifier(function)),
+            (max_pages,),
+        ).fetchone()
     assert row is not None
     return row
 

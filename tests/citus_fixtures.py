@@ -56,8 +56,8 @@ def _freeze_template(conninfo: str) -> None:
         conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(sql.Identifier(CITUS_TEMPLATE)))
         for _ in range(100):
             row = conn.execute(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = %s",
-                (CITUS_TEMPLATE,)).fetchone()
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = %s", (CITUS_TEMPLATE,)
+            ).fetchone()
             if row == (0,):
                 return
             time.sleep(0.1)
@@ -85,8 +85,9 @@ def citus_dsn(citus_cluster: CitusCluster) -> Iterator[str]:
     name = f"c_{uuid.uuid4().hex[:16]}"
     for node in citus_cluster.nodes:
         with psycopg.connect(node.conninfo("postgres"), autocommit=True) as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-                sql.Identifier(name), sql.Identifier(CITUS_TEMPLATE)))
+            conn.execute(
+                sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(CITUS_TEMPLATE))
+            )
     try:
         yield citus_cluster.coordinator.conninfo(name)
     finally:

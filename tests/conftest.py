@@ -38,7 +38,11 @@ def pg_cluster() -> Iterator[LocalCluster]:
 def _fresh_database(cluster: LocalCluster, template: str | None) -> Iterator[str]:
     name = f"t_{uuid.uuid4().hex[:16]}"
     janitor = DatabaseJanitor(
-        user=SUPERUSER, host="127.0.0.1", port=cluster.port, dbname=name, template_dbname=template,
+        user=SUPERUSER,
+        host="127.0.0.1",
+        port=cluster.port,
+        dbname=name,
+        template_dbname=template,
     )
     janitor.init()
     try:
@@ -75,13 +79,19 @@ def own_cluster() -> Iterator[LocalCluster]:
         yield cluster
 
 
-def run_pybatch(*args: str, env: dict[str, str] | None = None, timeout: float = 120,
-                input: str | None = None) -> subprocess.CompletedProcess[str]:
+def run_pybatch(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run the CLI as a subprocess (`python -m pybatch ...`) with a clean configuration:
     no PYBATCH_* or PG* variables leak in unless given in `env`."""
     base = {k: v for k, v in os.environ.items() if not k.startswith(("PYBATCH_", "PG"))}
     base.update(env or {})
     return subprocess.run(
-        [sys.executable, "-m", "pybatch", *args], env=base, capture_output=True, text=True,
-        timeout=timeout, input=input, check=False,
+        [sys.executable, "-m", "pybatch", *args],
+        env=base,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        input=input,
+        check=False,
     )

@@ -22,6 +22,7 @@ def stage(conn: psycopg.Connection, agents: list[uuid.UUID], at: datetime) -> No
 
 def last_connected(conn: psycopg.Connection, agents: list[uuid.UUID]) -> dict[uuid.UUID, datetime | None]:
     """last_connected_at of each agent."""
-    rows = conn.execute("SELECT id, last_connected_at FROM public.workspace_agents WHERE id = ANY(%s)",
-                        (agents,)).fetchall()
+    rows = conn.execute(
+        "SELECT id, last_connected_at FROM public.workspace_agents WHERE id = ANY(%s)", (agents,)
+    ).fetchall()
     return dict(rows)

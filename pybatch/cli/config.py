@@ -18,19 +18,20 @@ def register(subparsers: Any) -> None:
     show.add_argument("--json", action="store_true", help="print them as JSON")
     show.set_defaults(handler=cmd_config_show)
     setter = actions.add_parser(
-        "set", help=f"change one setting: {', '.join(status.SETTABLE)} (durations: 500ms, 10s, 1m, 2h, 7d or "
-                    "seconds; max_rows_per_flush: a number or `unlimited`; ranges: " + _ranges() + ")",
+        "set",
+        help=f"change one setting: {', '.join(status.SETTABLE)} (durations: 500ms, 10s, 1m, 2h, 7d or "
+        "seconds; max_rows_per_flush: a number or `unlimited`; ranges: " + _ranges() + ")",
     )
     setter.add_argument("key", help="the setting to change")
     setter.add_argument("value", help="its new value")
     setter.set_defaults(handler=cmd_config_set)
 
 
-
 def _ranges() -> str:
-    return ", ".join(f"{key} {status.format_setting(key, low)}-{status.format_setting(key, high)}"
-                     for key, (low, high) in status.SETTING_BOUNDS.items())
-
+    return ", ".join(
+        f"{key} {status.format_setting(key, low)}-{status.format_setting(key, high)}"
+        for key, (low, high) in status.SETTING_BOUNDS.items()
+    )
 
 
 def cmd_config_show(args: argparse.Namespace) -> int:
@@ -40,8 +41,9 @@ def cmd_config_show(args: argparse.Namespace) -> int:
         print_json(status.settings_as_json(settings))
     else:
         # Values as `config set` takes them back: 10s, 7d, unlimited.
-        print_table([{"setting": key, "value": status.format_setting(key, value)}
-                     for key, value in vars(settings).items()])
+        print_table(
+            [{"setting": key, "value": status.format_setting(key, value)} for key, value in vars(settings).items()]
+        )
     return 0
 
 

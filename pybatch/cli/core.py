@@ -52,9 +52,12 @@ def register(subparsers: Any) -> None:
         help="remove pybatch's pg_cron job, schema and migration tables (a workspace_agents it did not create stays)",
     )
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-    p.add_argument("--force", action="store_true",
-                   help="also drop objects of others that depend on pybatch's (views, columns of its types, ...); "
-                        "without it uninstall lists them and refuses")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="also drop objects of others that depend on pybatch's (views, columns of its types, ...); "
+        "without it uninstall lists them and refuses",
+    )
     p.set_defaults(handler=cmd_uninstall)
 
 
@@ -111,8 +114,9 @@ def cmd_uninstall(args: argparse.Namespace) -> int:
     if not args.yes:
         if not sys.stdin.isatty():
             raise ConfigError("uninstall asks for confirmation and stdin is not a terminal: pass --yes")
-        answer = input("Remove pybatch (its pg_cron job, schema pybatch and staged heartbeats) from this database? "
-                       "Type 'yes': ")
+        answer = input(
+            "Remove pybatch (its pg_cron job, schema pybatch and staged heartbeats) from this database? Type 'yes': "
+        )
         if answer.strip().lower() != "yes":
             print("not uninstalled", file=sys.stderr)
             return 1
@@ -121,7 +125,10 @@ def cmd_uninstall(args: argparse.Namespace) -> int:
         print(f"dropped (--force): {dependant}")
     if not result.schema_existed:
         print("pybatch schema was not installed; removed pybatch's migration bookkeeping if any")
-    kept = "dropped public.workspace_agents (pybatch created it)" if result.dropped_workspace_agents \
+    kept = (
+        "dropped public.workspace_agents (pybatch created it)"
+        if result.dropped_workspace_agents
         else "kept public.workspace_agents"
+    )
     print(f"uninstalled: removed {result.jobs_removed} pg_cron job(s) and schema pybatch; {kept}")
     return 0

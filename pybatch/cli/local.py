@@ -9,8 +9,10 @@ from typing import Any
 
 from pybatch.local import LocalCluster
 
-CITUS_HELP = ("the local Citus cluster instead: a coordinator and 2 workers on this machine, in the directory "
-              "`citus` beside the embedded cluster's (PYBATCH_HOME's parent); URLs name the coordinator")
+CITUS_HELP = (
+    "the local Citus cluster instead: a coordinator and 2 workers on this machine, in the directory "
+    "`citus` beside the embedded cluster's (PYBATCH_HOME's parent); URLs name the coordinator"
+)
 
 
 def register(subparsers: Any) -> None:

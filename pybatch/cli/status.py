@@ -18,20 +18,26 @@ EXIT_BEHIND = 5  # flushes run on time but do not keep up (health "behind")
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
-        "status", help="health, staging, recent flushes and agents by status (exit 0 only when health is ok)",
+        "status",
+        help="health, staging, recent flushes and agents by status (exit 0 only when health is ok)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON document (keys: docs/status-json.md)")
-    p.add_argument("--flushes", type=bounded_int(0, 10_000), default=10,
-                   help="how many recent flushes to show, 0 to 10000 (default 10)")
+    p.add_argument(
+        "--flushes",
+        type=bounded_int(0, 10_000),
+        default=10,
+        help="how many recent flushes to show, 0 to 10000 (default 10)",
+    )
     p.set_defaults(handler=cmd_status)
 
     p = subparsers.add_parser("doctor", help="check the installation, one line per check (exit 1 if any fails)")
     p.set_defaults(handler=cmd_doctor)
 
     p = subparsers.add_parser(
-        "sql", help="print SQL: the pending migrations (the default), or the inspection queries for psql",
+        "sql",
+        help="print SQL: the pending migrations (the default), or the inspection queries for psql",
         description="`pybatch sql` and `pybatch sql migrations` print the pending migrations without applying "
-                    "them; `pybatch sql inspect | pybatch psql` shows pybatch at a glance, from any directory.",
+        "them; `pybatch sql inspect | pybatch psql` shows pybatch at a glance, from any directory.",
     )
     p.add_argument("--all", action="store_true", help="print every migration (needs no database)")
     p.set_defaults(handler=cmd_sql)
@@ -40,10 +46,10 @@ def register(subparsers: Any) -> None:
     sub.add_argument("--all", action="store_true", help="print every migration (needs no database)")
     sub.set_defaults(handler=cmd_sql)
     sub = what.add_parser(
-        "inspect", help="the inspection queries (health, staging, flushes, agents) for psql; needs no database",
+        "inspect",
+        help="the inspection queries (health, staging, flushes, agents) for psql; needs no database",
     )
     sub.set_defaults(handler=cmd_sql_inspect)
-
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -62,45 +68,61 @@ def _print_status(state: status.Status) -> None:
     if health.flush_lock_held_by:
         print(f"flush lock held by: {health.flush_lock_held_by}")
     if state.staleness is not None:
-        measured = f"measured worst staleness {_age(health.worst_staleness)}; " \
-            if health.worst_staleness is not None else ""
+        measured = (
+            f"measured worst staleness {_age(health.worst_staleness)}; " if health.worst_staleness is not None else ""
+        )
         print(f"staleness: {measured}budget {state.staleness.verdict}: {state.staleness.reason}")
     if state.in_recovery:
         print("server: hot standby (staging figures are only on the primary)")
     staging = state.staging
     if staging.available:
-        print_table([{
-            "rows staged": staging.rows_staged,
-            "distinct agents": staging.distinct_agents,
-            "oldest beat age": _age(staging.oldest_beat_age),
-            "newest beat age": _age(staging.newest_beat_age),
-            "size": _size(staging.size_bytes),
-            "figures": staging.method,
-        }], title="staging")
+        print_table(
+            [
+                {
+                    "rows staged": staging.rows_staged,
+                    "distinct agents": staging.distinct_agents,
+                    "oldest beat age": _age(staging.oldest_beat_age),
+                    "newest beat age": _age(staging.newest_beat_age),
+                    "size": _size(staging.size_bytes),
+                    "figures": staging.method,
+                }
+            ],
+            title="staging",
+        )
     else:
         print(f"staging: not available: {staging.reason}")
     if staging.pending_agents is not None:
-        print(f"pending (handed off, not merged yet): {staging.pending_agents} agent(s), "
-              f"{staging.deferred_agents} deferred (row locked), oldest beat {_age(staging.oldest_pending_age)} old")
+        print(
+            f"pending (handed off, not merged yet): {staging.pending_agents} agent(s), "
+            f"{staging.deferred_agents} deferred (row locked), oldest beat {_age(staging.oldest_pending_age)} old"
+        )
     if staging.quarantined_agents:
-        print(f"quarantine: {staging.quarantined_agents} agent(s) since "
-              f"{staging.oldest_quarantined_at.isoformat(timespec='seconds') if staging.oldest_quarantined_at else '-'}"
-              f", e.g. {staging.quarantine_sample_agent}: {staging.quarantine_sample_error} "
-              "(retry now: SELECT pybatch.requeue_quarantined())")
-    print_table([{
-        "started at": f.started_at.isoformat(timespec="seconds"),
-        "rows": f.rows_staged,
-        "agents updated": f.agents_updated,
-        "stale": f.stale_heartbeats,
-        "unknown": f.unknown_heartbeats,
-        "future": f.future_heartbeats,
-        "passes": f.passes,
-        "hot": f.hot_updates,
-        "deferred": f.deferred_agents,
-        "quarantined": f.quarantined_agents,
-        "duration": _age(f.duration),
-        "error": f.error,
-    } for f in state.recent_flushes], title="recent flushes")
+        print(
+            f"quarantine: {staging.quarantined_agents} agent(s) since "
+            f"{staging.oldest_quarantined_at.isoformat(timespec='seconds') if staging.oldest_quarantined_at else '-'}"
+            f", e.g. {staging.quarantine_sample_agent}: {staging.quarantine_sample_error} "
+            "(retry now: SELECT pybatch.requeue_quarantined())"
+        )
+    print_table(
+        [
+            {
+                "started at": f.started_at.isoformat(timespec="seconds"),
+                "rows": f.rows_staged,
+                "agents updated": f.agents_updated,
+                "stale": f.stale_heartbeats,
+                "unknown": f.unknown_heartbeats,
+                "future": f.future_heartbeats,
+                "passes": f.passes,
+                "hot": f.hot_updates,
+                "deferred": f.deferred_agents,
+                "quarantined": f.quarantined_agents,
+                "duration": _age(f.duration),
+                "error": f.error,
+            }
+            for f in state.recent_flushes
+        ],
+        title="recent flushes",
+    )
     counts: dict[str, Any] = dict(state.agents.by_status)
     counts["total"] = state.agents.total
     counts["newer beat staged"] = state.agents.newer_heartbeat_staged

@@ -194,18 +194,22 @@ def _interval_error(interval_seconds: float) -> CronError:
 
 def purge_command(database: str, cron_connection: psycopg.Connection) -> str:
     """The purge job's SQL: pybatch's own rows of cron.job_run_details past RUN_HISTORY."""
-    return sql.SQL(
-        "DELETE FROM cron.job_run_details d USING cron.job j"
-        " WHERE d.jobid = j.jobid AND j.jobname IN ({flush}, {purge})"
-        " AND (d.end_time < pg_catalog.now() - {keep}::interval"
-        " OR (d.end_time IS NULL AND d.status = 'failed' AND d.runid < (SELECT pg_catalog.max(r.runid)"
-        " FROM cron.job_run_details r WHERE r.jobid = d.jobid) - {kept}))"
-    ).format(
-        flush=sql.Literal(flush_job_name(database)),
-        purge=sql.Literal(purge_job_name(database)),
-        keep=sql.Literal(f"{int(RUN_HISTORY.total_seconds())} seconds"),
-        kept=sql.Literal(TIMELESS_RUNS_KEPT),
-    ).as_string(cron_connection)
+    return (
+        sql.SQL(
+            "DELETE FROM cron.job_run_details d USING cron.job j"
+            " WHERE d.jobid = j.jobid AND j.jobname IN ({flush}, {purge})"
+            " AND (d.end_time < pg_catalog.now() - {keep}::interval"
+            " OR (d.end_time IS NULL AND d.status = 'failed' AND d.runid < (SELECT pg_catalog.max(r.runid)"
+            " FROM cron.job_run_details r WHERE r.jobid = d.jobid) - {kept}))"
+        )
+        .format(
+            flush=sql.Literal(flush_job_name(database)),
+            purge=sql.Literal(purge_job_name(database)),
+            keep=sql.Literal(f"{int(RUN_HISTORY.total_seconds())} seconds"),
+            kept=sql.Literal(TIMELESS_RUNS_KEPT),
+        )
+        .as_string(cron_connection)
+    )
 
 
 def purge_schedule(database: str) -> str:
@@ -236,14 +240,19 @@ def install(dsn: str, interval_seconds: float, *, force_loop: bool = False) -> C
             try:
                 with db.translated("cannot store the flush interval"), app.transaction():
                     budget = require_staleness_budget(app, "flush_interval", timedelta(seconds=interval_seconds))
-                    app.execute("UPDATE pybatch.settings SET flush_interval = make_interval(secs => %s)",
-                                (interval_seconds,))
+                    app.execute(
+                        "UPDATE pybatch.settings SET flush_interval = make_interval(secs => %s)", (interval_seconds,)
+                    )
                     # Scheduled inside the settings transaction: it commits only once they are.
                     with _cron_call(target, "cannot schedule the pg_cron job"), cron.transaction():
-                        _schedule(cron, flush_job_name(target.database), plan.schedule, plan.command,
-                                  target.database)
-                        _schedule(cron, purge_job_name(target.database), purge_schedule(target.database),
-                                  purge_command(target.database, cron), str(target.cron_database))
+                        _schedule(cron, flush_job_name(target.database), plan.schedule, plan.command, target.database)
+                        _schedule(
+                            cron,
+                            purge_job_name(target.database),
+                            purge_schedule(target.database),
+                            purge_command(target.database, cron),
+                            str(target.cron_database),
+                        )
                     job = _read_job(cron, flush_job_name(target.database))
             except BaseException:
                 # The settings rolled back; put the jobs back as they were.
@@ -251,14 +260,14 @@ def install(dsn: str, interval_seconds: float, *, force_loop: bool = False) -> C
                     if previous is None:
                         _unschedule(target)
                     else:
-                        _schedule(cron, previous.name, previous.schedule, previous.command,
-                                  previous.database)
+                        _schedule(cron, previous.name, previous.schedule, previous.command, previous.database)
                 raise
     if budget.verdict == "tight":
         log.warning("flush interval leaves little margin: %s", budget.reason, extra={"staleness": budget.reason})
     assert job is not None  # just scheduled
-    log.info("installed pg_cron flush job", extra={"cron_job": asdict(job), "mode": plan.mode,
-                                                    "pg_cron_version": version})
+    log.info(
+        "installed pg_cron flush job", extra={"cron_job": asdict(job), "mode": plan.mode, "pg_cron_version": version}
+    )
     return job
 
 
@@ -348,8 +357,13 @@ def status(dsn: str) -> CronStatus:
             runs = _recent_runs(cron, job.jobid) if job else []
             cron_host = _setting(cron, "cron.host")
     result = CronStatus(
-        database=target.database, cron_database=str(target.cron_database), pg_cron_version=version,
-        configured_interval=float(interval), job=job, purge_job=purge, runs=runs,
+        database=target.database,
+        cron_database=str(target.cron_database),
+        pg_cron_version=version,
+        configured_interval=float(interval),
+        job=job,
+        purge_job=purge,
+        runs=runs,
         last_flush_at=last_flush_at,
         last_flush_age=(now - last_flush_at).total_seconds() if last_flush_at else None,
     )
@@ -458,8 +472,9 @@ def _ensure_extension(cron: psycopg.Connection, target: _Target, *, create: bool
         except psycopg.Error as exc:
             if PRELOAD_ERROR in str(exc):
                 raise target.not_preloaded() from None
-            raise CronError(f"cannot create extension pg_cron in database {target.cron_database}: "
-                            f"{db.first_line(exc)}; {HINT}") from None
+            raise CronError(
+                f"cannot create extension pg_cron in database {target.cron_database}: {db.first_line(exc)}; {HINT}"
+            ) from None
         else:
             log.info("created extension pg_cron", extra={"database": target.cron_database})
         version = _extension_version(cron)

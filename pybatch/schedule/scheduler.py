@@ -50,22 +50,24 @@ class SchedulerMetrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.flush_duration = Histogram(
-            "pybatch_flush_duration_seconds", "Duration of pybatch.flush() calls made by this scheduler",
-            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=r)
-        self.flushes = Counter("pybatch_flushes", "Flushes run, by outcome (ok, skipped, failed)",
-                               ["outcome"], registry=r)
-        self.rows_merged = Counter("pybatch_rows_merged", "Staged heartbeat rows drained and merged",
-                                   registry=r)
-        self.agents_updated = Counter("pybatch_agents_updated", "workspace_agents rows changed by flushes",
-                                      registry=r)
-        self.staging_rows = Gauge("pybatch_staging_rows", "Rows left in pybatch.heartbeats after the last flush",
-                                  registry=r)
-        self.last_success = Gauge("pybatch_last_success_timestamp_seconds",
-                                  "Unix time the last successful flush ended", registry=r)
-        self.errors = Counter("pybatch_errors", "Failed flushes and database errors, by kind",
-                              ["kind"], registry=r)
-        self.leader = Gauge("pybatch_scheduler_leader", "1 while this scheduler holds the leader lock",
-                            registry=r)
+            "pybatch_flush_duration_seconds",
+            "Duration of pybatch.flush() calls made by this scheduler",
+            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
+        self.flushes = Counter(
+            "pybatch_flushes", "Flushes run, by outcome (ok, skipped, failed)", ["outcome"], registry=r
+        )
+        self.rows_merged = Counter("pybatch_rows_merged", "Staged heartbeat rows drained and merged", registry=r)
+        self.agents_updated = Counter("pybatch_agents_updated", "workspace_agents rows changed by flushes", registry=r)
+        self.staging_rows = Gauge(
+            "pybatch_staging_rows", "Rows left in pybatch.heartbeats after the last flush", registry=r
+        )
+        self.last_success = Gauge(
+            "pybatch_last_success_timestamp_seconds", "Unix time the last successful flush ended", registry=r
+        )
+        self.errors = Counter("pybatch_errors", "Failed flushes and database errors, by kind", ["kind"], registry=r)
+        self.leader = Gauge("pybatch_scheduler_leader", "1 while this scheduler holds the leader lock", registry=r)
 
     def record(self, result: FlushResult) -> None:
         self.flush_duration.observe(result.duration.total_seconds())
@@ -84,8 +86,14 @@ class SchedulerMetrics:
 class Scheduler:
     """Leader-elected periodic flusher. run() blocks until request_stop() (or SIGTERM/SIGINT)."""
 
-    def __init__(self, dsn: str, *, interval: float | None = None, metrics_port: int | None = None,
-                 metrics: SchedulerMetrics | None = None) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        interval: float | None = None,
+        metrics_port: int | None = None,
+        metrics: SchedulerMetrics | None = None,
+    ) -> None:
         self.dsn = dsn
         self.explicit_interval = interval
         self.interval = interval or 10.0  # replaced by settings.flush_interval when not given
@@ -169,8 +177,10 @@ class Scheduler:
         try:
             if self.explicit_interval is not None:
                 with db.translated("cannot store the flush interval"):
-                    lock_conn.execute("UPDATE pybatch.settings SET flush_interval = make_interval(secs => %s)",
-                                      (self.explicit_interval,))
+                    lock_conn.execute(
+                        "UPDATE pybatch.settings SET flush_interval = make_interval(secs => %s)",
+                        (self.explicit_interval,),
+                    )
             log.info("became leader", extra={"interval": self.interval})
             with _closing(db.connect(self.dsn)) as flush_conn:
                 due = time.monotonic()
@@ -181,13 +191,14 @@ class Scheduler:
                         return
                     self._read_settings(lock_conn)
                     if not self._claim(lock_conn):
-                        log.warning("lost the scheduler lease to another scheduler; standing by",
-                                    extra={"interval": self.interval})
+                        log.warning(
+                            "lost the scheduler lease to another scheduler; standing by",
+                            extra={"interval": self.interval},
+                        )
                         return
                     started = time.monotonic()
                     result = self._flush(flush_conn)
-                    due = time.monotonic() if self._capped(result) else max(started + self.interval,
-                                                                             time.monotonic())
+                    due = time.monotonic() if self._capped(result) else max(started + self.interval, time.monotonic())
         finally:
             self.metrics.leader.set(0)
 
@@ -196,8 +207,12 @@ class Scheduler:
         self.metrics.record(result)
         seconds = result.duration.total_seconds()
         if seconds > self.interval / 2:
-            log.warning("flush took %.3fs, over half the %gs interval", seconds, self.interval,
-                        extra={"flush": result.as_dict(), "interval": self.interval})
+            log.warning(
+                "flush took %.3fs, over half the %gs interval",
+                seconds,
+                self.interval,
+                extra={"flush": result.as_dict(), "interval": self.interval},
+            )
         if self.metrics_port is not None:
             with db.translated("cannot count staged rows"):
                 # Through staging_stats(): a flusher has no privilege on the table itself.
@@ -209,15 +224,18 @@ class Scheduler:
         try:
             result = self._flush(conn, lock_wait=FINAL_FLUSH_LOCK_WAIT)
         except PybatchError as exc:
-            log.warning("final flush failed, staged rows stay for the next flush: %s", exc,
-                        extra={"error": str(exc)})
+            log.warning("final flush failed, staged rows stay for the next flush: %s", exc, extra={"error": str(exc)})
             return
         log.info("final flush done", extra={"flush": result.as_dict()})
 
     def _capped(self, result: FlushResult) -> bool:
         """A drain that hit max_rows_per_flush left rows behind: flush again at once."""
-        return (result.ok and self._row_cap is not None and result.rows_staged is not None
-                and result.rows_staged >= self._row_cap)
+        return (
+            result.ok
+            and self._row_cap is not None
+            and result.rows_staged is not None
+            and result.rows_staged >= self._row_cap
+        )
 
     def _read_settings(self, conn: psycopg.Connection) -> None:
         with db.translated("cannot read pybatch settings"):
@@ -242,8 +260,11 @@ class Scheduler:
 
     def _database_up(self) -> None:
         if self._outage_started is not None:
-            log.warning("database available again after %.1fs", time.monotonic() - self._outage_started,
-                        extra={"outage_seconds": round(time.monotonic() - self._outage_started, 3)})
+            log.warning(
+                "database available again after %.1fs",
+                time.monotonic() - self._outage_started,
+                extra={"outage_seconds": round(time.monotonic() - self._outage_started, 3)},
+            )
             self._outage_started = None
         self._backoff = BACKOFF_INITIAL
 
@@ -262,8 +283,7 @@ def _closing(conn: psycopg.Connection) -> Iterator[psycopg.Connection]:
             conn.close()
 
 
-def run_scheduler(dsn: str, *, interval: float | None = None, metrics_port: int | None = None,
-                  **kwargs: Any) -> None:
+def run_scheduler(dsn: str, *, interval: float | None = None, metrics_port: int | None = None, **kwargs: Any) -> None:
     """Run a scheduler in this (main) thread until SIGTERM or SIGINT; a final flush ends it."""
     scheduler = Scheduler(dsn, interval=interval, metrics_port=metrics_port, **kwargs)
     scheduler.install_signal_handlers()

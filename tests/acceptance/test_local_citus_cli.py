@@ -76,14 +76,16 @@ def test_local_citus_start_migrate_status_stop(home: dict[str, str]) -> None:
     restarted = run_pybatch("local", "start", "--citus", env=home, timeout=300)
     assert restarted.returncode == 0 and restarted.stdout.strip() == url, restarted.stderr
     with psycopg.connect(url, autocommit=True) as conn:
-        row = conn.execute("SELECT last_connected_at IS NOT NULL FROM public.workspace_agents WHERE id = %s",
-                           (agent,)).fetchone()
+        row = conn.execute(
+            "SELECT last_connected_at IS NOT NULL FROM public.workspace_agents WHERE id = %s", (agent,)
+        ).fetchone()
         assert row == (True,)
     assert run_pybatch("local", "stop", "--citus", env=home).returncode == 0
 
 
 def test_local_citus_as_a_normal_user_without_citus_says_what_to_run(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """No citus.so for the server found (a bindir with initdb and pg_ctl only) and not root: one line
     naming the build script, exit 1, and no directory left behind."""
     from pybatch.local import find_bindir

@@ -35,7 +35,13 @@ def test_cron_install_status_remove(cron_dsn: str) -> None:
     assert installed.returncode == 0, installed.stderr
     assert f"installed pybatch-flush-{database}" in installed.stdout and "loop" in installed.stdout
 
-    again = run_pybatch("--dsn", cron_dsn, "cron", "install", env={"PYBATCH_INTERVAL": "20s"}, )
+    again = run_pybatch(
+        "--dsn",
+        cron_dsn,
+        "cron",
+        "install",
+        env={"PYBATCH_INTERVAL": "20s"},
+    )
     assert again.returncode == 0, again.stderr
     assert "every 20s" in again.stdout
 
@@ -84,13 +90,16 @@ def test_rollback_removes_the_jobs(cron_dsn: str) -> None:
     assert jobs == (0,)
 
 
-@pytest.mark.parametrize(("argv", "env", "needle"), [
-    (["scheduler", "--interval", "soon"], {}, "--interval"),
-    (["scheduler"], {"PYBATCH_INTERVAL": "soon"}, "PYBATCH_INTERVAL"),
-    (["scheduler", "--metrics-port", "99999"], {}, "port"),
-    (["scheduler"], {"PYBATCH_METRICS_PORT": "http"}, "PYBATCH_METRICS_PORT"),
-    (["cron", "install", "--interval", "-1s"], {}, "--interval"),
-])
+@pytest.mark.parametrize(
+    ("argv", "env", "needle"),
+    [
+        (["scheduler", "--interval", "soon"], {}, "--interval"),
+        (["scheduler"], {"PYBATCH_INTERVAL": "soon"}, "PYBATCH_INTERVAL"),
+        (["scheduler", "--metrics-port", "99999"], {}, "port"),
+        (["scheduler"], {"PYBATCH_METRICS_PORT": "http"}, "PYBATCH_METRICS_PORT"),
+        (["cron", "install", "--interval", "-1s"], {}, "--interval"),
+    ],
+)
 def test_bad_flags_are_one_line_usage_errors(dsn: str, argv: list[str], env: dict[str, str], needle: str) -> None:
     result = run_pybatch("--dsn", dsn, *argv, env=env, timeout=30)
     assert result.returncode == 2

@@ -27,8 +27,10 @@ Scenario = Callable[[BadInput, str, psycopg.Connection], None]
 
 def new_agents(conn: psycopg.Connection, n: int = 1) -> list[uuid.UUID]:
     ids = [uuid.uuid4() for _ in range(n)]
-    conn.execute("INSERT INTO public.workspace_agents (id, created_at) SELECT unnest(%s::uuid[]), %s",
-                 (ids, T0 - timedelta(days=1)))
+    conn.execute(
+        "INSERT INTO public.workspace_agents (id, created_at) SELECT unnest(%s::uuid[]), %s",
+        (ids, T0 - timedelta(days=1)),
+    )
     return ids
 
 
@@ -39,15 +41,19 @@ def staged(conn: psycopg.Connection) -> int:
 
 
 def state(conn: psycopg.Connection, agent: uuid.UUID) -> tuple[object, ...]:
-    row = conn.execute("SELECT first_connected_at, last_connected_at, disconnected_at, last_connected_replica_id "
-                       "FROM public.workspace_agents WHERE id = %s", (agent,)).fetchone()
+    row = conn.execute(
+        "SELECT first_connected_at, last_connected_at, disconnected_at, last_connected_replica_id "
+        "FROM public.workspace_agents WHERE id = %s",
+        (agent,),
+    ).fetchone()
     assert row is not None
     return tuple(row)
 
 
 def stage(conn: psycopg.Connection, agent: uuid.UUID, at: object, replica: uuid.UUID | None = None) -> None:
-    conn.execute("INSERT INTO pybatch.heartbeats (agent_id, replica_id, beat_at) VALUES (%s, %s, %s)",
-                 (agent, replica, at))
+    conn.execute(
+        "INSERT INTO pybatch.heartbeats (agent_id, replica_id, beat_at) VALUES (%s, %s, %s)", (agent, replica, at)
+    )
 
 
 def raises(entry: BadInput, call: Callable[[], object], kind: type[BaseException] = Exception) -> None:
@@ -71,6 +77,7 @@ def accepted_kept(conn: psycopg.Connection) -> Callable[[], None]:
 
 
 # -- SQL ------------------------------------------------------------------------------------
+
 
 def sql_insert_malformed_uuid(entry: BadInput, dsn: str, conn: psycopg.Connection) -> None:
     check = accepted_kept(conn)
@@ -173,8 +180,12 @@ def sql_beat_year_9999(entry: BadInput, dsn: str, conn: psycopg.Connection) -> N
 def sql_beat_out_of_range(entry: BadInput, dsn: str, conn: psycopg.Connection) -> None:
     check = accepted_kept(conn)
     (agent,) = new_agents(conn)
-    raises(entry, lambda: conn.execute("INSERT INTO pybatch.heartbeats (agent_id, beat_at) "
-                                       "VALUES (%s, '300000-01-01')", (agent,)))
+    raises(
+        entry,
+        lambda: conn.execute(
+            "INSERT INTO pybatch.heartbeats (agent_id, beat_at) VALUES (%s, '300000-01-01')", (agent,)
+        ),
+    )
     check()
 
 
@@ -255,9 +266,11 @@ def sql_huge_copy(entry: BadInput, dsn: str, conn: psycopg.Connection) -> None:
         assert result.ok and result.rows_staged is not None and result.rows_staged <= 50_000
         passes += 1
     assert passes == 4
-    row = conn.execute("SELECT count(*) FROM public.workspace_agents WHERE id = ANY(%s) "
-                       "AND first_connected_at = %s AND last_connected_at = %s",
-                       (agents, T0, T0 + timedelta(seconds=9))).fetchone()
+    row = conn.execute(
+        "SELECT count(*) FROM public.workspace_agents WHERE id = ANY(%s) "
+        "AND first_connected_at = %s AND last_connected_at = %s",
+        (agents, T0, T0 + timedelta(seconds=9)),
+    ).fetchone()
     assert row == (20_000,)
 
 
@@ -309,14 +322,16 @@ def sql_flush_connection_killed(entry: BadInput, dsn: str, conn: psycopg.Connect
     assert len(errors) == 1 and entry.error and re.search(entry.error, str(errors[0]))
     conn.execute("DROP TRIGGER slow_update ON public.workspace_agents")
     # Nothing merged is lost: the beats wait in staging or, handed off, in pybatch.pending.
-    row = conn.execute("SELECT (SELECT count(*) FROM pybatch.heartbeats)"
-                       " + (SELECT COALESCE(sum(beats), 0) FROM pybatch.pending)").fetchone()
+    row = conn.execute(
+        "SELECT (SELECT count(*) FROM pybatch.heartbeats) + (SELECT COALESCE(sum(beats), 0) FROM pybatch.pending)"
+    ).fetchone()
     assert row == (3,)
     assert flush(conn).agents_updated == 3 and staged(conn) == 0
     assert conn.execute("SELECT count(*) FROM pybatch.pending").fetchone() == (0,)
 
 
 # -- client API ------------------------------------------------------------------------------
+
 
 def client_beat_malformed_uuid(entry: BadInput, dsn: str, conn: psycopg.Connection) -> None:
     with HeartbeatClient(dsn) as client:
@@ -432,8 +447,10 @@ def client_immediate_connection_killed(entry: BadInput, dsn: str, conn: psycopg.
     with HeartbeatClient(dsn) as client:
         client.beat(agents[0], at=T0)
         written.append(agents[0])
-        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'pybatch' "
-                     "AND pid <> pg_backend_pid() AND datname = current_database()")
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'pybatch' "
+            "AND pid <> pg_backend_pid() AND datname = current_database()"
+        )
         for agent in agents[1:]:
             try:
                 client.beat(agent, at=T0)
@@ -452,8 +469,10 @@ def client_buffered_connection_killed(entry: BadInput, dsn: str, conn: psycopg.C
         for agent in agents[:50]:
             client.beat(agent, at=T0)
         time.sleep(0.3)
-        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'pybatch' "
-                     "AND pid <> pg_backend_pid() AND datname = current_database()")
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'pybatch' "
+            "AND pid <> pg_backend_pid() AND datname = current_database()"
+        )
         for agent in agents[50:]:
             client.beat(agent, at=T0)
         time.sleep(0.5)

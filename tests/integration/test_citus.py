@@ -33,8 +33,9 @@ REPLICAS: list[uuid.UUID | None] = [None, uuid.UUID(int=1), uuid.UUID(int=2)]
 
 
 def staged(conn: psycopg.Connection) -> tuple[int, int]:
-    row = conn.execute("SELECT (SELECT count(*) FROM pybatch.heartbeats),"
-                       " (SELECT count(*) FROM pybatch.pending)").fetchone()
+    row = conn.execute(
+        "SELECT (SELECT count(*) FROM pybatch.heartbeats), (SELECT count(*) FROM pybatch.pending)"
+    ).fetchone()
     assert row is not None
     return int(row[0]), int(row[1])
 
@@ -47,12 +48,18 @@ def test_layout_is_colocated_by_agent_id(citus_dsn: str) -> None:  # noqa: F811
             WHERE logicalrelid IN ('public.workspace_agents'::regclass, 'pybatch.heartbeats'::regclass,
                                    'pybatch.pending'::regclass, 'pybatch.quarantine'::regclass)
             ORDER BY 1""").fetchall()
-        assert {r[0]: r[1] for r in rows} == {"workspace_agents": "id", "pybatch.heartbeats": "agent_id",
-                                              "pybatch.pending": "agent_id", "pybatch.quarantine": "agent_id"}
+        assert {r[0]: r[1] for r in rows} == {
+            "workspace_agents": "id",
+            "pybatch.heartbeats": "agent_id",
+            "pybatch.pending": "agent_id",
+            "pybatch.quarantine": "agent_id",
+        }
         assert len({r[2] for r in rows}) == 1
         # flush_log and settings stay on the coordinator (local tables).
-        local = conn.execute("SELECT count(*) FROM pg_dist_partition WHERE logicalrelid IN"
-                             " ('pybatch.flush_log'::regclass, 'pybatch.settings'::regclass)").fetchone()
+        local = conn.execute(
+            "SELECT count(*) FROM pg_dist_partition WHERE logicalrelid IN"
+            " ('pybatch.flush_log'::regclass, 'pybatch.settings'::regclass)"
+        ).fetchone()
         assert local == (0,)
         assert conn.execute("SELECT pybatch.citus_distributed()").fetchone() == (True,)
 
@@ -61,9 +68,12 @@ def test_disconnect_is_a_single_shard_router_query(citus_dsn: str) -> None:  # n
     with psycopg.connect(citus_dsn, autocommit=True) as conn:
         agent = uuid.uuid4()
         conn.execute("INSERT INTO public.workspace_agents (id) VALUES (%s)", (agent,))
-        plan = "\n".join(r[0] for r in conn.execute(
-            "EXPLAIN UPDATE public.workspace_agents SET disconnected_at = %s WHERE id = %s",
-            (T0, agent)).fetchall())
+        plan = "\n".join(
+            r[0]
+            for r in conn.execute(
+                "EXPLAIN UPDATE public.workspace_agents SET disconnected_at = %s WHERE id = %s", (T0, agent)
+            ).fetchall()
+        )
         assert "Task Count: 1" in plan, plan
         assert conn.execute("SELECT pybatch.disconnect(%s, %s)", (agent, T0)).fetchone() == (True,)
 
@@ -76,8 +86,7 @@ def test_flush_sends_only_calls_and_no_row_comes_back(citus_dsn: str) -> None:  
     with psycopg.connect(citus_dsn, autocommit=True) as conn:
         agents = [uuid.uuid4() for _ in range(2_000)]
         conn.execute("INSERT INTO public.workspace_agents (id) SELECT unnest(%s::uuid[])", (agents,))
-        conn.execute("INSERT INTO pybatch.heartbeats (agent_id, beat_at) SELECT unnest(%s::uuid[]), %s",
-                     (agents, T0))
+        conn.execute("INSERT INTO pybatch.heartbeats (agent_id, beat_at) SELECT unnest(%s::uuid[]), %s", (agents, T0))
         notices: list[str] = []
         conn.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
         conn.execute("SET citus.log_remote_commands = on")
@@ -88,17 +97,20 @@ def test_flush_sends_only_calls_and_no_row_comes_back(citus_dsn: str) -> None:  
         assert result.ok and result.rows_staged == 2_000 and result.agents_updated == 2_000
         sent = [n.removeprefix("issuing ") for n in notices if n.startswith("issuing ")]
         calls = [s for s in sent if s.startswith("CALL pybatch.shard_flush(")]
-        groups = conn.execute("SELECT count(*) FROM pg_dist_shard"
-                              " WHERE logicalrelid = 'pybatch.heartbeats'::regclass").fetchone()
+        groups = conn.execute(
+            "SELECT count(*) FROM pg_dist_shard WHERE logicalrelid = 'pybatch.heartbeats'::regclass"
+        ).fetchone()
         assert groups is not None and len(calls) == groups[0], notices[:20]
         assert [s for s in sent if not s.startswith(("CALL pybatch.shard_flush(", "SET application_name"))] == []
-        shards = conn.execute("SELECT count(*), sum(rows_staged) FROM pybatch.flush_log_shards"
-                              " WHERE flush_id = %s", (result.flush_id,)).fetchone()
+        shards = conn.execute(
+            "SELECT count(*), sum(rows_staged) FROM pybatch.flush_log_shards WHERE flush_id = %s", (result.flush_id,)
+        ).fetchone()
         assert shards == (groups[0], 2_000)
         # The coordinator's shell of staging never held or deleted a row.
         conn.execute("SELECT pg_stat_force_next_flush()")
-        shell = conn.execute("SELECT n_tup_ins, n_tup_del FROM pg_stat_user_tables"
-                             " WHERE relid = 'pybatch.heartbeats'::regclass").fetchone()
+        shell = conn.execute(
+            "SELECT n_tup_ins, n_tup_del FROM pg_stat_user_tables WHERE relid = 'pybatch.heartbeats'::regclass"
+        ).fetchone()
         assert shell == (0, 0)
         assert staged(conn) == (0, 0)
 
@@ -118,30 +130,33 @@ def test_a_failing_shard_keeps_its_rows_and_others_merge(citus_dsn: str) -> None
         with psycopg.connect(worker, autocommit=True) as w:
             w.execute("SET citus.enable_manual_changes_to_shards = on")
             w.execute(f"ALTER TABLE {shard[0]} RENAME COLUMN beats TO broken")
-        conn.execute("INSERT INTO pybatch.heartbeats (agent_id, beat_at) SELECT unnest(%s::uuid[]), %s",
-                     (agents, T0))
+        conn.execute("INSERT INTO pybatch.heartbeats (agent_id, beat_at) SELECT unnest(%s::uuid[]), %s", (agents, T0))
         result = flush(conn)
         assert result.error is not None and "1 of" in result.error
         left, _ = staged(conn)
         assert 0 < left < 400  # the broken group kept its rows in staging
-        merged = conn.execute("SELECT count(*) FROM public.workspace_agents"
-                              " WHERE last_connected_at IS NOT NULL").fetchone()
+        merged = conn.execute(
+            "SELECT count(*) FROM public.workspace_agents WHERE last_connected_at IS NOT NULL"
+        ).fetchone()
         assert merged == (400 - left,)
         with psycopg.connect(worker, autocommit=True) as w:
             w.execute("SET citus.enable_manual_changes_to_shards = on")
             w.execute(f"ALTER TABLE {shard[0]} RENAME COLUMN broken TO beats")
         assert flush(conn).ok
         assert staged(conn) == (0, 0)
-        assert conn.execute("SELECT count(*) FROM public.workspace_agents"
-                            " WHERE last_connected_at = %s", (T0,)).fetchone() == (400,)
+        assert conn.execute(
+            "SELECT count(*) FROM public.workspace_agents WHERE last_connected_at = %s", (T0,)
+        ).fetchone() == (400,)
 
 
 def test_acceptance_20k_agents_4_writers_2_flushers(citus_dsn: str) -> None:  # noqa: F811
     dsn = citus_dsn
     agents = [uuid.uuid4() for _ in range(AGENTS)]
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("INSERT INTO public.workspace_agents (id, created_at) SELECT unnest(%s::uuid[]), %s",
-                     (agents, T0 - timedelta(days=1)))
+        conn.execute(
+            "INSERT INTO public.workspace_agents (id, created_at) SELECT unnest(%s::uuid[]), %s",
+            (agents, T0 - timedelta(days=1)),
+        )
     events: list[list[Beat | Disconnect]] = [[] for _ in range(4)]
     errors: list[BaseException] = []
     stop = threading.Event()
@@ -150,8 +165,12 @@ def test_acceptance_20k_agents_4_writers_2_flushers(citus_dsn: str) -> None:  # 
     client_rows = [0]
 
     def picks(rng: random.Random) -> list[Beat]:
-        return [Beat(agents[rng.randrange(AGENTS)], TIMES[rng.randrange(len(TIMES))],
-                     REPLICAS[rng.randrange(len(REPLICAS))]) for _ in range(BATCH)]
+        return [
+            Beat(
+                agents[rng.randrange(AGENTS)], TIMES[rng.randrange(len(TIMES))], REPLICAS[rng.randrange(len(REPLICAS))]
+            )
+            for _ in range(BATCH)
+        ]
 
     def disconnects(c: psycopg.Connection, rng: random.Random, mine: list[Beat | Disconnect]) -> None:
         for _ in range(20):
@@ -165,9 +184,11 @@ def test_acceptance_20k_agents_4_writers_2_flushers(citus_dsn: str) -> None:  # 
             with psycopg.connect(dsn, autocommit=True) as c:
                 for _ in range(ROUNDS):
                     batch = picks(rng)
-                    c.execute("INSERT INTO pybatch.heartbeats (agent_id, replica_id, beat_at)"
-                              " SELECT * FROM unnest(%s::uuid[], %s::uuid[], %s::timestamptz[])",
-                              ([b.agent_id for b in batch], [b.replica_id for b in batch], [b.at for b in batch]))
+                    c.execute(
+                        "INSERT INTO pybatch.heartbeats (agent_id, replica_id, beat_at)"
+                        " SELECT * FROM unnest(%s::uuid[], %s::uuid[], %s::timestamptz[])",
+                        ([b.agent_id for b in batch], [b.replica_id for b in batch], [b.at for b in batch]),
+                    )
                     mine.extend(batch)
                     disconnects(c, rng, mine)
                     time.sleep(0.15)  # spread the writes over many flushes
@@ -180,8 +201,10 @@ def test_acceptance_20k_agents_4_writers_2_flushers(citus_dsn: str) -> None:  # 
             with psycopg.connect(dsn, autocommit=True) as c:
                 for _ in range(ROUNDS):
                     batch = picks(rng)
-                    with c.cursor() as cur, cur.copy(
-                            "COPY pybatch.heartbeats (agent_id, replica_id, beat_at) FROM STDIN") as cp:
+                    with (
+                        c.cursor() as cur,
+                        cur.copy("COPY pybatch.heartbeats (agent_id, replica_id, beat_at) FROM STDIN") as cp,
+                    ):
                         for b in batch:
                             cp.write_row((b.agent_id, b.replica_id, b.at))
                     mine.extend(batch)
@@ -199,8 +222,10 @@ def test_acceptance_20k_agents_4_writers_2_flushers(citus_dsn: str) -> None:  # 
             client = HeartbeatClient(dsn, mode="buffered", write_interval="0.2s")
             try:
                 for round_no in range(ROUNDS):
-                    batch = [Beat(a, TIMES[rng.randrange(len(TIMES))], REPLICAS[rng.randrange(len(REPLICAS))])
-                             for a in order[round_no * BATCH:(round_no + 1) * BATCH]]
+                    batch = [
+                        Beat(a, TIMES[rng.randrange(len(TIMES))], REPLICAS[rng.randrange(len(REPLICAS))])
+                        for a in order[round_no * BATCH : (round_no + 1) * BATCH]
+                    ]
                     for b in batch:
                         client.beat(b.agent_id, replica_id=b.replica_id, at=b.at)
                     mine.extend(batch)
@@ -227,8 +252,12 @@ def test_acceptance_20k_agents_4_writers_2_flushers(citus_dsn: str) -> None:  # 
         except BaseException as exc:
             errors.append(exc)
 
-    writers = [threading.Thread(target=inserter), threading.Thread(target=copier, args=(1,)),
-               threading.Thread(target=client_writer), threading.Thread(target=copier, args=(3,))]
+    writers = [
+        threading.Thread(target=inserter),
+        threading.Thread(target=copier, args=(1,)),
+        threading.Thread(target=client_writer),
+        threading.Thread(target=copier, args=(3,)),
+    ]
     flushers = [threading.Thread(target=flusher) for _ in range(2)]
     started = time.monotonic()
     for thread in [*flushers, *writers]:
@@ -258,8 +287,10 @@ def test_acceptance_20k_agents_4_writers_2_flushers(citus_dsn: str) -> None:  # 
         totals = conn.execute("SELECT sum(rows_staged) FROM pybatch.flush_log").fetchone()
         per_shard = conn.execute("SELECT sum(rows_staged) FROM pybatch.flush_log_shards").fetchone()
         assert totals == per_shard == (rows,)
-    print(f"\ncitus acceptance: {beats:,} beats + {len(all_events) - beats:,} disconnects to {AGENTS:,} agents,"
-          f" {flushes['ok']} flushes ({flushes['skipped']} skipped) in {time.monotonic() - started:.1f}s; wrong 0")
+    print(
+        f"\ncitus acceptance: {beats:,} beats + {len(all_events) - beats:,} disconnects to {AGENTS:,} agents,"
+        f" {flushes['ok']} flushes ({flushes['skipped']} skipped) in {time.monotonic() - started:.1f}s; wrong 0"
+    )
 
 
 def test_rollback_of_0006_brings_staged_rows_back_to_the_coordinator(citus_dsn: str) -> None:  # noqa: F811
@@ -271,6 +302,7 @@ def test_rollback_of_0006_brings_staged_rows_back_to_the_coordinator(citus_dsn: 
         conn.execute("INSERT INTO pybatch.heartbeats (agent_id, beat_at) VALUES (%s, %s)", (agent, T0))
     assert migrate.rollback(citus_dsn) == "0006_citus"
     with psycopg.connect(citus_dsn, autocommit=True) as conn:
-        assert conn.execute("SELECT count(*) FROM pg_dist_partition"
-                            " WHERE logicalrelid = 'pybatch.heartbeats'::regclass").fetchone() == (0,)
+        assert conn.execute(
+            "SELECT count(*) FROM pg_dist_partition WHERE logicalrelid = 'pybatch.heartbeats'::regclass"
+        ).fetchone() == (0,)
         assert conn.execute("SELECT count(*) FROM pybatch.heartbeats").fetchone() == (1,)

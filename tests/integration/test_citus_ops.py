@@ -36,14 +36,17 @@ def checks(report: DoctorReport) -> dict[str, Check]:
 
 def add_agents(conn: psycopg.Connection, n: int) -> list[uuid.UUID]:
     ids = [uuid.uuid4() for _ in range(n)]
-    conn.execute("INSERT INTO public.workspace_agents (id, created_at) SELECT unnest(%s::uuid[]), %s",
-                 (ids, T0 - timedelta(days=1)))
+    conn.execute(
+        "INSERT INTO public.workspace_agents (id, created_at) SELECT unnest(%s::uuid[]), %s",
+        (ids, T0 - timedelta(days=1)),
+    )
     return ids
 
 
 def staged(conn: psycopg.Connection) -> tuple[int, int]:
-    row = conn.execute("SELECT (SELECT count(*) FROM pybatch.heartbeats),"
-                       " (SELECT count(*) FROM pybatch.pending)").fetchone()
+    row = conn.execute(
+        "SELECT (SELECT count(*) FROM pybatch.heartbeats), (SELECT count(*) FROM pybatch.pending)"
+    ).fetchone()
     assert row is not None
     return int(row[0]), int(row[1])
 
@@ -53,12 +56,16 @@ def test_doctor_checks_colocation_and_reads_the_shards(citus_dsn: str) -> None: 
     with psycopg.connect(citus_dsn, autocommit=True) as conn:
         agents = add_agents(conn, 3_000)
         for second in range(3):
-            conn.execute("INSERT INTO pybatch.heartbeats (agent_id, beat_at) SELECT unnest(%s::uuid[]), %s",
-                         (agents, T0 + timedelta(seconds=second)))
+            conn.execute(
+                "INSERT INTO pybatch.heartbeats (agent_id, beat_at) SELECT unnest(%s::uuid[]), %s",
+                (agents, T0 + timedelta(seconds=second)),
+            )
             assert flush(conn).ok
         shell = conn.execute("SELECT pg_relation_size('public.workspace_agents')").fetchone()
-        row = conn.execute("SELECT citus_relation_size('public.workspace_agents'),"
-                           " (SELECT heap_bytes FROM pybatch.flush_log ORDER BY id DESC LIMIT 1)").fetchone()
+        row = conn.execute(
+            "SELECT citus_relation_size('public.workspace_agents'),"
+            " (SELECT heap_bytes FROM pybatch.flush_log ORDER BY id DESC LIMIT 1)"
+        ).fetchone()
         assert row is not None
         shards_heap, logged_heap = row
         shape = status.table_shape(conn)
@@ -100,8 +107,10 @@ def test_doctor_names_what_is_not_distributed_or_not_colocated(citus_dsn: str) -
         conn.execute("SELECT pybatch.citus_distribute()")
         layout = checks(doctor(citus_dsn))["citus_layout"]
         assert layout.level == FAIL and "pybatch.pending" not in layout.message, layout
-        conn.execute("SELECT update_distributed_table_colocation('pybatch.quarantine',"
-                     " colocate_with => 'public.workspace_agents')")
+        conn.execute(
+            "SELECT update_distributed_table_colocation('pybatch.quarantine',"
+            " colocate_with => 'public.workspace_agents')"
+        )
         assert checks(doctor(citus_dsn))["citus_layout"].level == OK
 
 
@@ -141,10 +150,14 @@ class Writer(threading.Thread):
         try:
             with psycopg.connect(self.dsn, autocommit=True) as conn:
                 for _ in range(self.rounds):
-                    batch = [Beat(rng.choice(self.agents), T0 + timedelta(seconds=rng.randrange(300)),
-                                  rng.choice(REPLICAS)) for _ in range(1_000)]
-                    with conn.cursor() as cur, cur.copy(
-                            "COPY pybatch.heartbeats (agent_id, replica_id, beat_at) FROM STDIN") as cp:
+                    batch = [
+                        Beat(rng.choice(self.agents), T0 + timedelta(seconds=rng.randrange(300)), rng.choice(REPLICAS))
+                        for _ in range(1_000)
+                    ]
+                    with (
+                        conn.cursor() as cur,
+                        cur.copy("COPY pybatch.heartbeats (agent_id, replica_id, beat_at) FROM STDIN") as cp,
+                    ):
                         for b in batch:
                             cp.write_row((b.agent_id, b.replica_id, b.at))
                     self.events.extend(batch)
@@ -179,14 +192,17 @@ def test_pybatch_scheduler_flushes_a_distributed_fleet(citus_dsn: str) -> None: 
         scheduler.close()
     with psycopg.connect(citus_dsn, autocommit=True) as conn:
         assert staged(conn) == (0, 0)
-        row = conn.execute("SELECT count(*), count(*) FILTER (WHERE error IS NOT NULL), sum(rows_staged)"
-                           " FROM pybatch.flush_log WHERE NOT EXISTS (SELECT FROM pybatch.flush_log_shards s"
-                           " WHERE s.flush_id = flush_log.id AND s.error IS NOT NULL)").fetchone()
+        row = conn.execute(
+            "SELECT count(*), count(*) FILTER (WHERE error IS NOT NULL), sum(rows_staged)"
+            " FROM pybatch.flush_log WHERE NOT EXISTS (SELECT FROM pybatch.flush_log_shards s"
+            " WHERE s.flush_id = flush_log.id AND s.error IS NOT NULL)"
+        ).fetchone()
         assert row is not None
         flushes, failed, rows = row
         assert flushes >= 3 and failed == 0 and rows == 6_000  # several shard-local flushes took every row
-        per_shard = conn.execute("SELECT count(DISTINCT shard_id), sum(rows_staged)"
-                                 " FROM pybatch.flush_log_shards").fetchone()
+        per_shard = conn.execute(
+            "SELECT count(DISTINCT shard_id), sum(rows_staged) FROM pybatch.flush_log_shards"
+        ).fetchone()
         assert per_shard == (8, 6_000)
         assert_matches_model(conn, agents, writer.events)
 
@@ -214,12 +230,14 @@ def test_the_cron_jobs_command_on_the_coordinator_flushes_a_distributed_fleet(ci
             conn.execute(command)  # and once more, for what was written during the last pass
             assert 2.0 < looped < 10, looped
             assert staged(conn) == (0, 0)
-            flushes = conn.execute("SELECT count(*), count(*) FILTER (WHERE error IS NOT NULL), sum(rows_staged)"
-                                   " FROM pybatch.flush_log").fetchone()
+            flushes = conn.execute(
+                "SELECT count(*), count(*) FILTER (WHERE error IS NOT NULL), sum(rows_staged) FROM pybatch.flush_log"
+            ).fetchone()
             assert flushes is not None
             assert flushes[0] >= 4 and flushes[1] == 0 and flushes[2] == 5_000, flushes
-            per_shard = conn.execute("SELECT count(DISTINCT shard_id), sum(rows_staged)"
-                                     " FROM pybatch.flush_log_shards").fetchone()
+            per_shard = conn.execute(
+                "SELECT count(DISTINCT shard_id), sum(rows_staged) FROM pybatch.flush_log_shards"
+            ).fetchone()
             assert per_shard == (8, 5_000)  # shard-local: every group merged its own rows
             assert_matches_model(conn, agents, writer.events)
     finally:

@@ -92,8 +92,10 @@ class Writers:
                     while not self.stop.is_set():
                         agents = [share[(position + i) % len(share)] for i in range(batch)]
                         at = datetime.now(UTC)
-                        with conn.cursor() as cur, cur.copy(
-                                "COPY pybatch.heartbeats (agent_id, beat_at) FROM STDIN") as cp:
+                        with (
+                            conn.cursor() as cur,
+                            cur.copy("COPY pybatch.heartbeats (agent_id, beat_at) FROM STDIN") as cp,
+                        ):
                             for agent in agents:
                                 cp.write_row((agent, at))
                         returned = time.time()
@@ -133,8 +135,10 @@ def test_kill_9_postmaster_under_load(own_cluster: LocalCluster) -> None:
             merged: dict[uuid.UUID, datetime | None] = dict(
                 conn.execute("SELECT id, last_connected_at FROM public.workspace_agents").fetchall()
             )
-            last_ok = conn.execute("SELECT extract(epoch FROM max(started_at))::float8 FROM pybatch.flush_log "
-                                   "WHERE error IS NULL AND rows_staged > 0").fetchone()
+            last_ok = conn.execute(
+                "SELECT extract(epoch FROM max(started_at))::float8 FROM pybatch.flush_log "
+                "WHERE error IS NULL AND rows_staged > 0"
+            ).fetchone()
         assert last_ok is not None and last_ok[0] is not None
         last_flush_started = float(last_ok[0])
 
@@ -143,18 +147,23 @@ def test_kill_9_postmaster_under_load(own_cluster: LocalCluster) -> None:
             beats_by_agent.setdefault(agent, set()).add(at)
         # Intact: every stored time is a beat that was really committed.
         assert all(merged[a] is None or merged[a] in beats_by_agent.get(a, set()) for a in agents)
-        lost = [(agent, at, returned) for agent, at, returned in before_crash
-                if (stored := merged[agent]) is None or at > stored]
+        lost = [
+            (agent, at, returned)
+            for agent, at, returned in before_crash
+            if (stored := merged[agent]) is None or at > stored
+        ]
         # Only beats committed after the last flush began can be lost (it drained everything before),
         # and that flush began within one interval (plus a flush's duration) of the crash.
         assert all(returned >= last_flush_started for _, _, returned in lost)
         assert killed_at - last_flush_started < FLUSH_INTERVAL + 1.0
         window = [b for b in before_crash if b[2] >= killed_at - FLUSH_INTERVAL]
         rate = len(before_crash) / (killed_at - before_crash[0][2])
-        print(f"\nkill -9: {len(before_crash)} beats committed before the crash ({rate:.0f}/s); "
-              f"lost {len(lost)} (one {FLUSH_INTERVAL}s interval = {rate * FLUSH_INTERVAL:.0f} beats; "
-              f"committed in the last interval: {len(window)}); last flush began "
-              f"{killed_at - last_flush_started:.2f}s before the kill")
+        print(
+            f"\nkill -9: {len(before_crash)} beats committed before the crash ({rate:.0f}/s); "
+            f"lost {len(lost)} (one {FLUSH_INTERVAL}s interval = {rate * FLUSH_INTERVAL:.0f} beats; "
+            f"committed in the last interval: {len(window)}); last flush began "
+            f"{killed_at - last_flush_started:.2f}s before the kill"
+        )
 
         # The scheduler and the writers resume by themselves; everything written after is merged.
         writers.resume.set()
@@ -162,11 +171,26 @@ def test_kill_9_postmaster_under_load(own_cluster: LocalCluster) -> None:
         writers.stop.set()
         writers.join()
         with psycopg.connect(dsn, autocommit=True) as conn:
-            wait_for(lambda: count(conn, "SELECT (SELECT count(*) FROM pybatch.heartbeats)"
-                                         " + (SELECT count(*) FROM pybatch.pending)") == 0, 20,
-                     "the scheduler to drain staging and merge everything after the restart")
-            assert count(conn, "SELECT count(*) FROM pybatch.flush_log WHERE error IS NULL AND rows_staged > 0 "
-                               "AND started_at > to_timestamp(%s)", (killed_at,)) >= 1
+            wait_for(
+                lambda: (
+                    count(
+                        conn,
+                        "SELECT (SELECT count(*) FROM pybatch.heartbeats) + (SELECT count(*) FROM pybatch.pending)",
+                    )
+                    == 0
+                ),
+                20,
+                "the scheduler to drain staging and merge everything after the restart",
+            )
+            assert (
+                count(
+                    conn,
+                    "SELECT count(*) FROM pybatch.flush_log WHERE error IS NULL AND rows_staged > 0 "
+                    "AND started_at > to_timestamp(%s)",
+                    (killed_at,),
+                )
+                >= 1
+            )
             final: dict[uuid.UUID, datetime | None] = dict(
                 conn.execute("SELECT id, last_connected_at FROM public.workspace_agents").fetchall()
             )
@@ -204,13 +228,21 @@ def test_flush_failing_once_is_retried_by_the_scheduler(dsn: str, conn: psycopg.
             cp.write_row((agent, at))
     scheduler, thread = start_scheduler(dsn)
     try:
-        wait_for(lambda: count(conn, "SELECT (SELECT count(*) FROM pybatch.heartbeats)"
-                                     " + (SELECT count(*) FROM pybatch.pending)") == 0, 20, "the retry to merge")
+        wait_for(
+            lambda: (
+                count(conn, "SELECT (SELECT count(*) FROM pybatch.heartbeats) + (SELECT count(*) FROM pybatch.pending)")
+                == 0
+            ),
+            20,
+            "the retry to merge",
+        )
     finally:
         scheduler.request_stop()
         thread.join(timeout=30)
-    log = conn.execute("SELECT error, rows_staged, agents_updated FROM pybatch.flush_log "
-                       "WHERE error IS NOT NULL OR agents_updated > 0 ORDER BY id").fetchall()
+    log = conn.execute(
+        "SELECT error, rows_staged, agents_updated FROM pybatch.flush_log "
+        "WHERE error IS NOT NULL OR agents_updated > 0 ORDER BY id"
+    ).fetchall()
     # The failed flush handed the 20 beats off and merged none; the next merged them all.
     assert log[0][0] is not None and "injected half-way failure" in log[0][0] and log[0][1:] == (20, 0)
     assert log[1] == (None, 0, 20)
@@ -223,15 +255,27 @@ def test_copy_cut_off_by_pg_terminate_backend_leaves_no_rows(dsn: str, conn: psy
     conn.execute("INSERT INTO pybatch.heartbeats (agent_id, beat_at) VALUES (%s, '2026-01-01')", (agent,))
     with psycopg.connect(dsn, autocommit=True) as victim:
         pid = victim.info.backend_pid
-        with pytest.raises(psycopg.OperationalError), victim.cursor() as cur, \
-                cur.copy("COPY pybatch.heartbeats (agent_id, beat_at) FROM STDIN") as cp:
+        with (
+            pytest.raises(psycopg.OperationalError),
+            victim.cursor() as cur,
+            cur.copy("COPY pybatch.heartbeats (agent_id, beat_at) FROM STDIN") as cp,
+        ):
             for _ in range(20_000):  # large enough that psycopg has sent part of it
                 cp.write_row((agent, "2026-01-02"))
-            wait_for(lambda: count(conn, "SELECT count(*) FROM pg_stat_activity WHERE pid = %s "
-                                         "AND query LIKE 'COPY%%'", (pid,)) == 1, 10, "the COPY to start")
+            wait_for(
+                lambda: (
+                    count(conn, "SELECT count(*) FROM pg_stat_activity WHERE pid = %s AND query LIKE 'COPY%%'", (pid,))
+                    == 1
+                ),
+                10,
+                "the COPY to start",
+            )
             conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
-            wait_for(lambda: count(conn, "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (pid,)) == 0,
-                     10, "the backend to exit")
+            wait_for(
+                lambda: count(conn, "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (pid,)) == 0,
+                10,
+                "the backend to exit",
+            )
             for _ in range(20_000):
                 cp.write_row((agent, "2026-01-02"))
     assert count(conn, "SELECT count(*) FROM pybatch.heartbeats") == 1
@@ -254,19 +298,38 @@ def test_client_killed_mid_copy_leaves_no_rows(dsn: str, conn: psycopg.Connectio
     agent = uuid.uuid4()
     conn.execute("INSERT INTO public.workspace_agents (id) VALUES (%s)", (agent,))
     conn.execute("INSERT INTO pybatch.heartbeats (agent_id, beat_at) VALUES (%s, '2026-01-01')", (agent,))
-    client = subprocess.Popen([sys.executable, "-c", COPY_FOREVER, dsn, str(agent)],
-                              stdout=subprocess.PIPE, text=True)
+    client = subprocess.Popen([sys.executable, "-c", COPY_FOREVER, dsn, str(agent)], stdout=subprocess.PIPE, text=True)
     try:
         assert client.stdout is not None and client.stdout.readline().strip() == "copying"
-        wait_for(lambda: count(conn, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                                     "AND query LIKE 'COPY pybatch%%'") == 1, 10, "the COPY to be active")
+        wait_for(
+            lambda: (
+                count(
+                    conn,
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND query LIKE 'COPY pybatch%%'",
+                )
+                == 1
+            ),
+            10,
+            "the COPY to be active",
+        )
         client.send_signal(signal.SIGKILL)
         client.wait(timeout=10)
     finally:
         if client.poll() is None:
             client.kill()
-    wait_for(lambda: count(conn, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                                 "AND query LIKE 'COPY pybatch%%'") == 0, 10, "the orphaned backend to exit")
+    wait_for(
+        lambda: (
+            count(
+                conn,
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND query LIKE 'COPY pybatch%%'",
+            )
+            == 0
+        ),
+        10,
+        "the orphaned backend to exit",
+    )
     assert count(conn, "SELECT count(*) FROM pybatch.heartbeats") == 1
     result = flush(conn)
     assert result.ok and result.rows_staged == 1 and result.agents_updated == 1
@@ -277,11 +340,14 @@ def test_catch_up_is_capped_per_pass_and_the_scheduler_repeats_at_once(dsn: str,
     the scheduler then flushes again at once instead of waiting an interval per cap."""
     agents = [uuid.uuid4() for _ in range(1000)]
     conn.execute("INSERT INTO public.workspace_agents (id) SELECT unnest(%s::uuid[])", (agents,))
-    conn.execute("""
+    conn.execute(
+        """
         INSERT INTO pybatch.heartbeats (agent_id, beat_at)
         SELECT a, '2026-01-01'::timestamptz + make_interval(secs => k * 15)
         FROM unnest(%s::uuid[]) a, generate_series(0, 9) k
-    """, (agents,))
+    """,
+        (agents,),
+    )
     conn.execute("UPDATE pybatch.settings SET max_rows_per_flush = 3000")
     first = flush(conn)  # no max_rows: the settings cap applies
     assert first.ok and first.rows_staged == 3000
@@ -290,15 +356,24 @@ def test_catch_up_is_capped_per_pass_and_the_scheduler_repeats_at_once(dsn: str,
     thread = threading.Thread(target=scheduler.run, daemon=True)
     thread.start()
     try:
-        wait_for(lambda: count(conn, "SELECT count(*) FROM pybatch.heartbeats") == 0, 20,
-                 "back-to-back capped passes to drain the backlog")
+        wait_for(
+            lambda: count(conn, "SELECT count(*) FROM pybatch.heartbeats") == 0,
+            20,
+            "back-to-back capped passes to drain the backlog",
+        )
     finally:
         scheduler.request_stop()
         thread.join(timeout=30)
     passes = conn.execute("SELECT rows_staged FROM pybatch.flush_log WHERE rows_staged > 0 ORDER BY id").fetchall()
     assert [p[0] for p in passes] == [3000, 3000, 3000, 1000]
-    assert count(conn, "SELECT count(*) FROM public.workspace_agents WHERE last_connected_at = "
-                       "'2026-01-01'::timestamptz + interval '135 seconds'") == 1000
+    assert (
+        count(
+            conn,
+            "SELECT count(*) FROM public.workspace_agents WHERE last_connected_at = "
+            "'2026-01-01'::timestamptz + interval '135 seconds'",
+        )
+        == 1000
+    )
 
 
 def test_kill_9_between_passes_keeps_merged_passes_and_loses_at_most_the_interval(
@@ -320,8 +395,9 @@ def test_kill_9_between_passes_keeps_merged_passes_and_loses_at_most_the_interva
             CREATE TRIGGER slow BEFORE UPDATE ON public.workspace_agents FOR EACH ROW EXECUTE FUNCTION public.slow();
         """)
         first_beat = datetime.now(UTC)  # after every row's updated_at
-        conn.execute("INSERT INTO pybatch.heartbeats (agent_id, beat_at) SELECT unnest(%s::uuid[]), %s",
-                      (agents, first_beat))
+        conn.execute(
+            "INSERT INTO pybatch.heartbeats (agent_id, beat_at) SELECT unnest(%s::uuid[]), %s", (agents, first_beat)
+        )
 
     def run_flush() -> None:
         with contextlib.suppress(psycopg.Error, PybatchError), psycopg.connect(dsn, autocommit=True) as c:
@@ -330,8 +406,13 @@ def test_kill_9_between_passes_keeps_merged_passes_and_loses_at_most_the_interva
     flusher = threading.Thread(target=run_flush)
     flusher.start()
     with psycopg.connect(dsn, autocommit=True) as watcher:
-        wait_for(lambda: count(watcher, "SELECT count(*) FROM public.workspace_agents"
-                                        " WHERE last_connected_at IS NOT NULL") >= 60, 30, "a few passes")
+        wait_for(
+            lambda: (
+                count(watcher, "SELECT count(*) FROM public.workspace_agents WHERE last_connected_at IS NOT NULL") >= 60
+            ),
+            30,
+            "a few passes",
+        )
         pending_at_kill = count(watcher, "SELECT count(*) FROM pybatch.pending")
     postmaster_pid = int((own_cluster.datadir / "postmaster.pid").read_text().splitlines()[0])
     os.kill(postmaster_pid, signal.SIGKILL)
@@ -342,15 +423,23 @@ def test_kill_9_between_passes_keeps_merged_passes_and_loses_at_most_the_interva
         merged = count(conn, "SELECT count(*) FROM public.workspace_agents WHERE last_connected_at IS NOT NULL")
         assert 60 <= merged < len(agents)
         # Each agent is either merged whole or untouched: nothing half-applied.
-        assert count(conn, "SELECT count(*) FROM public.workspace_agents WHERE last_connected_at IS NOT NULL"
-                           " AND (last_connected_at <> %s OR first_connected_at <> %s OR updated_at <> %s)",
-                     (first_beat, first_beat, first_beat)) == 0
+        assert (
+            count(
+                conn,
+                "SELECT count(*) FROM public.workspace_agents WHERE last_connected_at IS NOT NULL"
+                " AND (last_connected_at <> %s OR first_connected_at <> %s OR updated_at <> %s)",
+                (first_beat, first_beat, first_beat),
+            )
+            == 0
+        )
         assert count(conn, "SELECT count(*) FROM pybatch.pending") == 0  # UNLOGGED: emptied by recovery
         # The next interval's beats restore every agent.
         next_beat = first_beat + timedelta(seconds=15)
-        conn.execute("INSERT INTO pybatch.heartbeats (agent_id, beat_at) SELECT unnest(%s::uuid[]), %s",
-                     (agents, next_beat))
+        conn.execute(
+            "INSERT INTO pybatch.heartbeats (agent_id, beat_at) SELECT unnest(%s::uuid[]), %s", (agents, next_beat)
+        )
         result = flush(conn)
         assert result.ok and result.agents_updated == len(agents)
-        assert count(conn, "SELECT count(*) FROM public.workspace_agents WHERE last_connected_at = %s",
-                     (next_beat,)) == len(agents)
+        assert count(
+            conn, "SELECT count(*) FROM public.workspace_agents WHERE last_connected_at = %s", (next_beat,)
+        ) == len(agents)

@@ -39,12 +39,6 @@ def cleanup() -> Iterator[Cleanup]:
         cron.remove(dsn)
 
 
-
-
-
-
-
-
 def flush_starts(conn: psycopg.Connection) -> list[datetime]:
     return [row[0] for row in conn.execute("SELECT started_at FROM pybatch.flush_log ORDER BY id").fetchall()]
 
@@ -101,7 +95,8 @@ def test_flush_loop_merges_beats_that_arrive_while_it_runs(dsn: str, conn: psyco
             for agent in agents:
                 time.sleep(0.6)
                 row = writer_conn.execute(
-                    "INSERT INTO pybatch.heartbeats (agent_id) VALUES (%s) RETURNING beat_at", (agent,)).fetchone()
+                    "INSERT INTO pybatch.heartbeats (agent_id) VALUES (%s) RETURNING beat_at", (agent,)
+                ).fetchone()
                 assert row is not None
                 beats.append(row[0])
 
@@ -149,6 +144,7 @@ def test_flush_loop_goes_on_after_failing_passes(conn: psycopg.Connection) -> No
     assert errors[2] is None
     assert last_connected(conn, [agent]) == {agent: at}
 
+
 def test_flush_loop_drains_again_at_once_when_the_row_cap_is_hit(conn: psycopg.Connection) -> None:
     agents = make_agents(conn, 25)
     stage(conn, agents, datetime.now(UTC) - timedelta(seconds=1))
@@ -162,8 +158,9 @@ def test_flush_loop_drains_again_at_once_when_the_row_cap_is_hit(conn: psycopg.C
 # -- install, status, remove --------------------------------------------------------------------
 
 
-def test_install_twice_updates_the_job_and_stores_the_interval(conn: psycopg.Connection, dsn: str,
-                                                               cleanup: Cleanup) -> None:
+def test_install_twice_updates_the_job_and_stores_the_interval(
+    conn: psycopg.Connection, dsn: str, cleanup: Cleanup
+) -> None:
     cleanup(dsn)
     database = dbname(conn)
     # Slow agents (a 2-minute timeout), so 20 s flushes fit the staleness budget.
@@ -192,8 +189,7 @@ def test_install_twice_updates_the_job_and_stores_the_interval(conn: psycopg.Con
     assert cron.remove(dsn) == 0
 
 
-def test_purge_job_command_deletes_only_old_pybatch_rows(conn: psycopg.Connection, dsn: str,
-                                                        cleanup: Cleanup) -> None:
+def test_purge_job_command_deletes_only_old_pybatch_rows(conn: psycopg.Connection, dsn: str, cleanup: Cleanup) -> None:
     cleanup(dsn)
     database = dbname(conn)
     job = cron.install(dsn, 10, force_loop=True)
@@ -203,12 +199,17 @@ def test_purge_job_command_deletes_only_old_pybatch_rows(conn: psycopg.Connectio
         try:
             old, recent = datetime.now(UTC) - timedelta(days=2), datetime.now(UTC) - timedelta(hours=1)
             for jobid, when in ((job.jobid, old), (job.jobid, recent), (other[0], old)):
-                cc.execute("INSERT INTO cron.job_run_details (jobid, runid, database, username, command, status,"
-                           " start_time, end_time) VALUES (%s, nextval('cron.runid_seq'), %s, 'postgres',"
-                           " 'x', 'succeeded', %s, %s)", (jobid, database, when, when))
+                cc.execute(
+                    "INSERT INTO cron.job_run_details (jobid, runid, database, username, command, status,"
+                    " start_time, end_time) VALUES (%s, nextval('cron.runid_seq'), %s, 'postgres',"
+                    " 'x', 'succeeded', %s, %s)",
+                    (jobid, database, when, when),
+                )
             cc.execute(cron.purge_command(database, cc))
-            left = cc.execute("SELECT jobid, end_time FROM cron.job_run_details WHERE jobid = ANY(%s)"
-                              " ORDER BY jobid, end_time", ([job.jobid, other[0]],)).fetchall()
+            left = cc.execute(
+                "SELECT jobid, end_time FROM cron.job_run_details WHERE jobid = ANY(%s) ORDER BY jobid, end_time",
+                ([job.jobid, other[0]],),
+            ).fetchall()
             assert left == sorted([(job.jobid, recent), (other[0], old)])
         finally:
             cc.execute("DELETE FROM cron.job_run_details WHERE jobid = %s", (other[0],))
@@ -249,8 +250,10 @@ def test_remove_ends_a_running_loop(dsn: str, pg_cluster: LocalCluster) -> None:
         deadline = time.monotonic() + 10
 
         def loop_sessions() -> int:
-            row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s"
-                               " AND datname = current_database()", (cron.LOOP_APPLICATION_NAME,)).fetchone()
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s AND datname = current_database()",
+                (cron.LOOP_APPLICATION_NAME,),
+            ).fetchone()
             assert row is not None
             return int(row[0])
 
@@ -262,9 +265,12 @@ def test_remove_ends_a_running_loop(dsn: str, pg_cluster: LocalCluster) -> None:
         thread.join(timeout=10)
         assert not thread.is_alive()
         assert time.monotonic() - started < 10
-        loops = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                             " AND (application_name = %s OR query LIKE 'CALL pybatch.flush_loop%%')"
-                             " AND pid <> pg_backend_pid()", (cron.LOOP_APPLICATION_NAME,)).fetchone()
+        loops = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND (application_name = %s OR query LIKE 'CALL pybatch.flush_loop%%')"
+            " AND pid <> pg_backend_pid()",
+            (cron.LOOP_APPLICATION_NAME,),
+        ).fetchone()
         assert loops == (0,)  # nothing left that would block DROP DATABASE
     assert isinstance(outcome[0], psycopg.OperationalError)
 
@@ -343,8 +349,9 @@ def rejected_by_pg_hba(cluster: LocalCluster, database: str) -> Iterator[None]:
 @contextlib.contextmanager
 def extra_database(cluster: LocalCluster) -> Iterator[str]:
     name = f"t_{uuid.uuid4().hex[:16]}"
-    janitor = DatabaseJanitor(user=SUPERUSER, host="127.0.0.1", port=cluster.port, dbname=name,
-                              template_dbname=TEMPLATE_DB)
+    janitor = DatabaseJanitor(
+        user=SUPERUSER, host="127.0.0.1", port=cluster.port, dbname=name, template_dbname=TEMPLATE_DB
+    )
     janitor.init()
     try:
         yield psycopg.conninfo.make_conninfo(cluster.url(name))
@@ -355,7 +362,10 @@ def extra_database(cluster: LocalCluster) -> Iterator[str]:
 
 @pytest.mark.slow
 def test_pg_cron_moves_heartbeats_and_status_reports_a_refused_connection(
-    conn: psycopg.Connection, dsn: str, pg_cluster: LocalCluster, cleanup: Cleanup,
+    conn: psycopg.Connection,
+    dsn: str,
+    pg_cluster: LocalCluster,
+    cleanup: Cleanup,
 ) -> None:
     cleanup(dsn)
     agents = make_agents(conn, 50)

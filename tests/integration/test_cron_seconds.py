@@ -29,8 +29,10 @@ def cron16_bindir() -> Path:
     """The bin directory of the server copy with pg_cron 1.6 (the same layout as the system's)."""
     bindir = CRON16_HOME / str(find_bindir()).lstrip("/")
     if not (bindir / "postgres").exists():
-        pytest.fail(f"pg_cron 1.6 is not built in {CRON16_HOME}: run `make test` (as root it builds it with "
-                    "../shared/vendor/pg_cron/build.sh), or that script yourself")
+        pytest.fail(
+            f"pg_cron 1.6 is not built in {CRON16_HOME}: run `make test` (as root it builds it with "
+            "../shared/vendor/pg_cron/build.sh), or that script yourself"
+        )
     return bindir
 
 
@@ -56,8 +58,9 @@ def test_a_seconds_job_flushes_every_few_seconds_in_committed_passes(cron16_clus
             stage(conn, agents, at)
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
-                row = conn.execute("SELECT count(*), sum(passes), sum(agents_updated)"
-                                   " FROM pybatch.flush_log WHERE error IS NULL").fetchone()
+                row = conn.execute(
+                    "SELECT count(*), sum(passes), sum(agents_updated) FROM pybatch.flush_log WHERE error IS NULL"
+                ).fetchone()
                 assert row is not None
                 if row[0] >= 3 and (row[2] or 0) >= 300:
                     break

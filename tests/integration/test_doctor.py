@@ -65,10 +65,22 @@ def test_healthy_install_passes_every_check(scheduled: str) -> None:
     assert report.ok
     assert {c.name: c.level for c in report.checks} == {c.name: OK for c in report.checks}, report.checks
     assert set(checks(report)) == {
-        "server_version", "migrations", "compatibility", "target_table", "citus_layout", "pg_cron_preload",
+        "server_version",
+        "migrations",
+        "compatibility",
+        "target_table",
+        "citus_layout",
+        "pg_cron_preload",
         "pg_cron_extension",
-        "cron_job", "job_run_details", "flushes", "staleness_budget", "staging_growth", "pending_and_quarantine",
-        "table_shape", "hot_updates", "table_growth",
+        "cron_job",
+        "job_run_details",
+        "flushes",
+        "staleness_budget",
+        "staging_growth",
+        "pending_and_quarantine",
+        "table_shape",
+        "hot_updates",
+        "table_growth",
     }
     assert "pybatch-flush-" in checks(report)["cron_job"].message
     assert checks(report)["citus_layout"].message.startswith("plain PostgreSQL (no citus extension)")
@@ -95,8 +107,10 @@ def test_pending_migration_is_reported(empty_dsn: str) -> None:
 
 
 def test_migration_unknown_to_this_client_is_incompatible(conn: psycopg.Connection, dsn: str) -> None:
-    conn.execute("INSERT INTO pybatch_migrations._yoyo_migration (migration_hash, migration_id, applied_at_utc) "
-                 "VALUES ('f00d', '9999_from_a_newer_pybatch', now())")
+    conn.execute(
+        "INSERT INTO pybatch_migrations._yoyo_migration (migration_hash, migration_id, applied_at_utc) "
+        "VALUES ('f00d', '9999_from_a_newer_pybatch', now())"
+    )
     check = checks(doctor(dsn))["compatibility"]
     assert check.level == FAIL and "9999_from_a_newer_pybatch" in check.message and "upgrade" in check.message
 
@@ -109,8 +123,10 @@ def test_target_table_missing_a_column(conn: psycopg.Connection, dsn: str) -> No
 
 def test_staging_growing_without_flushes(conn: psycopg.Connection, dsn: str) -> None:
     agents = add_agents(conn, 2)
-    conn.execute("INSERT INTO pybatch.heartbeats (agent_id, beat_at) "
-                 "SELECT unnest(%s::uuid[]), now() - interval '2 minutes'", (agents,))
+    conn.execute(
+        "INSERT INTO pybatch.heartbeats (agent_id, beat_at) SELECT unnest(%s::uuid[]), now() - interval '2 minutes'",
+        (agents,),
+    )
     check = checks(doctor(dsn))["staging_growth"]
     assert check.level == FAIL and "2 heartbeats" in check.message and "pybatch flush" in check.message
     flush(conn)
@@ -192,15 +208,18 @@ def test_old_cron_job_running_select_flush_is_reported(scheduled: str) -> None:
         job = cron.flush_job_name(conn.info.dbname)
     with psycopg.connect(make_conninfo(scheduled, dbname="postgres"), autocommit=True) as cron_conn:
         # As pg_cron 1.5+ jobs of earlier pybatch versions were: a seconds schedule, one transaction.
-        cron_conn.execute("UPDATE cron.job SET command = 'SELECT pybatch.flush()', schedule = '5 seconds'"
-                          " WHERE jobname = %s", (job,))
+        cron_conn.execute(
+            "UPDATE cron.job SET command = 'SELECT pybatch.flush()', schedule = '5 seconds' WHERE jobname = %s", (job,)
+        )
     check = checks(doctor(scheduled))["cron_job"]
     assert check.level == WARN and "pybatch cron install" in check.message and "SELECT pybatch.flush()" in check.message
 
 
 def test_heap_growth_across_flushes_warns(conn: psycopg.Connection, dsn: str) -> None:
-    conn.execute("INSERT INTO pybatch.flush_log (started_at, duration, heap_bytes, index_bytes) VALUES "
-                 "(now() - interval '20 seconds', '0', 1000000, 500000), (now(), '0', 2000000, 510000)")
+    conn.execute(
+        "INSERT INTO pybatch.flush_log (started_at, duration, heap_bytes, index_bytes) VALUES "
+        "(now() - interval '20 seconds', '0', 1000000, 500000), (now(), '0', 2000000, 510000)"
+    )
     check = checks(doctor(dsn))["table_growth"]
     assert check.level == WARN and "+100%" in check.message and "the heap grew over 10%" in check.message
     # Index growth of 2 % is within bounds; a doubling is named too.
@@ -226,12 +245,18 @@ def test_staleness_budget_warns_when_tight_and_fails_when_broken(conn: psycopg.C
 def test_quarantined_and_deferred_agents_are_shown(conn: psycopg.Connection, dsn: str) -> None:
     """Issue 11 #9: status and doctor show the quarantine."""
     good, poison, locked = add_agents(conn, 3)
-    conn.execute("CREATE FUNCTION public.refuse_one() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-                 f"IF NEW.id = '{poison}' THEN RAISE EXCEPTION 'poison row'; END IF; RETURN NEW; END $$")
-    conn.execute("CREATE TRIGGER refuse_one BEFORE UPDATE ON public.workspace_agents "
-                 "FOR EACH ROW EXECUTE FUNCTION public.refuse_one()")
-    conn.execute("INSERT INTO pybatch.heartbeats (agent_id, beat_at) SELECT unnest(%s::uuid[]), "
-                 "now() - interval '30 seconds'", ([good, poison, locked],))
+    conn.execute(
+        "CREATE FUNCTION public.refuse_one() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        f"IF NEW.id = '{poison}' THEN RAISE EXCEPTION 'poison row'; END IF; RETURN NEW; END $$"
+    )
+    conn.execute(
+        "CREATE TRIGGER refuse_one BEFORE UPDATE ON public.workspace_agents "
+        "FOR EACH ROW EXECUTE FUNCTION public.refuse_one()"
+    )
+    conn.execute(
+        "INSERT INTO pybatch.heartbeats (agent_id, beat_at) SELECT unnest(%s::uuid[]), now() - interval '30 seconds'",
+        ([good, poison, locked],),
+    )
     with psycopg.connect(dsn) as app:
         app.execute("SELECT FROM public.workspace_agents WHERE id = %s FOR UPDATE", (locked,))
         result = flush(conn)
@@ -257,8 +282,11 @@ def test_judges_without_a_server() -> None:
 
 
 def test_judge_citus_layout_without_a_server() -> None:
-    ours = {"pybatch.heartbeats": ("h", "agent_id", 3), "pybatch.pending": ("h", "agent_id", 3),
-            "pybatch.quarantine": ("h", "agent_id", 3)}
+    ours = {
+        "pybatch.heartbeats": ("h", "agent_id", 3),
+        "pybatch.pending": ("h", "agent_id", 3),
+        "pybatch.quarantine": ("h", "agent_id", 3),
+    }
     good = judge_citus_layout({"public.workspace_agents": ("h", "id", 3), **ours}, (8, 2))
     assert good.level == OK and "8 shard groups on 2 node(s)" in good.message
     by_time = judge_citus_layout({"public.workspace_agents": ("h", "created_at", 3), **ours}, (8, 2))
@@ -293,13 +321,17 @@ def test_pg_cron_extension_missing_then_job_run_details_too_big(own_cluster: Loc
     assert extension.level == WARN and "CREATE EXTENSION pg_cron" in extension.message
     with psycopg.connect(own_cluster.url("postgres"), autocommit=True) as conn:
         conn.execute("CREATE EXTENSION pg_cron")
-        conn.execute("INSERT INTO cron.job_run_details (jobid, runid, job_pid, database, username, command, status,"
-                     " return_message, start_time, end_time) SELECT 1, g, 0, 'pybatch', 'postgres', 'SELECT 1',"
-                     " 'succeeded', '1 row', now(), now() FROM generate_series(1, 50) g")
+        conn.execute(
+            "INSERT INTO cron.job_run_details (jobid, runid, job_pid, database, username, command, status,"
+            " return_message, start_time, end_time) SELECT 1, g, 0, 'pybatch', 'postgres', 'SELECT 1',"
+            " 'succeeded', '1 row', now(), now() FROM generate_series(1, 50) g"
+        )
     report = checks(doctor(own_cluster.url(), Thresholds(job_run_details_max_rows=40)))
     assert report["pg_cron_extension"].level == OK and "1.4" in report["pg_cron_extension"].message
-    assert report["job_run_details"].level == WARN and "DELETE FROM cron.job_run_details" in \
-        report["job_run_details"].message
+    assert (
+        report["job_run_details"].level == WARN
+        and "DELETE FROM cron.job_run_details" in report["job_run_details"].message
+    )
     assert checks(doctor(own_cluster.url(), Thresholds(job_run_details_max_rows=60)))["job_run_details"].level == OK
 
 

@@ -60,7 +60,9 @@ def coder_shaped(conn: psycopg.Connection, agents: int) -> list[uuid.UUID]:
     """workspace_agents at fillfactor 100 with rows as wide as Coder's, packed tight."""
     conn.execute(
         sql.SQL("ALTER TABLE public.workspace_agents ADD COLUMN filler text NOT NULL DEFAULT repeat('x', {})").format(
-            sql.Literal(CODER_ROW_FILLER)))
+            sql.Literal(CODER_ROW_FILLER)
+        )
+    )
     conn.execute("ALTER TABLE public.workspace_agents SET (fillfactor = 100)")
     ids = make_agents(conn, agents)
     conn.execute("VACUUM FULL public.workspace_agents")
@@ -72,8 +74,7 @@ def coder_shaped(conn: psycopg.Connection, agents: int) -> list[uuid.UUID]:
 ROUNDS_START = datetime.now(UTC) - timedelta(hours=1)
 
 
-def rounds(conn: psycopg.Connection, agents: list[uuid.UUID], n: int, run: object,
-           first: int = 0) -> list[FlushResult]:
+def rounds(conn: psycopg.Connection, agents: list[uuid.UUID], n: int, run: object, first: int = 0) -> list[FlushResult]:
     """n rounds of one beat per agent, 15 s apart from round `first` on, each flushed by `run`."""
     results = []
     for i in range(first, first + n):
@@ -85,8 +86,9 @@ def rounds(conn: psycopg.Connection, agents: list[uuid.UUID], n: int, run: objec
 
 
 def heap_and_indexes(conn: psycopg.Connection) -> tuple[int, int]:
-    row = conn.execute("SELECT pg_relation_size('public.workspace_agents'),"
-                       " pg_indexes_size('public.workspace_agents')").fetchone()
+    row = conn.execute(
+        "SELECT pg_relation_size('public.workspace_agents'), pg_indexes_size('public.workspace_agents')"
+    ).fetchone()
     assert row is not None
     return int(row[0]), int(row[1])
 
@@ -119,16 +121,20 @@ def test_one_transaction_flush_is_correct_but_loses_hot_on_a_full_page(conn: psy
 
 # -- updated_at ------------------------------------------------------------------------
 
+
 def test_updated_at_is_the_newest_event_applied_never_the_flush_start(dsn: str, conn: psycopg.Connection) -> None:
     old = datetime.now(UTC) - timedelta(minutes=5)
     a, b, c = make_agents(conn, 3, created=old)
-    conn.execute("UPDATE public.workspace_agents SET updated_at = %s WHERE id = %s",
-                 (datetime.now(UTC) + timedelta(minutes=10), c))  # an app's lifecycle update, newer than any beat
+    conn.execute(
+        "UPDATE public.workspace_agents SET updated_at = %s WHERE id = %s",
+        (datetime.now(UTC) + timedelta(minutes=10), c),
+    )  # an app's lifecycle update, newer than any beat
     with psycopg.connect(dsn) as holder:
         holder.execute("SELECT FROM pybatch.flush_lock FOR UPDATE")
         result: list[FlushResult] = []
-        waiting = threading.Thread(target=lambda: result.append(flush(psycopg.connect(dsn, autocommit=True),
-                                                                      lock_wait=5)))
+        waiting = threading.Thread(
+            target=lambda: result.append(flush(psycopg.connect(dsn, autocommit=True), lock_wait=5))
+        )
         waiting.start()
         time.sleep(0.3)  # the flush has started and waits; beats and disconnects arrive meanwhile
         beat_a = datetime.now(UTC)
@@ -144,9 +150,9 @@ def test_updated_at_is_the_newest_event_applied_never_the_flush_start(dsn: str, 
     rows: dict[uuid.UUID, datetime] = dict(
         conn.execute("SELECT id, updated_at FROM public.workspace_agents").fetchall()
     )
-    assert rows[a] == beat_a                       # the beat's own instant, as Coder writes it
-    assert rows[b] == disconnect_b                 # the disconnect's own instant
-    assert rows[c] > beat_a                        # never backwards past another writer's newer value
+    assert rows[a] == beat_a  # the beat's own instant, as Coder writes it
+    assert rows[b] == disconnect_b  # the disconnect's own instant
+    assert rows[c] > beat_a  # never backwards past another writer's newer value
     # An older beat later on changes nothing and moves nothing back.
     stage_all(conn, [a], beat_a - timedelta(seconds=30))
     flush(conn)
@@ -155,14 +161,16 @@ def test_updated_at_is_the_newest_event_applied_never_the_flush_start(dsn: str, 
 
 # -- Hardening: the future check, a locked row, a poison agent ----------------------------
 
+
 def test_fresh_beats_are_never_future_even_after_a_long_lock_wait(dsn: str, conn: psycopg.Connection) -> None:
     agents = make_agents(conn, 50)
     conn.execute("UPDATE pybatch.settings SET future_tolerance = '0'")
     with psycopg.connect(dsn) as holder:
         holder.execute("SELECT FROM pybatch.flush_lock FOR UPDATE")
         result: list[FlushResult] = []
-        waiting = threading.Thread(target=lambda: result.append(flush(psycopg.connect(dsn, autocommit=True),
-                                                                      lock_wait=5)))
+        waiting = threading.Thread(
+            target=lambda: result.append(flush(psycopg.connect(dsn, autocommit=True), lock_wait=5))
+        )
         waiting.start()
         time.sleep(0.5)
         # Stamped by the server clock while the flush waits: newer than the flush's start.
@@ -222,14 +230,17 @@ def test_a_row_locked_by_an_app_defers_that_agent_and_blocks_nobody(dsn: str, co
     assert unmerged(conn) == 1  # the deferred agent's beat is kept
     later = flush(conn)
     assert later.ok and later.agents_updated == 1 and unmerged(conn) == 0
-    assert one(conn, "SELECT last_connected_at IS NOT NULL FROM public.workspace_agents WHERE id = %s",
-               (agents[0],)) is True
+    assert (
+        one(conn, "SELECT last_connected_at IS NOT NULL FROM public.workspace_agents WHERE id = %s", (agents[0],))
+        is True
+    )
 
 
 def test_a_poison_agent_is_quarantined_and_the_fleet_merges(conn: psycopg.Connection) -> None:
     agents = make_agents(conn, 100)
     poison = agents[37]
-    conn.execute(sql.SQL("""
+    conn.execute(
+        sql.SQL("""
         CREATE FUNCTION public.reject_one() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN
             IF NEW.id = {poison} THEN RAISE EXCEPTION 'agent rejected by the app'; END IF;
@@ -237,7 +248,8 @@ def test_a_poison_agent_is_quarantined_and_the_fleet_merges(conn: psycopg.Connec
         END $$;
         CREATE TRIGGER reject_one BEFORE UPDATE ON public.workspace_agents
             FOR EACH ROW EXECUTE FUNCTION public.reject_one();
-    """).format(poison=sql.Literal(str(poison))))
+    """).format(poison=sql.Literal(str(poison)))
+    )
     beat = datetime.now(UTC) - timedelta(seconds=5)
     stage_all(conn, agents, beat)
     for _ in range(3):  # every flush: the others merge; the poison agent never blocks them
@@ -246,8 +258,7 @@ def test_a_poison_agent_is_quarantined_and_the_fleet_merges(conn: psycopg.Connec
         stage_all(conn, agents[:1], datetime.now(UTC) - timedelta(seconds=1))
     merged = one(conn, "SELECT count(*) FROM public.workspace_agents WHERE last_connected_at IS NOT NULL")
     assert merged == 99
-    row = conn.execute("SELECT beats, error, last_at FROM pybatch.quarantine WHERE agent_id = %s",
-                       (poison,)).fetchone()
+    row = conn.execute("SELECT beats, error, last_at FROM pybatch.quarantine WHERE agent_id = %s", (poison,)).fetchone()
     assert row is not None and row[0] == 1 and "agent rejected by the app" in row[1] and row[2] == beat
     logged = one(conn, "SELECT sum(quarantined_agents) FROM pybatch.flush_log")
     assert logged == 1
@@ -290,8 +301,14 @@ def test_a_disconnect_waits_for_one_pass_not_the_whole_flush(dsn: str, conn: psy
     assert disconnected_before_the_end, "the flush ended before the disconnects: the test proves nothing"
     assert max(waits) < result[0].duration.total_seconds() / 2, (waits, result[0].duration)
     # The disconnects stand against the older staged beats.
-    assert one(conn, "SELECT count(*) FROM public.workspace_agents WHERE disconnected_at >= last_connected_at"
-               " AND id = ANY(%s)", (agents[-5:],)) == 5
+    assert (
+        one(
+            conn,
+            "SELECT count(*) FROM public.workspace_agents WHERE disconnected_at >= last_connected_at AND id = ANY(%s)",
+            (agents[-5:],),
+        )
+        == 5
+    )
 
 
 # -- Hardening: locks no outsider can take -------------------------------------------------
@@ -359,30 +376,41 @@ def test_a_table_owners_trigger_never_runs_as_superuser(dsn: str, conn: psycopg.
     owners = conn.execute(
         "SELECT DISTINCT pg_get_userbyid(proowner) FROM pg_proc WHERE oid = ANY(ARRAY["
         "'pybatch.flush_begin(bigint,interval)'::regprocedure, 'pybatch.flush_pass(pybatch.flush_result)',"
-        "'pybatch.disconnect(uuid,timestamptz)', 'pybatch.flush(bigint,interval)']::regprocedure[])").fetchall()
+        "'pybatch.disconnect(uuid,timestamptz)', 'pybatch.flush(bigint,interval)']::regprocedure[])"
+    ).fetchall()
     assert owners == [(app_owner,)]
     with as_role(dsn, app_owner) as owner:
         owner.execute(sql.SQL(ESCALATING_TRIGGER).format(owner=sql.Literal(app_owner)))
     agents = make_agents(conn, 3)
     stage_all(conn, agents, datetime.now(UTC) - timedelta(seconds=2))
-    assert flush(conn).agents_updated == 3                 # run by a superuser caller
+    assert flush(conn).agents_updated == 3  # run by a superuser caller
     with conn.transaction():
-        assert flush(conn).ok                              # the one-transaction path too
+        assert flush(conn).ok  # the one-transaction path too
     conn.execute("SELECT pybatch.disconnect(%s)", (agents[0],))
     assert not is_superuser(conn, app_owner)
 
 
 def test_migrate_refuses_when_it_cannot_act_as_the_table_owner(empty_dsn: str) -> None:
-    with psycopg.connect(empty_dsn, autocommit=True) as admin, login_role(admin, "owner") as owner, \
-            login_role(admin, "migrator") as migrator:
-        admin.execute(sql.SQL("CREATE TABLE public.workspace_agents (id uuid PRIMARY KEY,"
-                              " created_at timestamptz NOT NULL DEFAULT now(), updated_at timestamptz NOT NULL"
-                              " DEFAULT now(), first_connected_at timestamptz, last_connected_at timestamptz,"
-                              " disconnected_at timestamptz, last_connected_replica_id uuid,"
-                              " connection_timeout_seconds integer NOT NULL DEFAULT 0)"))
+    with (
+        psycopg.connect(empty_dsn, autocommit=True) as admin,
+        login_role(admin, "owner") as owner,
+        login_role(admin, "migrator") as migrator,
+    ):
+        admin.execute(
+            sql.SQL(
+                "CREATE TABLE public.workspace_agents (id uuid PRIMARY KEY,"
+                " created_at timestamptz NOT NULL DEFAULT now(), updated_at timestamptz NOT NULL"
+                " DEFAULT now(), first_connected_at timestamptz, last_connected_at timestamptz,"
+                " disconnected_at timestamptz, last_connected_replica_id uuid,"
+                " connection_timeout_seconds integer NOT NULL DEFAULT 0)"
+            )
+        )
         admin.execute(sql.SQL("ALTER TABLE public.workspace_agents OWNER TO {}").format(sql.Identifier(owner)))
-        admin.execute(sql.SQL("GRANT CREATE ON DATABASE {} TO {}").format(
-            sql.Identifier(admin.info.dbname), sql.Identifier(migrator)))
+        admin.execute(
+            sql.SQL("GRANT CREATE ON DATABASE {} TO {}").format(
+                sql.Identifier(admin.info.dbname), sql.Identifier(migrator)
+            )
+        )
         admin.execute(sql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(sql.Identifier(migrator)))
         migrator_dsn = psycopg.conninfo.make_conninfo(empty_dsn, user=migrator)
         with pytest.raises(PybatchError) as raised:
@@ -393,19 +421,26 @@ def test_migrate_refuses_when_it_cannot_act_as_the_table_owner(empty_dsn: str) -
         assert f"cannot act as {owner}" in done.stderr
         admin.execute("DROP SCHEMA IF EXISTS pybatch CASCADE")
         admin.execute("DROP SCHEMA IF EXISTS pybatch_migrations CASCADE")
-        admin.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM {}").format(
-            sql.Identifier(admin.info.dbname), sql.Identifier(migrator)))
+        admin.execute(
+            sql.SQL("REVOKE ALL ON DATABASE {} FROM {}").format(
+                sql.Identifier(admin.info.dbname), sql.Identifier(migrator)
+            )
+        )
         admin.execute(sql.SQL("REVOKE ALL ON SCHEMA public FROM {}").format(sql.Identifier(migrator)))
 
 
 # -- Hardening: settings that used to stop all flushing -------------------------------------
 
-@pytest.mark.parametrize(("column", "value"), [
-    ("history_retention", "99999999 hours"),
-    ("future_tolerance", "99999999 hours"),
-    ("flush_interval", "0.00001 ms"),
-    ("max_rows_per_flush", "99999999999"),
-])
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [
+        ("history_retention", "99999999 hours"),
+        ("future_tolerance", "99999999 hours"),
+        ("flush_interval", "0.00001 ms"),
+        ("max_rows_per_flush", "99999999999"),
+    ],
+)
 def test_settings_that_would_break_flushing_are_refused(conn: psycopg.Connection, column: str, value: str) -> None:
     with pytest.raises(psycopg.errors.CheckViolation):
         conn.execute(sql.SQL("UPDATE pybatch.settings SET {} = %s").format(sql.Identifier(column)), (value,))

@@ -60,8 +60,10 @@ def t(seconds: float) -> datetime:
 
 def make_agents(conn: psycopg.Connection, n: int) -> list[uuid.UUID]:
     ids = [uuid.uuid4() for _ in range(n)]
-    conn.execute("INSERT INTO public.workspace_agents (id, created_at, updated_at)"
-                 " SELECT unnest(%s::uuid[]), %s, %s", (ids, t(-100), t(-100)))
+    conn.execute(
+        "INSERT INTO public.workspace_agents (id, created_at, updated_at) SELECT unnest(%s::uuid[]), %s, %s",
+        (ids, t(-100), t(-100)),
+    )
     return ids
 
 
@@ -80,8 +82,7 @@ def disconnect(conn: psycopg.Connection, d: Disconnect) -> bool:
 def staged_count(conn: psycopg.Connection) -> int:
     """Heartbeats not merged yet: in staging, or handed off to pybatch.pending (counted per beat)."""
     row = conn.execute(
-        "SELECT (SELECT count(*) FROM pybatch.heartbeats)"
-        " + (SELECT COALESCE(sum(beats), 0) FROM pybatch.pending)"
+        "SELECT (SELECT count(*) FROM pybatch.heartbeats) + (SELECT COALESCE(sum(beats), 0) FROM pybatch.pending)"
     ).fetchone()
     assert row is not None
     return int(row[0])
@@ -125,7 +126,7 @@ def test_stale_heartbeat_does_not_undo_later_disconnect(conn: psycopg.Connection
     (a,) = make_agents(conn, 1)
     stage(conn, [Beat(a, t(1))])
     flush(conn)
-    stage(conn, [Beat(a, t(5))])          # waiting in staging...
+    stage(conn, [Beat(a, t(5))])  # waiting in staging...
     assert disconnect(conn, Disconnect(a, t(6)))  # ...when the agent disconnects later
     flush(conn)
     assert actual_states(conn, [a])[a] == AgentState(t(1), t(5), t(6), None)
@@ -188,7 +189,11 @@ def test_unknown_and_future_heartbeats_are_dropped_and_counted(conn: psycopg.Con
     stage(conn, [Beat(uuid.uuid4(), t(1)), Beat(uuid.uuid4(), t(2)), Beat(a, now + timedelta(hours=1)), Beat(a, t(3))])
     result = flush(conn)
     assert (result.rows_staged, result.unknown_heartbeats, result.future_heartbeats, result.agents_updated) == (
-        4, 2, 1, 1)
+        4,
+        2,
+        1,
+        1,
+    )
     assert actual_states(conn, [a])[a].last_connected_at == t(3)
     assert staged_count(conn) == 0
 
@@ -303,8 +308,8 @@ def test_flush_log_is_purged_by_retention(conn: psycopg.Connection) -> None:
 
 event_strategy = st.tuples(
     st.sampled_from(["beat", "disc", "flush"]),
-    st.integers(0, 2),                        # agent index
-    st.integers(0, 6),                        # time, coarse so ties are common
+    st.integers(0, 2),  # agent index
+    st.integers(0, 6),  # time, coarse so ties are common
     st.sampled_from([None, *REPLICAS]),
 )
 
@@ -318,12 +323,15 @@ def flush_by(conn: psycopg.Connection, in_transaction: bool, max_rows: int | Non
         flush(conn, max_rows=max_rows)
 
 
-def assert_updated_at_follows_events(conn: psycopg.Connection, agents: list[uuid.UUID],
-                                     events: list[Beat | Disconnect]) -> None:
+def assert_updated_at_follows_events(
+    conn: psycopg.Connection, agents: list[uuid.UUID], events: list[Beat | Disconnect]
+) -> None:
     """updated_at is never older than the newest event applied, and no newer than the newest event given."""
     rows = conn.execute(
         "SELECT id, updated_at, created_at, last_connected_at, disconnected_at FROM public.workspace_agents"
-        " WHERE id = ANY(%s)", (agents,)).fetchall()
+        " WHERE id = ANY(%s)",
+        (agents,),
+    ).fetchall()
     for agent, updated_at, created_at, last_connected_at, disconnected_at in rows:
         applied = [x for x in (last_connected_at, disconnected_at) if x is not None]
         assert updated_at >= max(applied, default=created_at), agent
@@ -363,6 +371,7 @@ def test_any_order_equals_timestamp_order(
 
 # -- concurrency: writers, disconnecters and two flush loops at once ---------------
 
+
 def test_concurrent_writers_disconnects_and_two_flushers(dsn: str, conn: psycopg.Connection) -> None:
     agents = make_agents(conn, 50)
     events: list[Beat | Disconnect] = []
@@ -377,8 +386,10 @@ def test_concurrent_writers_disconnects_and_two_flushers(dsn: str, conn: psycopg
         try:
             with psycopg.connect(dsn, autocommit=True) as c:
                 for _ in range(300):
-                    batch = [Beat(rng.choice(agents), t(rng.randint(0, 200)), rng.choice([None, *REPLICAS]))
-                             for _ in range(rng.randint(1, 5))]
+                    batch = [
+                        Beat(rng.choice(agents), t(rng.randint(0, 200)), rng.choice([None, *REPLICAS]))
+                        for _ in range(rng.randint(1, 5))
+                    ]
                     stage(c, batch)
                     with lock:
                         events.extend(batch)
@@ -432,7 +443,9 @@ def test_concurrent_writers_disconnects_and_two_flushers(dsn: str, conn: psycopg
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(event_strategy, max_size=25))
 def test_any_order_on_citus(
-    citus_dsn: str, in_transaction: bool, script: list[tuple[str, int, int, uuid.UUID]]  # noqa: F811
+    citus_dsn: str,
+    in_transaction: bool,
+    script: list[tuple[str, int, int, uuid.UUID]],  # noqa: F811
 ) -> None:
     """The property test's body on Citus, with fewer examples."""
     with psycopg.connect(citus_dsn, autocommit=True) as conn:

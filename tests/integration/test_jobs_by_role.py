@@ -41,8 +41,10 @@ def jobs_of(dsn: str) -> list[tuple[str, str, str]]:
     """(name, schedule, username) of this database's pybatch jobs, as the superuser sees them."""
     database = psycopg.conninfo.conninfo_to_dict(dsn)["dbname"]
     with cron_admin(dsn) as admin:
-        rows = admin.execute("SELECT jobname, schedule, username FROM cron.job WHERE jobname LIKE %s ORDER BY 1",
-                             (f"pybatch-%-{database}",)).fetchall()
+        rows = admin.execute(
+            "SELECT jobname, schedule, username FROM cron.job WHERE jobname LIKE %s ORDER BY 1",
+            (f"pybatch-%-{database}",),
+        ).fetchall()
     return [(str(a), str(b), str(c)) for a, b, c in rows]
 
 
@@ -59,16 +61,22 @@ def cron_role(conn: psycopg.Connection, dsn: str) -> Iterator[str]:
         admin.execute("CREATE EXTENSION IF NOT EXISTS pg_cron")
         # What `pybatch cron install` tells an administrator to grant.
         admin.execute(sql.SQL("GRANT USAGE ON SCHEMA cron TO {}").format(sql.Identifier(role)))
-        admin.execute(sql.SQL("GRANT EXECUTE ON FUNCTION {} TO {}").format(
-            sql.SQL(cron.SCHEDULE_IN_DATABASE), sql.Identifier(role)))
+        admin.execute(
+            sql.SQL("GRANT EXECUTE ON FUNCTION {} TO {}").format(
+                sql.SQL(cron.SCHEDULE_IN_DATABASE), sql.Identifier(role)
+            )
+        )
         try:
             yield role
         finally:
             cron.remove(dsn)  # as the superuser: any job the role left
             admin.execute("DELETE FROM cron.job WHERE username = %s", (role,))
             admin.execute(sql.SQL("REVOKE USAGE ON SCHEMA cron FROM {}").format(sql.Identifier(role)))
-            admin.execute(sql.SQL("REVOKE EXECUTE ON FUNCTION {} FROM {}").format(
-                sql.SQL(cron.SCHEDULE_IN_DATABASE), sql.Identifier(role)))
+            admin.execute(
+                sql.SQL("REVOKE EXECUTE ON FUNCTION {} FROM {}").format(
+                    sql.SQL(cron.SCHEDULE_IN_DATABASE), sql.Identifier(role)
+                )
+            )
 
 
 @pytest.fixture
@@ -78,6 +86,7 @@ def flusher(conn: psycopg.Connection, cron_role: str) -> str:
 
 
 # -- the flusher ----------------------------------------------------------------------------------
+
 
 def test_flusher_runs_pybatch_flush(conn: psycopg.Connection, dsn: str, flusher: str) -> None:
     agents = make_agents(conn, 5)
@@ -89,7 +98,10 @@ def test_flusher_runs_pybatch_flush(conn: psycopg.Connection, dsn: str, flusher:
 
 
 def test_flusher_runs_the_scheduler_with_interval_and_metrics(
-    conn: psycopg.Connection, dsn: str, flusher: str, caplog: pytest.LogCaptureFixture,
+    conn: psycopg.Connection,
+    dsn: str,
+    flusher: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     agents = make_agents(conn, 20)
     with socket.socket() as probe:
@@ -118,12 +130,16 @@ def test_flusher_runs_the_scheduler_with_interval_and_metrics(
 
 
 def test_flusher_installs_the_pg_cron_job_and_can_run_what_it_runs(
-    conn: psycopg.Connection, dsn: str, flusher: str,
+    conn: psycopg.Connection,
+    dsn: str,
+    flusher: str,
 ) -> None:
     job = cron.install(role_dsn(dsn, flusher), 5, force_loop=True)
     assert job.username == flusher and "flush_loop" in job.command
-    assert {(name, user) for name, _, user in jobs_of(dsn)} == {(job.name, flusher), (
-        cron.purge_job_name(str(psycopg.conninfo.conninfo_to_dict(dsn)["dbname"])), flusher)}
+    assert {(name, user) for name, _, user in jobs_of(dsn)} == {
+        (job.name, flusher),
+        (cron.purge_job_name(str(psycopg.conninfo.conninfo_to_dict(dsn)["dbname"])), flusher),
+    }
     agents = make_agents(conn, 5)
     at = datetime.now(UTC) - timedelta(seconds=1)
     stage(conn, agents, at)
@@ -136,8 +152,11 @@ def test_flusher_installs_the_pg_cron_job_and_can_run_what_it_runs(
 
 # -- installs that fail leave nothing behind ------------------------------------------------------
 
+
 def test_install_without_the_flusher_grant_fails_and_schedules_nothing(
-    conn: psycopg.Connection, dsn: str, cron_role: str,
+    conn: psycopg.Connection,
+    dsn: str,
+    cron_role: str,
 ) -> None:
     before = flush_interval(conn)
     with pytest.raises(PermissionDenied):
@@ -147,7 +166,8 @@ def test_install_without_the_flusher_grant_fails_and_schedules_nothing(
 
 
 def test_install_that_breaks_the_staleness_budget_fails_and_schedules_nothing(
-    conn: psycopg.Connection, dsn: str,
+    conn: psycopg.Connection,
+    dsn: str,
 ) -> None:
     before = flush_interval(conn)
     with pytest.raises(InvalidSetting, match="staleness budget"):
@@ -161,8 +181,10 @@ def test_install_that_breaks_the_staleness_budget_fails_and_schedules_nothing(
 
 # -- settings and the job agree ---------------------------------------------------------------------
 
+
 def test_config_set_flush_interval_reschedules_the_job_and_status_flags_drift(
-    conn: psycopg.Connection, dsn: str,
+    conn: psycopg.Connection,
+    dsn: str,
 ) -> None:
     try:
         cron.install(dsn, 5)
@@ -182,7 +204,8 @@ def test_config_set_flush_interval_reschedules_the_job_and_status_flags_drift(
 
 
 def test_config_set_refuses_a_flush_interval_that_breaks_the_staleness_budget(
-    conn: psycopg.Connection, dsn: str,
+    conn: psycopg.Connection,
+    dsn: str,
 ) -> None:
     before = flush_interval(conn)
     done = run_pybatch("config", "set", "flush_interval", "25s", "--dsn", dsn)
@@ -193,8 +216,11 @@ def test_config_set_refuses_a_flush_interval_that_breaks_the_staleness_budget(
 
 # -- the writer and the reader ----------------------------------------------------------------------
 
+
 def test_writer_client_reads_future_tolerance_without_a_warning(
-    conn: psycopg.Connection, dsn: str, caplog: pytest.LogCaptureFixture,
+    conn: psycopg.Connection,
+    dsn: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     conn.execute("UPDATE pybatch.settings SET future_tolerance = '42 seconds'")
     (agent,) = make_agents(conn, 1)

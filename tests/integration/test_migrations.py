@@ -93,7 +93,9 @@ def test_existing_coder_like_table_is_used_and_survives_rollback(empty_dsn: str)
         conn.execute("INSERT INTO public.workspace_resources VALUES (%s)", (resource,))
         conn.execute(
             "INSERT INTO public.workspace_agents (id, created_at, updated_at, name, resource_id, auth_token) "
-            "VALUES (%s, now(), now(), 'main', %s, gen_random_uuid())", (agent, resource))
+            "VALUES (%s, now(), now(), 'main', %s, gen_random_uuid())",
+            (agent, resource),
+        )
         conn.execute("INSERT INTO public.workspace_apps VALUES (gen_random_uuid(), %s)", (agent,))
     migrate.apply(empty_dsn)
     with psycopg.connect(empty_dsn, autocommit=True) as conn:
@@ -115,11 +117,15 @@ def test_existing_coder_like_table_is_used_and_survives_rollback(empty_dsn: str)
 @pytest.mark.parametrize(
     ("ddl", "message"),
     [
-        ("ALTER TABLE public.workspace_agents DROP COLUMN last_connected_replica_id",
-         'missing column "last_connected_replica_id"'),
+        (
+            "ALTER TABLE public.workspace_agents DROP COLUMN last_connected_replica_id",
+            'missing column "last_connected_replica_id"',
+        ),
         ("ALTER TABLE public.workspace_agents DROP COLUMN disconnected_at", 'missing column "disconnected_at"'),
-        ("ALTER TABLE public.workspace_agents ALTER COLUMN last_connected_at TYPE timestamp",
-         'column "last_connected_at" has type timestamp without time zone'),
+        (
+            "ALTER TABLE public.workspace_agents ALTER COLUMN last_connected_at TYPE timestamp",
+            'column "last_connected_at" has type timestamp without time zone',
+        ),
     ],
 )
 def test_missing_or_wrong_column_fails_naming_it(empty_dsn: str, ddl: str, message: str) -> None:

@@ -59,8 +59,11 @@ FLUSHER_PRIVILEGES = {
     # The pg_cron 1.4 loop.
     ("function", "pybatch.flush_loop(interval,timestamp with time zone)", "EXECUTE"),
     ("function", "pybatch.flush_loop_deadline(timestamp with time zone)", "EXECUTE"),
-    ("function", "pybatch.flush_loop_next(pybatch.flush_result,interval,timestamp with time zone,"
-                 "timestamp with time zone)", "EXECUTE"),
+    (
+        "function",
+        "pybatch.flush_loop_next(pybatch.flush_result,interval,timestamp with time zone,timestamp with time zone)",
+        "EXECUTE",
+    ),
     # `pybatch scheduler`: its lease, its metrics, its yardsticks and its --interval.
     ("function", "pybatch.scheduler_claim(text,interval)", "EXECUTE"),
     ("function", "pybatch.scheduler_release()", "EXECUTE"),
@@ -118,8 +121,9 @@ def test_grants_are_idempotent(conn: psycopg.Connection, writer: str) -> None:
     assert held(conn, writer) == WRITER_PRIVILEGES
 
 
-def test_writer_can_insert_copy_and_disconnect(dsn: str, conn: psycopg.Connection, writer: str,
-                                               agent: uuid.UUID) -> None:
+def test_writer_can_insert_copy_and_disconnect(
+    dsn: str, conn: psycopg.Connection, writer: str, agent: uuid.UUID
+) -> None:
     with as_role(dsn, writer) as w:
         w.execute("INSERT INTO pybatch.heartbeats (agent_id, beat_at) VALUES (%s, %s)", (agent, T0))
         w.execute("INSERT INTO pybatch.heartbeats (agent_id) VALUES (%s)", (agent,))  # server-clock default
@@ -127,28 +131,32 @@ def test_writer_can_insert_copy_and_disconnect(dsn: str, conn: psycopg.Connectio
             cp.write_row((agent, None, T0))
         assert w.execute("SELECT pybatch.disconnect(%s, %s)", (agent, T0)).fetchone() == (True,)
     assert conn.execute("SELECT count(*) FROM pybatch.heartbeats").fetchone() == (3,)
-    assert conn.execute("SELECT disconnected_at FROM public.workspace_agents WHERE id = %s",
-                        (agent,)).fetchone() == (T0,)
+    assert conn.execute("SELECT disconnected_at FROM public.workspace_agents WHERE id = %s", (agent,)).fetchone() == (
+        T0,
+    )
 
 
-@pytest.mark.parametrize("statement", [
-    "UPDATE public.workspace_agents SET disconnected_at = now()",
-    "SELECT * FROM public.workspace_agents",
-    "DELETE FROM public.workspace_agents",
-    "INSERT INTO public.workspace_agents (id) VALUES (gen_random_uuid())",
-    "DELETE FROM pybatch.heartbeats",
-    "TRUNCATE pybatch.heartbeats",
-    "SELECT * FROM pybatch.heartbeats",
-    "UPDATE pybatch.heartbeats SET beat_at = now()",
-    "COPY pybatch.heartbeats TO STDOUT",
-    "UPDATE pybatch.settings SET future_tolerance = '100 years'",
-    "DELETE FROM pybatch.flush_log",
-    "SELECT * FROM pybatch.flush()",
-    "SELECT pybatch.check_target()",
-    "CREATE TABLE pybatch.mine (x int)",
-    "CREATE FUNCTION pybatch.now() RETURNS timestamptz LANGUAGE sql AS 'SELECT now()'",
-    "ALTER TABLE pybatch.heartbeats ADD COLUMN x int",
-])
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "UPDATE public.workspace_agents SET disconnected_at = now()",
+        "SELECT * FROM public.workspace_agents",
+        "DELETE FROM public.workspace_agents",
+        "INSERT INTO public.workspace_agents (id) VALUES (gen_random_uuid())",
+        "DELETE FROM pybatch.heartbeats",
+        "TRUNCATE pybatch.heartbeats",
+        "SELECT * FROM pybatch.heartbeats",
+        "UPDATE pybatch.heartbeats SET beat_at = now()",
+        "COPY pybatch.heartbeats TO STDOUT",
+        "UPDATE pybatch.settings SET future_tolerance = '100 years'",
+        "DELETE FROM pybatch.flush_log",
+        "SELECT * FROM pybatch.flush()",
+        "SELECT pybatch.check_target()",
+        "CREATE TABLE pybatch.mine (x int)",
+        "CREATE FUNCTION pybatch.now() RETURNS timestamptz LANGUAGE sql AS 'SELECT now()'",
+        "ALTER TABLE pybatch.heartbeats ADD COLUMN x int",
+    ],
+)
 def test_writer_cannot(dsn: str, writer: str, statement: str) -> None:
     with as_role(dsn, writer) as w, pytest.raises(pg_errors.InsufficientPrivilege):
         w.execute(statement)
@@ -159,9 +167,16 @@ def test_writer_cannot_read_any_table(dsn: str, conn: psycopg.Connection, writer
     assert "public.workspace_agents" in tables and "pybatch.flush_log" in tables
     with as_role(dsn, writer) as w:
         # By oid: a name in a schema the writer has no USAGE on (pybatch_migrations) does not even resolve.
-        readable = [t for t in tables if w.execute(
-            "SELECT has_table_privilege(c.oid, 'SELECT') FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-            " WHERE quote_ident(n.nspname) || '.' || quote_ident(c.relname) = %s", (t,)).fetchone() != (False,)]
+        readable = [
+            t
+            for t in tables
+            if w.execute(
+                "SELECT has_table_privilege(c.oid, 'SELECT') FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+                " WHERE quote_ident(n.nspname) || '.' || quote_ident(c.relname) = %s",
+                (t,),
+            ).fetchone()
+            != (False,)
+        ]
         for table in tables:  # and the server really refuses, not just the catalog
             if table == "pybatch.settings":
                 continue  # one column is readable: checked below
@@ -182,8 +197,9 @@ def test_flush_needs_the_flusher_grant(dsn: str, conn: psycopg.Connection, write
         grant(conn, Grant.FLUSHER, writer)
         result = flush(w)
     assert result.ok and result.agents_updated == 1
-    assert conn.execute("SELECT last_connected_at FROM public.workspace_agents WHERE id = %s",
-                        (agent,)).fetchone() == (T0,)
+    assert conn.execute("SELECT last_connected_at FROM public.workspace_agents WHERE id = %s", (agent,)).fetchone() == (
+        T0,
+    )
 
 
 def test_flusher_alone_cannot_write_or_read(dsn: str, conn: psycopg.Connection, agent: uuid.UUID) -> None:
@@ -191,8 +207,11 @@ def test_flusher_alone_cannot_write_or_read(dsn: str, conn: psycopg.Connection, 
         grant(conn, Grant.FLUSHER, role)
         with as_role(dsn, role) as f:
             assert flush(f).ok
-            for statement in ("INSERT INTO pybatch.heartbeats (agent_id) VALUES (gen_random_uuid())",
-                              "SELECT * FROM public.workspace_agents", "SELECT * FROM pybatch.heartbeats"):
+            for statement in (
+                "INSERT INTO pybatch.heartbeats (agent_id) VALUES (gen_random_uuid())",
+                "SELECT * FROM public.workspace_agents",
+                "SELECT * FROM pybatch.heartbeats",
+            ):
                 with pytest.raises(pg_errors.InsufficientPrivilege):
                     f.execute(statement)
 
@@ -201,22 +220,34 @@ def test_reader_reads_every_view_and_no_table(dsn: str, conn: psycopg.Connection
     # A view added after pybatch's own (as a later migration would) is found in the catalog too.
     conn.execute("CREATE VIEW pybatch.zz_test_agents AS SELECT count(*) AS agents FROM public.workspace_agents")
     conn.execute("COMMENT ON VIEW pybatch.zz_test_agents IS 'test view'")
-    views = [r[0] for r in conn.execute(
-        "SELECT c.oid::regclass::text FROM pg_class c WHERE c.relnamespace = 'pybatch'::regnamespace "
-        "AND c.relkind IN ('v', 'm')").fetchall()]
+    views = [
+        r[0]
+        for r in conn.execute(
+            "SELECT c.oid::regclass::text FROM pg_class c WHERE c.relnamespace = 'pybatch'::regnamespace "
+            "AND c.relkind IN ('v', 'm')"
+        ).fetchall()
+    ]
     # Functions a view calls are checked against the caller, so the reader needs EXECUTE on them.
-    view_functions = {r[0] for r in conn.execute("""
+    view_functions = {
+        r[0]
+        for r in conn.execute(
+            """
         SELECT DISTINCT d.refobjid::regprocedure::text FROM pg_depend d JOIN pg_rewrite rw ON rw.oid = d.objid
         WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_proc'::regclass
           AND rw.ev_class = ANY(%s::regclass[])
           AND (SELECT pronamespace FROM pg_proc WHERE oid = d.refobjid) = 'pybatch'::regnamespace
-    """, (views,)).fetchall()}
+    """,
+            (views,),
+        ).fetchall()
+    }
     assert "pybatch.flush(bigint,interval)" not in view_functions
     with login_role(conn, "reader") as role:
         grant(conn, Grant.READER, role)
-        assert held(conn, role) == ({("schema", "pybatch", "USAGE"), ("relation", "pybatch.settings", "SELECT")}
-                                    | {("relation", v, "SELECT") for v in views}
-                                    | {("function", f, "EXECUTE") for f in view_functions})
+        assert held(conn, role) == (
+            {("schema", "pybatch", "USAGE"), ("relation", "pybatch.settings", "SELECT")}
+            | {("relation", v, "SELECT") for v in views}
+            | {("function", f, "EXECUTE") for f in view_functions}
+        )
         with as_role(dsn, role) as r:
             for view in views:
                 r.execute(f"SELECT * FROM {view}").fetchall()
@@ -226,9 +257,11 @@ def test_reader_reads_every_view_and_no_table(dsn: str, conn: psycopg.Connection
             for table in tables:
                 with pytest.raises(pg_errors.InsufficientPrivilege):
                     r.execute(f"SELECT 1 FROM {table} LIMIT 1")
-            for statement in ("INSERT INTO pybatch.heartbeats (agent_id) VALUES (gen_random_uuid())",
-                              "SELECT * FROM pybatch.flush()",
-                              f"SELECT pybatch.disconnect('{agent}')"):
+            for statement in (
+                "INSERT INTO pybatch.heartbeats (agent_id) VALUES (gen_random_uuid())",
+                "SELECT * FROM pybatch.flush()",
+                f"SELECT pybatch.disconnect('{agent}')",
+            ):
                 with pytest.raises(pg_errors.InsufficientPrivilege):
                     r.execute(statement)
 
@@ -239,14 +272,16 @@ def test_unknown_role_is_named(conn: psycopg.Connection) -> None:
 
 
 def test_grant_without_pybatch_says_migrate(empty_dsn: str) -> None:
-    with psycopg.connect(empty_dsn, autocommit=True) as c, login_role(c, "w") as role, \
-            pytest.raises(NotMigrated, match="pybatch migrate"):
+    with (
+        psycopg.connect(empty_dsn, autocommit=True) as c,
+        login_role(c, "w") as role,
+        pytest.raises(NotMigrated, match="pybatch migrate"),
+    ):
         grant(c, Grant.WRITER, role)
 
 
 @pytest.mark.parametrize("name", ['w"; DROP TABLE public.workspace_agents; --', "W-Mixed Case", "w'quote"])
-def test_role_names_are_quoted_identifiers(dsn: str, conn: psycopg.Connection, name: str,
-                                           agent: uuid.UUID) -> None:
+def test_role_names_are_quoted_identifiers(dsn: str, conn: psycopg.Connection, name: str, agent: uuid.UUID) -> None:
     with login_role(conn, name=name) as role:
         grant(conn, Grant.WRITER, role)
         assert held(conn, role) == WRITER_PRIVILEGES
@@ -267,9 +302,13 @@ PYBATCH_FUNCTIONS = """
 def test_every_pybatch_function_pins_search_path(conn: psycopg.Connection) -> None:
     functions = conn.execute(PYBATCH_FUNCTIONS).fetchall()
     assert {"pybatch.flush(bigint,interval)", "pybatch.disconnect(uuid,timestamp with time zone)"} <= {
-        f[0] for f in functions}
-    unpinned = [(name, secdef, public, kind) for name, secdef, config, public, kind in functions
-                if "search_path=pg_catalog, pg_temp" not in (config or [])]
+        f[0] for f in functions
+    }
+    unpinned = [
+        (name, secdef, public, kind)
+        for name, secdef, config, public, kind in functions
+        if "search_path=pg_catalog, pg_temp" not in (config or [])
+    ]
     # A procedure that COMMITs cannot have a SET clause (PostgreSQL forbids it); such a procedure
     # must then run with its caller's rights only (no SECURITY DEFINER) and not be public.
     assert [u for u in unpinned if not (u[3] == "p" and not u[1] and not u[2])] == []

@@ -39,7 +39,9 @@ class SchedulerProcess:
         with self.log.open("w") as err:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "pybatch", "--dsn", dsn, "--log-level", "info", "scheduler", *args],
-                stdout=subprocess.DEVNULL, stderr=err, env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                env=env,
             )
 
     def text(self) -> str:
@@ -79,12 +81,6 @@ def spawn() -> Iterator[Callable[..., SchedulerProcess]]:
         process.close()
 
 
-
-
-
-
-
-
 def staged(conn: psycopg.Connection) -> int:
     row = conn.execute("SELECT count(*) FROM pybatch.heartbeats").fetchone()
     assert row is not None
@@ -110,7 +106,9 @@ def lock_holders(conn: psycopg.Connection) -> int:
 
 
 def test_two_replicas_one_leader_and_takeover_after_sigkill(
-    conn: psycopg.Connection, dsn: str, spawn: Callable[..., SchedulerProcess],
+    conn: psycopg.Connection,
+    dsn: str,
+    spawn: Callable[..., SchedulerProcess],
 ) -> None:
     agents = make_agents(conn, 200)
     latest: dict[uuid.UUID, datetime] = {}
@@ -159,13 +157,13 @@ def test_two_replicas_one_leader_and_takeover_after_sigkill(
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_signal_stops_after_a_final_flush(conn: psycopg.Connection, dsn: str,
-                                          spawn: Callable[..., SchedulerProcess], sig: int) -> None:
+def test_signal_stops_after_a_final_flush(
+    conn: psycopg.Connection, dsn: str, spawn: Callable[..., SchedulerProcess], sig: int
+) -> None:
     agents = make_agents(conn, 10)
     scheduler = spawn(dsn, "--interval", "1m")  # long: only the final flush can merge what comes next
     scheduler.wait_for(LEADER_LINE)
-    wait_until(lambda: conn.execute("SELECT count(*) FROM pybatch.flush_log").fetchone() == (1,), 10,
-               "the first flush")
+    wait_until(lambda: conn.execute("SELECT count(*) FROM pybatch.flush_log").fetchone() == (1,), 10, "the first flush")
     at = datetime.now(UTC) - timedelta(seconds=1)
     stage(conn, agents, at)
     assert scheduler.stop(sig) == 0
@@ -175,7 +173,8 @@ def test_signal_stops_after_a_final_flush(conn: psycopg.Connection, dsn: str,
 
 
 def test_database_outage_is_logged_once_and_flushing_resumes(
-    own_cluster: LocalCluster, spawn: Callable[..., SchedulerProcess],
+    own_cluster: LocalCluster,
+    spawn: Callable[..., SchedulerProcess],
 ) -> None:
     dsn = own_cluster.url()
     scheduler = spawn(dsn, "--interval", "1s")
@@ -207,8 +206,9 @@ def test_capped_drains_flush_again_at_once(conn: psycopg.Connection, dsn: str) -
     assert (rows[3][1] - rows[0][1]).total_seconds() < 5  # not one 60 s interval apart
 
 
-def test_slow_flush_is_warned_and_stats_logged_at_debug(conn: psycopg.Connection, dsn: str,
-                                                        caplog: pytest.LogCaptureFixture) -> None:
+def test_slow_flush_is_warned_and_stats_logged_at_debug(
+    conn: psycopg.Connection, dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
     agents = make_agents(conn, 1)
     # A 100 ms interval (the shortest allowed) and a merge that sleeps 60 ms: over half of it.
     conn.execute("""
@@ -227,8 +227,9 @@ def test_slow_flush_is_warned_and_stats_logged_at_debug(conn: psycopg.Connection
     assert stats and "rows_staged" in stats[0].__dict__["flush"]
 
 
-def test_metrics_endpoint_serves_flush_metrics(conn: psycopg.Connection, dsn: str,
-                                               spawn: Callable[..., SchedulerProcess]) -> None:
+def test_metrics_endpoint_serves_flush_metrics(
+    conn: psycopg.Connection, dsn: str, spawn: Callable[..., SchedulerProcess]
+) -> None:
     agents = make_agents(conn, 20)
     port = free_port()
     scheduler = spawn(dsn, "--interval", "1s", "--metrics-port", str(port))
@@ -240,8 +241,11 @@ def test_metrics_endpoint_serves_flush_metrics(conn: psycopg.Connection, dsn: st
     def scrape() -> dict[str, float]:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
             body = response.read().decode()
-        return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
-                for line in body.splitlines() if line and not line.startswith("#")}
+        return {
+            line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in body.splitlines()
+            if line and not line.startswith("#")
+        }
 
     wait_until(lambda: scrape().get("pybatch_rows_merged_total", 0) >= 23, 10, "23 merged rows")
     samples = scrape()

@@ -90,8 +90,7 @@ def test_the_trap_fires_on_an_unpinned_function(conn: psycopg.Connection, attack
     assert {"now", "timestamptz >"} <= set(hijacked(attacker))
 
 
-def test_disconnect_and_flush_ignore_shadowing_objects(conn: psycopg.Connection,
-                                                      attacker: psycopg.Connection) -> None:
+def test_disconnect_and_flush_ignore_shadowing_objects(conn: psycopg.Connection, attacker: psycopg.Connection) -> None:
     agents = [uuid.uuid4() for _ in range(3)]
     conn.execute("INSERT INTO public.workspace_agents (id) SELECT unnest(%s::uuid[])", (agents,))
     with attacker.cursor() as cur, cur.copy("COPY pybatch.heartbeats (agent_id, beat_at) FROM STDIN") as cp:
@@ -107,7 +106,9 @@ def test_disconnect_and_flush_ignore_shadowing_objects(conn: psycopg.Connection,
     with pytest.raises(psycopg.errors.NoDataFound):
         attacker.execute("SELECT pybatch.disconnect(%s, %s)", (uuid.uuid4(), T0))
     assert hijacked(attacker) == []
-    rows = conn.execute("SELECT id, last_connected_at, disconnected_at FROM public.workspace_agents "
-                        "WHERE id = ANY(%s) ORDER BY id", (agents,)).fetchall()
+    rows = conn.execute(
+        "SELECT id, last_connected_at, disconnected_at FROM public.workspace_agents WHERE id = ANY(%s) ORDER BY id",
+        (agents,),
+    ).fetchall()
     assert rows == sorted([(agents[0], T0, None), (agents[1], T0, T0), (agents[2], T0, None)])
     assert conn.execute("SELECT count(*) FROM pybatch.heartbeats").fetchone() == (0,)

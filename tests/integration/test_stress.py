@@ -35,8 +35,10 @@ def test_stress_one_million_heartbeats(dsn: str, conn: psycopg.Connection) -> No
     agents = [uuid.uuid4() for _ in range(AGENTS)]
     agent_text = [str(a) for a in agents]
     replica_text = ["\\N" if r is None else str(r) for r in REPLICAS]
-    conn.execute("INSERT INTO public.workspace_agents (id, created_at) SELECT unnest(%s::uuid[]), %s",
-                 (agents, T0 - timedelta(days=1)))
+    conn.execute(
+        "INSERT INTO public.workspace_agents (id, created_at) SELECT unnest(%s::uuid[]), %s",
+        (agents, T0 - timedelta(days=1)),
+    )
     events: list[list[Beat | Disconnect]] = [[] for _ in range(WRITERS)]
     errors: list[BaseException] = []
     stop = threading.Event()
@@ -48,11 +50,15 @@ def test_stress_one_million_heartbeats(dsn: str, conn: psycopg.Connection) -> No
         try:
             with psycopg.connect(dsn, autocommit=True) as c:
                 for _ in range(BEATS_PER_WRITER // BATCH):
-                    picks = [(rng.randrange(AGENTS), rng.randrange(len(TIMES)), rng.randrange(len(REPLICAS)))
-                             for _ in range(BATCH)]
+                    picks = [
+                        (rng.randrange(AGENTS), rng.randrange(len(TIMES)), rng.randrange(len(REPLICAS)))
+                        for _ in range(BATCH)
+                    ]
                     text = "".join(f"{agent_text[a]}\t{replica_text[r]}\t{TIME_TEXT[t]}\n" for a, t, r in picks)
-                    with c.cursor() as cur, cur.copy(
-                            "COPY pybatch.heartbeats (agent_id, replica_id, beat_at) FROM STDIN") as cp:
+                    with (
+                        c.cursor() as cur,
+                        cur.copy("COPY pybatch.heartbeats (agent_id, replica_id, beat_at) FROM STDIN") as cp,
+                    ):
                         cp.write(text)
                     mine.extend(Beat(agents[a], TIMES[t], REPLICAS[r]) for a, t, r in picks)
                     for _ in range(DISCONNECTS_PER_BATCH):
@@ -97,11 +103,17 @@ def test_stress_one_million_heartbeats(dsn: str, conn: psycopg.Connection) -> No
     assert flushes["rows"] == beats and flushes["failed"] == 0
     expected = expected_states(all_events)
     actual = actual_states(conn, agents)
-    lost = [a for a in agents if expected.get(a, AgentState()).last_connected_at is not None
-            and actual[a].last_connected_at != expected[a].last_connected_at]
+    lost = [
+        a
+        for a in agents
+        if expected.get(a, AgentState()).last_connected_at is not None
+        and actual[a].last_connected_at != expected[a].last_connected_at
+    ]
     wrong = [a for a in agents if actual[a] != expected.get(a, AgentState())]
-    print(f"\nstress: {beats:,} heartbeats + {len(all_events) - beats:,} disconnects from {WRITERS} writers "
-          f"to {AGENTS:,} agents in {writing:.1f}s ({beats / writing:,.0f} beats/s); {flushes['ok']} flushes "
-          f"({flushes['skipped']} skipped) every {FLUSH_EVERY * 1000:.0f} ms; total {duration:.1f}s; "
-          f"lost {len(lost)}, wrong {len(wrong)}")
+    print(
+        f"\nstress: {beats:,} heartbeats + {len(all_events) - beats:,} disconnects from {WRITERS} writers "
+        f"to {AGENTS:,} agents in {writing:.1f}s ({beats / writing:,.0f} beats/s); {flushes['ok']} flushes "
+        f"({flushes['skipped']} skipped) every {FLUSH_EVERY * 1000:.0f} ms; total {duration:.1f}s; "
+        f"lost {len(lost)}, wrong {len(wrong)}"
+    )
     assert lost == [] and wrong == []

@@ -62,29 +62,40 @@ def test_agent_timeout_when_never_connected_past_its_timeout(conn: psycopg.Conne
 
 
 def test_agent_connected_with_a_recent_heartbeat(conn: psycopg.Connection) -> None:
-    agent = add_agent(conn, first_connected_at="now() - interval '1 hour'",
-                      last_connected_at="now() - interval '5 seconds'")
+    agent = add_agent(
+        conn, first_connected_at="now() - interval '1 hour'", last_connected_at="now() - interval '5 seconds'"
+    )
     assert status_of(conn, agent) == ("connected", False)
 
 
 def test_agent_disconnected_by_a_disconnect_at_or_after_the_last_heartbeat(conn: psycopg.Connection) -> None:
-    tie = add_agent(conn, first_connected_at="now() - interval '1 minute'",
-                    last_connected_at="now() - interval '5 seconds'",
-                    disconnected_at="now() - interval '5 seconds'")
-    later = add_agent(conn, first_connected_at="now() - interval '1 minute'",
-                      last_connected_at="now() - interval '5 seconds'",
-                      disconnected_at="now() - interval '1 second'")
-    earlier = add_agent(conn, first_connected_at="now() - interval '1 minute'",
-                        last_connected_at="now() - interval '5 seconds'",
-                        disconnected_at="now() - interval '6 seconds'")
+    tie = add_agent(
+        conn,
+        first_connected_at="now() - interval '1 minute'",
+        last_connected_at="now() - interval '5 seconds'",
+        disconnected_at="now() - interval '5 seconds'",
+    )
+    later = add_agent(
+        conn,
+        first_connected_at="now() - interval '1 minute'",
+        last_connected_at="now() - interval '5 seconds'",
+        disconnected_at="now() - interval '1 second'",
+    )
+    earlier = add_agent(
+        conn,
+        first_connected_at="now() - interval '1 minute'",
+        last_connected_at="now() - interval '5 seconds'",
+        disconnected_at="now() - interval '6 seconds'",
+    )
     assert status_of(conn, tie)[0] == "disconnected"
     assert status_of(conn, later)[0] == "disconnected"
     assert status_of(conn, earlier)[0] == "connected"  # a heartbeat after the disconnect reconnects
 
 
 def test_agent_disconnected_after_the_inactive_timeout(conn: psycopg.Connection) -> None:
-    agent = add_agent(conn, first_connected_at="now() - interval '1 hour'",
-                      last_connected_at="now() - interval '31 seconds'")
+    agent = add_agent(
+        conn, first_connected_at="now() - interval '1 hour'", last_connected_at="now() - interval '31 seconds'"
+    )
     assert status_of(conn, agent)[0] == "disconnected"
     # The rule reads settings.inactive_timeout, not a constant.
     conn.execute("UPDATE pybatch.settings SET inactive_timeout = '1 minute'")
@@ -92,16 +103,22 @@ def test_agent_disconnected_after_the_inactive_timeout(conn: psycopg.Connection)
 
 
 def test_newer_heartbeat_waiting_in_staging_is_shown(conn: psycopg.Connection) -> None:
-    waiting = add_agent(conn, first_connected_at="now() - interval '1 hour'",
-                        last_connected_at="now() - interval '40 seconds'")
-    old_only = add_agent(conn, first_connected_at="now() - interval '1 hour'",
-                         last_connected_at="now() - interval '5 seconds'")
-    conn.execute("INSERT INTO pybatch.heartbeats (agent_id, beat_at) VALUES "
-                 "(%s, now() - interval '2 seconds'), (%s, now() - interval '10 seconds')", (waiting, old_only))
+    waiting = add_agent(
+        conn, first_connected_at="now() - interval '1 hour'", last_connected_at="now() - interval '40 seconds'"
+    )
+    old_only = add_agent(
+        conn, first_connected_at="now() - interval '1 hour'", last_connected_at="now() - interval '5 seconds'"
+    )
+    conn.execute(
+        "INSERT INTO pybatch.heartbeats (agent_id, beat_at) VALUES "
+        "(%s, now() - interval '2 seconds'), (%s, now() - interval '10 seconds')",
+        (waiting, old_only),
+    )
     assert status_of(conn, waiting) == ("disconnected", True)
     assert status_of(conn, old_only) == ("connected", False)
-    row = conn.execute("SELECT staged_beat_at IS NOT NULL FROM pybatch.agent_status WHERE agent_id = %s",
-                       (waiting,)).fetchone()
+    row = conn.execute(
+        "SELECT staged_beat_at IS NOT NULL FROM pybatch.agent_status WHERE agent_id = %s", (waiting,)
+    ).fetchone()
     assert row == (True,)
     flush(conn)
     assert status_of(conn, waiting) == ("connected", False)
@@ -111,7 +128,8 @@ def test_newer_heartbeat_waiting_in_staging_is_shown(conn: psycopg.Connection) -
 def log_flush(conn: psycopg.Connection, ago: str, error: str | None = None) -> None:
     conn.execute(
         "INSERT INTO pybatch.flush_log (started_at, duration, error) "
-        "VALUES (now() - %s::interval, interval '10 milliseconds', %s)", (ago, error),
+        "VALUES (now() - %s::interval, interval '10 milliseconds', %s)",
+        (ago, error),
     )
 
 
@@ -158,14 +176,16 @@ def test_health_reason_names_the_failure_after_the_last_success(conn: psycopg.Co
 # -- flush_history ----------------------------------------------------------------------------
 def test_flush_history_newest_first_with_counts_and_errors(conn: psycopg.Connection) -> None:
     agent = add_agent(conn)
-    conn.execute("INSERT INTO pybatch.heartbeats (agent_id) VALUES (%s), (%s), (%s)",
-                 (agent, agent, uuid.uuid4()))
+    conn.execute("INSERT INTO pybatch.heartbeats (agent_id) VALUES (%s), (%s), (%s)", (agent, agent, uuid.uuid4()))
     first = flush(conn)
     # A real failure: a trigger on the target makes the next flush roll back.
-    conn.execute("CREATE FUNCTION public.refuse() RETURNS trigger LANGUAGE plpgsql AS "
-                 "$$ BEGIN RAISE EXCEPTION 'refused by test'; END $$")
-    conn.execute("CREATE TRIGGER refuse BEFORE UPDATE ON public.workspace_agents "
-                 "FOR EACH ROW EXECUTE FUNCTION public.refuse()")
+    conn.execute(
+        "CREATE FUNCTION public.refuse() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN RAISE EXCEPTION 'refused by test'; END $$"
+    )
+    conn.execute(
+        "CREATE TRIGGER refuse BEFORE UPDATE ON public.workspace_agents FOR EACH ROW EXECUTE FUNCTION public.refuse()"
+    )
     conn.execute("INSERT INTO pybatch.heartbeats (agent_id) VALUES (%s)", (agent,))
     second = flush(conn)
     assert second.error is not None
@@ -183,9 +203,12 @@ def test_staging_summary_exact_when_small(conn: psycopg.Connection) -> None:
     empty = status.staging(conn)
     assert empty.available and not empty.estimated and empty.rows_staged == 0 and empty.oldest_beat_at is None
     a, b = uuid.uuid4(), uuid.uuid4()
-    conn.execute("INSERT INTO pybatch.heartbeats (agent_id, beat_at) VALUES "
-                 "(%s, now() - interval '20 seconds'), (%s, now() - interval '10 seconds'), "
-                 "(%s, now() - interval '3 seconds')", (a, a, b))
+    conn.execute(
+        "INSERT INTO pybatch.heartbeats (agent_id, beat_at) VALUES "
+        "(%s, now() - interval '20 seconds'), (%s, now() - interval '10 seconds'), "
+        "(%s, now() - interval '3 seconds')",
+        (a, a, b),
+    )
     summary = status.staging(conn)
     assert summary.method == "exact" and summary.estimated is False
     assert (summary.rows_staged, summary.distinct_agents) == (3, 2)
@@ -218,7 +241,10 @@ def test_staleness_budget_adds_the_parts_and_judges_them(conn: psycopg.Connectio
     # Defaults: Coder's 15 s period + the client's 1 s write interval + a 5 s flush + 1 s assumed
     # for a flush never measured = 22 s, within 30 s with the 6 s margin.
     assert (budget.heartbeat_period, budget.client_write_interval, budget.flush_interval) == (
-        timedelta(seconds=15), timedelta(seconds=1), timedelta(seconds=5))
+        timedelta(seconds=15),
+        timedelta(seconds=1),
+        timedelta(seconds=5),
+    )
     assert not budget.flush_duration_measured and budget.flush_duration == timedelta(seconds=1)
     assert budget.worst_staleness == timedelta(seconds=22) and budget.margin == timedelta(seconds=6)
     assert (budget.verdict, budget.allowed) == ("ok", True)
@@ -234,11 +260,17 @@ def test_staleness_budget_adds_the_parts_and_judges_them(conn: psycopg.Connectio
     assert status.require_staleness_budget(conn, "flush_interval", timedelta(seconds=5)).verdict == "ok"
     # Any part counts: a 30 s heartbeat period alone breaks it; a longer timeout makes room.
     assert not status.staleness_budget(conn, heartbeat_period=timedelta(seconds=30)).allowed
-    assert status.staleness_budget(conn, flush_interval=timedelta(seconds=15),
-                                    inactive_timeout=timedelta(minutes=1)).verdict == "ok"
+    assert (
+        status.staleness_budget(
+            conn, flush_interval=timedelta(seconds=15), inactive_timeout=timedelta(minutes=1)
+        ).verdict
+        == "ok"
+    )
     # The flush's own duration is measured once flushes are logged: the longest of the last 20.
-    conn.execute("INSERT INTO pybatch.flush_log (started_at, duration) VALUES "
-                 "(now() - interval '1 minute', interval '4 seconds'), (now(), interval '200 milliseconds')")
+    conn.execute(
+        "INSERT INTO pybatch.flush_log (started_at, duration) VALUES "
+        "(now() - interval '1 minute', interval '4 seconds'), (now(), interval '200 milliseconds')"
+    )
     measured = status.staleness_budget(conn)
     assert measured.flush_duration_measured and measured.flush_duration == timedelta(seconds=4)
     assert (measured.worst_staleness, measured.verdict) == (timedelta(seconds=25), "tight")
@@ -251,10 +283,12 @@ def test_staleness_budget_adds_the_parts_and_judges_them(conn: psycopg.Connectio
 
 
 def test_budget_settings_have_range_checks(conn: psycopg.Connection) -> None:
-    for statement in ("UPDATE pybatch.settings SET heartbeat_period = '0'",
-                      "UPDATE pybatch.settings SET heartbeat_period = '2 hours'",
-                      "UPDATE pybatch.settings SET client_write_interval = '-1 second'",
-                      "UPDATE pybatch.settings SET client_write_interval = '2 hours'"):
+    for statement in (
+        "UPDATE pybatch.settings SET heartbeat_period = '0'",
+        "UPDATE pybatch.settings SET heartbeat_period = '2 hours'",
+        "UPDATE pybatch.settings SET client_write_interval = '-1 second'",
+        "UPDATE pybatch.settings SET client_write_interval = '2 hours'",
+    ):
         with pytest.raises(psycopg.errors.CheckViolation):
             conn.execute(statement)
     conn.execute("UPDATE pybatch.settings SET heartbeat_period = '1 hour', client_write_interval = '0'")
@@ -278,21 +312,29 @@ def test_health_behind_when_a_capped_flush_leaves_a_cap_of_backlog(conn: psycopg
 
 def test_deferred_pending_rows_show_in_views_and_make_health_behind(conn: psycopg.Connection, dsn: str) -> None:
     locked, free = add_agent(conn), add_agent(conn)
-    conn.execute("INSERT INTO pybatch.heartbeats (agent_id, beat_at) SELECT unnest(%s::uuid[]), "
-                 "now() - interval '1 minute'", ([locked, free],))
+    conn.execute(
+        "INSERT INTO pybatch.heartbeats (agent_id, beat_at) SELECT unnest(%s::uuid[]), now() - interval '1 minute'",
+        ([locked, free],),
+    )
     with psycopg.connect(dsn) as app:  # an app transaction holds one agent's row
         app.execute("SELECT FROM public.workspace_agents WHERE id = %s FOR UPDATE", (locked,))
         result = flush(conn)
         assert result.ok and result.deferred_agents == 1
         summary = status.staging(conn)
-        assert (summary.rows_staged, summary.pending_agents, summary.pending_beats, summary.deferred_agents) == \
-            (0, 1, 1, 1)
+        assert (summary.rows_staged, summary.pending_agents, summary.pending_beats, summary.deferred_agents) == (
+            0,
+            1,
+            1,
+            1,
+        )
         assert summary.oldest_pending_age is not None and summary.oldest_pending_age > timedelta(seconds=50)
         # The deferred beat is newer than the row: "newer heartbeat staged", though staging is empty.
         assert status_of(conn, locked) == ("connecting", True)  # never merged yet
         assert status_of(conn, free) == ("disconnected", False)  # merged: a minute old
-        row = conn.execute("SELECT staged_beat_at, pending_beat_at IS NOT NULL FROM pybatch.agent_status "
-                           "WHERE agent_id = %s", (locked,)).fetchone()
+        row = conn.execute(
+            "SELECT staged_beat_at, pending_beat_at IS NOT NULL FROM pybatch.agent_status WHERE agent_id = %s",
+            (locked,),
+        ).fetchone()
         assert row == (None, True)
         health = status.health(conn)
         assert health.status == "behind" and "pybatch.pending" in health.reason, health
@@ -327,44 +369,58 @@ def test_health_measures_the_worst_staleness(conn: psycopg.Connection) -> None:
     assert status.health(conn).worst_staleness is None  # nothing measured yet
     # Three flushes: a beat staged just after the first started waited until the second
     # finished, 10 s + 2 s = 12 s; the latest window is 9.5 s.
-    conn.execute("INSERT INTO pybatch.flush_log (started_at, duration) VALUES "
-                 "(now() - interval '20 seconds', interval '1 second'), "
-                 "(now() - interval '10 seconds', interval '2 seconds'), "
-                 "(now() - interval '1 second', interval '500 milliseconds')")
+    conn.execute(
+        "INSERT INTO pybatch.flush_log (started_at, duration) VALUES "
+        "(now() - interval '20 seconds', interval '1 second'), "
+        "(now() - interval '10 seconds', interval '2 seconds'), "
+        "(now() - interval '1 second', interval '500 milliseconds')"
+    )
     health = status.health(conn)
     assert health.max_beat_wait == timedelta(seconds=12)
     assert health.worst_staleness == timedelta(seconds=15 + 1 + 12)  # + heartbeat period + write interval
     # Failed flushes merge nothing: they do not end a wait.
-    conn.execute("INSERT INTO pybatch.flush_log (started_at, duration, error) VALUES "
-                 "(now() - interval '15 seconds', interval '1 second', 'XX000: boom')")
+    conn.execute(
+        "INSERT INTO pybatch.flush_log (started_at, duration, error) VALUES "
+        "(now() - interval '15 seconds', interval '1 second', 'XX000: boom')"
+    )
     assert status.health(conn).max_beat_wait == timedelta(seconds=12)
 
 
 def test_quarantine_shows_in_staging_summary_and_agent_status(conn: psycopg.Connection) -> None:
     good = add_agent(conn)  # first on the page: merged in pass 1, so the poison fails alone in pass 2
     poison = add_agent(conn)
-    conn.execute("CREATE FUNCTION public.refuse_one() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-                 f"IF NEW.id = '{poison}' THEN RAISE EXCEPTION 'poison row'; END IF; RETURN NEW; END $$")
-    conn.execute("CREATE TRIGGER refuse_one BEFORE UPDATE ON public.workspace_agents "
-                 "FOR EACH ROW EXECUTE FUNCTION public.refuse_one()")
+    conn.execute(
+        "CREATE FUNCTION public.refuse_one() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        f"IF NEW.id = '{poison}' THEN RAISE EXCEPTION 'poison row'; END IF; RETURN NEW; END $$"
+    )
+    conn.execute(
+        "CREATE TRIGGER refuse_one BEFORE UPDATE ON public.workspace_agents "
+        "FOR EACH ROW EXECUTE FUNCTION public.refuse_one()"
+    )
     conn.execute("INSERT INTO pybatch.heartbeats (agent_id) SELECT unnest(%s::uuid[])", ([poison, good],))
     result = flush(conn)
     assert result.quarantined_agents == 1 and result.agents_updated == 1
     summary = status.staging(conn)
-    assert (summary.quarantined_agents, summary.quarantined_beats, summary.quarantine_sample_agent) == \
-        (1, 1, poison)
+    assert (summary.quarantined_agents, summary.quarantined_beats, summary.quarantine_sample_agent) == (1, 1, poison)
     assert summary.quarantine_sample_error is not None and "poison row" in summary.quarantine_sample_error
     assert summary.oldest_quarantined_at is not None and summary.quarantine_next_retry_at is not None
-    row = conn.execute("SELECT quarantine_error, quarantined_beat_at IS NOT NULL FROM pybatch.agent_status "
-                       "WHERE agent_id = %s", (poison,)).fetchone()
+    row = conn.execute(
+        "SELECT quarantine_error, quarantined_beat_at IS NOT NULL FROM pybatch.agent_status WHERE agent_id = %s",
+        (poison,),
+    ).fetchone()
     assert row is not None and "poison row" in row[0] and row[1]
     row = conn.execute("SELECT quarantine_error FROM pybatch.agent_status WHERE agent_id = %s", (good,)).fetchone()
     assert row == (None,)
     document = status.status(conn).as_json()
     assert document["quarantine"]["agents"] == 1 and document["quarantine"]["sample_agent"] == str(poison)
     assert "poison row" in document["quarantine"]["sample_error"]
-    assert document["pending"] == {"agents": 0, "beats": 0, "deferred_agents": 0, "oldest_beat_at": None,
-                                   "oldest_beat_age_seconds": None}
+    assert document["pending"] == {
+        "agents": 0,
+        "beats": 0,
+        "deferred_agents": 0,
+        "oldest_beat_at": None,
+        "oldest_beat_age_seconds": None,
+    }
     flushed = document["recent_flushes"][0]
     assert (flushed["quarantined_agents"], flushed["agents_updated"]) == (1, 1)
     assert flushed["heap_bytes"] > 0 and flushed["passes"] >= 1
@@ -409,11 +465,20 @@ def test_pg_monitor_reads_every_view_and_runs_inspect_sql(conn: psycopg.Connecti
         script = Path(__file__).resolve().parents[2] / "sql" / "inspect.sql"
         psql = subprocess.run(
             ["psql", "-X", "-v", "ON_ERROR_STOP=1", "-d", make_conninfo(dsn, user=role), "-f", str(script)],
-            capture_output=True, text=True, check=False,
+            capture_output=True,
+            text=True,
+            check=False,
         )
         assert psql.returncode == 0, psql.stderr
-        for heading in ("== health", "== staleness budget", "== staging", "== pending", "== last 10 flushes",
-                        "== agents by status", "== settings"):
+        for heading in (
+            "== health",
+            "== staleness budget",
+            "== staging",
+            "== pending",
+            "== last 10 flushes",
+            "== agents by status",
+            "== settings",
+        ):
             assert heading in psql.stdout
         assert "| ok " in psql.stdout and "connected" in psql.stdout
         conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
@@ -440,8 +505,12 @@ def test_every_view_column_and_function_is_commented(conn: psycopg.Connection) -
         "AND obj_description(p.oid, 'pg_proc') IS NULL"
     ).fetchall()
     assert missing == []
-    views = {r[0] for r in conn.execute(
-        "SELECT relname FROM pg_class WHERE relnamespace = 'pybatch'::regnamespace AND relkind = 'v'").fetchall()}
+    views = {
+        r[0]
+        for r in conn.execute(
+            "SELECT relname FROM pg_class WHERE relnamespace = 'pybatch'::regnamespace AND relkind = 'v'"
+        ).fetchall()
+    }
     assert set(VIEWS) <= views
 
 
@@ -458,9 +527,26 @@ def standby(own_cluster: LocalCluster) -> Iterator[tuple[LocalCluster, LocalClus
         shutil.chown(replica.home, user, user)
     runner = ["runuser", "-u", user, "--"] if user else []
     subprocess.run(
-        [*runner, str(find_bindir() / "pg_basebackup"), "-h", "127.0.0.1", "-p", str(own_cluster.port),
-         "-U", SUPERUSER, "-D", str(replica.datadir), "-R", "-X", "stream", "-c", "fast"],
-        check=True, capture_output=True, cwd="/",
+        [
+            *runner,
+            str(find_bindir() / "pg_basebackup"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(own_cluster.port),
+            "-U",
+            SUPERUSER,
+            "-D",
+            str(replica.datadir),
+            "-R",
+            "-X",
+            "stream",
+            "-c",
+            "fast",
+        ],
+        check=True,
+        capture_output=True,
+        cwd="/",
     )
     with socket.socket() as sock:  # a free port for the standby
         sock.bind(("127.0.0.1", 0))

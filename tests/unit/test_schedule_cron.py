@@ -36,8 +36,9 @@ def test_new_pg_cron_gets_a_seconds_schedule_unless_the_loop_is_forced() -> None
     assert cron.plan_job(59, (1, 5)).schedule == "59 seconds"
 
 
-@pytest.mark.parametrize(("seconds", "schedule"), [(60, "* * * * *"), (120, "*/2 * * * *"),
-                                                   (900, "*/15 * * * *"), (3600, "0 * * * *")])
+@pytest.mark.parametrize(
+    ("seconds", "schedule"), [(60, "* * * * *"), (120, "*/2 * * * *"), (900, "*/15 * * * *"), (3600, "0 * * * *")]
+)
 def test_whole_minutes_dividing_an_hour_use_a_cron_schedule(seconds: float, schedule: str) -> None:
     for version in (OLD, NEW):
         plan = cron.plan_job(seconds, version, force_loop=True)
@@ -99,6 +100,11 @@ def test_diagnose_reports_other_failures_with_their_message() -> None:
 
 
 def test_diagnose_is_quiet_when_the_newest_finished_run_succeeded() -> None:
-    assert cron.diagnose(_status(_run(9, "running", None), _run(8, "succeeded", "CALL"),
-                                 _run(7, "failed", "connection failed")), None) is None
+    assert (
+        cron.diagnose(
+            _status(_run(9, "running", None), _run(8, "succeeded", "CALL"), _run(7, "failed", "connection failed")),
+            None,
+        )
+        is None
+    )
     assert cron.diagnose(_status(), None) is None

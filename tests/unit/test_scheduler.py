@@ -9,8 +9,9 @@ from pybatch.schedule.scheduler import Scheduler, SchedulerMetrics
 
 
 def _result(*, rows: int = 5, error: str | None = None, skipped: bool = False) -> FlushResult:
-    return FlushResult(1, datetime(2026, 1, 1, tzinfo=UTC), skipped, rows, rows, 0, 0, 0,
-                       timedelta(milliseconds=20), error)
+    return FlushResult(
+        1, datetime(2026, 1, 1, tzinfo=UTC), skipped, rows, rows, 0, 0, 0, timedelta(milliseconds=20), error
+    )
 
 
 def _value(metrics: SchedulerMetrics, name: str, labels: dict[str, str] | None = None) -> float:
