@@ -443,9 +443,9 @@ def test_concurrent_writers_disconnects_and_two_flushers(dsn: str, conn: psycopg
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(event_strategy, max_size=25))
 def test_any_order_on_citus(
-    citus_dsn: str,
+    citus_dsn: str,  # noqa: F811 (the fixture)
     in_transaction: bool,
-    script: list[tuple[str, int, int, uuid.UUID]],  # noqa: F811
+    script: list[tuple[str, int, int, uuid.UUID]],
 ) -> None:
     """The property test's body on Citus, with fewer examples."""
     with psycopg.connect(citus_dsn, autocommit=True) as conn:

@@ -171,7 +171,8 @@ def test_writer_cannot_read_any_table(dsn: str, conn: psycopg.Connection, writer
             t
             for t in tables
             if w.execute(
-                "SELECT has_table_privilege(c.oid, 'SELECT') FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+                "SELECT has_table_privilege(c.oid, 'SELECT')"
+                " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
                 " WHERE quote_ident(n.nspname) || '.' || quote_ident(c.relname) = %s",
                 (t,),
             ).fetchone()
