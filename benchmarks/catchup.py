@@ -84,20 +84,25 @@ def percentiles(values: list[float]) -> str:
     def p(q: float) -> float:
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
-    return (f"n={len(values)} p50 {statistics.median(values) * 1000:.1f} ms, p99 {p(0.99):.1f} ms, "
-            f"max {ordered[-1] * 1000:.1f} ms")
+    return (
+        f"n={len(values)} p50 {statistics.median(values) * 1000:.1f} ms, p99 {p(0.99):.1f} ms, "
+        f"max {ordered[-1] * 1000:.1f} ms"
+    )
 
 
 def stage_backlog(conn: psycopg.Connection, agents: int, outage: float) -> int:
     """The outage's heartbeats, oldest first: every agent once per period, over `outage` seconds."""
     conn.execute("TRUNCATE pybatch.heartbeats")
     beats = int(outage // HEARTBEAT_PERIOD)
-    conn.execute("""
+    conn.execute(
+        """
         INSERT INTO pybatch.heartbeats (agent_id, beat_at)
         SELECT a.id, now() - make_interval(secs => %s - k * %s)
         FROM generate_series(0, %s - 1) k, public.workspace_agents a
         ORDER BY k
-    """, (outage, HEARTBEAT_PERIOD, beats))
+    """,
+        (outage, HEARTBEAT_PERIOD, beats),
+    )
     conn.execute("VACUUM ANALYZE public.workspace_agents")
     row = conn.execute("SELECT count(*) FROM pybatch.heartbeats").fetchone()
     return int(row[0]) if row else 0
@@ -134,15 +139,20 @@ def main() -> None:
     parser.add_argument("--dsn", help="a migrated database (default: a temporary local cluster)")
     parser.add_argument("--agents", type=int, default=100_000)
     parser.add_argument("--outage", type=float, default=600.0, help="scheduler outage in seconds (default 600)")
-    parser.add_argument("--caps", default="1000000,none",
-                        help="comma-separated row caps per flush pass; 'none' = uncapped (default 1000000,none)")
+    parser.add_argument(
+        "--caps",
+        default="1000000,none",
+        help="comma-separated row caps per flush pass; 'none' = uncapped (default 1000000,none)",
+    )
     args = parser.parse_args()
     caps = [None if c.strip().lower() == "none" else int(c) for c in args.caps.split(",")]
     with database(args.dsn) as dsn:
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("TRUNCATE public.workspace_agents")
-            conn.execute("INSERT INTO public.workspace_agents (id) SELECT gen_random_uuid() "
-                         "FROM generate_series(1, %s)", (args.agents,))
+            conn.execute(
+                "INSERT INTO public.workspace_agents (id) SELECT gen_random_uuid() FROM generate_series(1, %s)",
+                (args.agents,),
+            )
         for cap in caps:
             run(dsn, args.agents, args.outage, cap)
 

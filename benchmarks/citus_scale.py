@@ -68,7 +68,7 @@ def load(url: str, n: int, distribute: bool) -> list[uuid.UUID]:
 def copy_beats(conn: psycopg.Connection, ids: list[uuid.UUID]) -> None:
     for start in range(0, len(ids), 500):
         with conn.cursor() as cur, cur.copy("COPY pybatch.heartbeats (agent_id) FROM STDIN") as cp:
-            for agent in ids[start:start + 500]:
+            for agent in ids[start : start + 500]:
                 cp.write_row((agent,))
 
 
@@ -97,13 +97,19 @@ def measure(label: str, url: str, ids: list[uuid.UUID]) -> None:
         assert result is not None and result.ok, result
         shards = conn.execute(
             "SELECT count(*), max(extract(epoch FROM duration)), avg(extract(epoch FROM duration)),"
-            " avg(rows_staged) FROM pybatch.flush_log_shards WHERE flush_id = %s", (result.flush_id,)).fetchone()
-    print(f"{label:>12} {n:>8,} agents | COPY {copy_s / n * 1e6:6.1f} us/beat | INSERT {insert_s / 2000 * 1e6:6.0f}"
-          f" us/beat | flush {result.duration.total_seconds():6.2f} s ({result.passes} passes,"
-          f" HOT {result.hot_updates}/{result.agents_updated})", end="")
+            " avg(rows_staged) FROM pybatch.flush_log_shards WHERE flush_id = %s",
+            (result.flush_id,),
+        ).fetchone()
+    print(
+        f"{label:>12} {n:>8,} agents | COPY {copy_s / n * 1e6:6.1f} us/beat | INSERT {insert_s / 2000 * 1e6:6.0f}"
+        f" us/beat | flush {result.duration.total_seconds():6.2f} s ({result.passes} passes,"
+        f" HOT {result.hot_updates}/{result.agents_updated})",
+        end="",
+    )
     if shards and shards[0]:
-        print(f" | {shards[0]} shard groups: max {shards[1]:.2f} s, mean {shards[2]:.2f} s,"
-              f" {shards[3]:,.0f} agents each")
+        print(
+            f" | {shards[0]} shard groups: max {shards[1]:.2f} s, mean {shards[2]:.2f} s, {shards[3]:,.0f} agents each"
+        )
     else:
         print()
 
@@ -144,11 +150,16 @@ def load_fleet(url: str, n: int) -> float:
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("TRUNCATE public.workspace_agents, pybatch.heartbeats, pybatch.pending, pybatch.quarantine")
         conn.execute("DELETE FROM pybatch.flush_log")
-        conn.execute("UPDATE pybatch.settings SET flush_interval = make_interval(secs => %s),"
-                     " heartbeat_period = make_interval(secs => %s)", (FLUSH_INTERVAL, PERIOD))
-        conn.execute("INSERT INTO public.workspace_agents (id, created_at)"
-                     " SELECT md5('agent' || i)::uuid, now() - interval '1 day' FROM generate_series(0, %s - 1) i",
-                     (n,))
+        conn.execute(
+            "UPDATE pybatch.settings SET flush_interval = make_interval(secs => %s),"
+            " heartbeat_period = make_interval(secs => %s)",
+            (FLUSH_INTERVAL, PERIOD),
+        )
+        conn.execute(
+            "INSERT INTO public.workspace_agents (id, created_at)"
+            " SELECT md5('agent' || i)::uuid, now() - interval '1 day' FROM generate_series(0, %s - 1) i",
+            (n,),
+        )
         conn.execute("VACUUM ANALYZE public.workspace_agents")
     return time.perf_counter() - started
 
@@ -233,7 +244,8 @@ def run_fleet(url: str, n: int, warmup: float, measure_s: float) -> FleetRun:
             while time.time() < end and not errors:
                 row = conn.execute(
                     "SELECT extract(epoch FROM now() - min(last_connected_at))::float8,"
-                    " count(*) FILTER (WHERE last_connected_at IS NULL) FROM public.workspace_agents").fetchone()
+                    " count(*) FILTER (WHERE last_connected_at IS NULL) FROM public.workspace_agents"
+                ).fetchone()
                 assert row is not None
                 sample = float("inf") if row[1] else float(row[0] or 0.0)
                 worst = max(worst, sample)
@@ -250,21 +262,36 @@ def run_fleet(url: str, n: int, warmup: float, measure_s: float) -> FleetRun:
     if errors:
         raise errors[0]
     sustained = worst < LIMIT and failed[0] == 0 and not ended_early
-    return FleetRun(n, sustained, worst, health_worst, len(durations), max(durations, default=0.0),
-                    sum(durations) / len(durations) if durations else 0.0, failed[0], max(lag), load_s, ended_early)
+    return FleetRun(
+        n,
+        sustained,
+        worst,
+        health_worst,
+        len(durations),
+        max(durations, default=0.0),
+        sum(durations) / len(durations) if durations else 0.0,
+        failed[0],
+        max(lag),
+        load_s,
+        ended_early,
+    )
 
 
 def show(label: str, run: FleetRun) -> None:
     worst = "never merged" if run.worst == float("inf") else f"{run.worst:5.1f} s"
     health = "-" if run.health_worst is None else f"{run.health_worst:.1f} s"
-    print(f"{label:>12} {run.agents:>9,} agents | staleness max {worst}{' (stopped early)' if run.ended_early else ''}"
-          f" | health.worst_staleness {health} | {run.flushes} flushes, max {run.flush_max:.2f} s,"
-          f" mean {run.flush_mean:.2f} s, {run.failed_flushes} failed | writer lag {run.writer_lag:.2f} s"
-          f" | load {run.load_s:.0f} s | {'SUSTAINED' if run.sustained else 'not sustained'}", flush=True)
+    print(
+        f"{label:>12} {run.agents:>9,} agents | staleness max {worst}{' (stopped early)' if run.ended_early else ''}"
+        f" | health.worst_staleness {health} | {run.flushes} flushes, max {run.flush_max:.2f} s,"
+        f" mean {run.flush_mean:.2f} s, {run.failed_flushes} failed | writer lag {run.writer_lag:.2f} s"
+        f" | load {run.load_s:.0f} s | {'SUSTAINED' if run.sustained else 'not sustained'}",
+        flush=True,
+    )
 
 
-def search(label: str, url: str, first: int, largest: int, warmup: float, measure_s: float,
-           budget: float) -> tuple[int | None, int | None]:
+def search(
+    label: str, url: str, first: int, largest: int, warmup: float, measure_s: float, budget: float
+) -> tuple[int | None, int | None]:
     """Doubling from `first` while sustained, then one bisection; stops at `budget` seconds."""
     started = time.monotonic()
     passed: int | None = None
@@ -288,8 +315,11 @@ def search(label: str, url: str, first: int, largest: int, warmup: float, measur
                 passed = int(middle)
             else:
                 failed = int(middle)
-    print(f"{label:>12}: largest sustained {passed if passed is None else f'{passed:,}'} agents,"
-          f" first not sustained {failed if failed is None else f'{failed:,}'}", flush=True)
+    print(
+        f"{label:>12}: largest sustained {passed if passed is None else f'{passed:,}'} agents,"
+        f" first not sustained {failed if failed is None else f'{failed:,}'}",
+        flush=True,
+    )
     return passed, failed
 
 
@@ -308,8 +338,11 @@ def main(argv: list[str]) -> None:
         measure_costs(args.sizes or [20_000, 100_000])
         return
     setups = args.setups.split(",")
-    print(f"fleet search: {PERIOD} s period, {FLUSH_INTERVAL:.0f} s flush interval, {WRITERS} writers,"
-          f" warm-up {args.warmup:.0f} s, {args.measure:.0f} s measured, limit {LIMIT:.0f} s", flush=True)
+    print(
+        f"fleet search: {PERIOD} s period, {FLUSH_INTERVAL:.0f} s flush interval, {WRITERS} writers,"
+        f" warm-up {args.warmup:.0f} s, {args.measure:.0f} s measured, limit {LIMIT:.0f} s",
+        flush=True,
+    )
     if "single" in setups:
         with temporary_cluster(SETTINGS, prefix="pybatch-scale-") as single:
             prepare_fleet(single.url(), False)

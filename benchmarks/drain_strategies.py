@@ -71,6 +71,7 @@ def read_sql(name: str) -> str:
 
 # -- strategies ----------------------------------------------------------------------
 
+
 def flush_lock_truncate(conn: psycopg.Connection) -> int:
     return _one_int(conn, "SELECT drain_bench.flush_truncate(true)")
 
@@ -120,6 +121,7 @@ STRATEGIES = {
 
 # -- one run ----------------------------------------------------------------------------
 
+
 @dataclass
 class WriterStats:
     due_latency_s: list[float] = field(default_factory=list)
@@ -158,11 +160,19 @@ class Result:
     load_1m: float  # machine load average at the end: the box is shared, so read numbers against it
 
 
-def writer(dsn: str, staging: tuple[str, str], agents: Sequence[uuid.UUID], rate: float,
-           start: float, stop: float, stats: WriterStats) -> None:
+def writer(
+    dsn: str,
+    staging: tuple[str, str],
+    agents: Sequence[uuid.UUID],
+    rate: float,
+    start: float,
+    stop: float,
+    stats: WriterStats,
+) -> None:
     """Insert one heartbeat every 1/rate s from `start` to `stop`, cycling through `agents`."""
     insert = sql.SQL("INSERT INTO {} (agent_id, replica_id, beat_at) VALUES (%s, %s, %s)").format(
-        sql.Identifier(*staging))
+        sql.Identifier(*staging)
+    )
     replica = uuid.uuid4()
     try:
         with db.connect(dsn) as conn:
@@ -184,8 +194,7 @@ def writer(dsn: str, staging: tuple[str, str], agents: Sequence[uuid.UUID], rate
         stats.error = db.first_line(exc)
 
 
-def flusher(dsn: str, strategy: Strategy, every: float, start: float, stop: float,
-            stats: FlushStats) -> None:
+def flusher(dsn: str, strategy: Strategy, every: float, start: float, stop: float, stats: FlushStats) -> None:
     try:
         with db.connect(dsn) as conn:
             n = 1
@@ -222,8 +231,10 @@ def run_strategy(dsn: str, strategy: Strategy, args: argparse.Namespace) -> Resu
     start = time.monotonic() + 0.5  # time for every thread to connect
     stop = start + args.seconds
     threads = [
-        threading.Thread(target=writer, args=(dsn, strategy.staging, agents[w :: args.writers],
-                                              args.rate / args.writers, start, stop, stats))
+        threading.Thread(
+            target=writer,
+            args=(dsn, strategy.staging, agents[w :: args.writers], args.rate / args.writers, start, stop, stats),
+        )
         for w, stats in enumerate(writers)
     ]
     threads.append(threading.Thread(target=flusher, args=(dsn, strategy, args.flush_every, start, stop, flushes)))
@@ -242,7 +253,8 @@ def run_strategy(dsn: str, strategy: Strategy, args: argparse.Namespace) -> Resu
         merged = flushes.rows + sum(strategy.flush(conn) for _ in range(strategy.final_flushes))
         left = _one_int(conn, sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(*strategy.staging)))
         stored: dict[uuid.UUID, datetime | None] = dict(
-            conn.execute("SELECT id, last_connected_at FROM public.workspace_agents").fetchall())
+            conn.execute("SELECT id, last_connected_at FROM public.workspace_agents").fetchall()
+        )
     newest: dict[uuid.UUID, datetime] = {}
     for w in writers:
         newest.update(w.newest_beat)  # each agent belongs to one writer
@@ -280,35 +292,86 @@ def _ms(ordered: Sequence[float], q: float) -> float:
 
 # -- set-up, output, main ------------------------------------------------------------
 
+
 def check_scratch(dsn: str) -> None:
     """Refuse to empty a workspace_agents that pybatch did not create (a real deployment's)."""
     with db.connect(dsn) as conn, db.translated("cannot read pybatch.settings"):
         row = conn.execute("SELECT created_workspace_agents FROM pybatch.settings").fetchone()
     if not row or not row[0]:
-        raise ConfigError("--dsn: public.workspace_agents was not created by pybatch; "
-                          "the benchmark empties it, so point it at a scratch database")
+        raise ConfigError(
+            "--dsn: public.workspace_agents was not created by pybatch; "
+            "the benchmark empties it, so point it at a scratch database"
+        )
 
 
 def print_table(results: Sequence[Result], args: argparse.Namespace) -> None:
-    print(f"\n{args.agents} agents, {args.rate:g} inserts/s from {args.writers} writers, "
-          f"{args.seconds:g} s per strategy, flush every {args.flush_every:g} s")
-    print("insert latency from when the insert was due (ms); svc = INSERT call alone (ms);\n"
-          f"lockwait% = share of {LOCK_SAMPLE_S * 1000:g} ms samples with a writer waiting on a lock; "
-          "lockwait max = most writers waiting at once\n")
-    header = ("strategy", "inserts", "p50", "p99", "p99.9", "max", "svc p99", "svc max",
-              "lockwait%", "lockwait max", "blocked by", "flushes", "flush p50", "flush max",
-              "merged", "left", "lost", "agents wrong", "load")
-    rows = [(r.strategy, str(r.inserts), *(f"{v:.2f}" for v in (
-                r.insert_p50_ms, r.insert_p99_ms, r.insert_p999_ms, r.insert_max_ms,
-                r.service_p99_ms, r.service_max_ms, r.lock_wait_samples_pct)), str(r.lock_wait_max), r.blocked_by,
-             str(r.flushes), f"{r.flush_p50_ms:.1f}", f"{r.flush_max_ms:.1f}",
-             str(r.rows_merged), str(r.rows_left), str(r.rows_lost), str(r.agents_wrong),
-             f"{r.load_1m:.1f}")
-            for r in results]
+    print(
+        f"\n{args.agents} agents, {args.rate:g} inserts/s from {args.writers} writers, "
+        f"{args.seconds:g} s per strategy, flush every {args.flush_every:g} s"
+    )
+    print(
+        "insert latency from when the insert was due (ms); svc = INSERT call alone (ms);\n"
+        f"lockwait% = share of {LOCK_SAMPLE_S * 1000:g} ms samples with a writer waiting on a lock; "
+        "lockwait max = most writers waiting at once\n"
+    )
+    header = (
+        "strategy",
+        "inserts",
+        "p50",
+        "p99",
+        "p99.9",
+        "max",
+        "svc p99",
+        "svc max",
+        "lockwait%",
+        "lockwait max",
+        "blocked by",
+        "flushes",
+        "flush p50",
+        "flush max",
+        "merged",
+        "left",
+        "lost",
+        "agents wrong",
+        "load",
+    )
+    rows = [
+        (
+            r.strategy,
+            str(r.inserts),
+            *(
+                f"{v:.2f}"
+                for v in (
+                    r.insert_p50_ms,
+                    r.insert_p99_ms,
+                    r.insert_p999_ms,
+                    r.insert_max_ms,
+                    r.service_p99_ms,
+                    r.service_max_ms,
+                    r.lock_wait_samples_pct,
+                )
+            ),
+            str(r.lock_wait_max),
+            r.blocked_by,
+            str(r.flushes),
+            f"{r.flush_p50_ms:.1f}",
+            f"{r.flush_max_ms:.1f}",
+            str(r.rows_merged),
+            str(r.rows_left),
+            str(r.rows_lost),
+            str(r.agents_wrong),
+            f"{r.load_1m:.1f}",
+        )
+        for r in results
+    ]
     widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
     for row in (header, *rows):
-        print("  ".join(cell.rjust(width) if i else cell.ljust(width) for i, (cell, width) in
-                        enumerate(zip(row, widths, strict=True))))
+        print(
+            "  ".join(
+                cell.rjust(width) if i else cell.ljust(width)
+                for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+            )
+        )
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -319,8 +382,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--writers", type=int, default=4, help="writer threads/connections (default 4)")
     parser.add_argument("--seconds", type=float, default=20, help="run time per strategy (default 20)")
     parser.add_argument("--flush-every", default="2s", help="flush interval, e.g. 2s or 500ms (default 2s)")
-    parser.add_argument("--strategies", default=",".join(DEFAULT_STRATEGIES),
-                        help=f"comma-separated, from {', '.join(ALL_STRATEGIES)} (default: the first three)")
+    parser.add_argument(
+        "--strategies",
+        default=",".join(DEFAULT_STRATEGIES),
+        help=f"comma-separated, from {', '.join(ALL_STRATEGIES)} (default: the first three)",
+    )
     parser.add_argument("--json", type=Path, help="also write the results to this file")
     args = parser.parse_args(argv)
     args.flush_every = parse_duration(args.flush_every, name="--flush-every")

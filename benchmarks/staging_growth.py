@@ -39,22 +39,28 @@ def main() -> None:
     with database(args.dsn) as dsn, psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("TRUNCATE pybatch.heartbeats")
         # Real agents, so the flush below does the real merge work.
-        conn.execute("INSERT INTO public.workspace_agents (id) SELECT gen_random_uuid() "
-                      "FROM generate_series(1, %s) ON CONFLICT DO NOTHING", (args.agents,))
+        conn.execute(
+            "INSERT INTO public.workspace_agents (id) SELECT gen_random_uuid() "
+            "FROM generate_series(1, %s) ON CONFLICT DO NOTHING",
+            (args.agents,),
+        )
         empty = size(conn)
         print(f"empty staging: {empty:,} bytes")
         staged = 0
         while staged < args.rows:
             n = min(STEP, args.rows - staged)
             # Agents in turn, replica set on half, beats over the last 10 minutes: a real outage's mix.
-            conn.execute("""
+            conn.execute(
+                """
                 INSERT INTO pybatch.heartbeats (agent_id, replica_id, beat_at)
                 SELECT a.id, CASE WHEN a.n %% 2 = 0 THEN gen_random_uuid() END,
                        now() - make_interval(secs => 600 * random())
                 FROM generate_series(1, ceil(%s::numeric / %s)::int) k,
                      (SELECT id, row_number() OVER () AS n FROM public.workspace_agents) a
                 LIMIT %s
-            """, (n, args.agents, n))
+            """,
+                (n, args.agents, n),
+            )
             staged += n
             total = size(conn)
             print(f"staged {staged:>10,}: {total:>13,} bytes  ({(total - empty) / staged:.1f} bytes/heartbeat)")
@@ -62,15 +68,19 @@ def main() -> None:
         per_million = (total - empty) / staged * 1_000_000
         beats_per_minute = args.agents * 60 / 15
         print(f"\nper million staged heartbeats: {per_million / 2**20:.1f} MiB")
-        print(f"at {args.agents:,} agents (one beat per 15 s = {beats_per_minute:,.0f}/min): "
-              f"{per_million * beats_per_minute / 1e6 / 2**20:.1f} MiB per minute without a flush, "
-              f"{per_million * beats_per_minute * 60 / 1e6 / 2**30:.2f} GiB per hour")
+        print(
+            f"at {args.agents:,} agents (one beat per 15 s = {beats_per_minute:,.0f}/min): "
+            f"{per_million * beats_per_minute / 1e6 / 2**20:.1f} MiB per minute without a flush, "
+            f"{per_million * beats_per_minute * 60 / 1e6 / 2**30:.2f} GiB per hour"
+        )
         started = time.monotonic()
         passes = 0
         while flush(conn).rows_staged:
             passes += 1
-        print(f"\nflushed in {passes} pass(es), {time.monotonic() - started:.1f}s; "
-              f"after the flush (dead tuples): {size(conn):,} bytes")
+        print(
+            f"\nflushed in {passes} pass(es), {time.monotonic() - started:.1f}s; "
+            f"after the flush (dead tuples): {size(conn):,} bytes"
+        )
         conn.execute("VACUUM pybatch.heartbeats")
         print(f"after VACUUM: {size(conn):,} bytes")
 

@@ -6,7 +6,7 @@ writes it as JSON and plots it.
 
 from __future__ import annotations
 
-from pybatch.bench.runner import BenchConfig, BenchReport, run_bench
+from pybatch.bench.fleet_run import BenchConfig, BenchReport, run_bench
 from pybatch.bench.strategies import STRATEGY_NAMES
 
 __all__ = ["STRATEGY_NAMES", "BenchConfig", "BenchReport", "run_bench"]

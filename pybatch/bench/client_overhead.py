@@ -43,8 +43,16 @@ def _empty_staging(dsn: str) -> int:
     return int(row[0]) if row else 0
 
 
-def measure(dsn: str, *, agents: int = 10_000, calls: int = 500_000, rounds: int = 5, seconds: float = 5.0,
-            immediate_calls: int = 5_000, progress: Callable[[str], None] | None = None) -> ClientFigures:
+def measure(
+    dsn: str,
+    *,
+    agents: int = 10_000,
+    calls: int = 500_000,
+    rounds: int = 5,
+    seconds: float = 5.0,
+    immediate_calls: int = 5_000,
+    progress: Callable[[str], None] | None = None,
+) -> ClientFigures:
     say = progress or (lambda message: None)
     ids = [uuid.uuid4() for _ in range(agents)]
     _empty_staging(dsn)
@@ -90,5 +98,6 @@ def measure(dsn: str, *, agents: int = 10_000, calls: int = 500_000, rounds: int
         immediate_us = (time.perf_counter() - start) / immediate_calls * 1e6
     _empty_staging(dsn)
 
-    return ClientFigures(buffered_us, statistics.median(rates), accepted / elapsed, written_rows / elapsed,
-                         immediate_us)
+    return ClientFigures(
+        buffered_us, statistics.median(rates), accepted / elapsed, written_rows / elapsed, immediate_us
+    )

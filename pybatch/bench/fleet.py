@@ -115,8 +115,7 @@ class LoadGenerator:
         max_lag = 0.0
         for wlog in self._logs:
             count = len(wlog.latency_s)
-            for began, latency, lag in zip(wlog.began[:count], wlog.latency_s[:count], wlog.lag_s[:count],
-                                           strict=True):
+            for began, latency, lag in zip(wlog.began[:count], wlog.latency_s[:count], wlog.lag_s[:count], strict=True):
                 if start <= began < end:
                     latencies.append(latency)
                     max_lag = max(max_lag, lag)

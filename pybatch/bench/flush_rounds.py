@@ -27,8 +27,8 @@ import psycopg
 from pybatch import db
 from pybatch._core import COPY_BEATS
 from pybatch.bench.fleet import REPLICAS, agent_id
+from pybatch.bench.fleet_run import check_bench_database, reset_agents, set_fillfactor
 from pybatch.bench.measure import read_counters
-from pybatch.bench.runner import check_bench_database, reset_agents, set_fillfactor
 from pybatch.bench.target import bench_target, growth, table_sizes
 from pybatch.errors import ConfigError, FlushFailed
 from pybatch.flush import flush
@@ -63,8 +63,14 @@ def check_modes(modes: Sequence[str]) -> tuple[str, ...]:
 
 
 def run_flush_rounds(
-    dsn: str, agents: int, rounds: int, *, fillfactor: int | None = None, table: str = "coder",
-    modes: Sequence[str] = tuple(FLUSH_MODES), progress: Callable[[str], None] | None = None,
+    dsn: str,
+    agents: int,
+    rounds: int,
+    *,
+    fillfactor: int | None = None,
+    table: str = "coder",
+    modes: Sequence[str] = tuple(FLUSH_MODES),
+    progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     say = progress or (lambda message: None)
     modes = check_modes(modes)
@@ -79,16 +85,22 @@ def run_flush_rounds(
             row = conn.execute(
                 "SELECT COALESCE((SELECT pg_catalog.split_part(o, '=', 2)::int FROM pg_catalog.unnest(c.reloptions) o "
                 "WHERE o LIKE 'fillfactor=%%'), 100) FROM pg_catalog.pg_class c "
-                "WHERE c.oid = 'public.workspace_agents'::pg_catalog.regclass").fetchone()
+                "WHERE c.oid = 'public.workspace_agents'::pg_catalog.regclass"
+            ).fetchone()
             table_fillfactor = int(row[0]) if row else None
         for mode in modes:
             results[mode] = _run_mode(target, agents, rounds, mode, table, say)
-    return {"agents": agents, "rounds": rounds, "table": table, "fillfactor": table_fillfactor,
-            "steady_after": STEADY_AFTER, "modes": results}
+    return {
+        "agents": agents,
+        "rounds": rounds,
+        "table": table,
+        "fillfactor": table_fillfactor,
+        "steady_after": STEADY_AFTER,
+        "modes": results,
+    }
 
 
-def _run_mode(dsn: str, agents: int, rounds: int, mode: str, table: str,
-              say: Callable[[str], None]) -> dict[str, Any]:
+def _run_mode(dsn: str, agents: int, rounds: int, mode: str, table: str, say: Callable[[str], None]) -> dict[str, Any]:
     results: list[FlushRound] = []
     sizes_at: dict[int, dict[str, Any]] = {}
     with db.connect(dsn) as conn:
@@ -111,18 +123,24 @@ def _run_mode(dsn: str, agents: int, rounds: int, mode: str, table: str,
             wal = read_counters(conn).wal_bytes - before.wal_bytes
             sizes_at[number] = table_sizes(conn)
             rows = int(result.agents_updated or 0)
-            results.append(FlushRound(
-                round=number, agents_updated=rows,
-                duration_ms=round(result.duration.total_seconds() * 1000, 1), wall_ms=round(wall * 1000, 1),
-                passes=int(result.passes or 0),
-                hot_share=round(int(result.hot_updates or 0) / rows, 4) if rows else None,
-                wal_bytes_per_row=round(wal / rows, 1) if rows else 0.0,
-                heap_bytes=sizes_at[number]["heap_bytes"],
-                index_bytes=sum(sizes_at[number]["index_bytes"].values()),
-            ))
+            results.append(
+                FlushRound(
+                    round=number,
+                    agents_updated=rows,
+                    duration_ms=round(result.duration.total_seconds() * 1000, 1),
+                    wall_ms=round(wall * 1000, 1),
+                    passes=int(result.passes or 0),
+                    hot_share=round(int(result.hot_updates or 0) / rows, 4) if rows else None,
+                    wal_bytes_per_row=round(wal / rows, 1) if rows else 0.0,
+                    heap_bytes=sizes_at[number]["heap_bytes"],
+                    index_bytes=sum(sizes_at[number]["index_bytes"].values()),
+                )
+            )
             r = results[-1]
-            say(f"[{mode}] round {number}: {rows} agents in {r.duration_ms:g} ms, {r.passes} passes, "
-                f"HOT {r.hot_share}, {r.wal_bytes_per_row:g} WAL B/row, heap {r.heap_bytes // 1024} kB")
+            say(
+                f"[{mode}] round {number}: {rows} agents in {r.duration_ms:g} ms, {r.passes} passes, "
+                f"HOT {r.hot_share}, {r.wal_bytes_per_row:g} WAL B/row, heap {r.heap_bytes // 1024} kB"
+            )
     return summarise(results, sizes_at)
 
 

@@ -17,6 +17,7 @@ from pybatch import db, resources
 
 log = logging.getLogger(__name__)
 
+
 def parse_lsn(text: str) -> int:
     """'16/B374D848' -> byte position."""
     high, low = text.split("/")

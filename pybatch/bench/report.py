@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pybatch.bench.runner import BenchReport
+from pybatch.bench.fleet_run import BenchReport
 from pybatch.errors import ConfigError
 
 # Every figure under strategies.<name>, in table order: (key, column title, meaning).
@@ -82,10 +82,15 @@ def headline_rows(report: BenchReport, names: tuple[str, ...]) -> list[dict[str,
 def ratio_rows(report: BenchReport) -> list[dict[str, Any]]:
     """Every strategy beside direct: WAL and CPU per heartbeat as multiples of direct's, HOT share."""
     return [
-        {"strategy": name,
-         "WAL B/beat": _format(f.get("wal_bytes_per_beat")), "WAL ÷ direct": _format(f.get("wal_vs_direct")),
-         "CPU µs/beat": _format(f.get("cpu_us_per_beat")), "CPU ÷ direct": _format(f.get("cpu_vs_direct")),
-         "HOT": _format(f.get("hot_share")), "stmts/s": _format(f.get("statements_per_s"))}
+        {
+            "strategy": name,
+            "WAL B/beat": _format(f.get("wal_bytes_per_beat")),
+            "WAL ÷ direct": _format(f.get("wal_vs_direct")),
+            "CPU µs/beat": _format(f.get("cpu_us_per_beat")),
+            "CPU ÷ direct": _format(f.get("cpu_vs_direct")),
+            "HOT": _format(f.get("hot_share")),
+            "stmts/s": _format(f.get("statements_per_s")),
+        }
         for name, f in report.strategies.items()
     ]
 
@@ -93,11 +98,16 @@ def ratio_rows(report: BenchReport) -> list[dict[str, Any]]:
 def size_rows(report: BenchReport) -> list[dict[str, Any]]:
     """Heap and index sizes of workspace_agents: loaded, at the window's start and end, growth."""
     return [
-        {"strategy": name,
-         "heap kB loaded": _kb(f.get("heap_bytes_loaded")), "heap kB start": _kb(f.get("heap_bytes_before")),
-         "heap kB end": _kb(f.get("heap_bytes_after")), "heap growth %": _format(f.get("heap_growth_pct")),
-         "indexes kB start": _kb(f.get("index_bytes_before")), "indexes kB end": _kb(f.get("index_bytes_after")),
-         "worst index growth %": _format(f.get("worst_index_growth_pct"))}
+        {
+            "strategy": name,
+            "heap kB loaded": _kb(f.get("heap_bytes_loaded")),
+            "heap kB start": _kb(f.get("heap_bytes_before")),
+            "heap kB end": _kb(f.get("heap_bytes_after")),
+            "heap growth %": _format(f.get("heap_growth_pct")),
+            "indexes kB start": _kb(f.get("index_bytes_before")),
+            "indexes kB end": _kb(f.get("index_bytes_after")),
+            "worst index growth %": _format(f.get("worst_index_growth_pct")),
+        }
         for name, f in report.strategies.items()
     ]
 
@@ -107,14 +117,21 @@ def flush_rounds_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for mode, m in result["modes"].items():
         g = m["steady_growth"]
-        rows.append({
-            "mode": mode, "first ms": _format(m["first_round_ms"]), "steady median ms": _format(m["steady_median_ms"]),
-            "steady max ms": _format(m["steady_max_ms"]), "passes": _format(m["steady_passes"]),
-            "HOT": _format(m["steady_hot_share"]), "WAL B/row": _format(m["steady_wal_bytes_per_row"]),
-            "heap growth %": _format(g["heap_growth_pct"]),
-            "worst index growth %": _format(g["worst_index_growth_pct"]),
-            "heap kB loaded": _kb(m["loaded"]["heap_bytes"]), "heap kB end": _kb(g["heap_bytes_after"]),
-        })
+        rows.append(
+            {
+                "mode": mode,
+                "first ms": _format(m["first_round_ms"]),
+                "steady median ms": _format(m["steady_median_ms"]),
+                "steady max ms": _format(m["steady_max_ms"]),
+                "passes": _format(m["steady_passes"]),
+                "HOT": _format(m["steady_hot_share"]),
+                "WAL B/row": _format(m["steady_wal_bytes_per_row"]),
+                "heap growth %": _format(g["heap_growth_pct"]),
+                "worst index growth %": _format(g["worst_index_growth_pct"]),
+                "heap kB loaded": _kb(m["loaded"]["heap_bytes"]),
+                "heap kB end": _kb(g["heap_bytes_after"]),
+            }
+        )
     return rows
 
 
@@ -161,8 +178,9 @@ def plot(report: BenchReport, path: Path) -> None:
     except ImportError:
         raise ConfigError("--plot needs matplotlib: pip install 'pybatch[plot]'") from None
     names = list(report.strategies)
-    panels = [(key, title) for key, title, _ in FIGURES
-              if any(report.strategies[n].get(key) is not None for n in names)]
+    panels = [
+        (key, title) for key, title, _ in FIGURES if any(report.strategies[n].get(key) is not None for n in names)
+    ]
     columns = 4
     rows = -(-len(panels) // columns)
     fig, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3 * rows), squeeze=False)

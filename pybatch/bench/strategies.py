@@ -185,7 +185,7 @@ class AppBatch(Strategy):
                 items = list(batch.items())
                 size = self._timing.app_batch_size
                 for first in range(0, len(items), size):
-                    self._write(items[first:first + size])
+                    self._write(items[first : first + size])
         except BaseException as exc:
             log.error("app batch writer failed: %s", exc)
             self.error = exc
@@ -233,7 +233,8 @@ class CoderBatch(AppBatch):
 
 
 def coder_batch_params(
-    items: Sequence[tuple[uuid.UUID, tuple[datetime, uuid.UUID | None]]], first_seen: dict[uuid.UUID, datetime],
+    items: Sequence[tuple[uuid.UUID, tuple[datetime, uuid.UUID | None]]],
+    first_seen: dict[uuid.UUID, datetime],
 ) -> dict[str, object]:
     """The arrays Coder's batch UPDATE takes: NULLs as zero values, first connection remembered."""
     for agent, (at, _) in items:
@@ -279,7 +280,10 @@ class Buffered(Strategy):
     def __init__(self, dsn: str, workers: int, timing: Timing) -> None:
         super().__init__()
         self._client = HeartbeatClient(
-            dsn, mode="buffered", write_interval=timing.write_interval_s, max_batch=timing.buffered_max_batch,
+            dsn,
+            mode="buffered",
+            write_interval=timing.write_interval_s,
+            max_batch=timing.buffered_max_batch,
         )
 
     def beat(self, worker: int, agent: uuid.UUID, replica: uuid.UUID, at: datetime) -> None:

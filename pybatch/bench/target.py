@@ -66,16 +66,20 @@ def bench_target(dsn: str, table: str, progress: Callable[[str], None] | None = 
     with db.connect(dsn) as conn:
         coder_here = is_coder_table(conn)
         if table == "minimal" and coder_here:
-            raise ConfigError("--table minimal: public.workspace_agents here is Coder's table; "
-                              "point the bench at a database where pybatch created its own")
+            raise ConfigError(
+                "--table minimal: public.workspace_agents here is Coder's table; "
+                "point the bench at a database where pybatch created its own"
+            )
         scratch = None if table == "minimal" or coder_here else _scratch_name(str(conn.info.dbname))
         if scratch is not None:
             _drop_scratch(conn, scratch)
-            with db.translated(f"--table coder: cannot create the scratch database {scratch} "
-                               "(needs CREATEDB; or use --table minimal)"):
+            with db.translated(
+                f"--table coder: cannot create the scratch database {scratch} (needs CREATEDB; or use --table minimal)"
+            ):
                 conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(scratch)))
-                conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(
-                    sql.Identifier(scratch), sql.Literal(SCRATCH_MARKER)))
+                conn.execute(
+                    sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(scratch), sql.Literal(SCRATCH_MARKER))
+                )
     if scratch is None:
         yield dsn  # the table here already has the shape asked for
         return
@@ -99,14 +103,15 @@ def _drop_scratch(conn: psycopg.Connection, name: str) -> None:
     """Drop the scratch database of an earlier run, never a database the bench did not create."""
     with db.translated(f"cannot drop the scratch database {name}"):
         row = conn.execute(
-            "SELECT pg_catalog.shobj_description(oid, 'pg_database') FROM pg_catalog.pg_database "
-            "WHERE datname = %s", (name,),
+            "SELECT pg_catalog.shobj_description(oid, 'pg_database') FROM pg_catalog.pg_database WHERE datname = %s",
+            (name,),
         ).fetchone()
         if row is None:
             return
         if row[0] != SCRATCH_MARKER:
-            raise PybatchError(f"database {name} exists and was not created by the bench: drop or rename it, "
-                               "or use --table minimal")
+            raise PybatchError(
+                f"database {name} exists and was not created by the bench: drop or rename it, or use --table minimal"
+            )
         conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
@@ -126,8 +131,11 @@ def growth(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
         return round(100 * (b - a) / a, 2) if a else None
 
     indexes = {
-        name: {"before": size, "after": after["index_bytes"].get(name, 0),
-               "growth_pct": pct(size, after["index_bytes"].get(name, 0))}
+        name: {
+            "before": size,
+            "after": after["index_bytes"].get(name, 0),
+            "growth_pct": pct(size, after["index_bytes"].get(name, 0)),
+        }
         for name, size in sorted(before["index_bytes"].items())
     }
     index_growths = [i["growth_pct"] for i in indexes.values() if i["growth_pct"] is not None]

@@ -1,4 +1,4 @@
-"""`pybatch bench` and `pybatch demo`: parsing and printing; the work is in pybatch.bench and pybatch.demo."""
+"""`pybatch bench` and `pybatch demo`: parsing and printing; the work is in pybatch.bench."""
 
 from __future__ import annotations
 
@@ -264,7 +264,7 @@ def _warmup(text: str) -> float:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from pybatch.demo import DEMO_STRATEGIES, run_demo  # the demo pulls in the cluster and migrations
+    from pybatch.bench.demo import DEMO_STRATEGIES, run_demo  # the demo pulls in the cluster and migrations
 
     # The demo flushes at the bench's default interval: --seconds must be whole intervals of it.
     seconds = _whole_flush_intervals(args.seconds, format_duration(BenchConfig().flush_interval_s))

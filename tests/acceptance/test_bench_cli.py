@@ -15,7 +15,7 @@ import psycopg
 import pytest
 
 from pybatch.bench.fleet import BENCH_ID_SPAN
-from pybatch.bench.runner import reset_agents
+from pybatch.bench.fleet_run import reset_agents
 from pybatch.bench.strategies import publish_stats
 from pybatch.bench.target import bench_target
 from pybatch.local import LocalCluster
@@ -23,33 +23,72 @@ from tests.conftest import TEMPLATE_DB, _fresh_database, run_pybatch
 
 STRATEGIES = ["direct", "app_batch", "coder_batch", "staged", "buffered"]
 FIGURES = {
-    "cpu_us_per_beat", "wal_bytes_per_beat", "row_versions_per_beat", "hot_share", "statements_per_s",
-    "beat_p50_ms", "beat_p99_ms", "beat_max_ms", "flush_p50_ms", "flush_max_ms", "staleness_max_s",
-    "wal_vs_direct", "cpu_vs_direct", "heap_bytes_loaded", "heap_bytes_before", "heap_bytes_after",
-    "heap_growth_pct", "index_bytes_before", "index_bytes_after", "worst_index_growth_pct", "indexes",
+    "cpu_us_per_beat",
+    "wal_bytes_per_beat",
+    "row_versions_per_beat",
+    "hot_share",
+    "statements_per_s",
+    "beat_p50_ms",
+    "beat_p99_ms",
+    "beat_max_ms",
+    "flush_p50_ms",
+    "flush_max_ms",
+    "staleness_max_s",
+    "wal_vs_direct",
+    "cpu_vs_direct",
+    "heap_bytes_loaded",
+    "heap_bytes_before",
+    "heap_bytes_after",
+    "heap_growth_pct",
+    "index_bytes_before",
+    "index_bytes_after",
+    "worst_index_growth_pct",
+    "indexes",
 }
-CODER_INDEXES = {"workspace_agents_pkey", "workspace_agents_auth_instance_id_deleted_idx",
-                 "workspace_agents_auth_token_idx", "workspace_agents_resource_id_idx"}
+CODER_INDEXES = {
+    "workspace_agents_pkey",
+    "workspace_agents_auth_instance_id_deleted_idx",
+    "workspace_agents_auth_token_idx",
+    "workspace_agents_resource_id_idx",
+}
 
 
 def _databases(dsn: str) -> set[str]:
     with psycopg.connect(dsn, autocommit=True) as conn:
         return {row[0] for row in conn.execute("SELECT datname FROM pg_database")}
+
+
 AGENTS, PERIOD, FLUSH, SECONDS, COMPRESS = 200, 15.0, 10.0, 40.0, 20
 
 
 @pytest.fixture(scope="module")
 def bench_run(
-    pg_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory,
+    pg_cluster: LocalCluster,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[str, dict[str, Any], str, str]]:
     """One tiny run of every strategy on Coder's table, shared by the checks below."""
     for bench_dsn in _fresh_database(pg_cluster, TEMPLATE_DB):
         out = tmp_path_factory.mktemp("bench")
         json_path, png_path = out / "bench.json", out / "bench.png"
         result = run_pybatch(
-            "--dsn", bench_dsn, "bench", "--agents", str(AGENTS), "--period", "15s", "--flush-interval", "10s",
-            "--seconds", f"{SECONDS:g}s", "--compress", str(COMPRESS), "--json", str(json_path),
-            "--plot", str(png_path), timeout=300,
+            "--dsn",
+            bench_dsn,
+            "bench",
+            "--agents",
+            str(AGENTS),
+            "--period",
+            "15s",
+            "--flush-interval",
+            "10s",
+            "--seconds",
+            f"{SECONDS:g}s",
+            "--compress",
+            str(COMPRESS),
+            "--json",
+            str(json_path),
+            "--plot",
+            str(png_path),
+            timeout=300,
         )
         assert result.returncode == 0, result.stderr
         assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -73,7 +112,11 @@ def test_json_has_every_figure_for_every_strategy(bench_run: tuple[str, dict[str
     assert set(doc["figures"]) >= FIGURES
     params = doc["parameters"]
     assert (params["agents"], params["period_s"], params["flush_interval_s"], params["compress"]) == (
-        AGENTS, PERIOD, FLUSH, COMPRESS)
+        AGENTS,
+        PERIOD,
+        FLUSH,
+        COMPRESS,
+    )
     assert params["seconds"] == SECONDS
     assert doc["machine"]["cores"] == os.cpu_count()
     assert doc["machine"]["postgresql"] == server_version
@@ -134,7 +177,8 @@ def test_figures_keep_their_relations(bench_run: tuple[str, dict[str, Any], str,
         # Sizes: loaded, then the window's ends, of the heap and of each of Coder's indexes.
         assert f["heap_bytes_loaded"] > 0 and f["heap_bytes_before"] > 0 and f["heap_bytes_after"] > 0, name
         assert f["heap_growth_pct"] == pytest.approx(
-            100 * (f["heap_bytes_after"] - f["heap_bytes_before"]) / f["heap_bytes_before"], abs=0.01)
+            100 * (f["heap_bytes_after"] - f["heap_bytes_before"]) / f["heap_bytes_before"], abs=0.01
+        )
         assert set(f["indexes"]) == CODER_INDEXES
         assert f["index_bytes_before"] == sum(i["before"] for i in f["indexes"].values())
         assert f["worst_index_growth_pct"] == max(i["growth_pct"] for i in f["indexes"].values())
@@ -144,8 +188,9 @@ def test_bench_refuses_a_database_holding_other_agents(dsn: str) -> None:
     other = uuid.uuid4()
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("INSERT INTO public.workspace_agents (id) VALUES (%s)", (other,))
-    result = run_pybatch("--dsn", dsn, "bench", "--table", "minimal", "--agents", "10", "--seconds", "10s",
-                         "--compress", "10")
+    result = run_pybatch(
+        "--dsn", dsn, "bench", "--table", "minimal", "--agents", "10", "--seconds", "10s", "--compress", "10"
+    )
     assert result.returncode == 1 and "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("pybatch: error")]
     assert len(errors) == 1 and "1 rows that are not bench agents" in errors[0], result.stderr
@@ -181,9 +226,24 @@ def test_client_overhead_figures(dsn: str) -> None:
 
 @pytest.mark.slow
 def test_minimal_table_runs_in_the_given_database(dsn: str) -> None:
-    result = run_pybatch("--dsn", dsn, "bench", "--table", "minimal", "--agents", "100", "--strategies",
-                         "direct,buffered", "--seconds", "20s", "--flush-interval", "10s", "--compress", "20",
-                         timeout=180)
+    result = run_pybatch(
+        "--dsn",
+        dsn,
+        "bench",
+        "--table",
+        "minimal",
+        "--agents",
+        "100",
+        "--strategies",
+        "direct,buffered",
+        "--seconds",
+        "20s",
+        "--flush-interval",
+        "10s",
+        "--compress",
+        "20",
+        timeout=180,
+    )
     assert result.returncode == 0, result.stderr
     assert "workspace_agents (minimal): fillfactor 70, 1 index(es)" in result.stdout
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -213,8 +273,20 @@ def test_a_scratch_name_the_bench_did_not_create_is_never_dropped(dsn: str) -> N
 def test_flush_rounds_compare_passes_with_one_transaction(dsn: str, tmp_path: Path) -> None:
     json_path = tmp_path / "rounds.json"
     rounds = 7
-    result = run_pybatch("--dsn", dsn, "bench", "--flush-rounds", str(rounds), "--agents", "300",
-                         "--fillfactor", "70", "--json", str(json_path), timeout=240)
+    result = run_pybatch(
+        "--dsn",
+        dsn,
+        "bench",
+        "--flush-rounds",
+        str(rounds),
+        "--agents",
+        "300",
+        "--fillfactor",
+        "70",
+        "--json",
+        str(json_path),
+        timeout=240,
+    )
     assert result.returncode == 0, result.stderr
     doc = json.loads(json_path.read_text())
     assert (doc["agents"], doc["table"], doc["fillfactor"], doc["steady_after"]) == (300, "coder", 70, 5)
@@ -235,7 +307,8 @@ def _deleted_rows(conn: psycopg.Connection) -> int:
     publish_stats(conn)
     row = conn.execute(
         "SELECT n_tup_del FROM (SELECT pg_stat_clear_snapshot()) s, pg_stat_user_tables "
-        "WHERE relid = 'public.workspace_agents'::regclass").fetchone()
+        "WHERE relid = 'public.workspace_agents'::regclass"
+    ).fetchone()
     assert row is not None
     return int(row[0])
 

@@ -9,14 +9,23 @@ from typing import Any
 import pytest
 
 from pybatch.bench import report
+from pybatch.bench.fleet_run import BenchConfig, BenchReport, add_ratios, compression_note, figures
 from pybatch.bench.measure import TableCounters
-from pybatch.bench.runner import BenchConfig, BenchReport, add_ratios, compression_note, figures
 from pybatch.bench.strategies import STRATEGY_NAMES, AppBatch, Direct, Staged, Strategy
 from pybatch.errors import ConfigError
 
 REQUIRED_KEYS = {
-    "cpu_us_per_beat", "wal_bytes_per_beat", "row_versions_per_beat", "hot_share", "statements_per_s",
-    "beat_p50_ms", "beat_p99_ms", "beat_max_ms", "flush_p50_ms", "flush_max_ms", "staleness_max_s",
+    "cpu_us_per_beat",
+    "wal_bytes_per_beat",
+    "row_versions_per_beat",
+    "hot_share",
+    "statements_per_s",
+    "beat_p50_ms",
+    "beat_p99_ms",
+    "beat_max_ms",
+    "flush_p50_ms",
+    "flush_max_ms",
+    "staleness_max_s",
 }
 
 
@@ -89,11 +98,18 @@ SIZES = {
 
 def _figures(strategy: type[Strategy], beats: int = 1000, writes: int = 6) -> dict[str, object]:
     return figures(
-        BenchConfig(compress=2), object.__new__(strategy), beats,
-        latencies_s=[0.001] * 98 + [0.004, 0.010], max_lag_s=0.5,
+        BenchConfig(compress=2),
+        object.__new__(strategy),
+        beats,
+        latencies_s=[0.001] * 98 + [0.004, 0.010],
+        max_lag_s=0.5,
         counters=TableCounters(wal_bytes=200_000, row_updates=800, hot_updates=600),
-        cpu_s=0.05, write_durations_s=[0.02, 0.03, 0.10][: writes], batch_statements=writes,
-        window_fleet_s=60.0, staleness_s=24.5, sizes=SIZES,
+        cpu_s=0.05,
+        write_durations_s=[0.02, 0.03, 0.10][:writes],
+        batch_statements=writes,
+        window_fleet_s=60.0,
+        staleness_s=24.5,
+        sizes=SIZES,
     )
 
 
@@ -111,9 +127,11 @@ def test_sizes_before_and_after_the_window_and_their_growth() -> None:
 
 
 def test_ratios_against_direct() -> None:
-    strategies: dict[str, dict[str, Any]] = {"direct": {"wal_bytes_per_beat": 300.0, "cpu_us_per_beat": 200.0},
-                  "buffered": {"wal_bytes_per_beat": 150.0, "cpu_us_per_beat": 10.0},
-                  "no_cpu": {"wal_bytes_per_beat": 600.0, "cpu_us_per_beat": None}}
+    strategies: dict[str, dict[str, Any]] = {
+        "direct": {"wal_bytes_per_beat": 300.0, "cpu_us_per_beat": 200.0},
+        "buffered": {"wal_bytes_per_beat": 150.0, "cpu_us_per_beat": 10.0},
+        "no_cpu": {"wal_bytes_per_beat": 600.0, "cpu_us_per_beat": None},
+    }
     add_ratios(strategies)
     assert strategies["direct"]["wal_vs_direct"] == 1.0 and strategies["direct"]["cpu_vs_direct"] == 1.0
     assert strategies["buffered"]["wal_vs_direct"] == 0.5 and strategies["buffered"]["cpu_vs_direct"] == 0.05
@@ -142,8 +160,9 @@ def test_direct_counts_one_statement_per_heartbeat() -> None:
 
 
 def test_missing_cpu_and_no_updates_stay_null() -> None:
-    fig = figures(BenchConfig(), Direct.__new__(Direct), 10, [0.001] * 10, 0.0,
-                  TableCounters(100, 0, 0), None, [], 0, 60.0, None)
+    fig = figures(
+        BenchConfig(), Direct.__new__(Direct), 10, [0.001] * 10, 0.0, TableCounters(100, 0, 0), None, [], 0, 60.0, None
+    )
     assert fig["cpu_us_per_beat"] is None and fig["hot_share"] is None and fig["staleness_max_s"] is None
 
 

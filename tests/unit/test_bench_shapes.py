@@ -53,8 +53,17 @@ def test_coder_batch_sends_zero_values_and_remembers_first_connection() -> None:
 
 
 def _round(number: int, ms: float, hot: float, wal: float, rows: int = 1000) -> FlushRound:
-    return FlushRound(round=number, agents_updated=rows, duration_ms=ms, wall_ms=ms + 1, passes=40,
-                      hot_share=hot, wal_bytes_per_row=wal, heap_bytes=0, index_bytes=0)
+    return FlushRound(
+        round=number,
+        agents_updated=rows,
+        duration_ms=ms,
+        wall_ms=ms + 1,
+        passes=40,
+        hot_share=hot,
+        wal_bytes_per_row=wal,
+        heap_bytes=0,
+        index_bytes=0,
+    )
 
 
 def _size(heap: int, index: int) -> dict[str, Any]:
@@ -79,8 +88,9 @@ def test_summary_measures_the_rounds_after_the_warm_up() -> None:
 
 
 def test_summary_of_a_short_run_uses_every_round() -> None:
-    s = summarise([_round(1, 50.0, 0.5, 300.0), _round(2, 70.0, 1.0, 100.0)], {0: _size(10, 1), 1: _size(10, 1),
-                                                                              2: _size(20, 1)})
+    s = summarise(
+        [_round(1, 50.0, 0.5, 300.0), _round(2, 70.0, 1.0, 100.0)], {0: _size(10, 1), 1: _size(10, 1), 2: _size(20, 1)}
+    )
     assert s["steady_rounds"] == 2 and s["steady_hot_share"] == 0.75 and s["steady_wal_bytes_per_row"] == 200.0
     assert s["steady_growth"]["heap_growth_pct"] == 100.0
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from pybatch import db, migrate
 from pybatch.bench.fleet import BENCH_ID_SPAN
-from pybatch.bench.runner import BenchConfig, BenchReport, Progress, run_bench
+from pybatch.bench.fleet_run import BenchConfig, BenchReport, Progress, run_bench
 from pybatch.errors import PybatchError
 from pybatch.schedule import cron
 

@@ -88,15 +88,20 @@ class BenchConfig:
             raise ConfigError(f"fillfactor: {self.fillfactor} must be between 10 and 100")
         check_table(self.table)
         if self.external_flush and self.table == "coder":
-            raise ConfigError("table: 'coder' runs in a scratch database that no pg_cron job flushes; "
-                              "use 'minimal' with external_flush")
+            raise ConfigError(
+                "table: 'coder' runs in a scratch database that no pg_cron job flushes; "
+                "use 'minimal' with external_flush"
+            )
         if not self.strategies:
             raise ConfigError("strategies: name at least one of " + ", ".join(STRATEGY_NAMES))
         for name in self.strategies:
             if name not in STRATEGY_NAMES:
                 raise ConfigError(f"strategies: unknown strategy {name!r} (choose from {', '.join(STRATEGY_NAMES)})")
-        for label, value in (("period", self.period_s), ("flush interval", self.flush_interval_s),
-                             ("seconds", self.seconds)):
+        for label, value in (
+            ("period", self.period_s),
+            ("flush interval", self.flush_interval_s),
+            ("seconds", self.seconds),
+        ):
             if not value > 0:
                 raise ConfigError(f"{label}: {value:g} must be positive")
 
@@ -124,13 +129,22 @@ class BenchConfig:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "agents": self.agents, "period_s": self.period_s, "flush_interval_s": self.flush_interval_s,
-            "seconds": self.window_s, "seconds_requested": self.seconds, "compress": self.compress,
-            "strategies": list(self.strategies), "fillfactor": self.fillfactor, "workers": self.workers,
-            "warmup_s": self.warmup, "app_batch_size": self.app_batch_size,
-            "app_batch_wait_s": self.app_batch_wait_s, "write_interval_s": self.write_interval_s,
+            "agents": self.agents,
+            "period_s": self.period_s,
+            "flush_interval_s": self.flush_interval_s,
+            "seconds": self.window_s,
+            "seconds_requested": self.seconds,
+            "compress": self.compress,
+            "strategies": list(self.strategies),
+            "fillfactor": self.fillfactor,
+            "workers": self.workers,
+            "warmup_s": self.warmup,
+            "app_batch_size": self.app_batch_size,
+            "app_batch_wait_s": self.app_batch_wait_s,
+            "write_interval_s": self.write_interval_s,
             "flush_by": "pg_cron (watched in pybatch.flush_log)" if self.external_flush else "bench flush thread",
-            "offered_beats_per_s": self.agents / self.period_s, "table": self.table,
+            "offered_beats_per_s": self.agents / self.period_s,
+            "table": self.table,
         }
 
 
@@ -138,10 +152,12 @@ def compression_note(config: BenchConfig) -> str | None:
     if config.compress == 1:
         return None
     c = config.compress
-    return (f"time compressed {c:g}x: period {config.period_s:g}s runs as {config.period_s / c:g}s, "
-            f"flush interval {config.flush_interval_s:g}s as {config.flush_interval_s / c:g}s "
-            f"(app batch wait and client write interval likewise); rates and staleness are in "
-            f"uncompressed time, per-heartbeat figures are unaffected")
+    return (
+        f"time compressed {c:g}x: period {config.period_s:g}s runs as {config.period_s / c:g}s, "
+        f"flush interval {config.flush_interval_s:g}s as {config.flush_interval_s / c:g}s "
+        f"(app batch wait and client write interval likewise); rates and staleness are in "
+        f"uncompressed time, per-heartbeat figures are unaffected"
+    )
 
 
 @dataclass
@@ -175,8 +191,10 @@ def run_bench(dsn: str, config: BenchConfig, *, progress: Progress | None = None
                 set_fillfactor(admin, config.fillfactor)
             reset_agents(admin, config.agents, config.table)
             report = BenchReport(
-                parameters=config.as_dict(), machine=describe_machine(admin),
-                target_table=describe_target(admin), time_compression=compression_note(config),
+                parameters=config.as_dict(),
+                machine=describe_machine(admin),
+                target_table=describe_target(admin),
+                time_compression=compression_note(config),
             )
         if report.time_compression:
             say(report.time_compression)
@@ -185,10 +203,15 @@ def run_bench(dsn: str, config: BenchConfig, *, progress: Progress | None = None
             with db.connect(target) as admin:
                 reset_agents(admin, config.agents, config.table)
             report.strategies[name] = run_strategy(target, name, config, say)
-            say(f"[{name}] done: " + ", ".join(
-                f"{key}={value:g}" for key, value in report.strategies[name].items()
-                if key in ("cpu_us_per_beat", "wal_bytes_per_beat", "hot_share", "heap_growth_pct")
-                and value is not None))
+            say(
+                f"[{name}] done: "
+                + ", ".join(
+                    f"{key}={value:g}"
+                    for key, value in report.strategies[name].items()
+                    if key in ("cpu_us_per_beat", "wal_bytes_per_beat", "hot_share", "heap_growth_pct")
+                    and value is not None
+                )
+            )
         if "direct" in report.strategies:
             add_ratios(report.strategies)
     return report
@@ -262,18 +285,35 @@ def run_strategy(dsn: str, name: str, config: BenchConfig, say: Progress) -> dic
         # pg_cron's loop procedure never goes idle between flushes, so its table statistics
         # arrive only when the call ends: count the rows from pybatch.flush_log instead.
         counters = TableCounters(counters.wal_bytes, sum(w.rows for w in writes), hot_updates=-1)
-    return figures(config, strategy, window.beats, window.latencies_s, window.max_lag_s,
-                   counters,
-                   None if cpu_start is None or cpu_end is None else cpu_end - cpu_start,
-                   [w.duration_s for w in writes], len(writes), (window_end - window_start) * config.compress,
-                   None if monitor.worst_s is None else monitor.worst_s * config.compress,
-                   sizes={"loaded": loaded, "start": start_sizes, "end": end_sizes})
+    return figures(
+        config,
+        strategy,
+        window.beats,
+        window.latencies_s,
+        window.max_lag_s,
+        counters,
+        None if cpu_start is None or cpu_end is None else cpu_end - cpu_start,
+        [w.duration_s for w in writes],
+        len(writes),
+        (window_end - window_start) * config.compress,
+        None if monitor.worst_s is None else monitor.worst_s * config.compress,
+        sizes={"loaded": loaded, "start": start_sizes, "end": end_sizes},
+    )
 
 
 def figures(
-    config: BenchConfig, strategy: Strategy, beats: int, latencies_s: list[float], max_lag_s: float,
-    counters: TableCounters, cpu_s: float | None, write_durations_s: list[float], batch_statements: int,
-    window_fleet_s: float, staleness_s: float | None, sizes: dict[str, dict[str, Any]] | None = None,
+    config: BenchConfig,
+    strategy: Strategy,
+    beats: int,
+    latencies_s: list[float],
+    max_lag_s: float,
+    counters: TableCounters,
+    cpu_s: float | None,
+    write_durations_s: list[float],
+    batch_statements: int,
+    window_fleet_s: float,
+    staleness_s: float | None,
+    sizes: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The figures of one strategy (the JSON keys under strategies.<name>)."""
     per_beat = 1 / beats if beats else math.nan
@@ -295,8 +335,11 @@ def figures(
         "wal_bytes_per_beat": round(counters.wal_bytes * per_beat, 1),
         "row_versions_per_beat": round(counters.row_updates * per_beat, 4),
         "row_versions_per_s": round(counters.row_updates / window_fleet_s, 2),
-        "hot_share": (round(counters.hot_updates / counters.row_updates, 4)
-                      if counters.row_updates and counters.hot_updates >= 0 else None),
+        "hot_share": (
+            round(counters.hot_updates / counters.row_updates, 4)
+            if counters.row_updates and counters.hot_updates >= 0
+            else None
+        ),
         "statements_per_s": round(statements / window_fleet_s, 3),
         "beat_p50_ms": ms(percentile(latencies_s, 0.50)),
         "beat_p99_ms": ms(percentile(latencies_s, 0.99)),
@@ -315,7 +358,10 @@ def _flush_timeout(timing: Timing) -> float:
 
 
 def _boundary(
-    conn: psycopg.Connection, cpu: ServerCpu | None, strategy: Strategy, timing: Timing,
+    conn: psycopg.Connection,
+    cpu: ServerCpu | None,
+    strategy: Strategy,
+    timing: Timing,
 ) -> tuple[TableCounters, float | None]:
     """The counters at one end of the window. CPU and WAL are exact at once; the table
     statistics are published by each backend up to ~1 s late (10 s when idle), so every
@@ -336,8 +382,10 @@ def _wait_until(deadline: float, load: LoadGenerator, say: Progress, name: str, 
         time.sleep(min(0.1, deadline - now))
         if time.monotonic() >= next_note:
             next_note += PROGRESS_EVERY_S
-            say(f"[{name}] {phase}: {max(0.0, deadline - time.monotonic()):.0f}s left, "
-                f"{load.beats_sent()} heartbeats sent")
+            say(
+                f"[{name}] {phase}: {max(0.0, deadline - time.monotonic()):.0f}s left, "
+                f"{load.beats_sent()} heartbeats sent"
+            )
 
 
 # -- the database ------------------------------------------------------------------------------
@@ -348,7 +396,8 @@ def check_bench_database(conn: psycopg.Connection, agents: int) -> None:
     lo, hi = BENCH_ID_SPAN
     with db.translated("cannot inspect public.workspace_agents"):
         row = conn.execute(
-            "SELECT count(*) FROM public.workspace_agents WHERE id NOT BETWEEN %s AND %s", (lo, hi),
+            "SELECT count(*) FROM public.workspace_agents WHERE id NOT BETWEEN %s AND %s",
+            (lo, hi),
         ).fetchone()
         conn.execute("SELECT 1 FROM pybatch.heartbeats LIMIT 0")
     others = int(row[0]) if row else 0
@@ -361,8 +410,9 @@ def check_bench_database(conn: psycopg.Connection, agents: int) -> None:
 
 def set_fillfactor(conn: psycopg.Connection, fillfactor: int) -> None:
     with db.translated("cannot set the fillfactor of public.workspace_agents"):
-        conn.execute(sql.SQL("ALTER TABLE public.workspace_agents SET (fillfactor = {})").format(
-            sql.Literal(fillfactor)))
+        conn.execute(
+            sql.SQL("ALTER TABLE public.workspace_agents SET (fillfactor = {})").format(sql.Literal(fillfactor))
+        )
 
 
 def reset_agents(conn: psycopg.Connection, agents: int, table: str = "minimal") -> None:
@@ -378,9 +428,10 @@ def reset_agents(conn: psycopg.Connection, agents: int, table: str = "minimal") 
         else:
             conn.execute("DELETE FROM public.workspace_agents WHERE id BETWEEN %s AND %s", (lo, hi))
             conn.execute("VACUUM FULL public.workspace_agents")
-        conn.execute(resources.read_sql("bench/reset_agents_coder.sql" if table == "coder" else
-                                        "bench/reset_agents.sql"),
-                     {"count": agents, "id_prefix": BENCH_ID_PREFIX, "created_at": datetime.now(UTC)})
+        conn.execute(
+            resources.read_sql("bench/reset_agents_coder.sql" if table == "coder" else "bench/reset_agents.sql"),
+            {"count": agents, "id_prefix": BENCH_ID_PREFIX, "created_at": datetime.now(UTC)},
+        )
         conn.execute("VACUUM (ANALYZE) public.workspace_agents")
         conn.execute("VACUUM (ANALYZE) pybatch.heartbeats")
     try:
