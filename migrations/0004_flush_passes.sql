@@ -624,6 +624,15 @@ BEGIN
     IF result.skipped THEN
         RETURN result;  -- a skipped call did nothing; it is not logged
     END IF;
+    -- Every hand-off writes, and every pass deletes, a flush's worth of pending
+    -- rows; autovacuum (once a minute at best) would leave the file growing by
+    -- that much per flush, and each hand-off scanning it. With nothing pending,
+    -- start from an empty file. Under the flush lock, so no step of another
+    -- flush has pending rows in flight.
+    PERFORM pybatch.flush_take_lock(NULL);
+    IF NOT EXISTS (SELECT FROM pybatch.pending) THEN
+        TRUNCATE pybatch.pending;
+    END IF;
     result.duration := pg_catalog.clock_timestamp() - result.started_at;
     -- Twice at most: when the record itself fails (a full disk, a user's trigger
     -- on flush_log), that failure is what gets recorded, and the caller (the
@@ -953,6 +962,7 @@ BEGIN
     EXECUTE pg_catalog.format('GRANT SELECT, UPDATE ON pybatch.flush_lock TO %s', table_owner);
     EXECUTE pg_catalog.format('GRANT SELECT, DELETE ON pybatch.heartbeats TO %s', table_owner);
     EXECUTE pg_catalog.format('GRANT SELECT, INSERT, UPDATE, DELETE ON pybatch.pending, pybatch.quarantine TO %s', table_owner);
+    EXECUTE pg_catalog.format('GRANT TRUNCATE ON pybatch.pending TO %s', table_owner);
     EXECUTE pg_catalog.format('GRANT SELECT, INSERT, DELETE ON pybatch.flush_log TO %s', table_owner);
     FOREACH fn IN ARRAY ARRAY[
         'pybatch.flush_begin(bigint, interval)',
