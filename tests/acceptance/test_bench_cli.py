@@ -20,20 +20,10 @@ from pybatch.bench.strategies import publish_stats
 from pybatch.bench.target import bench_target
 from pybatch.local import LocalCluster
 from tests.conftest import TEMPLATE_DB, _fresh_database, run_pybatch
+from tests.unit.test_bench_report import REQUIRED_KEYS
 
 STRATEGIES = ["direct", "app_batch", "coder_batch", "staged", "buffered"]
-FIGURES = {
-    "cpu_us_per_beat",
-    "wal_bytes_per_beat",
-    "row_versions_per_beat",
-    "hot_share",
-    "statements_per_s",
-    "beat_p50_ms",
-    "beat_p99_ms",
-    "beat_max_ms",
-    "flush_p50_ms",
-    "flush_max_ms",
-    "staleness_max_s",
+FIGURES = REQUIRED_KEYS | {
     "wal_vs_direct",
     "cpu_vs_direct",
     "heap_bytes_loaded",
