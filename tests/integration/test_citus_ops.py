@@ -16,7 +16,7 @@ import pytest
 from psycopg import sql
 
 from pybatch import migrate, status
-from pybatch.doctor import FAIL, OK, Check, DoctorReport, doctor
+from pybatch.doctor import FAIL, OK, WARN, Check, DoctorReport, doctor
 from pybatch.flush import flush
 from pybatch.local_citus import CitusCluster
 from pybatch.schedule import cron
@@ -86,8 +86,12 @@ def test_doctor_checks_colocation_and_reads_the_shards(citus_dsn: str) -> None: 
     # The first merges after a bulk load are not HOT, so the heap may have grown (a warning);
     # either way the sizes are the shards', not the empty shell's.
     assert "summed over the shards" in growth.message and "heap 0 kB" not in growth.message, growth.message
-    for name in ("target_table", "staging_growth", "pending_and_quarantine", "hot_updates"):
+    for name in ("target_table", "staging_growth", "pending_and_quarantine"):
         assert found[name].level == OK, found[name]
+    # Likewise HOT: three flushes right after a bulk load of packed pages may fall under the
+    # threshold (a warning, never a failure); the share is counted on the shards' flushes.
+    hot = found["hot_updates"]
+    assert hot.level in (OK, WARN) and "merge updates over the last 3 flushes" in hot.message, hot
 
 
 def test_doctor_names_what_is_not_distributed_or_not_colocated(citus_dsn: str) -> None:  # noqa: F811
