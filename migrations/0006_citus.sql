@@ -8,10 +8,11 @@
 -- one CALL per shard group and gets one composite value back.
 --
 -- Plain PostgreSQL (no citus extension), and a Citus coordinator whose
--- workspace_agents is a local table, keep 0004's functions exactly: nothing
--- here changes them. The shard path runs relation-parameterised copies of
--- 0004's hand-off and pass (drain_into, merge_pass_in, next_pass_in), which
--- must follow 0004's bodies; docs/citus.md has the layout and the argument.
+-- workspace_agents is a local table, flush exactly as 0004 does. The shard path
+-- runs 0004's own relation-parameterised hand-off and pass (drain_into,
+-- merge_pass_in, next_pass_in) on each shard group: one merge SQL for both.
+-- This migration only replaces the flush_distributed() hook that 0004's entry
+-- points ask first; docs/citus.md has the layout and the argument.
 -- depends: 0004_flush_passes
 
 -- ---------------------------------------------------------------------------
