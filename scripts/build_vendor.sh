@@ -4,8 +4,8 @@
 #   pg_cron 1.5+ path (Debian 12 ships pg_cron 1.4 only).
 # Building may install the server's dev package, which can upgrade the server's minor
 # version; servers started before that would fail to load libraries, hence "before any starts".
-# As a normal user without the build already done, it says what to run and carries on: the
-# tests that need the build then fail with the same advice.
+# As a normal user it builds pg_cron 1.6 when the server's dev package is installed, and
+# otherwise says what to install and carries on: the test that needs it then fails saying so.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 vendor=${PYBATCH_VENDOR:-../shared/vendor}
@@ -22,8 +22,14 @@ fi
 if ls "$dest"/done-* >/dev/null 2>&1; then
     exit 0
 fi
-if [ "$(id -u)" -ne 0 ]; then
-    echo "pybatch setup: pg_cron 1.6 is not built; as root run: bash $vendor/pg_cron/build.sh $dest" >&2
+# A normal user can build it too (into a directory it can write), once the server's dev
+# package is there; only installing that package needs root.
+pg_config=$(command -v pg_config || ls /usr/lib/postgresql/*/bin/pg_config 2>/dev/null | sort -V | tail -n1)
+pgxs=$(dirname "$("$pg_config" --pgxs 2>/dev/null || echo /nonexistent/x)")
+if [ "$(id -u)" -ne 0 ] && [ ! -d "$pgxs" ]; then
+    major=$("$pg_config" --version | sed -E 's/^PostgreSQL ([0-9]+).*/\1/')
+    echo "pybatch setup: pg_cron 1.6 (for the tests of seconds schedules) needs the server's dev package:" >&2
+    echo "  sudo apt-get install -y postgresql-server-dev-$major   # then run make test again" >&2
     exit 0
 fi
 echo "pybatch setup: building pg_cron 1.6 into $dest (once, about a minute)" >&2
