@@ -19,6 +19,7 @@ DROP FUNCTION pybatch.flush_finish(pybatch.flush_result);
 DROP FUNCTION pybatch.flush_pass(pybatch.flush_result);
 DROP FUNCTION pybatch.flush_begin(bigint, interval);
 DROP FUNCTION pybatch.flush_distributed(bigint, interval);
+DROP FUNCTION pybatch.flush_tidy();
 DROP FUNCTION pybatch.empty_result();
 DROP FUNCTION pybatch.next_pass_in(pybatch.flush_result, regclass, regclass, regclass);
 DROP FUNCTION pybatch.merge_pass_in(regclass, regclass, integer, uuid);

@@ -624,15 +624,6 @@ BEGIN
     IF result.skipped THEN
         RETURN result;  -- a skipped call did nothing; it is not logged
     END IF;
-    -- Every hand-off writes, and every pass deletes, a flush's worth of pending
-    -- rows; autovacuum (once a minute at best) would leave the file growing by
-    -- that much per flush, and each hand-off scanning it. With nothing pending,
-    -- start from an empty file. Under the flush lock, so no step of another
-    -- flush has pending rows in flight.
-    PERFORM pybatch.flush_take_lock(NULL);
-    IF NOT EXISTS (SELECT FROM pybatch.pending) THEN
-        TRUNCATE pybatch.pending;
-    END IF;
     result.duration := pg_catalog.clock_timestamp() - result.started_at;
     -- Twice at most: when the record itself fails (a full disk, a user's trigger
     -- on flush_log), that failure is what gets recorded, and the caller (the
@@ -664,6 +655,45 @@ END
 $$;
 COMMENT ON FUNCTION pybatch.flush_finish(pybatch.flush_result) IS
     'Internal step 3 of a flush: logs it in pybatch.flush_log (not when skipped) and purges history older than settings.history_retention.';
+
+-- ---------------------------------------------------------------------------
+-- flush_tidy: every hand-off writes, and every pass deletes, a flush's worth of
+-- pending rows; autovacuum (once a minute at best) would leave the file growing
+-- by that much per flush, and each hand-off scanning it. With nothing pending,
+-- start again from an empty file. Its own short transaction (the default path
+-- only): TRUNCATE locks out readers of pending (the views) until commit. It
+-- gives way at once to anyone holding pending or the flush lock: no step of
+-- another flush has pending rows in flight, and no reader waits behind it.
+-- ---------------------------------------------------------------------------
+CREATE FUNCTION pybatch.flush_tidy()
+RETURNS boolean
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    previous_timeout text := pg_catalog.current_setting('lock_timeout');
+BEGIN
+    IF NOT pybatch.flush_take_lock(interval '100 milliseconds') THEN
+        RETURN false;
+    END IF;
+    BEGIN
+        PERFORM pg_catalog.set_config('lock_timeout', '100ms', true);
+        IF EXISTS (SELECT FROM pybatch.pending) THEN
+            PERFORM pg_catalog.set_config('lock_timeout', previous_timeout, true);
+            RETURN false;
+        END IF;
+        TRUNCATE pybatch.pending;
+    EXCEPTION WHEN lock_not_available THEN
+        PERFORM pg_catalog.set_config('lock_timeout', previous_timeout, true);
+        RETURN false;  -- a reader holds it: the next flush tries again
+    END;
+    PERFORM pg_catalog.set_config('lock_timeout', previous_timeout, true);
+    RETURN true;
+END
+$$;
+COMMENT ON FUNCTION pybatch.flush_tidy() IS
+    'Internal, after a committed-pass flush: truncates pybatch.pending when it is empty (its file would otherwise grow by a flush''s worth of dead rows between autovacuum runs); gives way to any lock holder. True when it truncated.';
 
 -- ---------------------------------------------------------------------------
 -- Where staging is not here but spread over servers (Citus, migration 0006),
@@ -709,6 +739,8 @@ BEGIN
         EXIT WHEN result.skipped OR result.error IS NOT NULL OR result.passes = passes_before;
     END LOOP;
     result := pybatch.flush_finish(result);
+    COMMIT;
+    PERFORM pybatch.flush_tidy();
     COMMIT;
 END
 $$;
@@ -970,6 +1002,7 @@ BEGIN
         'pybatch.flush_finish(pybatch.flush_result)',
         'pybatch.flush(bigint, interval)',
         'pybatch.flush_distributed(bigint, interval)',
+        'pybatch.flush_tidy()',
         'pybatch.flush_take_lock(interval)',
         'pybatch.requeue_quarantined(uuid)',
         'pybatch.disconnect(uuid, timestamptz)']
@@ -988,6 +1021,7 @@ REVOKE ALL ON pybatch.flush_lock, pybatch.pending, pybatch.quarantine, pybatch.s
 REVOKE EXECUTE ON FUNCTION pybatch.scheduler_claim(text, interval), pybatch.scheduler_release() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION pybatch.flush_take_lock(interval) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION pybatch.flush_distributed(bigint, interval) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION pybatch.flush_tidy() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION pybatch.flush_begin(bigint, interval) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION pybatch.flush_pass(pybatch.flush_result) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION pybatch.flush_finish(pybatch.flush_result) FROM PUBLIC;

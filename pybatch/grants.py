@@ -47,6 +47,7 @@ FLUSH_ROUTINES = (
     "FUNCTION pybatch.flush_pass(pybatch.flush_result)",
     "FUNCTION pybatch.flush_finish(pybatch.flush_result)",
     "FUNCTION pybatch.flush_distributed(bigint, interval)",
+    "FUNCTION pybatch.flush_tidy()",
     "FUNCTION pybatch.flush(bigint, interval)",
     "PROCEDURE pybatch.flush_loop(interval, timestamptz)",
     "FUNCTION pybatch.flush_loop_deadline(timestamptz)",

@@ -445,3 +445,23 @@ def test_settings_that_would_break_flushing_are_refused(conn: psycopg.Connection
     with pytest.raises(psycopg.errors.CheckViolation):
         conn.execute(sql.SQL("UPDATE pybatch.settings SET {} = %s").format(sql.Identifier(column)), (value,))
     assert flush(conn).ok
+
+
+def test_the_hand_off_file_does_not_grow_flush_after_flush(conn: psycopg.Connection) -> None:
+    """Each flush writes and deletes a flush's worth of pending rows; the default path leaves
+    the file empty when nothing is pending, while readers of the views are never blocked."""
+    agents = make_agents(conn, 2000)
+    for second in range(3):
+        stage_all(conn, agents, datetime.now(UTC) - timedelta(seconds=10 - second))
+        assert flush(conn).agents_updated == 2000
+        assert one(conn, "SELECT pg_relation_size('pybatch.pending')") == 0
+    # In one transaction (SELECT pybatch.flush()) nothing is truncated, so the views stay readable.
+    stage_all(conn, agents, datetime.now(UTC))
+    with conn.transaction():
+        assert flush(conn).agents_updated == 2000
+        locks = one(
+            conn,
+            "SELECT count(*) FROM pg_locks WHERE relation = 'pybatch.pending'::regclass"
+            " AND mode = 'AccessExclusiveLock'",
+        )
+    assert locks == 0

@@ -55,6 +55,7 @@ FLUSHER_PRIVILEGES = {
     ("function", "pybatch.flush_pass(pybatch.flush_result)", "EXECUTE"),
     ("function", "pybatch.flush_finish(pybatch.flush_result)", "EXECUTE"),
     ("function", "pybatch.flush_distributed(bigint,interval)", "EXECUTE"),
+    ("function", "pybatch.flush_tidy()", "EXECUTE"),
     ("function", "pybatch.flush(bigint,interval)", "EXECUTE"),
     # The pg_cron 1.4 loop.
     ("function", "pybatch.flush_loop(interval,timestamp with time zone)", "EXECUTE"),
