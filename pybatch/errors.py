@@ -45,7 +45,7 @@ class MigrationError(PybatchError):
 
 
 class FlushFailed(PybatchError):
-    """pybatch.flush() failed; it rolled back and kept staging for the next flush."""
+    """A flush failed; what it had not merged stays (in staging or pybatch.pending) for the next flush."""
 
 
 class HeartbeatWriteError(PybatchError):

@@ -235,7 +235,7 @@ def install(dsn: str, interval_seconds: float, *, force_loop: bool = False) -> C
             version = _ensure_extension(cron, target, create=True)
             _require_privileges(cron, target)
             plan = plan_job(interval_seconds, parse_version(version), force_loop=force_loop)
-            _require_executable(app, target, plan)
+            _require_executable(app, target)
             previous = _read_job(cron, flush_job_name(target.database))
             try:
                 with db.translated("cannot store the flush interval"), app.transaction():
@@ -516,7 +516,7 @@ def _require_privileges(cron: psycopg.Connection, target: _Target) -> None:
         raise CronError(f"role {target.user} may not call cron.schedule_in_database: {_grant_hint(target)}")
 
 
-def _require_executable(app: psycopg.Connection, target: _Target, plan: JobPlan) -> None:
+def _require_executable(app: psycopg.Connection, target: _Target) -> None:
     """The job runs as this role: it must be allowed to run the job's command in the app database."""
     # The command's procedure calls the flush steps as the job's role, so it needs them all.
     for routine in (kind_and_name.split(" ", 1)[1] for kind_and_name in FLUSH_ROUTINES):
@@ -594,9 +594,9 @@ def _unschedule(target: _Target) -> int:
 
 
 def _end_loops(app: psycopg.Connection, *, settle: float = 0.3) -> None:
-    """End flush loops running in this database. Each pass commits, so ending one loses nothing
-    (an interrupted flush rolls back and keeps staging). Checked twice: a run pg_cron launched
-    just before its job was removed may still be connecting."""
+    """End flush loops running in this database. Each step commits, so ending one loses nothing
+    (an interrupted step rolls back; what it had not merged stays in staging or pybatch.pending).
+    Checked twice: a run pg_cron launched just before its job was removed may still be connecting."""
     for attempt in range(2):
         with db.translated("cannot end the running flush loop"):
             ended = app.execute(
