@@ -6,6 +6,7 @@ import contextlib
 from collections.abc import Iterator
 
 import psycopg
+import psycopg.conninfo
 from psycopg import errors as pg_errors
 
 from pybatch.config import describe_dsn
@@ -21,19 +22,64 @@ from pybatch.errors import (
 APPLICATION_NAME = "pybatch"
 
 
-def connect(dsn: str, *, autocommit: bool = True, connect_timeout: int = 10) -> psycopg.Connection:
+def connect(
+    dsn: str, *, autocommit: bool = True, connect_timeout: int = 10, application_name: str = APPLICATION_NAME
+) -> psycopg.Connection:
     """Open a connection; raise a pybatch error naming host:port/db (never the password)."""
     try:
         return psycopg.connect(
             dsn,
             autocommit=autocommit,
             connect_timeout=connect_timeout,
-            application_name=APPLICATION_NAME,
+            application_name=application_name,
         )
     except psycopg.ProgrammingError as exc:
         raise ConfigError(f"invalid connection string: {first_line(exc)}") from None
     except psycopg.Error as exc:
         raise translate(exc, f"cannot connect to {describe_dsn(dsn)}") from None
+
+
+# -- a second session like the caller's ----------------------------------------------------
+# Library operations take the caller's connection. The few that truly need another session
+# (yoyo's backend, which builds its own connection from a URI; pg_cron's database when
+# cron.database_name is not the app's) derive it here, and only here, from that connection.
+
+
+def params_like(
+    conn: psycopg.Connection, *, dbname: str | None = None, application_name: str = APPLICATION_NAME
+) -> dict[str, str]:
+    """The libpq parameters of a session like `conn`: same server, role, password and options,
+    in `dbname` (default: conn's own database), under `application_name`."""
+    params = conn.info.get_parameters()  # every non-default parameter, from the DSN or PG* variables
+    password = conn.info.password
+    if password:
+        params["password"] = password
+    params["dbname"] = dbname or conn.info.dbname
+    params["application_name"] = application_name
+    return params
+
+
+def connect_like(
+    conn: psycopg.Connection, *, dbname: str | None = None, application_name: str = APPLICATION_NAME
+) -> psycopg.Connection:
+    """An autocommit session like `conn` (see params_like); the caller closes it."""
+    params = params_like(conn, dbname=dbname, application_name=application_name)
+    return connect(psycopg.conninfo.make_conninfo(**params), application_name=application_name)
+
+
+def describe(conn: psycopg.Connection) -> str:
+    """host:port/dbname of a connection, for messages (never the password)."""
+    return f"{conn.info.host}:{conn.info.port}/{conn.info.dbname}"
+
+
+def require_autocommit(conn: psycopg.Connection, operation: str) -> None:
+    """ConfigError unless `conn` is in autocommit mode with no transaction open: operations that
+    take the caller's connection run their own short transactions on it and leave it idle."""
+    if not conn.autocommit or conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        raise ConfigError(
+            f"{operation} needs an autocommit connection with no transaction open "
+            "(psycopg.connect(..., autocommit=True), outside `with conn.transaction()`)"
+        )
 
 
 @contextlib.contextmanager

@@ -12,7 +12,7 @@ import uuid
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql
@@ -57,6 +57,7 @@ COUNT_BOUNDS: dict[str, tuple[int, int]] = {
 }
 SETTING_BOUNDS: dict[str, tuple[timedelta, timedelta] | tuple[int, int]] = {**DURATION_BOUNDS, **COUNT_BOUNDS}
 UNLIMITED = ("unlimited", "none", "null")
+_Row = TypeVar("_Row")
 
 
 @dataclass(frozen=True)
@@ -200,6 +201,15 @@ class Settings:
     created_workspace_agents: bool
     heartbeat_period: timedelta = timedelta(seconds=15)
     client_write_interval: timedelta = timedelta(seconds=1)
+
+
+@dataclass(frozen=True)
+class FlushSettings:
+    """The settings the flush schedulers read (pg_cron's install and status, `pybatch scheduler`):
+    columns the flusher grant may SELECT, so a flusher role can read them."""
+
+    flush_interval: timedelta
+    max_rows_per_flush: int | None
 
 
 @dataclass(frozen=True)
@@ -442,16 +452,50 @@ def agent_counts(conn: psycopg.Connection) -> AgentCounts:
     return AgentCounts(by_status, None if unknown else newer)
 
 
+# pybatch.settings is read and written here only (the SQL files aside): every other module calls these.
 def read_settings(conn: psycopg.Connection) -> Settings:
-    with db.translated("cannot read pybatch.settings"), conn.cursor(row_factory=class_row(Settings)) as cur:
-        row = cur.execute(
-            "SELECT flush_interval, inactive_timeout, future_tolerance, history_retention, "
-            "max_rows_per_flush, created_workspace_agents, heartbeat_period, client_write_interval "
-            "FROM pybatch.settings"
-        ).fetchone()
+    """The whole row of pybatch.settings (needs SELECT on every column: owner or reader)."""
+    return _read_settings_row(conn, Settings)
+
+
+def read_flush_settings(conn: psycopg.Connection) -> FlushSettings:
+    """The settings a scheduler needs, readable with the flusher grant (see FlushSettings)."""
+    return _read_settings_row(conn, FlushSettings)
+
+
+def _read_settings_row(conn: psycopg.Connection, cls: type[_Row]) -> _Row:
+    query = sql.SQL("SELECT {} FROM pybatch.settings").format(_columns(cls))
+    with db.translated("cannot read pybatch.settings"), conn.cursor(row_factory=class_row(cls)) as cur:
+        row = cur.execute(query).fetchone()
     if row is None:
         raise ConfigError("pybatch.settings has no row: the schema is damaged; re-run `pybatch migrate`")
     return row
+
+
+def read_setting(conn: psycopg.Connection, column: str) -> object:
+    """One column of pybatch.settings (SELECT on that column is enough); None when the row is missing.
+    For a column an older schema may lack, or a role granted only some columns."""
+    if column not in {f.name for f in fields(Settings)}:
+        raise ConfigError(f"unknown setting {column!r}: choose one of {', '.join(f.name for f in fields(Settings))}")
+    query = sql.SQL("SELECT {} FROM pybatch.settings").format(sql.Identifier(column))
+    with db.translated(f"cannot read pybatch.settings.{column}"):
+        row = conn.execute(query).fetchone()
+    return None if row is None else row[0]
+
+
+def installed(conn: psycopg.Connection) -> bool:
+    """Whether pybatch is installed in this database (its settings table exists). Needs no privilege."""
+    with db.translated("cannot look for pybatch's schema"):
+        row = conn.execute("SELECT pg_catalog.to_regclass('pybatch.settings') IS NOT NULL").fetchone()
+    return bool(row and row[0])
+
+
+def store_setting(conn: psycopg.Connection, column: str, value: timedelta | int | None) -> None:
+    """Write one already validated setting (see set_setting for the checks a user's value needs)."""
+    if column not in SETTABLE:
+        raise ConfigError(f"unknown setting {column!r}: choose one of {', '.join(SETTABLE)}")
+    with db.translated(f"cannot set {column}"):
+        conn.execute(sql.SQL("UPDATE pybatch.settings SET {} = %s").format(sql.Identifier(column)), (value,))
 
 
 def in_recovery(conn: psycopg.Connection) -> bool:
@@ -482,14 +526,12 @@ def set_setting(conn: psycopg.Connection, key: str, value: str | int | float | t
     """Validate and store one setting; return the settings after the change.
     InvalidSetting (a ConfigError) names the key and value when it is malformed or out of range."""
     column, parsed = parse_setting(key, value)
-    query = sql.SQL("UPDATE pybatch.settings SET {} = %s").format(sql.Identifier(column))
     if column in BUDGET_SETTINGS:
         assert isinstance(parsed, timedelta)
         budget = require_staleness_budget(conn, column, parsed)  # InvalidSetting when it would not fit
         if budget.verdict == "tight":
             log.warning("%s leaves little margin: %s", column, budget.reason, extra={"staleness": budget.reason})
-    with db.translated(f"cannot set {column}"):
-        conn.execute(query, (parsed,))
+    store_setting(conn, column, parsed)
     log.info("setting changed", extra={"setting": column, "value": value})
     return read_settings(conn)
 

@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from datetime import timedelta
 from types import FrameType
 from typing import Any
 
@@ -32,6 +33,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from pybatch import db
 from pybatch.errors import DatabaseUnavailable, PybatchError
 from pybatch.flush import FlushResult, flush
+from pybatch.status import read_flush_settings, store_setting
 
 log = logging.getLogger(__name__)
 
@@ -176,11 +178,7 @@ class Scheduler:
         self.metrics.leader.set(1)
         try:
             if self.explicit_interval is not None:
-                with db.translated("cannot store the flush interval"):
-                    lock_conn.execute(
-                        "UPDATE pybatch.settings SET flush_interval = make_interval(secs => %s)",
-                        (self.explicit_interval,),
-                    )
+                store_setting(lock_conn, "flush_interval", timedelta(seconds=self.explicit_interval))
             log.info("became leader", extra={"interval": self.interval})
             with _closing(db.connect(self.dsn)) as flush_conn:
                 due = time.monotonic()
@@ -238,15 +236,10 @@ class Scheduler:
         )
 
     def _read_settings(self, conn: psycopg.Connection) -> None:
-        with db.translated("cannot read pybatch settings"):
-            row = conn.execute(
-                "SELECT extract(epoch FROM flush_interval)::float8, max_rows_per_flush FROM pybatch.settings"
-            ).fetchone()
-        if row is None:
-            raise PybatchError("pybatch.settings is empty; run `pybatch migrate`")
+        settings = read_flush_settings(conn)
         if self.explicit_interval is None:
-            self.interval = float(row[0])
-        self._row_cap = row[1]
+            self.interval = settings.flush_interval.total_seconds()
+        self._row_cap = settings.max_rows_per_flush
 
     # -- outages: log once, retry with backoff ---------------------------------------------------
     def _database_down(self, exc: PybatchError) -> None:
