@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-from pybatch import migrate
+from pybatch import db, migrate
 from pybatch.local import temporary_cluster
 
 
@@ -16,5 +16,6 @@ def database(dsn: str | None) -> Iterator[str]:
         yield dsn
         return
     with temporary_cluster(prefix="pybatch-bench-") as cluster:
-        migrate.apply(cluster.url())
+        with db.connect(cluster.url()) as conn:
+            migrate.apply(conn)
         yield cluster.url()

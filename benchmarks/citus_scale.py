@@ -61,7 +61,7 @@ def load(url: str, n: int, distribute: bool) -> list[uuid.UUID]:
             conn.execute("SELECT create_distributed_table('public.workspace_agents', 'id')")
         ids = [uuid.uuid4() for _ in range(n)]
         conn.execute("INSERT INTO public.workspace_agents (id) SELECT unnest(%s::uuid[])", (ids,))
-    migrate.apply(url)
+        migrate.apply(conn)
     return ids
 
 
@@ -141,7 +141,7 @@ def prepare_fleet(url: str, distribute: bool) -> None:
         conn.execute(AGENTS_DDL)
         if distribute:
             conn.execute("SELECT create_distributed_table('public.workspace_agents', 'id')")
-    migrate.apply(url)
+        migrate.apply(conn)
 
 
 def load_fleet(url: str, n: int) -> float:

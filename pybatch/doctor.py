@@ -2,6 +2,9 @@
 
 Checks never raise: a check that cannot run reports why as its result. A `fail`
 means something is broken now; a `warn` means it works but should be changed.
+
+Every check runs on the caller's connection; the only other session doctor opens is one to
+pg_cron's database, and only when cron.database_name names another database.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 import psycopg
-import psycopg.conninfo
 
 from pybatch import db, migrate, status
 from pybatch.errors import NotMigrated, PybatchError
@@ -68,11 +70,13 @@ class DoctorReport:
         return all(c.ok for c in self.checks)
 
 
-def doctor(dsn: str, thresholds: Thresholds | None = None) -> DoctorReport:
+def doctor(conn: psycopg.Connection, thresholds: Thresholds | None = None) -> DoctorReport:
+    """Run every check on `conn`, the caller's autocommit connection to the app database."""
+    db.require_autocommit(conn, "doctor")
     limits = thresholds or Thresholds()
     report = DoctorReport()
-    with db.connect(dsn) as conn:
-        context = _Context(dsn, conn, limits)
+    context = _Context(conn, limits)
+    try:
         for check in (
             context.server_version,
             context.migrations,
@@ -94,6 +98,7 @@ def doctor(dsn: str, thresholds: Thresholds | None = None) -> DoctorReport:
             result = _run(check)
             log.info("doctor check", extra={"check": result.name, "level": result.level, "detail": result.message})
             report.checks.append(result)
+    finally:
         context.close()
     return report
 
@@ -113,8 +118,7 @@ def _run(check: Callable[[], Check]) -> Check:
 class _Context:
     """State the checks share: connections, settings, what earlier checks found."""
 
-    def __init__(self, dsn: str, conn: psycopg.Connection, limits: Thresholds) -> None:
-        self.dsn = dsn
+    def __init__(self, conn: psycopg.Connection, limits: Thresholds) -> None:
         self.conn = conn
         self.limits = limits
         self.dbname = conn.info.dbname
@@ -151,13 +155,13 @@ class _Context:
         return judge_server_version(number, text, self.limits.min_server_version)
 
     def migrations(self) -> Check:
-        pending = migrate.pending_ids(self.dsn)
+        pending = migrate.pending_ids(self.conn)
         if pending:
             return Check("migrations", FAIL, f"pending migrations {', '.join(pending)}: run `pybatch migrate`")
         return Check("migrations", OK, "all migrations applied")
 
     def compatibility(self) -> Check:
-        known = {state.id for state in migrate.status(self.dsn)}
+        known = {state.id for state in migrate.status(self.conn)}
         with db.translated("cannot read the applied migrations"):
             rows = migrate.recorded_ids(self.conn)
         unknown = [r for r in rows if r not in known]
@@ -221,7 +225,7 @@ class _Context:
             if self.cron_database == self.dbname:
                 self._cron_conn = self.conn
             else:
-                self._cron_conn = db.connect(psycopg.conninfo.make_conninfo(self.dsn, dbname=self.cron_database))
+                self._cron_conn = db.connect_like(self.conn, dbname=self.cron_database)
         return self._cron_conn
 
     def pg_cron_extension(self) -> Check:
@@ -248,7 +252,7 @@ class _Context:
         name = cron.flush_job_name(self.dbname)
         if self.cron_version is None:
             return self._no_job(f"no pg_cron job {name} (pg_cron is not available)")
-        state = cron.status(self.dsn)
+        state = cron.status(self.conn, cron_conn=self.cron_connection())
         if state.job is None:
             return self._no_job(f"no pg_cron job {name}")
         if not state.job.active:

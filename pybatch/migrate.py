@@ -1,8 +1,11 @@
 """Schema migrations with yoyo: apply, status, rollback, print SQL.
 
-yoyo wants a URI; pybatch speaks libpq DSNs. The DSN is parsed into keyword
-arguments and handed to yoyo's psycopg 3 backend as connection arguments, so
-every libpq form (URI, key=value, PG* variables) works unchanged.
+Every operation takes the caller's autocommit connection and leaves it as it found
+it. yoyo's backend opens a connection of its own from a URI: it gets the caller's
+connection parameters (db.params_like: server, role, password, options) as
+connection arguments, so every libpq form (URI, key=value, PG* variables) works
+unchanged. The migrate lock is a session advisory lock on the caller's connection,
+released before the operation returns.
 
 pybatch's yoyo bookkeeping (_yoyo_migration, _yoyo_log, _yoyo_version,
 yoyo_lock) lives in a schema of its own, BOOKKEEPING_SCHEMA, never in `public`
@@ -20,9 +23,9 @@ import contextlib
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
-import psycopg.conninfo
 from psycopg import sql
 from yoyo import read_migrations
 from yoyo.backends.base import DatabaseBackend
@@ -50,10 +53,10 @@ class MigrationState:
     applied: bool
 
 
-def _backend(dsn: str) -> DatabaseBackend:
-    params = psycopg.conninfo.conninfo_to_dict(dsn)
-    dbname = params.pop("dbname", None)
-    params["application_name"] = "pybatch-migrate"
+def _backend(conn: psycopg.Connection) -> DatabaseBackend:
+    """yoyo's backend, on a session of its own like `conn` (yoyo builds its connection from a URI)."""
+    params: dict[str, Any] = db.params_like(conn, application_name="pybatch-migrate")
+    dbname = params.pop("dbname")
     # yoyo's backend pops `schema` and runs SET search_path TO it: all four tables land there.
     params["schema"] = BOOKKEEPING_SCHEMA
     uri = DatabaseURI("postgresql+psycopg", None, None, None, None, dbname, params)
@@ -88,25 +91,28 @@ def _check_can_create(conn: psycopg.Connection) -> None:
 
 
 @contextlib.contextmanager
-def _locked(dsn: str) -> Iterator[DatabaseBackend]:
-    lock_conn = db.connect(dsn)
+def _locked(conn: psycopg.Connection, operation: str) -> Iterator[DatabaseBackend]:
+    """Hold the migrate lock on `conn` (released on the way out) and yield yoyo's backend."""
+    db.require_autocommit(conn, operation)
+    with db.translated("cannot take the migration lock"):
+        _check_can_create(conn)
+        conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATE_LOCK_KEY,))
     try:
-        with db.translated("cannot take the migration lock"):
-            _check_can_create(lock_conn)
-            lock_conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATE_LOCK_KEY,))
         with db.translated(f"cannot create schema {BOOKKEEPING_SCHEMA} for pybatch's migration bookkeeping"):
-            lock_conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(BOOKKEEPING_SCHEMA)))
-        backend = _backend(dsn)
+            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(BOOKKEEPING_SCHEMA)))
+        backend = _backend(conn)
         try:
             with backend.lock(timeout=60):
                 with db.translated("cannot create pybatch's migration bookkeeping"):
                     backend.ensure_internal_schema_updated()  # yoyo's tables, in BOOKKEEPING_SCHEMA
-                _carry_over(lock_conn)
+                _carry_over(conn)
                 yield backend
         finally:
             backend.connection.close()
     finally:
-        lock_conn.close()
+        # The caller's session goes back as it came: without the lock (a dead connection has none).
+        with contextlib.suppress(psycopg.Error):
+            conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATE_LOCK_KEY,))
 
 
 def _table(schema: str, name: str) -> sql.Composed:
@@ -209,24 +215,27 @@ def recorded_ids(conn: psycopg.Connection) -> list[str]:
     return _ids_in(conn, BOOKKEEPING_SCHEMA)
 
 
-def status(dsn: str) -> list[MigrationState]:
+def status(conn: psycopg.Connection) -> list[MigrationState]:
     """Every known migration, in order, with whether it is applied.
 
     Read-only: it reads the bookkeeping directly and creates or moves nothing (yoyo's own
     backend would create its tables on a database without pybatch; migrate carries an old
     installation's public bookkeeping over, status only reads it)."""
-    with db.connect(dsn) as conn, db.translated("cannot read migration state"):
+    db.require_autocommit(conn, "migrate.status")
+    with db.translated("cannot read migration state"):
         applied = set(recorded_ids(conn))
     return [MigrationState(m.id, m.id in applied) for m in _migrations()]
 
 
-def pending_ids(dsn: str) -> list[str]:
-    return [m.id for m in status(dsn) if not m.applied]
+def pending_ids(conn: psycopg.Connection) -> list[str]:
+    return [m.id for m in status(conn) if not m.applied]
 
 
-def apply(dsn: str, *, progress: Callable[[str], None] | None = None) -> list[str]:
-    """Apply pending migrations; return their ids. Safe to run twice at once."""
-    with _locked(dsn) as backend:
+def apply(conn: psycopg.Connection, *, progress: Callable[[str], None] | None = None) -> list[str]:
+    """Apply pending migrations; return their ids. Safe to run twice at once.
+
+    `conn` is the caller's autocommit connection; the migrations run on yoyo's own session."""
+    with _locked(conn, "migrate.apply") as backend:
         pending = backend.to_apply(_migrations())
         for migration in pending:
             if progress:
@@ -238,26 +247,26 @@ def apply(dsn: str, *, progress: Callable[[str], None] | None = None) -> list[st
             except Exception as exc:
                 raise MigrationError(f"migration {migration.id} failed: {db.first_line(exc)}") from None
             log.info("applied migration", extra={"migration": migration.id})
-        _align_owner(dsn)
+        _align_owner(conn)
         return [m.id for m in pending]
 
 
-def _align_owner(dsn: str) -> None:
+def _align_owner(conn: psycopg.Connection) -> None:
     """Give the merge functions to the owner of public.workspace_agents, on every run: the
     table may have changed hands since the last migration (see pybatch.align_owner())."""
-    with db.connect(dsn) as conn, db.translated("cannot align pybatch's functions with the table owner"):
+    with db.translated("cannot align pybatch's functions with the table owner"):
         row = conn.execute("SELECT to_regprocedure('pybatch.align_owner()') IS NOT NULL").fetchone()
         if row and row[0]:
             conn.execute("SELECT pybatch.align_owner()")
 
 
-def rollback(dsn: str, *, before: Callable[[], None] | None = None) -> str | None:
+def rollback(conn: psycopg.Connection, *, before: Callable[[], None] | None = None) -> str | None:
     """Roll back the last applied migration; return its id (None if nothing is applied).
 
     `before` runs first, inside the lock: it removes pybatch's scheduled jobs,
     which live in another database and would otherwise keep calling a dropped function.
     """
-    with _locked(dsn) as backend:
+    with _locked(conn, "migrate.rollback") as backend:
         applied = backend.to_rollback(_migrations())
         if not applied:
             return None
@@ -272,9 +281,10 @@ def rollback(dsn: str, *, before: Callable[[], None] | None = None) -> str | Non
         return str(last[0].id)
 
 
-def migration_sql(dsn: str | None, *, all_migrations: bool = False) -> str:
-    """The SQL of pending migrations (every one with all_migrations), for a DBA to read or run."""
-    wanted = None if all_migrations or dsn is None else set(pending_ids(dsn))
+def migration_sql(conn: psycopg.Connection | None, *, all_migrations: bool = False) -> str:
+    """The SQL of pending migrations (every one with all_migrations, or with no connection),
+    for a DBA to read or run."""
+    wanted = None if all_migrations or conn is None else set(pending_ids(conn))
     chunks = []
     folder = resources.migrations_dir()
     for migration in _migrations():

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
-from pybatch import db, migrate, resources
+from pybatch import db, migrate, resources, status
 from pybatch.errors import DependentObjects, PermissionDenied
 from pybatch.schedule import cron
 
@@ -44,18 +44,20 @@ class UninstallResult:
     dropped_dependants: tuple[str, ...] = ()
 
 
-def uninstall(dsn: str, *, force: bool = False) -> UninstallResult:
-    """Remove pybatch's jobs, schemas and migration bookkeeping from the database at `dsn`.
+def uninstall(conn: psycopg.Connection, *, force: bool = False) -> UninstallResult:
+    """Remove pybatch's jobs, schemas and migration bookkeeping from the database `conn` is
+    connected to (the caller's autocommit connection).
 
     Raises DependentObjects (nothing removed) when objects outside pybatch depend on it,
     unless `force`; PermissionDenied (nothing removed) when a running flush loop belongs to
     a role this one may not terminate."""
-    with db.connect(dsn) as conn, db.translated("uninstall failed (nothing was removed)"):
+    db.require_autocommit(conn, "uninstall")
+    with db.translated("uninstall failed (nothing was removed)"):
         _check_loops_can_be_ended(conn)
         _check_dependants(conn, force=force)
-    jobs = _remove_jobs(dsn)
-    with db.connect(dsn) as conn, db.translated("uninstall failed (nothing was removed)"), conn.transaction():
-        created = _created_target(conn) if _schema_exists(conn) else None
+    jobs = _remove_jobs(conn)
+    with db.translated("uninstall failed (nothing was removed)"), conn.transaction():
+        created = _created_target(conn) if status.installed(conn) else None
         # Again inside the transaction that drops: the list named is the list dropped.
         dropped = _check_dependants(conn, force=force)
         legacy = migrate.legacy_ids(conn)
@@ -94,19 +96,13 @@ def _check_dependants(conn: psycopg.Connection, *, force: bool) -> list[str]:
     return found
 
 
-def _schema_exists(conn: psycopg.Connection) -> bool:
-    row = conn.execute("SELECT to_regclass('pybatch.settings') IS NOT NULL").fetchone()
-    return bool(row and row[0])
-
-
 def _created_target(conn: psycopg.Connection) -> bool:
-    row = conn.execute("SELECT created_workspace_agents FROM pybatch.settings").fetchone()
-    return bool(row and row[0])
+    return bool(status.read_setting(conn, "created_workspace_agents"))
 
 
 def _created_target_oid(conn: psycopg.Connection) -> int | None:
     """public.workspace_agents's oid when pybatch created it (it is then pybatch's to drop)."""
-    if not _schema_exists(conn) or not _created_target(conn):
+    if not status.installed(conn) or not _created_target(conn):
         return None
     row = conn.execute("SELECT to_regclass('public.workspace_agents')::oid").fetchone()
     return int(row[0]) if row and row[0] is not None else None
@@ -155,10 +151,10 @@ def _check_loops_can_be_ended(conn: psycopg.Connection) -> None:
     )
 
 
-def _remove_jobs(dsn: str) -> int:
+def _remove_jobs(conn: psycopg.Connection) -> int:
     """Remove this database's pg_cron jobs first: left behind, they would call dropped functions."""
     try:
-        return int(cron.remove(dsn))
+        return int(cron.remove(conn))
     except PermissionDenied as exc:
         if "terminate" not in str(exc):
             raise

@@ -45,7 +45,7 @@ def prepare_distributed(cluster: CitusCluster, dbname: str) -> str:
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(AGENTS_DDL)
         conn.execute("SELECT create_distributed_table('public.workspace_agents', 'id')")
-    migrate.apply(url)
+        migrate.apply(conn)
     return url
 
 

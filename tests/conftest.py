@@ -15,6 +15,7 @@ from pytest_postgresql.janitor import DatabaseJanitor
 
 from pybatch import migrate
 from pybatch.local import SUPERUSER, LocalCluster, temporary_cluster
+from tests.helpers import connected
 
 TEMPLATE_DB = "pybatch_template"
 # Faster, not less correct: crash tests kill processes, not the machine.
@@ -31,7 +32,7 @@ def pg_cluster() -> Iterator[LocalCluster]:
     with temporary_cluster(TEST_SETTINGS, prefix="pybatch-tests-") as cluster:
         template = DatabaseJanitor(user=SUPERUSER, host="127.0.0.1", port=cluster.port, dbname=TEMPLATE_DB)
         template.init()
-        migrate.apply(_dsn(cluster, TEMPLATE_DB))
+        connected(_dsn(cluster, TEMPLATE_DB), migrate.apply)
         yield cluster
 
 
@@ -70,12 +71,19 @@ def conn(dsn: str) -> Iterator[psycopg.Connection]:
 
 
 @pytest.fixture
+def empty_conn(empty_dsn: str) -> Iterator[psycopg.Connection]:
+    """An autocommit connection to `empty_dsn` (nothing installed)."""
+    with psycopg.connect(empty_dsn, autocommit=True) as connection:
+        yield connection
+
+
+@pytest.fixture
 def own_cluster() -> Iterator[LocalCluster]:
     """A private cluster (pg_cron preloaded) with a migrated `pybatch` database, for tests
     that stop, kill or restart the server. Slower than `dsn`: use only when needed.
     Its app database DSN is `own_cluster.url()`."""
     with temporary_cluster(TEST_SETTINGS, prefix="pybatch-own-") as cluster:
-        migrate.apply(cluster.url())
+        connected(cluster.url(), migrate.apply)
         yield cluster
 
 

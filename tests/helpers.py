@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import datetime
+from typing import Concatenate, ParamSpec, TypeVar
 
 import psycopg
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def make_agents(conn: psycopg.Connection, n: int) -> list[uuid.UUID]:
@@ -26,3 +31,12 @@ def last_connected(conn: psycopg.Connection, agents: list[uuid.UUID]) -> dict[uu
         "SELECT id, last_connected_at FROM public.workspace_agents WHERE id = ANY(%s)", (agents,)
     ).fetchall()
     return dict(rows)
+
+
+def connected(
+    dsn: str, operation: Callable[Concatenate[psycopg.Connection, P], R], /, *args: P.args, **kwargs: P.kwargs
+) -> R:
+    """Run a library operation that takes a connection on a fresh autocommit one to `dsn`,
+    closed afterwards: the caller owns the connection, as the CLI does."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return operation(conn, *args, **kwargs)

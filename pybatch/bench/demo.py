@@ -37,7 +37,8 @@ class DemoResult:
 def install_cron_flush(dsn: str, interval_s: float) -> tuple[bool, str]:
     """Install the pg_cron flush job. Returns (installed, what to tell the user)."""
     try:
-        cron.install(dsn, interval_s)
+        with db.connect(dsn) as conn:
+            cron.install(conn, interval_s)
     except Exception as exc:  # any failure falls back: the demo must still run
         return False, f"pg_cron job not installed ({db.first_line(exc)}); the bench's own flush thread flushes"
     return True, f"the pg_cron job flushes every {interval_s:g}s"
@@ -88,7 +89,8 @@ def run_demo(
     name need not say "demo" (its workspace_agents is still checked)."""
     say = progress or (lambda message: None)
     check_demo_target(dsn, embedded=embedded)
-    applied = migrate.apply(dsn, progress=lambda mid: say(f"applying migration {mid}"))
+    with db.connect(dsn) as conn:
+        applied = migrate.apply(conn, progress=lambda mid: say(f"applying migration {mid}"))
     say(f"schema: applied {', '.join(applied)}" if applied else "schema: up to date")
     config = BenchConfig(agents=agents, seconds=seconds, warmup_s=warmup_s, strategies=DEMO_STRATEGIES)
     installed, flush_by = install_cron_flush(dsn, config.flush_interval_s)

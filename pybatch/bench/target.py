@@ -86,9 +86,10 @@ def bench_target(dsn: str, table: str, progress: Callable[[str], None] | None = 
     target = conninfo.make_conninfo(dsn, dbname=scratch)
     try:
         say(f"scratch database {scratch}: Coder's workspace_agents, then pybatch migrate")
-        with db.connect(target) as conn, db.translated("cannot create Coder's workspace_agents"):
-            conn.execute(resources.read_sql("bench/coder_workspace_agents.sql"))
-        migrate.apply(target)
+        with db.connect(target) as conn:
+            with db.translated("cannot create Coder's workspace_agents"):
+                conn.execute(resources.read_sql("bench/coder_workspace_agents.sql"))
+            migrate.apply(conn)
         yield target
     finally:
         with db.connect(dsn) as conn:

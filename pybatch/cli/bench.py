@@ -182,13 +182,13 @@ def _require_migrated(target: str, *, table: str, client: bool) -> None:
     """The bench never migrates a database it was pointed at: where it runs in that database
     (--table minimal, --client, or a database that already holds Coder's table) the pybatch
     schema must be there. With --table coder elsewhere it migrates a scratch database of its own."""
-    if not client and table != "minimal":
-        from pybatch.bench.target import is_coder_table
+    with db.connect(target) as conn:
+        if not client and table != "minimal":
+            from pybatch.bench.target import is_coder_table
 
-        with db.connect(target) as conn:
             if not is_coder_table(conn):
                 return  # a scratch database of the bench's own
-    pending = migrate.pending_ids(target)
+        pending = migrate.pending_ids(conn)
     if pending:
         raise NotMigrated(
             f"{describe_dsn(target)} lacks pybatch migrations ({', '.join(pending)}): run "

@@ -49,15 +49,14 @@ def cmd_config_show(args: argparse.Namespace) -> int:
 
 def cmd_config_set(args: argparse.Namespace) -> int:
     column, parsed = status.parse_setting(args.key, args.value)  # a bad key or value fails before connecting
-    target = dsn(args)
-    job = cron.installed_job(target) if column == "flush_interval" else None
-    if job is not None:
-        # The pg_cron job must flush at the interval health judges lateness by: reschedule it
-        # (cron install checks the interval, stores it and refuses as one step).
-        assert isinstance(parsed, timedelta)
-        cron.install(target, parsed.total_seconds(), force_loop=job.mode == "loop")
-        print(f"rescheduled pg_cron job {job.name} to flush every {status.format_setting(column, parsed)}")
-    with db.connect(target) as conn:
+    with db.connect(dsn(args)) as conn:
+        job = cron.installed_job(conn) if column == "flush_interval" else None
+        if job is not None:
+            # The pg_cron job must flush at the interval health judges lateness by: reschedule it
+            # (cron install checks the interval, stores it and refuses as one step).
+            assert isinstance(parsed, timedelta)
+            cron.install(conn, parsed.total_seconds(), force_loop=job.mode == "loop")
+            print(f"rescheduled pg_cron job {job.name} to flush every {status.format_setting(column, parsed)}")
         settings = status.set_setting(conn, column, args.value) if job is None else status.read_settings(conn)
     print(f"{column} = {status.format_setting(column, getattr(settings, column))}")
     return 0

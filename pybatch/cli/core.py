@@ -8,6 +8,8 @@ import shutil
 import sys
 from typing import Any
 
+import psycopg
+
 from pybatch import db, migrate
 from pybatch.cli.common import bounded_int, dsn, print_json
 from pybatch.errors import ConfigError, PybatchError
@@ -62,23 +64,23 @@ def register(subparsers: Any) -> None:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    target = dsn(args)
-    if args.status:
-        for state in migrate.status(target):
-            print(f"{'applied' if state.applied else 'pending'}  {state.id}")
-        return 0
-    if args.rollback:
-        rolled = migrate.rollback(target, before=lambda: _remove_jobs(target))
-        print(f"rolled back {rolled}" if rolled else "nothing to roll back")
-        return 0
-    applied = migrate.apply(target, progress=lambda mid: print(f"applying {mid} ...", file=sys.stderr))
+    with db.connect(dsn(args)) as conn:
+        if args.status:
+            for state in migrate.status(conn):
+                print(f"{'applied' if state.applied else 'pending'}  {state.id}")
+            return 0
+        if args.rollback:
+            rolled = migrate.rollback(conn, before=lambda: _remove_jobs(conn))
+            print(f"rolled back {rolled}" if rolled else "nothing to roll back")
+            return 0
+        applied = migrate.apply(conn, progress=lambda mid: print(f"applying {mid} ...", file=sys.stderr))
     print(f"applied {len(applied)} migration(s): {', '.join(applied)}" if applied else "schema is up to date")
     return 0
 
 
-def _remove_jobs(target: str) -> None:
+def _remove_jobs(conn: psycopg.Connection) -> None:
     """Remove pybatch's pg_cron jobs for this database before its schema goes."""
-    cron.remove(target)
+    cron.remove(conn)
 
 
 def cmd_flush(args: argparse.Namespace) -> int:
@@ -120,7 +122,8 @@ def cmd_uninstall(args: argparse.Namespace) -> int:
         if answer.strip().lower() != "yes":
             print("not uninstalled", file=sys.stderr)
             return 1
-    result = uninstall(target, force=args.force)
+    with db.connect(target) as conn:
+        result = uninstall(conn, force=args.force)
     for dependant in result.dropped_dependants:
         print(f"dropped (--force): {dependant}")
     if not result.schema_existed:

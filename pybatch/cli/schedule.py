@@ -10,6 +10,7 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
+from pybatch import db
 from pybatch.cli.common import dsn, print_json, resolved_dsn
 from pybatch.config import describe_dsn
 from pybatch.durations import format_duration, parse_timedelta, well_formed
@@ -121,9 +122,10 @@ def _flag_or_env(value: Any, name: str, convert: Callable[[str], Any]) -> Any:
 def cmd_install(args: argparse.Namespace) -> int:
     target = dsn(args)
     interval = _flag_or_env(args.interval, "PYBATCH_INTERVAL", _duration)
-    if interval is None:
-        interval = cron.stored_interval(target)
-    job = cron.install(target, interval, force_loop=args.force_loop)
+    with db.connect(target) as conn:
+        if interval is None:
+            interval = cron.stored_interval(conn)
+        job = cron.install(conn, interval, force_loop=args.force_loop)
     print(
         f"installed {job.name} (job {job.jobid}, {job.mode}): schedule {job.schedule!r} "
         f"in database {job.database}, every {format_duration(interval)}"
@@ -132,13 +134,15 @@ def cmd_install(args: argparse.Namespace) -> int:
 
 
 def cmd_remove(args: argparse.Namespace) -> int:
-    removed = cron.remove(dsn(args))
+    with db.connect(dsn(args)) as conn:
+        removed = cron.remove(conn)
     print(f"removed {removed} pg_cron job(s)")
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    state = cron.status(dsn(args))
+    with db.connect(dsn(args)) as conn:
+        state = cron.status(conn)
     if args.json:
         print_json(state.as_dict())
     else:

@@ -143,7 +143,8 @@ def _size(value: int | None) -> str:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    report = doctor.doctor(dsn(args))
+    with db.connect(dsn(args)) as conn:
+        report = doctor.doctor(conn)
     for check in report.checks:
         label = {"ok": "OK  ", "warn": "WARN", "fail": "FAIL"}[check.level]
         print(f"{label} {check.name}: {check.message}")
@@ -152,7 +153,11 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def cmd_sql(args: argparse.Namespace) -> int:
     # --all reads only the migration files: no database needed.
-    text = migrate.migration_sql(None if args.all else dsn(args), all_migrations=args.all)
+    if args.all:
+        text = migrate.migration_sql(None, all_migrations=True)
+    else:
+        with db.connect(dsn(args)) as conn:
+            text = migrate.migration_sql(conn)
     if text:
         sys.stdout.write(text)
     else:

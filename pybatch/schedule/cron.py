@@ -12,6 +12,10 @@ app database over a libpq connection. Jobs are named after the app database
 
 pg_cron never cleans `cron.job_run_details`; the `pybatch-purge-<db>` job deletes
 pybatch's own rows there once an hour, keeping RUN_HISTORY of them.
+
+Every operation takes the caller's autocommit connection to the app database. pg_cron's
+database is reached through that same connection when it is the app database, else through
+one session derived from it (db.connect_like), closed before the operation returns.
 """
 
 from __future__ import annotations
@@ -27,16 +31,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
-import psycopg.conninfo
 from psycopg import sql
 from psycopg.rows import dict_row
 
 from pybatch import db
-from pybatch.config import describe_dsn
 from pybatch.durations import format_duration
 from pybatch.errors import CronError, NotMigrated, PermissionDenied, PybatchError
 from pybatch.grants import FLUSH_ROUTINES
-from pybatch.status import require_staleness_budget
+from pybatch.status import installed, read_flush_settings, require_staleness_budget, store_setting
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +131,6 @@ class CronStatus:
 class _Target:
     """The app database and where its pg_cron lives."""
 
-    dsn: str
     database: str
     user: str
     cron_database: str | None  # None: pg_cron is not loaded on this server
@@ -141,10 +142,6 @@ class _Target:
             f"pg_cron is not in shared_preload_libraries on server {self.server}: add it "
             f"(shared_preload_libraries = 'pg_cron'), restart PostgreSQL, {HINT}"
         )
-
-    def cron_dsn(self) -> str:
-        assert self.cron_database is not None
-        return psycopg.conninfo.make_conninfo(self.dsn, dbname=self.cron_database)
 
 
 def flush_job_name(database: str) -> str:
@@ -220,48 +217,49 @@ def purge_schedule(database: str) -> str:
 # -- public API ------------------------------------------------------------------
 
 
-def install(dsn: str, interval_seconds: float, *, force_loop: bool = False) -> CronJob:
+def install(conn: psycopg.Connection, interval_seconds: float, *, force_loop: bool = False) -> CronJob:
     """Create or update this database's flush job (and its purge job); store the interval in settings.
 
-    All or nothing: every check (pg_cron, privileges, the staleness budget, the settings'
-    range) runs before the jobs are scheduled, the interval is stored in a transaction that
-    commits only once they are, and jobs scheduled by a call that then fails are removed.
+    `conn` is the caller's autocommit connection to the app database. All or nothing: every
+    check (pg_cron, privileges, the staleness budget, the settings' range) runs before the jobs
+    are scheduled, the interval is stored in a transaction that commits only once they are, and
+    jobs scheduled by a call that then fails are removed.
     """
     check_interval(interval_seconds)
-    with db.connect(dsn) as app:
-        target = _target(app, dsn)
-        _require_cron_loaded(target)
-        with _connect_cron(target) as cron:
-            version = _ensure_extension(cron, target, create=True)
-            _require_privileges(cron, target)
-            plan = plan_job(interval_seconds, parse_version(version), force_loop=force_loop)
-            _require_executable(app, target)
-            previous = _read_job(cron, flush_job_name(target.database))
-            try:
-                with db.translated("cannot store the flush interval"), app.transaction():
-                    budget = require_staleness_budget(app, "flush_interval", timedelta(seconds=interval_seconds))
-                    app.execute(
-                        "UPDATE pybatch.settings SET flush_interval = make_interval(secs => %s)", (interval_seconds,)
+    db.require_autocommit(conn, "cron.install")
+    app = conn
+    target = _target(app)
+    _require_cron_loaded(target)
+    with _cron_session(app, target) as cron:
+        version = _ensure_extension(cron, target, create=True)
+        _require_privileges(cron, target)
+        plan = plan_job(interval_seconds, parse_version(version), force_loop=force_loop)
+        _require_executable(app, target)
+        previous = _read_job(cron, flush_job_name(target.database))
+        try:
+            with db.translated("cannot store the flush interval"), app.transaction():
+                interval = timedelta(seconds=interval_seconds)
+                budget = require_staleness_budget(app, "flush_interval", interval)
+                store_setting(app, "flush_interval", interval)
+                # Scheduled inside the settings transaction: it commits only once they are.
+                with _cron_call(target, "cannot schedule the pg_cron job"), cron.transaction():
+                    _schedule(cron, flush_job_name(target.database), plan.schedule, plan.command, target.database)
+                    _schedule(
+                        cron,
+                        purge_job_name(target.database),
+                        purge_schedule(target.database),
+                        purge_command(target.database, cron),
+                        str(target.cron_database),
                     )
-                    # Scheduled inside the settings transaction: it commits only once they are.
-                    with _cron_call(target, "cannot schedule the pg_cron job"), cron.transaction():
-                        _schedule(cron, flush_job_name(target.database), plan.schedule, plan.command, target.database)
-                        _schedule(
-                            cron,
-                            purge_job_name(target.database),
-                            purge_schedule(target.database),
-                            purge_command(target.database, cron),
-                            str(target.cron_database),
-                        )
-                    job = _read_job(cron, flush_job_name(target.database))
-            except BaseException:
-                # The settings rolled back; put the jobs back as they were.
-                with contextlib.suppress(PybatchError, psycopg.Error):
-                    if previous is None:
-                        _unschedule(target)
-                    else:
-                        _schedule(cron, previous.name, previous.schedule, previous.command, previous.database)
-                raise
+                job = _read_job(cron, flush_job_name(target.database))
+        except BaseException:
+            # The settings rolled back; put the jobs back as they were.
+            with contextlib.suppress(PybatchError, psycopg.Error):
+                if previous is None:
+                    _unschedule_in(cron, target)
+                else:
+                    _schedule(cron, previous.name, previous.schedule, previous.command, previous.database)
+            raise
     if budget.verdict == "tight":
         log.warning("flush interval leaves little margin: %s", budget.reason, extra={"staleness": budget.reason})
     assert job is not None  # just scheduled
@@ -290,17 +288,17 @@ def job_interval(job: CronJob) -> float | None:
     return float(every.group(1)) * 60 if every else None
 
 
-def installed_job(dsn: str) -> CronJob | None:
+def installed_job(conn: psycopg.Connection) -> CronJob | None:
     """This database's flush job, or None when there is none, or no pg_cron this role can see."""
-    with db.connect(dsn) as app:
-        target = _target(app, dsn)
+    db.require_autocommit(conn, "cron.installed_job")
+    target = _target(conn)
     if target.cron_database is None:
         return None
-    try:
-        cron = _connect_cron(target)
-    except CronError:
-        return None
-    with cron:
+    with contextlib.ExitStack() as stack:
+        try:
+            cron = stack.enter_context(_cron_session(conn, target))
+        except CronError:
+            return None
         if _extension_version(cron) is None:
             return None
         with db.translated("cannot check privileges on schema cron"):
@@ -310,57 +308,56 @@ def installed_job(dsn: str) -> CronJob | None:
         return _read_job(cron, flush_job_name(target.database))
 
 
-def stored_interval(dsn: str) -> float:
+def stored_interval(conn: psycopg.Connection) -> float:
     """pybatch.settings.flush_interval in seconds: the default when no interval is given."""
-    with db.connect(dsn) as app, db.translated("cannot read pybatch settings"):
-        row = app.execute("SELECT extract(epoch FROM flush_interval)::float8 FROM pybatch.settings").fetchone()
-    if row is None:
-        raise NotMigrated("pybatch.settings is empty; run `pybatch migrate`")
-    return float(row[0])
+    return read_flush_settings(conn).flush_interval.total_seconds()
 
 
-def remove(dsn: str) -> int:
+def remove(conn: psycopg.Connection) -> int:
     """Remove this database's pybatch jobs and end a running flush loop; return how many jobs went.
 
     A no-op returning 0 where pg_cron is absent. A role without access to the
     cron schema or database cannot own jobs there, so it also gets 0.
     """
+    db.require_autocommit(conn, "cron.remove")
     removed = 0
-    with db.connect(dsn) as app:
-        target = _target(app, dsn, require_migrated=False)
-        if target.cron_database is not None:
-            removed = _unschedule(target)
-        _end_loops(app)
+    target = _target(conn, require_migrated=False)
+    if target.cron_database is not None:
+        removed = _unschedule(conn, target)
+    _end_loops(conn)
     if removed:
         log.info("removed pg_cron jobs", extra={"database": target.database, "jobs_removed": removed})
     return removed
 
 
-def status(dsn: str) -> CronStatus:
-    """The job, its recent runs, the age of the last successful flush, and a diagnosis (status.error)."""
-    with db.connect(dsn) as app:
-        target = _target(app, dsn)
-        _require_cron_loaded(target)
-        with db.translated("cannot read pybatch settings"):
-            row = app.execute(
-                "SELECT extract(epoch FROM s.flush_interval)::float8,"
-                " (SELECT max(f.started_at + f.duration) FROM pybatch.flush_log f WHERE f.error IS NULL),"
-                " clock_timestamp() FROM pybatch.settings s"
-            ).fetchone()
-        assert row is not None
-        interval, last_flush_at, now = row
-        with _connect_cron(target) as cron:
-            version = _ensure_extension(cron, target, create=False)
-            _require_usage(cron, target)
-            job = _read_job(cron, flush_job_name(target.database))
-            purge = _read_job(cron, purge_job_name(target.database))
-            runs = _recent_runs(cron, job.jobid) if job else []
-            cron_host = _setting(cron, "cron.host")
+def status(conn: psycopg.Connection, *, cron_conn: psycopg.Connection | None = None) -> CronStatus:
+    """The job, its recent runs, the age of the last successful flush, and a diagnosis (status.error).
+
+    `cron_conn`: a connection to pg_cron's database the caller already holds (doctor's), used
+    instead of opening one."""
+    db.require_autocommit(conn, "cron.status")
+    target = _target(conn)
+    _require_cron_loaded(target)
+    interval = read_flush_settings(conn).flush_interval.total_seconds()
+    with db.translated("cannot read pybatch.flush_log"):
+        row = conn.execute(
+            "SELECT (SELECT max(f.started_at + f.duration) FROM pybatch.flush_log f WHERE f.error IS NULL),"
+            " clock_timestamp()"
+        ).fetchone()
+    assert row is not None
+    last_flush_at, now = row
+    with _cron_session(conn, target, cron_conn) as cron:
+        version = _ensure_extension(cron, target, create=False)
+        _require_usage(cron, target)
+        job = _read_job(cron, flush_job_name(target.database))
+        purge = _read_job(cron, purge_job_name(target.database))
+        runs = _recent_runs(cron, job.jobid) if job else []
+        cron_host = _setting(cron, "cron.host")
     result = CronStatus(
         database=target.database,
         cron_database=str(target.cron_database),
         pg_cron_version=version,
-        configured_interval=float(interval),
+        configured_interval=interval,
         job=job,
         purge_job=purge,
         runs=runs,
@@ -405,12 +402,11 @@ def diagnose(state: CronStatus, cron_host: str | None) -> CronError | None:
 # -- checks ----------------------------------------------------------------------------
 
 
-def _target(app: psycopg.Connection, dsn: str, *, require_migrated: bool = True) -> _Target:
+def _target(app: psycopg.Connection, *, require_migrated: bool = True) -> _Target:
     with db.translated("cannot inspect the server for pg_cron"):
         row = app.execute(
             "SELECT current_database(), current_user,"
             " EXISTS (SELECT FROM pg_available_extensions WHERE name = 'pg_cron'),"
-            " to_regclass('pybatch.settings') IS NOT NULL,"
             # Both settings are visible to superusers and pg_read_all_settings only.
             " pg_has_role('pg_read_all_settings', 'USAGE'),"
             " (SELECT 'pg_cron' = ANY(string_to_array(replace(setting, ' ', ''), ','))"
@@ -418,8 +414,8 @@ def _target(app: psycopg.Connection, dsn: str, *, require_migrated: bool = True)
             " (SELECT setting FROM pg_settings WHERE name = 'cron.database_name')"
         ).fetchone()
     assert row is not None
-    database, user, available, migrated, can_read_settings, preloaded, cron_database = row
-    if require_migrated and not migrated:
+    database, user, available, can_read_settings, preloaded, cron_database = row
+    if require_migrated and not installed(app):
         raise NotMigrated(f"pybatch is not installed in database {database}; run `pybatch migrate`")
     if not can_read_settings:
         # Assume pg_cron's default; a not-preloaded pg_cron still shows up when its functions run.
@@ -427,7 +423,7 @@ def _target(app: psycopg.Connection, dsn: str, *, require_migrated: bool = True)
     elif not preloaded:
         # cron.database_name may be written in postgresql.conf without pg_cron loaded.
         cron_database = None
-    return _Target(dsn, database, user, cron_database or None, bool(available), describe_dsn(dsn))
+    return _Target(database, user, cron_database or None, bool(available), db.describe(app))
 
 
 def _require_cron_loaded(target: _Target) -> None:
@@ -451,14 +447,28 @@ def _cron_call(target: _Target, context: str) -> Iterator[None]:
         raise db.translate(exc, context) from exc
 
 
-def _connect_cron(target: _Target) -> psycopg.Connection:
+@contextlib.contextmanager
+def _cron_session(
+    app: psycopg.Connection, target: _Target, given: psycopg.Connection | None = None
+) -> Iterator[psycopg.Connection]:
+    """A connection to pg_cron's database: `given`, else `app` itself when pg_cron lives in the
+    app database, else a session derived from `app` (closed on the way out)."""
+    assert target.cron_database is not None
+    if given is not None:
+        yield given
+        return
+    if target.cron_database == target.database:
+        yield app
+        return
     try:
-        return db.connect(target.cron_dsn())
+        cron = db.connect_like(app, dbname=target.cron_database)
     except PybatchError as exc:
         raise CronError(
             f"cannot connect to pg_cron's database {target.cron_database} (cron.database_name) as role "
             f"{target.user}: {exc}; grant CONNECT on it and allow it in pg_hba.conf, {HINT}"
         ) from None
+    with cron:
+        yield cron
 
 
 def _ensure_extension(cron: psycopg.Connection, target: _Target, *, create: bool) -> str:
@@ -570,26 +580,31 @@ def _setting(conn: psycopg.Connection, name: str) -> str | None:
     return str(row[0]) if row and row[0] is not None else None
 
 
-def _unschedule(target: _Target) -> int:
-    try:
-        cron = _connect_cron(target)
-    except CronError as exc:
-        log.warning("cannot reach pg_cron's database, no jobs removed", extra={"reason": str(exc)})
-        return 0
-    with cron:
-        if _extension_version(cron) is None:
+def _unschedule(app: psycopg.Connection, target: _Target) -> int:
+    with contextlib.ExitStack() as stack:
+        try:
+            cron = stack.enter_context(_cron_session(app, target))
+        except CronError as exc:
+            log.warning("cannot reach pg_cron's database, no jobs removed", extra={"reason": str(exc)})
             return 0
-        with db.translated("cannot check privileges on schema cron"):
-            usage = cron.execute("SELECT has_schema_privilege('cron', 'USAGE')").fetchone()
-        if not (usage and usage[0]):
-            return 0  # without USAGE this role cannot have scheduled anything
-        names = [flush_job_name(target.database), purge_job_name(target.database)]
-        with _cron_call(target, "cannot remove the pg_cron jobs"), cron.transaction():
-            rows = cron.execute("SELECT jobid FROM cron.job WHERE jobname = ANY(%s)", (names,)).fetchall()
-            jobids = [row[0] for row in rows]
-            cron.execute("DELETE FROM cron.job_run_details WHERE jobid = ANY(%s)", (jobids,))
-            for jobid in jobids:
-                cron.execute("SELECT cron.unschedule(%s::bigint)", (jobid,))
+        return _unschedule_in(cron, target)
+
+
+def _unschedule_in(cron: psycopg.Connection, target: _Target) -> int:
+    """Remove this database's jobs through a connection to pg_cron's database; how many went."""
+    if _extension_version(cron) is None:
+        return 0
+    with db.translated("cannot check privileges on schema cron"):
+        usage = cron.execute("SELECT has_schema_privilege('cron', 'USAGE')").fetchone()
+    if not (usage and usage[0]):
+        return 0  # without USAGE this role cannot have scheduled anything
+    names = [flush_job_name(target.database), purge_job_name(target.database)]
+    with _cron_call(target, "cannot remove the pg_cron jobs"), cron.transaction():
+        rows = cron.execute("SELECT jobid FROM cron.job WHERE jobname = ANY(%s)", (names,)).fetchall()
+        jobids = [row[0] for row in rows]
+        cron.execute("DELETE FROM cron.job_run_details WHERE jobid = ANY(%s)", (jobids,))
+        for jobid in jobids:
+            cron.execute("SELECT cron.unschedule(%s::bigint)", (jobid,))
     return len(jobids)
 
 

@@ -10,13 +10,14 @@ import pytest
 
 from pybatch.schedule import cron
 from tests.conftest import run_pybatch
+from tests.helpers import connected
 
 
 @pytest.fixture
 def cron_dsn(dsn: str) -> Iterator[str]:
     """A migrated database whose pg_cron jobs are removed at teardown (jobs are server-wide)."""
     yield dsn
-    cron.remove(dsn)
+    connected(dsn, cron.remove)
 
 
 def one_error_line(stderr: str) -> str:

@@ -21,6 +21,7 @@ from pybatch.errors import ConfigError, InvalidSetting
 from pybatch.flush import flush
 from pybatch.schedule import cron
 from tests.conftest import run_pybatch
+from tests.helpers import connected
 
 # The stable `status --json` document (docs/status-json.md): keys per object.
 STATUS_KEYS = {
@@ -169,7 +170,7 @@ def test_doctor_lines_and_exit_codes(dsn: str) -> None:
     lines = broken.stdout.splitlines()
     assert lines and all(line.split()[0] in ("OK", "WARN", "FAIL") for line in lines)
     assert any(line.startswith("FAIL cron_job") for line in lines)
-    cron.install(dsn, 5)  # the default interval: 10 s would leave the staleness budget tight (a WARN)
+    connected(dsn, cron.install, 5)  # the default interval: 10 s would leave the staleness budget tight (a WARN)
     try:
         with psycopg.connect(dsn, autocommit=True) as conn:
             flush(conn)
@@ -177,13 +178,13 @@ def test_doctor_lines_and_exit_codes(dsn: str) -> None:
         assert healthy.returncode == 0, healthy.stdout
         assert all(line.startswith("OK") for line in healthy.stdout.splitlines()), healthy.stdout
     finally:
-        cron.remove(dsn)
+        connected(dsn, cron.remove)
 
 
 def test_sql_all_needs_no_database_and_pending_needs_one(dsn: str) -> None:
     every = run_pybatch("sql", "--all", env={"PYBATCH_NO_EMBEDDED": "1"})
     assert every.returncode == 0, every.stderr
-    for state in migrate.status(dsn):
+    for state in connected(dsn, migrate.status):
         assert f"-- migration {state.id}" in every.stdout
     assert "CREATE VIEW pybatch.health" in every.stdout
     pending = run_pybatch("--dsn", dsn, "sql")
@@ -210,7 +211,7 @@ def test_uninstall_keeps_a_workspace_agents_it_did_not_create(empty_dsn: str) ->
             "last_connected_replica_id uuid, connection_timeout_seconds integer NOT NULL DEFAULT 0)"
         )
         conn.execute("INSERT INTO public.workspace_agents (id, name) VALUES (%s, 'kept')", (agent,))
-    migrate.apply(empty_dsn)
+    connected(empty_dsn, migrate.apply)
     refused = run_pybatch("--dsn", empty_dsn, "uninstall", input="yes\n")
     one_line_error(refused, "--yes")
     assert "pybatch.settings" in tables(empty_dsn)
@@ -226,15 +227,15 @@ def test_uninstall_keeps_a_workspace_agents_it_did_not_create(empty_dsn: str) ->
 
 def test_uninstall_drops_the_workspace_agents_it_created(dsn: str) -> None:
     assert "public.workspace_agents" in tables(dsn)
-    cron.install(dsn, 10)
+    connected(dsn, cron.install, 10)
     try:
         result = run_pybatch("--dsn", dsn, "uninstall", "--yes")
         assert result.returncode == 0, result.stderr
         assert "removed 2 pg_cron job(s)" in result.stdout and "dropped public.workspace_agents" in result.stdout
         assert tables(dsn) == set()
-        assert cron.remove(dsn) == 0  # uninstall already removed the jobs
+        assert connected(dsn, cron.remove) == 0  # uninstall already removed the jobs
     finally:
-        cron.remove(dsn)
+        connected(dsn, cron.remove)
 
 
 def test_config_show_and_set(dsn: str) -> None:

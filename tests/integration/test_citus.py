@@ -20,6 +20,7 @@ import pytest
 from pybatch.client import HeartbeatClient
 from pybatch.flush import flush
 from tests.citus_fixtures import citus_cluster, citus_dsn  # noqa: F401 (fixtures)
+from tests.helpers import connected
 from tests.model import AgentState, Beat, Disconnect, actual_states, expected_states
 
 pytestmark = pytest.mark.citus
@@ -300,7 +301,7 @@ def test_rollback_of_0006_brings_staged_rows_back_to_the_coordinator(citus_dsn: 
         agent = uuid.uuid4()
         conn.execute("INSERT INTO public.workspace_agents (id) VALUES (%s)", (agent,))
         conn.execute("INSERT INTO pybatch.heartbeats (agent_id, beat_at) VALUES (%s, %s)", (agent, T0))
-    assert migrate.rollback(citus_dsn) == "0006_citus"
+    assert connected(citus_dsn, migrate.rollback) == "0006_citus"
     with psycopg.connect(citus_dsn, autocommit=True) as conn:
         assert conn.execute(
             "SELECT count(*) FROM pg_dist_partition WHERE logicalrelid = 'pybatch.heartbeats'::regclass"

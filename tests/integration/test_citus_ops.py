@@ -21,6 +21,7 @@ from pybatch.flush import flush
 from pybatch.local_citus import CitusCluster
 from pybatch.schedule import cron
 from tests.citus_fixtures import citus_cluster, citus_dsn  # noqa: F401 (fixtures)
+from tests.helpers import connected
 from tests.integration.test_scheduler import SchedulerProcess
 from tests.model import AgentState, Beat, Disconnect, actual_states, expected_states
 
@@ -76,7 +77,7 @@ def test_doctor_checks_colocation_and_reads_the_shards(citus_dsn: str) -> None: 
     assert shape.avg_row_bytes is not None and shape.rows_per_page is not None and shape.rows_per_page > 10
     assert logged_heap == shards_heap  # each shard group's flush measured its own shard
 
-    found = checks(doctor(citus_dsn))
+    found = checks(connected(citus_dsn, doctor))
     layout = found["citus_layout"]
     assert layout.level == OK and "co-located with it" in layout.message
     assert "8 shard groups on 2 node(s)" in layout.message
@@ -98,24 +99,24 @@ def test_doctor_names_what_is_not_distributed_or_not_colocated(citus_dsn: str) -
     with psycopg.connect(citus_dsn, autocommit=True) as conn:
         conn.execute("SET citus.multi_shard_modify_mode = 'sequential'")
         conn.execute("SELECT update_distributed_table_colocation('pybatch.quarantine', colocate_with => 'none')")
-        layout = checks(doctor(citus_dsn))["citus_layout"]
+        layout = checks(connected(citus_dsn, doctor))["citus_layout"]
         assert layout.level == FAIL and "pybatch.quarantine is not co-located" in layout.message, layout
         assert "update_distributed_table_colocation('pybatch.quarantine'" in layout.message
 
         conn.execute("SELECT undistribute_table('pybatch.pending')")
-        layout = checks(doctor(citus_dsn))["citus_layout"]
+        layout = checks(connected(citus_dsn, doctor))["citus_layout"]
         assert layout.level == FAIL and "pybatch.pending is a local table" in layout.message, layout
         assert "pybatch.quarantine is not co-located" in layout.message
 
         # The advice works: each fix clears its own complaint.
         conn.execute("SELECT pybatch.citus_distribute()")
-        layout = checks(doctor(citus_dsn))["citus_layout"]
+        layout = checks(connected(citus_dsn, doctor))["citus_layout"]
         assert layout.level == FAIL and "pybatch.pending" not in layout.message, layout
         conn.execute(
             "SELECT update_distributed_table_colocation('pybatch.quarantine',"
             " colocate_with => 'public.workspace_agents')"
         )
-        assert checks(doctor(citus_dsn))["citus_layout"].level == OK
+        assert checks(connected(citus_dsn, doctor))["citus_layout"].level == OK
 
 
 def test_doctor_with_a_local_workspace_agents_on_citus(citus_cluster: CitusCluster) -> None:  # noqa: F811
@@ -125,11 +126,11 @@ def test_doctor_with_a_local_workspace_agents_on_citus(citus_cluster: CitusClust
     citus_cluster.ensure_database(name)
     try:
         url = citus_cluster.url(name)
-        migrate.apply(url)
+        connected(url, migrate.apply)
         with psycopg.connect(url, autocommit=True) as conn:
             add_agents(conn, 50)
             assert conn.execute("SELECT pybatch.citus_distributed()").fetchone() == (False,)
-        found = checks(doctor(url))
+        found = checks(connected(url, doctor))
         layout = found["citus_layout"]
         assert layout.level == OK and "works as on plain PostgreSQL" in layout.message, layout
         assert "create_distributed_table('public.workspace_agents', 'id')" in layout.message
@@ -217,7 +218,7 @@ def test_the_cron_jobs_command_on_the_coordinator_flushes_a_distributed_fleet(ci
     test runs that same command here, on the coordinator, bounded to 2.5 s by its stop_at argument,
     while a writer writes through the coordinator."""
     dbname = psycopg.conninfo.conninfo_to_dict(citus_dsn)["dbname"]
-    job = cron.install(citus_dsn, 1)
+    job = connected(citus_dsn, cron.install, 1)
     try:
         assert job.command == "CALL pybatch.flush_loop('1 seconds')" and job.schedule == "* * * * *"
         assert job.database == dbname and job.active
@@ -245,4 +246,4 @@ def test_the_cron_jobs_command_on_the_coordinator_flushes_a_distributed_fleet(ci
             assert per_shard == (8, 5_000)  # shard-local: every group merged its own rows
             assert_matches_model(conn, agents, writer.events)
     finally:
-        cron.remove(citus_dsn)
+        connected(citus_dsn, cron.remove)

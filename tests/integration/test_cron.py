@@ -25,7 +25,7 @@ from pybatch.errors import CronError
 from pybatch.local import SUPERUSER, LocalCluster, temporary_cluster
 from pybatch.schedule import cron
 from tests.conftest import TEMPLATE_DB, TEST_SETTINGS
-from tests.helpers import last_connected, make_agents, stage
+from tests.helpers import connected, last_connected, make_agents, stage
 
 Cleanup = Callable[[str], None]
 
@@ -36,7 +36,7 @@ def cleanup() -> Iterator[Cleanup]:
     dsns: list[str] = []
     yield dsns.append
     for dsn in dsns:
-        cron.remove(dsn)
+        connected(dsn, cron.remove)
 
 
 def flush_starts(conn: psycopg.Connection) -> list[datetime]:
@@ -165,8 +165,8 @@ def test_install_twice_updates_the_job_and_stores_the_interval(
     database = dbname(conn)
     # Slow agents (a 2-minute timeout), so 20 s flushes fit the staleness budget.
     conn.execute("UPDATE pybatch.settings SET inactive_timeout = '2 minutes'")
-    first = cron.install(dsn, 10, force_loop=True)
-    second = cron.install(dsn, 20, force_loop=True)
+    first = cron.install(conn, 10, force_loop=True)
+    second = cron.install(conn, 20, force_loop=True)
     assert first.jobid == second.jobid
     assert (second.name, second.mode, second.database) == (f"pybatch-flush-{database}", "loop", database)
     jobs = jobs_named(dsn, database)
@@ -176,23 +176,23 @@ def test_install_twice_updates_the_job_and_stores_the_interval(
     ]
     assert conn.execute("SELECT flush_interval FROM pybatch.settings").fetchone() == (timedelta(seconds=20),)
 
-    state = cron.status(dsn)
+    state = cron.status(conn)
     assert state.job == second and state.purge_job is not None and state.error is None
     assert state.configured_interval == 20
     assert state.last_flush_age is None  # nothing has flushed yet
     conn.execute("SELECT pybatch.flush()")
-    age = cron.status(dsn).last_flush_age
+    age = cron.status(conn).last_flush_age
     assert age is not None and 0 <= age < 60
 
-    assert cron.remove(dsn) == 2
+    assert cron.remove(conn) == 2
     assert jobs_named(dsn, database) == []
-    assert cron.remove(dsn) == 0
+    assert cron.remove(conn) == 0
 
 
 def test_purge_job_command_deletes_only_old_pybatch_rows(conn: psycopg.Connection, dsn: str, cleanup: Cleanup) -> None:
     cleanup(dsn)
     database = dbname(conn)
-    job = cron.install(dsn, 10, force_loop=True)
+    job = cron.install(conn, 10, force_loop=True)
     with cron_conn(dsn) as cc:
         other = cc.execute("SELECT cron.schedule(%s, '0 0 1 1 *', 'SELECT 1')", (f"other-{database}",)).fetchone()
         assert other is not None
@@ -224,7 +224,7 @@ def test_seconds_schedule_where_pg_cron_has_it(conn: psycopg.Connection, dsn: st
         row = cc.execute("SELECT extversion FROM pg_extension WHERE extname = 'pg_cron'").fetchone()
         assert row is not None
         version = cron.parse_version(row[0])
-        job = cron.install(dsn, 5)
+        job = cron.install(conn, 5)
         if version >= (1, 5):
             assert (job.mode, job.schedule, job.command) == ("seconds", "5 seconds", "SELECT pybatch.flush()")
         else:
@@ -261,7 +261,7 @@ def test_remove_ends_a_running_loop(dsn: str, pg_cluster: LocalCluster) -> None:
             assert time.monotonic() < deadline, "the loop never started"
             time.sleep(0.05)
         started = time.monotonic()
-        assert cron.remove(dsn) == 0  # no job was installed; the loop ends all the same
+        assert connected(dsn, cron.remove) == 0  # no job was installed; the loop ends all the same
         thread.join(timeout=10)
         assert not thread.is_alive()
         assert time.monotonic() - started < 10
@@ -284,7 +284,7 @@ def test_errors_name_the_problem_and_the_scheduler() -> None:
     settings = {**TEST_SETTINGS, "shared_preload_libraries": "''"}
     with temporary_cluster(settings, prefix="pybatch-cron-") as cluster:
         admin = cluster.url()
-        migrate.apply(admin)
+        connected(admin, migrate.apply)
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute("CREATE ROLE alice LOGIN")
             conn.execute("GRANT USAGE ON SCHEMA pybatch TO alice")
@@ -294,30 +294,36 @@ def test_errors_name_the_problem_and_the_scheduler() -> None:
         alice = psycopg.conninfo.make_conninfo(admin, user="alice")
 
         with pytest.raises(CronError, match="not in shared_preload_libraries") as err:
-            cron.install(admin, 10)
+            connected(admin, cron.install, 10)
         assert_actionable(err.value)
-        assert cron.remove(admin) == 0
+        assert connected(admin, cron.remove) == 0
 
         with psycopg.connect(cluster.url("postgres"), autocommit=True) as conn:
             conn.execute("ALTER SYSTEM SET shared_preload_libraries = 'pg_cron'")
         cluster.stop()
         cluster.start()
 
-        for action in (lambda: cron.install(alice, 10, force_loop=True), lambda: cron.status(alice)):
+        for action in (
+            lambda: connected(alice, cron.install, 10, force_loop=True),
+            lambda: connected(alice, cron.status),
+        ):
             with pytest.raises(CronError, match="CREATE EXTENSION pg_cron") as err:
                 action()
             assert_actionable(err.value)
-        assert cron.remove(alice) == 0
+        assert connected(alice, cron.remove) == 0
 
-        job = cron.install(admin, 10, force_loop=True)  # a superuser may create the extension
+        job = connected(admin, cron.install, 10, force_loop=True)  # a superuser may create the extension
         assert job.mode == "loop"
-        for action in (lambda: cron.install(alice, 10, force_loop=True), lambda: cron.status(alice)):
+        for action in (
+            lambda: connected(alice, cron.install, 10, force_loop=True),
+            lambda: connected(alice, cron.status),
+        ):
             with pytest.raises(CronError, match="no privilege on schema cron") as err:
                 action()
             assert "GRANT USAGE ON SCHEMA cron TO alice" in str(err.value)
             assert_actionable(err.value)
-        assert cron.remove(alice) == 0
-        assert cron.remove(admin) == 2
+        assert connected(alice, cron.remove) == 0
+        assert connected(admin, cron.remove) == 2
 
 
 def assert_actionable(error: CronError) -> None:
@@ -356,7 +362,7 @@ def extra_database(cluster: LocalCluster) -> Iterator[str]:
     try:
         yield psycopg.conninfo.make_conninfo(cluster.url(name))
     finally:
-        cron.remove(psycopg.conninfo.make_conninfo(cluster.url(name)))
+        connected(cluster.url(name), cron.remove)
         janitor.drop()
 
 
@@ -375,17 +381,17 @@ def test_pg_cron_moves_heartbeats_and_status_reports_a_refused_connection(
         refused_db = psycopg.conninfo.conninfo_to_dict(refused_dsn)["dbname"]
         assert isinstance(refused_db, str)
         with rejected_by_pg_hba(pg_cluster, refused_db):
-            cron.install(dsn, 2, force_loop=True)
-            cron.install(refused_dsn, 2, force_loop=True)
+            cron.install(conn, 2, force_loop=True)
+            connected(refused_dsn, cron.install, 2, force_loop=True)
             deadline = time.monotonic() + 90
             while set(last_connected(conn, agents).values()) != {at}:
                 assert time.monotonic() < deadline, "pg_cron never flushed"
                 time.sleep(0.5)
-            state = cron.status(dsn)
-            while not [r for r in cron.status(refused_dsn).runs if r.status == "failed"]:
+            state = cron.status(conn)
+            while not [r for r in connected(refused_dsn, cron.status).runs if r.status == "failed"]:
                 assert time.monotonic() < deadline, "pg_cron never tried the refused database"
                 time.sleep(0.5)
-            refused = cron.status(refused_dsn)
+            refused = connected(refused_dsn, cron.status)
         time.sleep(4.5)  # let the loop run a few more passes, to measure its gaps
         measured = gaps(flush_starts(conn))
     print(f"pg_cron loop gaps at 2 s: {[round(g, 3) for g in measured]}")

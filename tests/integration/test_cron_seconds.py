@@ -20,7 +20,7 @@ from pybatch import migrate
 from pybatch.local import LocalCluster, find_bindir, temporary_cluster
 from pybatch.schedule import cron
 from tests.conftest import TEST_SETTINGS
-from tests.helpers import last_connected, make_agents, stage
+from tests.helpers import connected, last_connected, make_agents, stage
 
 CRON16_HOME = Path(os.environ.get("PYBATCH_CRON16_HOME", "/var/tmp/pg-cron16"))
 
@@ -40,13 +40,13 @@ def cron16_bindir() -> Path:
 def cron16_cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalCluster]:
     monkeypatch.setenv("PYBATCH_PG_BINDIR", str(cron16_bindir()))
     with temporary_cluster(TEST_SETTINGS, prefix="pybatch-cron16-") as cluster:
-        migrate.apply(cluster.url())
+        connected(cluster.url(), migrate.apply)
         yield cluster
 
 
 def test_a_seconds_job_flushes_every_few_seconds_in_committed_passes(cron16_cluster: LocalCluster) -> None:
     dsn = cron16_cluster.url()
-    job = cron.install(dsn, 2)
+    job = connected(dsn, cron.install, 2)
     try:
         with psycopg.connect(psycopg.conninfo.make_conninfo(dsn, dbname="postgres"), autocommit=True) as postgres:
             version = postgres.execute("SELECT extversion FROM pg_extension WHERE extname = 'pg_cron'").fetchone()
@@ -70,4 +70,4 @@ def test_a_seconds_job_flushes_every_few_seconds_in_committed_passes(cron16_clus
             starts = [r[0] for r in conn.execute("SELECT started_at FROM pybatch.flush_log ORDER BY id")]
             assert all(1 <= (b - a).total_seconds() <= 4 for a, b in itertools.pairwise(starts)), starts
     finally:
-        cron.remove(dsn)
+        connected(dsn, cron.remove)

@@ -11,7 +11,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from pybatch import migrate
+from pybatch import db, migrate
 from pybatch.doctor import (
     FAIL,
     OK,
@@ -29,6 +29,7 @@ from pybatch.flush import flush
 from pybatch.local import LocalCluster, temporary_cluster
 from pybatch.schedule import cron
 from tests.conftest import TEST_SETTINGS
+from tests.helpers import connected
 
 
 def checks(report: DoctorReport) -> dict[str, Check]:
@@ -39,11 +40,11 @@ def checks(report: DoctorReport) -> dict[str, Check]:
 def scheduled(dsn: str) -> Iterator[str]:
     """The test database with its pg_cron flush job; the job is removed at teardown (jobs are server-wide).
     5 s, the default: 10 s no longer fits the staleness budget with its margin."""
-    cron.install(dsn, 5)
+    connected(dsn, cron.install, 5)
     try:
         yield dsn
     finally:
-        cron.remove(dsn)
+        connected(dsn, cron.remove)
 
 
 def add_agents(conn: psycopg.Connection, n: int) -> list[uuid.UUID]:
@@ -61,7 +62,7 @@ def beat_and_flush(conn: psycopg.Connection, agents: list[uuid.UUID]) -> None:
 def test_healthy_install_passes_every_check(scheduled: str) -> None:
     with psycopg.connect(scheduled, autocommit=True) as conn:
         beat_and_flush(conn, add_agents(conn, 3))
-    report = doctor(scheduled)
+    report = connected(scheduled, doctor)
     assert report.ok
     assert {c.name: c.level for c in report.checks} == {c.name: OK for c in report.checks}, report.checks
     assert set(checks(report)) == {
@@ -86,8 +87,62 @@ def test_healthy_install_passes_every_check(scheduled: str) -> None:
     assert checks(report)["citus_layout"].message.startswith("plain PostgreSQL (no citus extension)")
 
 
+def _sessions(observer: psycopg.Connection, databases: list[str]) -> dict[str, int]:
+    """Sessions ever opened to each database (pg_stat_database.sessions, PostgreSQL 14+)."""
+    rows = observer.execute(
+        "SELECT datname, sessions FROM pg_catalog.pg_stat_database WHERE datname = ANY(%s)", (databases,)
+    ).fetchall()
+    return {str(name): int(count) for name, count in rows}
+
+
+def _sessions_after(observer: psycopg.Connection, before: dict[str, int], expected: dict[str, int]) -> dict[str, int]:
+    """The sessions opened since `before`, once the expected ones are counted (a closed session's
+    count reaches pg_stat_database when its backend exits) and a little longer for any other."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        now = _sessions(observer, list(before))
+        if all(now[name] - before[name] >= count for name, count in expected.items()):
+            break
+        time.sleep(0.05)
+    time.sleep(1.5)  # longer than the 1 s a backend may hold its statistics back
+    now = _sessions(observer, list(before))
+    return {name: now[name] - before[name] for name in before}
+
+
+def test_doctor_runs_on_the_callers_connection(conn: psycopg.Connection, pg_cluster: LocalCluster) -> None:
+    """Regression: doctor opened about 5 connections (one per migrate and cron call). Now it runs on
+    the caller's, plus one to pg_cron's database only where that is another database (here
+    `postgres`, the test cluster's cron.database_name); in pg_cron's own database, none."""
+    app = str(conn.info.dbname)
+    assert conn.execute("SELECT current_setting('cron.database_name')").fetchone() == ("postgres",)
+    version = conn.execute("SELECT current_setting('server_version_num')::int").fetchone()
+    assert version is not None and version[0] >= 140000  # pg_stat_database.sessions is there
+    with psycopg.connect(pg_cluster.url("postgres"), autocommit=True) as cron_db:
+        cron_db.execute("CREATE EXTENSION IF NOT EXISTS pg_cron")  # so the cron checks run in full
+        databases = [app, "postgres"]
+        # The counter moves here: one session derived from the caller's is counted once.
+        before = _sessions(conn, databases)
+        with db.connect_like(conn, dbname="postgres") as probe:
+            probe.execute("SELECT 1")
+        assert _sessions_after(conn, before, {"postgres": 1}) == {app: 0, "postgres": 1}
+
+        before = _sessions(conn, databases)
+        report = checks(doctor(conn))
+        assert report["pg_cron_extension"].level == OK and "in database postgres" in report["pg_cron_extension"].message
+        assert "no pg_cron job" in report["cron_job"].message  # cron.status ran, on doctor's pg_cron connection
+        assert _sessions_after(conn, before, {"postgres": 1}) == {app: 0, "postgres": 1}
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE and conn.autocommit
+
+        # Run in pg_cron's own database, doctor opens no session at all.
+        before = _sessions(conn, databases)
+        in_cron_db = checks(doctor(cron_db))
+        assert in_cron_db["pg_cron_extension"].level == OK
+        assert in_cron_db["job_run_details"].level == OK  # read on the caller's connection
+        assert _sessions_after(conn, before, {}) == {app: 0, "postgres": 0}
+
+
 def test_no_job_and_no_flushes_fails_and_says_how_to_schedule(dsn: str) -> None:
-    report = doctor(dsn)
+    report = connected(dsn, doctor)
     assert not report.ok
     job = checks(report)["cron_job"]
     assert job.level == FAIL and "pybatch cron install" in job.message and "pybatch scheduler" in job.message
@@ -95,13 +150,13 @@ def test_no_job_and_no_flushes_fails_and_says_how_to_schedule(dsn: str) -> None:
     # Flushes from another scheduler (here: by hand) make a missing pg_cron job fine.
     with psycopg.connect(dsn, autocommit=True) as conn:
         flush(conn)
-    assert checks(doctor(dsn))["cron_job"].level == OK
+    assert checks(connected(dsn, doctor))["cron_job"].level == OK
 
 
 def test_pending_migration_is_reported(empty_dsn: str) -> None:
-    migrate.apply(empty_dsn)
-    rolled_back = migrate.rollback(empty_dsn)
-    report = doctor(empty_dsn)
+    connected(empty_dsn, migrate.apply)
+    rolled_back = connected(empty_dsn, migrate.rollback)
+    report = connected(empty_dsn, doctor)
     check = checks(report)["migrations"]
     assert check.level == FAIL and str(rolled_back) in check.message and "pybatch migrate" in check.message
 
@@ -111,13 +166,13 @@ def test_migration_unknown_to_this_client_is_incompatible(conn: psycopg.Connecti
         "INSERT INTO pybatch_migrations._yoyo_migration (migration_hash, migration_id, applied_at_utc) "
         "VALUES ('f00d', '9999_from_a_newer_pybatch', now())"
     )
-    check = checks(doctor(dsn))["compatibility"]
+    check = checks(doctor(conn))["compatibility"]
     assert check.level == FAIL and "9999_from_a_newer_pybatch" in check.message and "upgrade" in check.message
 
 
 def test_target_table_missing_a_column(conn: psycopg.Connection, dsn: str) -> None:
     conn.execute("ALTER TABLE public.workspace_agents DROP COLUMN last_connected_replica_id")
-    check = checks(doctor(dsn))["target_table"]
+    check = checks(doctor(conn))["target_table"]
     assert check.level == FAIL and "last_connected_replica_id" in check.message
 
 
@@ -127,29 +182,29 @@ def test_staging_growing_without_flushes(conn: psycopg.Connection, dsn: str) -> 
         "INSERT INTO pybatch.heartbeats (agent_id, beat_at) SELECT unnest(%s::uuid[]), now() - interval '2 minutes'",
         (agents,),
     )
-    check = checks(doctor(dsn))["staging_growth"]
+    check = checks(doctor(conn))["staging_growth"]
     assert check.level == FAIL and "2 heartbeats" in check.message and "pybatch flush" in check.message
     flush(conn)
-    assert checks(doctor(dsn))["staging_growth"].level == OK
+    assert checks(doctor(conn))["staging_growth"].level == OK
 
 
 def test_staging_beyond_one_flush_warns(conn: psycopg.Connection, dsn: str) -> None:
     agents = add_agents(conn, 3)
     conn.execute("UPDATE pybatch.settings SET max_rows_per_flush = 2")
     conn.execute("INSERT INTO pybatch.heartbeats (agent_id) SELECT unnest(%s::uuid[])", (agents,))
-    check = checks(doctor(dsn))["staging_growth"]
+    check = checks(doctor(conn))["staging_growth"]
     assert check.level == WARN and "max_rows_per_flush 2" in check.message
     flush(conn)
     flush(conn)
-    assert checks(doctor(dsn))["staging_growth"].level == OK
+    assert checks(doctor(conn))["staging_growth"].level == OK
 
 
 def test_flushes_late_warn_and_stalled_fail(conn: psycopg.Connection, dsn: str) -> None:
     conn.execute("UPDATE pybatch.settings SET flush_interval = '10 seconds'")  # 30 s ago: 3 intervals
     conn.execute("INSERT INTO pybatch.flush_log (started_at, duration) VALUES (now() - interval '30 seconds', '0')")
-    assert checks(doctor(dsn))["flushes"].level == WARN
+    assert checks(doctor(conn))["flushes"].level == WARN
     conn.execute("UPDATE pybatch.settings SET flush_interval = '2 seconds'")
-    assert checks(doctor(dsn))["flushes"].level == FAIL
+    assert checks(doctor(conn))["flushes"].level == FAIL
 
 
 def test_low_hot_ratio_names_the_index_and_never_asks_for_a_rewrite(conn: psycopg.Connection, dsn: str) -> None:
@@ -160,7 +215,7 @@ def test_low_hot_ratio_names_the_index_and_never_asks_for_a_rewrite(conn: psycop
     agents = add_agents(conn, 300)
     for _ in range(4):
         beat_and_flush(conn, agents)
-    report = checks(doctor(dsn))
+    report = checks(doctor(conn))
     check = report["hot_updates"]
     assert check.level == WARN, check
     assert "0% of 1200 merge updates over the last 4 flushes" in check.message
@@ -183,7 +238,7 @@ def measured_merge(conn: psycopg.Connection, dsn: str, rounds: int, one_transact
                 conn.execute("SELECT pybatch.flush()")
         else:
             assert flush(conn).ok
-    return checks(doctor(dsn, Thresholds(recent_flushes=rounds - 1)))  # the warm-up round left out
+    return checks(doctor(conn, Thresholds(recent_flushes=rounds - 1)))  # the warm-up round left out
 
 
 def test_committed_passes_stay_hot_at_fillfactor_100(conn: psycopg.Connection, dsn: str) -> None:
@@ -211,7 +266,7 @@ def test_old_cron_job_running_select_flush_is_reported(scheduled: str) -> None:
         cron_conn.execute(
             "UPDATE cron.job SET command = 'SELECT pybatch.flush()', schedule = '5 seconds' WHERE jobname = %s", (job,)
         )
-    check = checks(doctor(scheduled))["cron_job"]
+    check = checks(connected(scheduled, doctor))["cron_job"]
     assert check.level == WARN and "pybatch cron install" in check.message and "SELECT pybatch.flush()" in check.message
 
 
@@ -220,26 +275,26 @@ def test_heap_growth_across_flushes_warns(conn: psycopg.Connection, dsn: str) ->
         "INSERT INTO pybatch.flush_log (started_at, duration, heap_bytes, index_bytes) VALUES "
         "(now() - interval '20 seconds', '0', 1000000, 500000), (now(), '0', 2000000, 510000)"
     )
-    check = checks(doctor(dsn))["table_growth"]
+    check = checks(doctor(conn))["table_growth"]
     assert check.level == WARN and "+100%" in check.message and "the heap grew over 10%" in check.message
     # Index growth of 2 % is within bounds; a doubling is named too.
     conn.execute("UPDATE pybatch.flush_log SET index_bytes = 1020000 WHERE index_bytes = 510000")
-    check = checks(doctor(dsn))["table_growth"]
+    check = checks(doctor(conn))["table_growth"]
     assert "the heap and indexes grew over 10%" in check.message
     assert "VACUUM FULL is not needed" in check.message
 
 
 def test_staleness_budget_warns_when_tight_and_fails_when_broken(conn: psycopg.Connection, dsn: str) -> None:
     """Issue 11 #10: `config set flush_interval 25s` was accepted and doctor said nothing."""
-    assert checks(doctor(dsn))["staleness_budget"].level == OK
+    assert checks(doctor(conn))["staleness_budget"].level == OK
     conn.execute("UPDATE pybatch.settings SET flush_interval = '10 seconds'")
-    tight = checks(doctor(dsn))["staleness_budget"]
+    tight = checks(doctor(conn))["staleness_budget"]
     assert tight.level == WARN and "tight" in tight.message and "at most 7.0 s" in tight.message
     conn.execute("UPDATE pybatch.settings SET flush_interval = '25 seconds'")
-    broken = checks(doctor(dsn))["staleness_budget"]
+    broken = checks(doctor(conn))["staleness_budget"]
     assert broken.level == FAIL and "over inactive_timeout 30.0 s" in broken.message
     conn.execute("UPDATE pybatch.settings SET flush_interval = '5 seconds', heartbeat_period = '25 seconds'")
-    assert checks(doctor(dsn))["staleness_budget"].level == FAIL
+    assert checks(doctor(conn))["staleness_budget"].level == FAIL
 
 
 def test_quarantined_and_deferred_agents_are_shown(conn: psycopg.Connection, dsn: str) -> None:
@@ -261,7 +316,7 @@ def test_quarantined_and_deferred_agents_are_shown(conn: psycopg.Connection, dsn
         app.execute("SELECT FROM public.workspace_agents WHERE id = %s FOR UPDATE", (locked,))
         result = flush(conn)
         assert (result.quarantined_agents, result.deferred_agents) == (1, 1), result
-        check = checks(doctor(dsn))["pending_and_quarantine"]
+        check = checks(doctor(conn))["pending_and_quarantine"]
         assert check.level == WARN
         assert "1 agent(s) quarantined (1 heartbeats kept)" in check.message and str(poison) in check.message
         assert "poison row" in check.message and "pybatch.requeue_quarantined()" in check.message
@@ -303,19 +358,19 @@ def test_judge_citus_layout_without_a_server() -> None:
 @pytest.fixture
 def cluster_without_pg_cron() -> Iterator[LocalCluster]:
     with temporary_cluster({**TEST_SETTINGS, "shared_preload_libraries": "''"}, prefix="pybatch-nocron-") as cluster:
-        migrate.apply(cluster.url())
+        connected(cluster.url(), migrate.apply)
         yield cluster
 
 
 def test_pg_cron_not_preloaded(cluster_without_pg_cron: LocalCluster) -> None:
-    report = checks(doctor(cluster_without_pg_cron.url()))
+    report = checks(connected(cluster_without_pg_cron.url(), doctor))
     assert report["pg_cron_preload"].level == WARN
     assert "shared_preload_libraries" in report["pg_cron_preload"].message
     assert report["cron_job"].level == FAIL and "pybatch scheduler" in report["cron_job"].message
 
 
 def test_pg_cron_extension_missing_then_job_run_details_too_big(own_cluster: LocalCluster) -> None:
-    report = checks(doctor(own_cluster.url()))
+    report = checks(connected(own_cluster.url(), doctor))
     assert report["pg_cron_preload"].level == OK
     extension = report["pg_cron_extension"]
     assert extension.level == WARN and "CREATE EXTENSION pg_cron" in extension.message
@@ -326,13 +381,16 @@ def test_pg_cron_extension_missing_then_job_run_details_too_big(own_cluster: Loc
             " return_message, start_time, end_time) SELECT 1, g, 0, 'pybatch', 'postgres', 'SELECT 1',"
             " 'succeeded', '1 row', now(), now() FROM generate_series(1, 50) g"
         )
-    report = checks(doctor(own_cluster.url(), Thresholds(job_run_details_max_rows=40)))
+    report = checks(connected(own_cluster.url(), doctor, Thresholds(job_run_details_max_rows=40)))
     assert report["pg_cron_extension"].level == OK and "1.4" in report["pg_cron_extension"].message
     assert (
         report["job_run_details"].level == WARN
         and "DELETE FROM cron.job_run_details" in report["job_run_details"].message
     )
-    assert checks(doctor(own_cluster.url(), Thresholds(job_run_details_max_rows=60)))["job_run_details"].level == OK
+    assert (
+        checks(connected(own_cluster.url(), doctor, Thresholds(job_run_details_max_rows=60)))["job_run_details"].level
+        == OK
+    )
 
 
 @pytest.mark.slow
@@ -343,9 +401,9 @@ def test_failing_cron_job_is_reported(scheduled: str) -> None:
         flush(conn)  # flushes arrive otherwise: only the job is broken
     deadline = time.monotonic() + 150
     while time.monotonic() < deadline:
-        state = cron.status(scheduled)
+        state = connected(scheduled, cron.status)
         if any(run.status == "failed" for run in state.runs):
             break
         time.sleep(2)
-    check = checks(doctor(scheduled))["cron_job"]
+    check = checks(connected(scheduled, doctor))["cron_job"]
     assert check.level == FAIL and "flush_loop" in check.message, check

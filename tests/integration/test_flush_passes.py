@@ -21,6 +21,7 @@ from pybatch import migrate
 from pybatch.errors import PybatchError
 from pybatch.flush import FlushResult, flush
 from tests.conftest import run_pybatch
+from tests.helpers import connected
 from tests.integration.roles import as_role, login_role
 
 # Coder's rows average ~360 B: a filler column makes ours as wide, so ~20 share a page.
@@ -372,7 +373,7 @@ def is_superuser(conn: psycopg.Connection, role: str) -> bool:
 
 
 def test_a_table_owners_trigger_never_runs_as_superuser(dsn: str, conn: psycopg.Connection, app_owner: str) -> None:
-    migrate.apply(dsn)  # what an operator runs; it gives the merge functions to the table's owner
+    migrate.apply(conn)  # what an operator runs; it gives the merge functions to the table's owner
     owners = conn.execute(
         "SELECT DISTINCT pg_get_userbyid(proowner) FROM pg_proc WHERE oid = ANY(ARRAY["
         "'pybatch.flush_begin(bigint,interval)'::regprocedure, 'pybatch.flush_pass(pybatch.flush_result)',"
@@ -414,7 +415,7 @@ def test_migrate_refuses_when_it_cannot_act_as_the_table_owner(empty_dsn: str) -
         admin.execute(sql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(sql.Identifier(migrator)))
         migrator_dsn = psycopg.conninfo.make_conninfo(empty_dsn, user=migrator)
         with pytest.raises(PybatchError) as raised:
-            migrate.apply(migrator_dsn)
+            connected(migrator_dsn, migrate.apply)
         assert f"cannot act as {owner}" in str(raised.value) and "pybatch migrate" in str(raised.value)
         done = run_pybatch("migrate", "--dsn", migrator_dsn)
         assert done.returncode == 1 and "Traceback" not in done.stderr

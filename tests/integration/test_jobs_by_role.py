@@ -25,7 +25,7 @@ from pybatch.grants import Grant, grant
 from pybatch.schedule import cron
 from pybatch.schedule.scheduler import Scheduler
 from tests.conftest import run_pybatch
-from tests.helpers import last_connected, make_agents, stage
+from tests.helpers import connected, last_connected, make_agents, stage
 from tests.integration.roles import as_role, login_role
 
 
@@ -69,7 +69,7 @@ def cron_role(conn: psycopg.Connection, dsn: str) -> Iterator[str]:
         try:
             yield role
         finally:
-            cron.remove(dsn)  # as the superuser: any job the role left
+            cron.remove(conn)  # as the superuser: any job the role left
             admin.execute("DELETE FROM cron.job WHERE username = %s", (role,))
             admin.execute(sql.SQL("REVOKE USAGE ON SCHEMA cron FROM {}").format(sql.Identifier(role)))
             admin.execute(
@@ -134,7 +134,7 @@ def test_flusher_installs_the_pg_cron_job_and_can_run_what_it_runs(
     dsn: str,
     flusher: str,
 ) -> None:
-    job = cron.install(role_dsn(dsn, flusher), 5, force_loop=True)
+    job = connected(role_dsn(dsn, flusher), cron.install, 5, force_loop=True)
     assert job.username == flusher and "flush_loop" in job.command
     assert {(name, user) for name, _, user in jobs_of(dsn)} == {
         (job.name, flusher),
@@ -147,7 +147,7 @@ def test_flusher_installs_the_pg_cron_job_and_can_run_what_it_runs(
         as_flusher.execute("CALL pybatch.flush_loop('1 second', clock_timestamp() + interval '1.5 seconds')")
         as_flusher.execute(cron.FLUSH_COMMAND)
     assert set(last_connected(conn, agents).values()) == {at}
-    assert cron.remove(role_dsn(dsn, flusher)) == 2
+    assert connected(role_dsn(dsn, flusher), cron.remove) == 2
 
 
 # -- installs that fail leave nothing behind ------------------------------------------------------
@@ -160,7 +160,7 @@ def test_install_without_the_flusher_grant_fails_and_schedules_nothing(
 ) -> None:
     before = flush_interval(conn)
     with pytest.raises(PermissionDenied):
-        cron.install(role_dsn(dsn, cron_role), 7)
+        connected(role_dsn(dsn, cron_role), cron.install, 7)
     assert jobs_of(dsn) == []
     assert flush_interval(conn) == before
 
@@ -171,7 +171,7 @@ def test_install_that_breaks_the_staleness_budget_fails_and_schedules_nothing(
 ) -> None:
     before = flush_interval(conn)
     with pytest.raises(InvalidSetting, match="staleness budget"):
-        cron.install(dsn, 25)  # 15 s beats + 1 s writes + 25 s > the 30 s inactive timeout
+        cron.install(conn, 25)  # 15 s beats + 1 s writes + 25 s > the 30 s inactive timeout
     assert jobs_of(dsn) == []
     assert flush_interval(conn) == before
     done = run_pybatch("cron", "install", "--interval", "25s", "--dsn", dsn)
@@ -187,20 +187,20 @@ def test_config_set_flush_interval_reschedules_the_job_and_status_flags_drift(
     dsn: str,
 ) -> None:
     try:
-        cron.install(dsn, 5)
+        cron.install(conn, 5)
         done = run_pybatch("config", "set", "flush_interval", "7s", "--dsn", dsn)
         assert done.returncode == 0, done.stderr
         assert "rescheduled" in done.stdout
-        job = cron.installed_job(dsn)
+        job = cron.installed_job(conn)
         assert job is not None and cron.job_interval(job) == 7.0
         assert flush_interval(conn) == 7.0
-        assert cron.status(dsn).error is None
+        assert cron.status(conn).error is None
         # A change made behind pybatch's back is flagged.
         conn.execute("UPDATE pybatch.settings SET flush_interval = '6 seconds'")
-        error = cron.status(dsn).error
+        error = cron.status(conn).error
         assert error is not None and "every 7s" in str(error) and "6s" in str(error)
     finally:
-        cron.remove(dsn)
+        cron.remove(conn)
 
 
 def test_config_set_refuses_a_flush_interval_that_breaks_the_staleness_budget(

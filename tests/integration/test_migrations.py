@@ -10,8 +10,9 @@ import psycopg
 import pytest
 
 from pybatch import migrate
-from pybatch.errors import MigrationError, NotMigrated
+from pybatch.errors import ConfigError, MigrationError, NotMigrated
 from pybatch.flush import flush
+from tests.helpers import connected
 
 CODER_LIKE_TABLE = """
 CREATE TABLE public.workspace_resources (id uuid PRIMARY KEY);
@@ -39,8 +40,8 @@ CREATE TABLE public.workspace_apps (
 """
 
 
-def applied_ids(dsn: str) -> list[str]:
-    return [m.id for m in migrate.status(dsn) if m.applied]
+def applied_ids(conn: psycopg.Connection) -> list[str]:
+    return [m.id for m in migrate.status(conn) if m.applied]
 
 
 def table_exists(dsn: str, name: str) -> bool:
@@ -49,19 +50,64 @@ def table_exists(dsn: str, name: str) -> bool:
         return bool(row and row[0])
 
 
-def test_apply_rollback_apply(empty_dsn: str) -> None:
-    everything = [m.id for m in migrate.status(empty_dsn)]
-    assert migrate.apply(empty_dsn) == everything
-    assert applied_ids(empty_dsn) == everything
-    assert migrate.apply(empty_dsn) == []  # idempotent
+def test_apply_rollback_apply(empty_dsn: str, empty_conn: psycopg.Connection) -> None:
+    everything = [m.id for m in migrate.status(empty_conn)]
+    assert migrate.apply(empty_conn) == everything
+    assert applied_ids(empty_conn) == everything
+    assert migrate.apply(empty_conn) == []  # idempotent
     # Roll back every migration, newest first.
     for expected in reversed(everything):
-        assert migrate.rollback(empty_dsn) == expected
-    assert migrate.rollback(empty_dsn) is None
+        assert migrate.rollback(empty_conn) == expected
+    assert migrate.rollback(empty_conn) is None
     assert not table_exists(empty_dsn, "pybatch.heartbeats")
     assert not table_exists(empty_dsn, "public.workspace_agents")  # pybatch created it, so it went
-    assert migrate.apply(empty_dsn) == everything
+    assert migrate.apply(empty_conn) == everything
     assert table_exists(empty_dsn, "pybatch.heartbeats")
+
+
+def _session_state(conn: psycopg.Connection) -> tuple[object, ...]:
+    """What a library operation must leave as it found it on the caller's connection."""
+    row = conn.execute(
+        "SELECT current_setting('search_path'), current_setting('application_name'),"
+        " (SELECT count(*) FROM pg_locks WHERE pid = pg_backend_pid() AND locktype = 'advisory')"
+    ).fetchone()
+    assert row is not None
+    return (conn.autocommit, conn.info.transaction_status, conn.info.backend_pid, *row)
+
+
+def test_apply_and_rollback_leave_the_callers_connection_as_found(
+    empty_dsn: str, empty_conn: psycopg.Connection
+) -> None:
+    empty_conn.execute("CREATE SCHEMA app")
+    empty_conn.execute("SET search_path = app, public")
+    before = _session_state(empty_conn)
+    assert before[0] is True and before[1] == psycopg.pq.TransactionStatus.IDLE
+    assert before[3] == "app, public" and before[5] == 0
+    assert migrate.apply(empty_conn)  # something was applied (through yoyo's own session)
+    assert _session_state(empty_conn) == before  # same session, search_path, no lock, no transaction
+    assert migrate.rollback(empty_conn) is not None
+    assert _session_state(empty_conn) == before
+    assert migrate.status(empty_conn) and migrate.migration_sql(empty_conn)
+    assert _session_state(empty_conn) == before
+    # The lock was released: another session takes it at once.
+    with psycopg.connect(empty_dsn, autocommit=True) as other:
+        row = other.execute("SELECT pg_try_advisory_lock(%s)", (migrate.MIGRATE_LOCK_KEY,)).fetchone()
+        assert row == (True,)
+
+
+def test_a_connection_in_a_transaction_is_refused(empty_dsn: str) -> None:
+    with psycopg.connect(empty_dsn) as conn:  # not autocommit
+        with pytest.raises(ConfigError, match=r"migrate\.apply needs an autocommit connection"):
+            migrate.apply(conn)
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    with (
+        psycopg.connect(empty_dsn, autocommit=True) as conn,
+        conn.transaction(),
+        pytest.raises(ConfigError, match=r"migrate\.status needs an autocommit connection"),
+    ):
+        migrate.status(conn)
+    with psycopg.connect(empty_dsn, autocommit=True) as conn:
+        assert applied_ids(conn) == []  # nothing was installed
 
 
 def test_two_migrate_runs_at_once_are_safe(empty_dsn: str) -> None:
@@ -70,7 +116,7 @@ def test_two_migrate_runs_at_once_are_safe(empty_dsn: str) -> None:
 
     def run() -> None:
         try:
-            results.append(migrate.apply(empty_dsn))
+            results.append(connected(empty_dsn, migrate.apply))
         except BaseException as exc:
             errors.append(exc)
 
@@ -80,7 +126,7 @@ def test_two_migrate_runs_at_once_are_safe(empty_dsn: str) -> None:
     for thread in threads:
         thread.join()
     assert not errors, errors
-    everything = [m.id for m in migrate.status(empty_dsn)]
+    everything = [m.id for m in connected(empty_dsn, migrate.status)]
     assert sorted(results, key=len)[-1] == everything
     assert sum(len(r) for r in results) == len(everything)  # each migration applied exactly once
 
@@ -97,7 +143,7 @@ def test_existing_coder_like_table_is_used_and_survives_rollback(empty_dsn: str)
             (agent, resource),
         )
         conn.execute("INSERT INTO public.workspace_apps VALUES (gen_random_uuid(), %s)", (agent,))
-    migrate.apply(empty_dsn)
+        migrate.apply(conn)
     with psycopg.connect(empty_dsn, autocommit=True) as conn:
         beat_at = datetime(2026, 1, 1, tzinfo=UTC)
         conn.execute("INSERT INTO pybatch.heartbeats (agent_id, beat_at) VALUES (%s, %s)", (agent, beat_at))
@@ -107,7 +153,7 @@ def test_existing_coder_like_table_is_used_and_survives_rollback(empty_dsn: str)
         assert row == (beat_at, "main", "created")
         settings = conn.execute("SELECT created_workspace_agents FROM pybatch.settings").fetchone()
         assert settings == (False,)
-    while migrate.rollback(empty_dsn):
+    while connected(empty_dsn, migrate.rollback):
         pass
     assert table_exists(empty_dsn, "public.workspace_agents")
     assert table_exists(empty_dsn, "public.workspace_apps")
@@ -132,9 +178,9 @@ def test_missing_or_wrong_column_fails_naming_it(empty_dsn: str, ddl: str, messa
     with psycopg.connect(empty_dsn, autocommit=True) as conn:
         conn.execute(CODER_LIKE_TABLE)
         conn.execute(ddl)
-    with pytest.raises(MigrationError, match=message):
-        migrate.apply(empty_dsn)
-    assert applied_ids(empty_dsn) == []
+        with pytest.raises(MigrationError, match=message):
+            migrate.apply(conn)
+        assert applied_ids(conn) == []
     assert not table_exists(empty_dsn, "pybatch.heartbeats")  # the failed migration left nothing behind
 
 
@@ -143,9 +189,10 @@ def test_flush_before_migrate_says_run_migrate(empty_dsn: str) -> None:
         flush(conn)
 
 
-def test_migration_sql_lists_pending_then_nothing(empty_dsn: str) -> None:
-    text = migrate.migration_sql(empty_dsn)
+def test_migration_sql_lists_pending_then_nothing(empty_conn: psycopg.Connection) -> None:
+    text = migrate.migration_sql(empty_conn)
     assert "CREATE UNLOGGED TABLE pybatch.heartbeats" in text
-    migrate.apply(empty_dsn)
-    assert migrate.migration_sql(empty_dsn) == ""
-    assert "CREATE UNLOGGED TABLE pybatch.heartbeats" in migrate.migration_sql(empty_dsn, all_migrations=True)
+    migrate.apply(empty_conn)
+    assert migrate.migration_sql(empty_conn) == ""
+    assert "CREATE UNLOGGED TABLE pybatch.heartbeats" in migrate.migration_sql(empty_conn, all_migrations=True)
+    assert "CREATE UNLOGGED TABLE pybatch.heartbeats" in migrate.migration_sql(None)

@@ -19,6 +19,7 @@ from pybatch import migrate
 from pybatch.errors import DependentObjects, PermissionDenied
 from pybatch.uninstall import dependants, uninstall
 from tests.conftest import run_pybatch
+from tests.helpers import connected
 from tests.integration.roles import login_role
 from tests.integration.test_yoyo_bookkeeping import SHIPPED, YOYO_TABLES, ids, rows, tables_in, yoyo_apply, yoyo_pending
 
@@ -75,7 +76,7 @@ def test_uninstall_where_pybatch_was_never_installed_keeps_another_apps_yoyo_tab
     before = public_yoyo_state(empty_dsn)
     assert [r[1] for r in before["_yoyo_migration"]] != []
 
-    result = uninstall(empty_dsn)
+    result = connected(empty_dsn, uninstall)
     assert not result.schema_existed and result.dropped_dependants == ()
     assert public_yoyo_state(empty_dsn) == before
     assert exists(empty_dsn, "public.other_app_things")
@@ -88,9 +89,9 @@ def test_uninstall_where_pybatch_was_never_installed_keeps_another_apps_yoyo_tab
 
 def test_uninstall_of_a_new_install_beside_another_app(empty_dsn: str, other_app: Path) -> None:
     yoyo_apply(empty_dsn, other_app)
-    migrate.apply(empty_dsn)
+    connected(empty_dsn, migrate.apply)
     before = public_yoyo_state(empty_dsn)
-    result = uninstall(empty_dsn)
+    result = connected(empty_dsn, uninstall)
     assert result.schema_existed and result.dropped_workspace_agents
     assert not schema_exists(empty_dsn, "pybatch") and not schema_exists(empty_dsn, migrate.BOOKKEEPING_SCHEMA)
     assert public_yoyo_state(empty_dsn) == before
@@ -106,14 +107,14 @@ def test_uninstall_of_an_old_install_deletes_only_pybatchs_rows_in_public(empty_
     app_log = [r for r in rows(empty_dsn, "public", "_yoyo_log") if r[2] == "app_0001"]
     assert ids(empty_dsn, "public") == sorted(["app_0001", *SHIPPED])
 
-    result = uninstall(empty_dsn)
+    result = connected(empty_dsn, uninstall)
     assert result.schema_existed
     assert not schema_exists(empty_dsn, "pybatch")
     assert ids(empty_dsn, "public") == ["app_0001"]
     assert rows(empty_dsn, "public", "_yoyo_log") == app_log
     assert set(YOYO_TABLES) <= tables_in(empty_dsn, "public")
     assert yoyo_pending(empty_dsn, app_only_ids) == []
-    assert migrate.apply(empty_dsn) == SHIPPED  # and pybatch installs again from scratch
+    assert connected(empty_dsn, migrate.apply) == SHIPPED  # and pybatch installs again from scratch
 
 
 # -- objects of others that depend on pybatch's ---------------------------------------------
@@ -133,13 +134,13 @@ def test_a_dependent_view_refuses_uninstall_then_force_drops_it(dsn: str) -> Non
         conn.execute(VIEW)
         conn.execute(VIEW_ON_VIEW)
     with pytest.raises(DependentObjects, match=r"view public\.my_status") as refused:
-        uninstall(dsn)
+        connected(dsn, uninstall)
     assert refused.value.objects == ("view public.my_status", "view public.my_status_count")
     assert "--force" in str(refused.value) and "nothing was removed" in str(refused.value)
     assert exists(dsn, "pybatch.settings") and exists(dsn, "public.my_status")  # nothing removed
     assert schema_exists(dsn, migrate.BOOKKEEPING_SCHEMA)
 
-    result = uninstall(dsn, force=True)
+    result = connected(dsn, uninstall, force=True)
     assert result.dropped_dependants == ("view public.my_status", "view public.my_status_count")
     assert not exists(dsn, "public.my_status") and not exists(dsn, "public.my_status_count")
     assert not schema_exists(dsn, "pybatch")
@@ -150,11 +151,11 @@ def test_a_dependent_column_refuses_uninstall_then_force_drops_only_the_column(d
         conn.execute(COLUMN)
         conn.execute("INSERT INTO public.flush_audit VALUES (1, NULL)")
     with pytest.raises(DependentObjects) as refused:
-        uninstall(dsn)
+        connected(dsn, uninstall)
     assert refused.value.objects == ("table column public.flush_audit.result",)
     assert exists(dsn, "pybatch.settings")
 
-    result = uninstall(dsn, force=True)
+    result = connected(dsn, uninstall, force=True)
     assert result.dropped_dependants == ("table column public.flush_audit.result",)
     with psycopg.connect(dsn) as conn:
         assert conn.execute("SELECT * FROM public.flush_audit").fetchall() == [(1,)]  # the table and its row stay
@@ -182,9 +183,9 @@ def test_other_kinds_of_dependants_are_listed(dsn: str, ddl: str, named: str) ->
         conn.execute(ddl)
         assert dependants(conn) == [named]
     with pytest.raises(DependentObjects, match=re.escape(named)):
-        uninstall(dsn)
+        connected(dsn, uninstall)
     assert exists(dsn, "pybatch.settings")
-    assert uninstall(dsn, force=True).dropped_dependants == (named,)
+    assert connected(dsn, uninstall, force=True).dropped_dependants == (named,)
 
 
 def test_cli_refuses_in_one_line_and_force_names_what_it_dropped(dsn: str) -> None:
@@ -216,7 +217,7 @@ def owner_dsn(empty_dsn: str) -> Iterator[str]:
         )
         admin.execute(sql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(sql.Identifier(role)))
         dsn = psycopg.conninfo.make_conninfo(empty_dsn, user=role)
-        migrate.apply(dsn)
+        connected(dsn, migrate.apply)
         yield dsn
 
 
@@ -262,7 +263,7 @@ def test_owner_uninstall_with_a_superusers_loop_says_what_to_do(empty_dsn: str, 
     pid = wait_for_loop(empty_dsn)
 
     with pytest.raises(PermissionDenied) as refused:
-        uninstall(owner_dsn)
+        connected(owner_dsn, uninstall)
     message = str(refused.value)
     assert f"pid {pid}" in message and "superuser 'postgres'" in message
     assert "`pybatch uninstall` as a superuser" in message and f"pg_terminate_backend({pid})" in message
@@ -277,14 +278,14 @@ def test_owner_uninstall_with_a_superusers_loop_says_what_to_do(empty_dsn: str, 
     with psycopg.connect(empty_dsn) as admin:
         admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
     loop.join(10)
-    assert uninstall(owner_dsn).schema_existed
+    assert connected(owner_dsn, uninstall).schema_existed
     assert not schema_exists(empty_dsn, "pybatch")
 
 
 def test_owner_uninstall_ends_its_own_loop(empty_dsn: str, owner_dsn: str) -> None:
     loop = run_loop(owner_dsn, threading.Event())
     wait_for_loop(empty_dsn)
-    result = uninstall(owner_dsn)
+    result = connected(owner_dsn, uninstall)
     assert result.schema_existed
     loop.join(10)
     assert not loop.is_alive() and loop_pids(empty_dsn) == []

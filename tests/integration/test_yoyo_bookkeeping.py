@@ -93,30 +93,34 @@ def schema_exists(dsn: str, name: str) -> bool:
     return row == (1,)
 
 
-def test_fresh_install_keeps_its_bookkeeping_in_its_own_schema(empty_dsn: str) -> None:
-    assert migrate.apply(empty_dsn) == SHIPPED
+def test_fresh_install_keeps_its_bookkeeping_in_its_own_schema(empty_dsn: str, empty_conn: psycopg.Connection) -> None:
+    assert migrate.apply(empty_conn) == SHIPPED
     assert tables_in(empty_dsn, migrate.BOOKKEEPING_SCHEMA) == set(YOYO_TABLES)
     assert not tables_in(empty_dsn, "public") & set(YOYO_TABLES)  # nothing of yoyo's in public
     assert ids(empty_dsn, migrate.BOOKKEEPING_SCHEMA) == sorted(SHIPPED)
 
 
-def test_another_apps_0001_initial_does_not_hide_pybatchs(empty_dsn: str, other_app: Path) -> None:
+def test_another_apps_0001_initial_does_not_hide_pybatchs(
+    empty_dsn: str, empty_conn: psycopg.Connection, other_app: Path
+) -> None:
     """(a) The other app applied its own 0001_initial first: pybatch still installs everything."""
     yoyo_apply(empty_dsn, other_app)
     before = {table: rows(empty_dsn, "public", table) for table in ("_yoyo_migration", "_yoyo_log", "_yoyo_version")}
-    assert [m.id for m in migrate.status(empty_dsn) if m.applied] == []  # the app's 0001_initial is not ours
+    assert [m.id for m in migrate.status(empty_conn) if m.applied] == []  # the app's 0001_initial is not ours
 
-    assert migrate.apply(empty_dsn) == SHIPPED
-    assert all(m.applied for m in migrate.status(empty_dsn))
+    assert migrate.apply(empty_conn) == SHIPPED
+    assert all(m.applied for m in migrate.status(empty_conn))
     with psycopg.connect(empty_dsn) as conn:
         assert conn.execute("SELECT to_regclass('pybatch.settings') IS NOT NULL").fetchone() == (True,)
     # The other app's bookkeeping is exactly as it was, and yoyo still sees its migrations applied.
     assert {table: rows(empty_dsn, "public", table) for table in before} == before
     assert yoyo_pending(empty_dsn, other_app) == []
-    assert migrate.apply(empty_dsn) == []
+    assert migrate.apply(empty_conn) == []
 
 
-def test_old_public_bookkeeping_is_carried_over_once(empty_dsn: str, app_only_ids: Path) -> None:
+def test_old_public_bookkeeping_is_carried_over_once(
+    empty_dsn: str, empty_conn: psycopg.Connection, app_only_ids: Path
+) -> None:
     """(b) An installation made by the old pybatch (yoyo's tables in public, shared with another
     app) moves pybatch's rows into its own schema on the next migrate; a second migrate is a no-op."""
     yoyo_apply(empty_dsn, app_only_ids)
@@ -127,12 +131,12 @@ def test_old_public_bookkeeping_is_carried_over_once(empty_dsn: str, app_only_id
     assert len(pybatch_log) == len(SHIPPED)
 
     # status reads the old bookkeeping and changes nothing.
-    assert all(m.applied for m in migrate.status(empty_dsn))
-    assert migrate.pending_ids(empty_dsn) == []
+    assert all(m.applied for m in migrate.status(empty_conn))
+    assert migrate.pending_ids(empty_conn) == []
     assert not schema_exists(empty_dsn, migrate.BOOKKEEPING_SCHEMA)
     assert ids(empty_dsn, "public") == sorted(["app_0001", *SHIPPED])
 
-    assert migrate.apply(empty_dsn) == []  # nothing re-applied: the history came along
+    assert migrate.apply(empty_conn) == []  # nothing re-applied: the history came along
     assert ids(empty_dsn, migrate.BOOKKEEPING_SCHEMA) == sorted(SHIPPED)
     assert sorted(r for r in rows(empty_dsn, migrate.BOOKKEEPING_SCHEMA, "_yoyo_log")) == sorted(pybatch_log)
     # Only pybatch's rows left public; the app's rows and public's tables stay.
@@ -141,21 +145,21 @@ def test_old_public_bookkeeping_is_carried_over_once(empty_dsn: str, app_only_id
     assert set(YOYO_TABLES) <= tables_in(empty_dsn, "public")
     assert yoyo_pending(empty_dsn, app_only_ids) == []
 
-    assert migrate.apply(empty_dsn) == []  # a second migrate is a no-op
+    assert migrate.apply(empty_conn) == []  # a second migrate is a no-op
     assert ids(empty_dsn, migrate.BOOKKEEPING_SCHEMA) == sorted(SHIPPED)
     assert ids(empty_dsn, "public") == ["app_0001"]
-    assert all(m.applied for m in migrate.status(empty_dsn))
+    assert all(m.applied for m in migrate.status(empty_conn))
 
 
-def test_rollback_after_carry_over(empty_dsn: str) -> None:
+def test_rollback_after_carry_over(empty_dsn: str, empty_conn: psycopg.Connection) -> None:
     """(d) Rollback works on carried-over bookkeeping: every migration, then apply again."""
     yoyo_apply(empty_dsn, resources.migrations_dir())
     for expected in reversed(SHIPPED):
-        assert migrate.rollback(empty_dsn) == expected
-    assert migrate.rollback(empty_dsn) is None
+        assert migrate.rollback(empty_conn) == expected
+    assert migrate.rollback(empty_conn) is None
     assert not schema_exists(empty_dsn, "pybatch")
     assert ids(empty_dsn, migrate.BOOKKEEPING_SCHEMA) == []
     assert ids(empty_dsn, "public") == []
-    assert migrate.apply(empty_dsn) == SHIPPED
+    assert migrate.apply(empty_conn) == SHIPPED
     assert ids(empty_dsn, "public") == []  # the old tables are never written again
     assert ids(empty_dsn, migrate.BOOKKEEPING_SCHEMA) == sorted(SHIPPED)
