@@ -301,6 +301,14 @@ def test_rollback_of_0006_brings_staged_rows_back_to_the_coordinator(citus_dsn: 
         agent = uuid.uuid4()
         conn.execute("INSERT INTO public.workspace_agents (id) VALUES (%s)", (agent,))
         conn.execute("INSERT INTO pybatch.heartbeats (agent_id, beat_at) VALUES (%s, %s)", (agent, T0))
+    with psycopg.connect(citus_dsn, autocommit=True) as conn:
+        # 0007's plan setting reached the copy of merge_pass_in() that each worker runs.
+        configs = conn.execute(
+            "SELECT result FROM run_command_on_workers($$SELECT proconfig::text FROM pg_proc "
+            "WHERE oid = 'pybatch.merge_pass_in(regclass, regclass, integer, uuid)'::regprocedure$$)"
+        ).fetchall()
+        assert configs and all("enable_indexscan=off" in str(c[0]) for c in configs), configs
+    assert connected(citus_dsn, migrate.rollback) == "0007_pass_by_ctid"
     assert connected(citus_dsn, migrate.rollback) == "0006_citus"
     with psycopg.connect(citus_dsn, autocommit=True) as conn:
         assert conn.execute(
