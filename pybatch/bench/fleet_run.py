@@ -36,6 +36,8 @@ from pybatch.bench.measure import (
     backend_pid,
     percentile,
     read_counters,
+    wal_records,
+    walinspect_schema,
 )
 from pybatch.bench.strategies import (
     STRATEGY_NAMES,
@@ -46,7 +48,7 @@ from pybatch.bench.strategies import (
     Timing,
     make_strategy,
 )
-from pybatch.bench.target import bench_target, check_table, growth, table_sizes
+from pybatch.bench.target import bench_target, check_table, growth, is_scratch, table_sizes
 from pybatch.errors import ConfigError, PybatchError
 
 log = logging.getLogger(__name__)
@@ -242,6 +244,7 @@ def run_strategy(dsn: str, name: str, config: BenchConfig, say: Progress) -> dic
             if isinstance(flusher, FlushLogWatcher):
                 cpu.excluded_pids.add(backend_pid(flusher.conn))
         loaded = table_sizes(measure_conn)
+        walinspect = walinspect_schema(measure_conn, may_install=is_scratch(measure_conn))
         load = LoadGenerator(fleet, strategy.beat)
         try:
             load.start()
@@ -277,7 +280,8 @@ def run_strategy(dsn: str, name: str, config: BenchConfig, say: Progress) -> dic
             if flusher is not None:
                 flusher.stop()
             strategy.close()
-    window = load.window(window_start, window_end)
+        window = load.window(window_start, window_end)
+        records = wal_records(measure_conn, walinspect, start_counters.wal_bytes, end_counters.wal_bytes, window.beats)
     # The flushes that merged the window's beats: those that started after its first flush, up to its last.
     writes = [w for w in (flusher.writes if flusher else strategy.writes) if window_start < w.started <= window_end]
     counters = end_counters.minus(start_counters)
@@ -285,7 +289,7 @@ def run_strategy(dsn: str, name: str, config: BenchConfig, say: Progress) -> dic
         # pg_cron's loop procedure never goes idle between flushes, so its table statistics
         # arrive only when the call ends: count the rows from pybatch.flush_log instead.
         counters = TableCounters(counters.wal_bytes, sum(w.rows for w in writes), hot_updates=-1)
-    return figures(
+    result = figures(
         config,
         strategy,
         window.beats,
@@ -299,6 +303,8 @@ def run_strategy(dsn: str, name: str, config: BenchConfig, say: Progress) -> dic
         None if monitor.worst_s is None else monitor.worst_s * config.compress,
         sizes={"loaded": loaded, "start": start_sizes, "end": end_sizes},
     )
+    result["wal_records_per_beat"] = records
+    return result
 
 
 def figures(

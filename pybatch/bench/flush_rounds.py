@@ -28,8 +28,8 @@ from pybatch import db
 from pybatch._core import COPY_BEATS
 from pybatch.bench.fleet import REPLICAS, agent_id
 from pybatch.bench.fleet_run import check_bench_database, reset_agents, set_fillfactor
-from pybatch.bench.measure import read_counters
-from pybatch.bench.target import bench_target, growth, table_sizes
+from pybatch.bench.measure import read_counters, wal_records, walinspect_schema
+from pybatch.bench.target import bench_target, growth, is_scratch, table_sizes
 from pybatch.errors import ConfigError, FlushFailed
 from pybatch.flush import flush
 
@@ -103,14 +103,18 @@ def run_flush_rounds(
 def _run_mode(dsn: str, agents: int, rounds: int, mode: str, table: str, say: Callable[[str], None]) -> dict[str, Any]:
     results: list[FlushRound] = []
     sizes_at: dict[int, dict[str, Any]] = {}
+    steady_wal: list[int] = []  # WAL positions around the steady rounds
     with db.connect(dsn) as conn:
         say(f"[{mode}] resetting {agents} agents")
         reset_agents(conn, agents, table)
         sizes_at[0] = table_sizes(conn)
+        walinspect = walinspect_schema(conn, may_install=is_scratch(conn))
         ids = [agent_id(i) for i in range(agents)]
         for number in range(1, rounds + 1):
             stage_every_agent(conn, ids)
             before = read_counters(conn)
+            if number == steady_start(rounds) + 1:
+                steady_wal.append(before.wal_bytes)
             began = time.monotonic()
             if mode == "passes":
                 result = flush(conn)  # idle connection: the committed passes
@@ -141,12 +145,20 @@ def _run_mode(dsn: str, agents: int, rounds: int, mode: str, table: str, say: Ca
                 f"[{mode}] round {number}: {rows} agents in {r.duration_ms:g} ms, {r.passes} passes, "
                 f"HOT {r.hot_share}, {r.wal_bytes_per_row:g} WAL B/row, heap {r.heap_bytes // 1024} kB"
             )
-    return summarise(results, sizes_at)
+        steady_wal.append(read_counters(conn).wal_bytes)
+        steady_rows = sum(r.agents_updated for r in results[steady_start(rounds) :])
+        records = wal_records(conn, walinspect, steady_wal[0], steady_wal[-1], steady_rows)
+    return {**summarise(results, sizes_at), "steady_wal_records_per_row": records}
+
+
+def steady_start(rounds: int) -> int:
+    """How many rounds the steady state leaves out: STEADY_AFTER, or none when there are no more."""
+    return STEADY_AFTER if rounds > STEADY_AFTER else 0
 
 
 def summarise(results: list[FlushRound], sizes_at: dict[int, dict[str, Any]]) -> dict[str, Any]:
     """Steady state: the rounds after the first STEADY_AFTER (all rounds if there are no more)."""
-    start = STEADY_AFTER if len(results) > STEADY_AFTER else 0
+    start = steady_start(len(results))
     steady = results[start:]
     rows = sum(r.agents_updated for r in steady)
     hot = sum(round((r.hot_share or 0) * r.agents_updated) for r in steady)

@@ -9,9 +9,11 @@ import math
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import psutil
 import psycopg
+from psycopg import sql
 
 from pybatch import db, resources
 
@@ -55,6 +57,50 @@ def read_counters(conn: psycopg.Connection) -> TableCounters:
     assert row is not None
     wal_lsn, n_tup_upd, n_tup_hot_upd, _n_tup_ins = row
     return TableCounters(parse_lsn(str(wal_lsn)), int(n_tup_upd), int(n_tup_hot_upd))
+
+
+def format_lsn(position: int) -> str:
+    """The inverse of parse_lsn: 95039387720 -> '16/2374D848'."""
+    return f"{position >> 32:X}/{position & 0xFFFFFFFF:X}"
+
+
+def walinspect_schema(conn: psycopg.Connection, *, may_install: bool) -> str | None:
+    """The schema of pg_walinspect in conn's database, installing it when may_install
+    (the bench's own scratch database: never a user's). None when it is unavailable."""
+    query = (
+        "SELECT n.nspname FROM pg_catalog.pg_extension e"
+        " JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'pg_walinspect'"
+    )
+    row = conn.execute(query).fetchone()
+    if row is None and may_install:
+        try:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS pg_walinspect")
+        except psycopg.Error as exc:
+            log.info("WAL by record type unavailable: %s", db.first_line(exc), extra={"reason": db.first_line(exc)})
+            return None
+        row = conn.execute(query).fetchone()
+    return None if row is None else str(row[0])
+
+
+def wal_records(conn: psycopg.Connection, schema: str | None, start: int, end: int, per: int) -> dict[str, Any] | None:
+    """WAL between two positions by record type, each as records and bytes per `per`
+    (heartbeats or merged rows): {"Heap/HOT_UPDATE": {"records": 1.0, "bytes": 110.3, "fpi_bytes": 0.0}, ...}."""
+    if schema is None or per <= 0 or end <= start:
+        return None
+    query = sql.SQL(resources.read_sql("bench/wal_records.sql")).format(walinspect=sql.Identifier(schema))
+    try:
+        rows = conn.execute(query, {"start_lsn": format_lsn(start), "end_lsn": format_lsn(end)}).fetchall()
+    except psycopg.Error as exc:  # WAL recycled already, or no privilege on the functions
+        log.info("WAL by record type unavailable: %s", db.first_line(exc), extra={"reason": db.first_line(exc)})
+        return None
+    return {
+        str(record): {
+            "records": round(count / per, 4),
+            "bytes": round(size / per, 1),
+            "fpi_bytes": round(fpi / per, 1),
+        }
+        for record, count, size, fpi in rows
+    }
 
 
 def backend_pid(conn: psycopg.Connection) -> int:

@@ -41,6 +41,11 @@ EXTRA_FIGURES: tuple[tuple[str, str], ...] = (
     ("index_bytes_after", "all indexes at the end of the window, bytes"),
     ("worst_index_growth_pct", "growth of the index that grew most over the window, %"),
     ("indexes", "each index: bytes before and after the window, growth %"),
+    (
+        "wal_records_per_beat",
+        "the window's WAL by record type (pg_walinspect): records, bytes and full-page-image bytes per heartbeat;"
+        " null when pg_walinspect is not installed (the bench installs it in its scratch database only)",
+    ),
 )
 DOCUMENTED_KEYS = {key: meaning for key, _, meaning in FIGURES} | dict(EXTRA_FIGURES)
 
@@ -110,6 +115,29 @@ def size_rows(report: BenchReport) -> list[dict[str, Any]]:
         }
         for name, f in report.strategies.items()
     ]
+
+
+def wal_record_rows(per_name: dict[str, dict[str, Any] | None], most: int = 6) -> list[dict[str, Any]]:
+    """WAL bytes by record type, one row per record type (the largest first), one column
+    per strategy or flush mode. Empty when no column has the breakdown."""
+    columns = {name: records for name, records in per_name.items() if records}
+    totals: dict[str, float] = {}
+    for records in columns.values():
+        for record, cost in records.items():
+            totals[record] = totals.get(record, 0.0) + cost["bytes"]
+    top = sorted(totals, key=totals.__getitem__, reverse=True)[:most]
+    rows = [
+        {"record": record, **{name: _format(records.get(record, {}).get("bytes")) for name, records in columns.items()}}
+        for record in top
+    ]
+    if rows:
+        rows.append(
+            {
+                "record": "(all)",
+                **{name: _format(sum(c["bytes"] for c in records.values())) for name, records in columns.items()},
+            }
+        )
+    return rows
 
 
 def flush_rounds_rows(result: dict[str, Any]) -> list[dict[str, Any]]:

@@ -103,10 +103,7 @@ def _scratch_name(dbname: str) -> str:
 def _drop_scratch(conn: psycopg.Connection, name: str) -> None:
     """Drop the scratch database of an earlier run, never a database the bench did not create."""
     with db.translated(f"cannot drop the scratch database {name}"):
-        row = conn.execute(
-            "SELECT pg_catalog.shobj_description(oid, 'pg_database') FROM pg_catalog.pg_database WHERE datname = %s",
-            (name,),
-        ).fetchone()
+        row = _database_comment(conn, name)
         if row is None:
             return
         if row[0] != SCRATCH_MARKER:
@@ -114,6 +111,20 @@ def _drop_scratch(conn: psycopg.Connection, name: str) -> None:
                 f"database {name} exists and was not created by the bench: drop or rename it, or use --table minimal"
             )
         conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def _database_comment(conn: psycopg.Connection, name: str) -> tuple[str | None] | None:
+    """(comment,) of database `name`, None when there is no such database."""
+    return conn.execute(
+        "SELECT pg_catalog.shobj_description(oid, 'pg_database') FROM pg_catalog.pg_database WHERE datname = %s",
+        (name,),
+    ).fetchone()
+
+
+def is_scratch(conn: psycopg.Connection) -> bool:
+    """Is conn's database one the bench created (and drops after the run)?"""
+    row = _database_comment(conn, str(conn.info.dbname))
+    return row is not None and row[0] == SCRATCH_MARKER
 
 
 def table_sizes(conn: psycopg.Connection) -> dict[str, Any]:

@@ -231,6 +231,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if "direct" in report.strategies:
         print_table(bench_report.ratio_rows(report), title="per heartbeat, against one UPDATE per heartbeat (direct)")
     print_table(bench_report.size_rows(report), title="workspace_agents over the measured window")
+    records = bench_report.wal_record_rows({n: f.get("wal_records_per_beat") for n, f in report.strategies.items()})
+    if records:
+        print_table(records, title="WAL bytes per heartbeat by record type (pg_walinspect; the whole server's WAL)")
     if args.json is not None:
         bench_report.write_json(report, args.json)
         print(f"JSON written to {args.json}")
@@ -253,6 +256,9 @@ def _flush_rounds(args: argparse.Namespace, target: str, modes: tuple[str, ...])
         title=f"steady state: rounds {result['steady_after'] + 1} to {result['rounds']}, {args.agents} agents, "
         f"{result['table']} table at fillfactor {result['fillfactor']}",
     )
+    records = bench_report.wal_record_rows({m: f.get("steady_wal_records_per_row") for m, f in result["modes"].items()})
+    if records:
+        print_table(records, title="steady state: WAL bytes per merged row by record type (pg_walinspect)")
     if args.json is not None:
         args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
         print(f"JSON written to {args.json}")

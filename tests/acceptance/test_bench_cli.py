@@ -175,6 +175,15 @@ def test_figures_keep_their_relations(bench_run: tuple[str, dict[str, Any], str,
         assert set(f["indexes"]) == CODER_INDEXES
         assert f["index_bytes_before"] == sum(i["before"] for i in f["indexes"].values())
         assert f["worst_index_growth_pct"] == max(i["growth_pct"] for i in f["indexes"].values())
+        # The WAL by record type (pg_walinspect, in the scratch database) agrees with the
+        # table's statistics: one heap UPDATE record per row version, and adds up to the WAL.
+        records = f["wal_records_per_beat"]
+        versions = sum(records.get(r, {}).get("records", 0) for r in ("Heap/HOT_UPDATE", "Heap/UPDATE"))
+        assert versions == pytest.approx(f["row_versions_per_beat"], abs=0.05), (name, records)
+        assert sum(r["bytes"] for r in records.values()) == pytest.approx(f["wal_bytes_per_beat"], rel=0.1), name
+    # One commit per heartbeat for direct; a flush commits per pass, not per beat.
+    assert s["direct"]["wal_records_per_beat"]["Transaction/COMMIT"]["records"] >= 0.95
+    assert s["buffered"]["wal_records_per_beat"]["Transaction/COMMIT"]["records"] < 0.5
 
 
 def test_bench_refuses_a_database_holding_other_agents(dsn: str) -> None:
@@ -292,6 +301,10 @@ def test_flush_rounds_compare_passes_with_one_transaction(dsn: str, tmp_path: Pa
         assert m["steady_rounds"] == rounds - 5
         assert m["steady_median_ms"] <= m["steady_max_ms"]
         assert set(m["steady_growth"]["indexes"]) == CODER_INDEXES
+        records = m["steady_wal_records_per_row"]
+        versions = sum(records.get(r, {}).get("records", 0) for r in ("Heap/HOT_UPDATE", "Heap/UPDATE"))
+        assert versions == pytest.approx(1.0, abs=0.02), (mode, records)  # one row version per merged row
+    assert "WAL bytes per merged row by record type" in result.stdout
     for title in ("CALL pybatch.flush_in_passes()", "SELECT pybatch.flush() in one transaction", "steady state"):
         assert title in result.stdout
 

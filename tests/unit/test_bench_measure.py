@@ -10,7 +10,7 @@ import time
 import psutil
 import pytest
 
-from pybatch.bench.measure import ServerCpu, TableCounters, parse_lsn, percentile
+from pybatch.bench.measure import ServerCpu, TableCounters, format_lsn, parse_lsn, percentile
 
 BURN = "import time\nend = time.process_time() + {seconds}\nwhile time.process_time() < end: pass\n"
 
@@ -30,6 +30,11 @@ def test_parse_lsn() -> None:
     assert parse_lsn("0/16B3740") == 0x16B3740
     assert parse_lsn("16/B374D848") == (0x16 << 32) + 0xB374D848
     assert parse_lsn("1/0") - parse_lsn("0/FFFFFFFF") == 1
+
+
+def test_format_lsn_is_the_inverse_of_parse_lsn() -> None:
+    for text in ("0/0", "0/16B3740", "16/B374D848", "1/0", "0/FFFFFFFF"):
+        assert format_lsn(parse_lsn(text)) == text
 
 
 def test_counter_difference() -> None:

@@ -213,3 +213,24 @@ def test_plot_writes_a_png(tmp_path: Path) -> None:
     path = tmp_path / "bench.png"
     report.plot(_report(), path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_wal_records_by_type_largest_first_with_a_total_per_column() -> None:
+    per_beat = {
+        "direct": {
+            "Heap/HOT_UPDATE": {"records": 1.0, "bytes": 118.0, "fpi_bytes": 0.0},
+            "Transaction/COMMIT": {"records": 1.0, "bytes": 34.0, "fpi_bytes": 0.0},
+            "Heap2/PRUNE": {"records": 1.0, "bytes": 59.7, "fpi_bytes": 0.0},
+        },
+        "buffered": {
+            "Heap/HOT_UPDATE": {"records": 1.0, "bytes": 110.3, "fpi_bytes": 0.0},
+            "Heap2/PRUNE": {"records": 1.0, "bytes": 59.9, "fpi_bytes": 0.0},
+        },
+        "app_batch": None,  # pg_walinspect not there: no column
+    }
+    rows = report.wal_record_rows(per_beat, most=2)
+    assert [r["record"] for r in rows] == ["Heap/HOT_UPDATE", "Heap2/PRUNE", "(all)"]
+    assert list(rows[0]) == ["record", "direct", "buffered"]
+    assert rows[0]["direct"] == "118" and rows[1]["buffered"] == "59.9"
+    assert rows[2]["direct"] == "212" and rows[2]["buffered"] == "170"  # every record type, not only those shown
+    assert report.wal_record_rows({"direct": None}) == []
