@@ -117,7 +117,7 @@ def size_rows(report: BenchReport) -> list[dict[str, Any]]:
     ]
 
 
-def wal_record_rows(per_name: dict[str, dict[str, Any] | None], most: int = 6) -> list[dict[str, Any]]:
+def wal_record_rows(per_name: dict[str, dict[str, Any] | None], most: int = 8) -> list[dict[str, Any]]:
     """WAL bytes by record type, one row per record type (the largest first), one column
     per strategy or flush mode. Empty when no column has the breakdown."""
     columns = {name: records for name, records in per_name.items() if records}

@@ -146,7 +146,7 @@ def test_figures_keep_their_relations(bench_run: tuple[str, dict[str, Any], str,
         assert f["staleness_max_s"] > 0
     # Which costs less server CPU per beat depends on scale, so it is not asserted here: each
     # flush pays a fixed cost per committed pass (about 20 on Coder's table), so at this toy
-    # scale (200 agents) direct can be the cheaper; at 10,000 agents buffered costs 0.17x direct
+    # scale (200 agents) direct can be the cheaper; at 10,000 agents buffered costs 0.15x direct
     # (docs/benchmarks.md). Both are measured.
     assert s["direct"]["cpu_us_per_beat"] > 0 and s["buffered"]["cpu_us_per_beat"] >= 0
     # One UPDATE per heartbeat; batches and flushes issue far fewer statements.
