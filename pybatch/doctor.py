@@ -566,7 +566,9 @@ def judge_hot(updated: int, hot: int, flushes: int, fillfactor: int, causes: Cau
             "flushes run as SELECT pybatch.flush() in one transaction (an app, or an old pg_cron job) "
             "cannot prune between passes: flush with CALL pybatch.flush_in_passes(), `pybatch flush`, "
             "`pybatch scheduler` or `pybatch cron install`; after a bulk load the first rounds are "
-            "non-HOT until each page has room for one new version, which settles by itself; check that "
+            "non-HOT until each page has room for one new version, which settles by itself; a snapshot "
+            "held through a flush (autovacuum's ANALYZE of a large workspace_agents, a long report, "
+            "pg_dump) makes the passes it overlaps non-HOT at fillfactor 100, once; check that "
             "autovacuum keeps up on public.workspace_agents"
         )
     return Check(
