@@ -92,3 +92,12 @@ def citus_dsn(citus_cluster: CitusCluster) -> Iterator[str]:
         yield citus_cluster.coordinator.conninfo(name)
     finally:
         citus_cluster.drop_database(name)
+
+
+def staged(conn: psycopg.Connection) -> tuple[int, int]:
+    """(rows in staging, rows in pending): what a flush has not merged yet."""
+    row = conn.execute(
+        "SELECT (SELECT count(*) FROM pybatch.heartbeats), (SELECT count(*) FROM pybatch.pending)"
+    ).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])

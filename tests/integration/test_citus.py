@@ -19,7 +19,7 @@ import pytest
 
 from pybatch.client import HeartbeatClient
 from pybatch.flush import flush
-from tests.citus_fixtures import citus_cluster, citus_dsn  # noqa: F401 (fixtures)
+from tests.citus_fixtures import citus_cluster, citus_dsn, staged  # noqa: F401 (fixtures)
 from tests.helpers import connected
 from tests.model import AgentState, Beat, Disconnect, actual_states, expected_states
 
@@ -31,14 +31,6 @@ BATCH = 1_500
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 TIMES = [T0 + timedelta(seconds=s) for s in range(600)]
 REPLICAS: list[uuid.UUID | None] = [None, uuid.UUID(int=1), uuid.UUID(int=2)]
-
-
-def staged(conn: psycopg.Connection) -> tuple[int, int]:
-    row = conn.execute(
-        "SELECT (SELECT count(*) FROM pybatch.heartbeats), (SELECT count(*) FROM pybatch.pending)"
-    ).fetchone()
-    assert row is not None
-    return int(row[0]), int(row[1])
 
 
 def test_layout_is_colocated_by_agent_id(citus_dsn: str) -> None:  # noqa: F811

@@ -20,7 +20,7 @@ from pybatch.doctor import FAIL, OK, WARN, Check, DoctorReport, doctor
 from pybatch.flush import flush
 from pybatch.local_citus import CitusCluster
 from pybatch.schedule import cron
-from tests.citus_fixtures import citus_cluster, citus_dsn  # noqa: F401 (fixtures)
+from tests.citus_fixtures import citus_cluster, citus_dsn, staged  # noqa: F401 (fixtures)
 from tests.helpers import connected
 from tests.integration.test_scheduler import SchedulerProcess
 from tests.model import AgentState, Beat, Disconnect, actual_states, expected_states
@@ -42,14 +42,6 @@ def add_agents(conn: psycopg.Connection, n: int) -> list[uuid.UUID]:
         (ids, T0 - timedelta(days=1)),
     )
     return ids
-
-
-def staged(conn: psycopg.Connection) -> tuple[int, int]:
-    row = conn.execute(
-        "SELECT (SELECT count(*) FROM pybatch.heartbeats), (SELECT count(*) FROM pybatch.pending)"
-    ).fetchone()
-    assert row is not None
-    return int(row[0]), int(row[1])
 
 
 # -- doctor -------------------------------------------------------------------------------------

@@ -21,7 +21,16 @@ from pybatch.uninstall import dependants, uninstall
 from tests.conftest import run_pybatch
 from tests.helpers import connected
 from tests.integration.roles import login_role
-from tests.integration.test_yoyo_bookkeeping import SHIPPED, YOYO_TABLES, ids, rows, tables_in, yoyo_apply, yoyo_pending
+from tests.integration.test_yoyo_bookkeeping import (  # noqa: F401 (app_only_ids is a fixture)
+    SHIPPED,
+    YOYO_TABLES,
+    app_only_ids,
+    ids,
+    rows,
+    tables_in,
+    yoyo_apply,
+    yoyo_pending,
+)
 
 
 def one_line_error(result, *fragments: str) -> None:  # type: ignore[no-untyped-def]
@@ -50,14 +59,6 @@ def other_app(tmp_path: Path) -> Path:
     folder.mkdir()
     (folder / "0001_initial.sql").write_text("CREATE TABLE public.other_app_things (id int PRIMARY KEY);\n")
     (folder / "app_0002.sql").write_text("-- depends: 0001_initial\nINSERT INTO public.other_app_things VALUES (1);\n")
-    return folder
-
-
-@pytest.fixture
-def app_only_ids(tmp_path: Path) -> Path:
-    folder = tmp_path / "app_only"
-    folder.mkdir()
-    (folder / "app_0001.sql").write_text("CREATE TABLE public.app_things (id int PRIMARY KEY);\n")
     return folder
 
 
@@ -98,7 +99,10 @@ def test_uninstall_of_a_new_install_beside_another_app(empty_dsn: str, other_app
     assert yoyo_pending(empty_dsn, other_app) == []
 
 
-def test_uninstall_of_an_old_install_deletes_only_pybatchs_rows_in_public(empty_dsn: str, app_only_ids: Path) -> None:
+def test_uninstall_of_an_old_install_deletes_only_pybatchs_rows_in_public(
+    empty_dsn: str,
+    app_only_ids: Path,  # noqa: F811
+) -> None:
     """Installed by the old pybatch (shared tables in public), uninstalled without a migrate between."""
     from pybatch import resources
 
