@@ -43,7 +43,7 @@ DEFAULT_FUTURE_TOLERANCE = 5.0
 # The first retry after a failed buffered write comes this soon; later ones back off to max_backoff.
 FIRST_RETRY = 0.1
 
-# The SQL contract with migrations/0001_initial.sql.
+# The SQL contract with migrations/0001_baseline.sql.
 INSERT_BEAT = (
     "INSERT INTO pybatch.heartbeats (agent_id, replica_id, beat_at) VALUES (%s, %s, COALESCE(%s, pg_catalog.now()))"
 )

@@ -16,7 +16,7 @@ from datetime import timedelta
 
 import psycopg
 
-from pybatch import db, migrate, status
+from pybatch import db, migrate, routines, status
 from pybatch.errors import NotMigrated, PybatchError
 
 log = logging.getLogger(__name__)
@@ -81,6 +81,7 @@ def doctor(conn: psycopg.Connection, thresholds: Thresholds | None = None) -> Do
             context.server_version,
             context.migrations,
             context.compatibility,
+            context.routines,
             context.target_table,
             context.citus_layout,
             context.pg_cron_preload,
@@ -174,9 +175,25 @@ class _Context:
             )
         return Check("compatibility", OK, f"client knows all {len(rows)} applied migration(s)")
 
+    def routines(self) -> Check:
+        """Every routine and view as its source file says: none changed, altered or dropped since."""
+        stale = [s for s in migrate.routine_status(self.conn) if s.out_of_date]
+        unknown = routines.unknown_objects(self.conn)
+        if stale:
+            listed = ", ".join(f"{s.source.name} ({s.state})" for s in stale)
+            return Check("routines", FAIL, f"out of date: {listed}: run `pybatch migrate`")
+        if unknown:
+            return Check(
+                "routines",
+                WARN,
+                f"{', '.join(unknown)} in schema pybatch have no source in this pybatch (retired, or made by hand)",
+            )
+        return Check("routines", OK, f"all {len(routines.sources())} routines and views match their sources")
+
     def target_table(self) -> Check:
-        with db.translated("public.workspace_agents cannot serve as target"):
-            self.conn.execute("SELECT pybatch.check_target()")
+        problems = migrate.target_problems(self.conn)
+        if problems:
+            return Check("target_table", FAIL, "; ".join(problems))
         return Check("target_table", OK, "public.workspace_agents has every column pybatch needs")
 
     def citus_layout(self) -> Check:

@@ -1,4 +1,9 @@
-"""Schema migrations with yoyo: apply, status, rollback, print SQL.
+"""Schema migrations with yoyo, then the routines: apply, status, rollback, print SQL.
+
+Two kinds of source (docs/architecture.md): versioned migrations (migrations/, state:
+tables, types, columns, data) applied once each by yoyo, and one source file per
+routine and view (sql/routines/, sql/views/) that pybatch.routines applies after them,
+whenever its text or its object changed.
 
 Every operation takes the caller's autocommit connection and leaves it as it found
 it. yoyo's backend opens a connection of its own from a URI: it gets the caller's
@@ -13,8 +18,6 @@ where another application's yoyo keeps its tables: a migration id like
 `0001_initial` would otherwise be shared. yoyo's PostgreSQL backend takes a
 `schema` connection argument and sets search_path to it on its connection, so
 every migration runs with that search_path (they schema-qualify every name).
-Installations made with the old public bookkeeping are carried over on the
-next migrate (see _carry_over).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from yoyo.backends.base import DatabaseBackend
 from yoyo.connections import DatabaseURI, get_backend_class
 from yoyo.migrations import MigrationList
 
-from pybatch import db, resources
+from pybatch import db, resources, routines
 from pybatch.errors import MigrationError, PermissionDenied, PybatchError
 
 log = logging.getLogger(__name__)
@@ -40,8 +43,6 @@ log = logging.getLogger(__name__)
 MIGRATION_TABLE = "_yoyo_migration"
 LOG_TABLE = "_yoyo_log"
 BOOKKEEPING_SCHEMA = "pybatch_migrations"
-# Where pybatch kept its bookkeeping before it had a schema of its own (shared with other apps).
-LEGACY_SCHEMA = "public"
 # Session advisory lock: two `migrate` runs at once queue up instead of racing
 # on yoyo's own tables. It is released if the process dies.
 MIGRATE_LOCK_KEY = 7089336938131513955
@@ -105,7 +106,6 @@ def _locked(conn: psycopg.Connection, operation: str) -> Iterator[DatabaseBacken
             with backend.lock(timeout=60):
                 with db.translated("cannot create pybatch's migration bookkeeping"):
                     backend.ensure_internal_schema_updated()  # yoyo's tables, in BOOKKEEPING_SCHEMA
-                _carry_over(conn)
                 yield backend
         finally:
             backend.connection.close()
@@ -115,12 +115,8 @@ def _locked(conn: psycopg.Connection, operation: str) -> Iterator[DatabaseBacken
             conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATE_LOCK_KEY,))
 
 
-def _table(schema: str, name: str) -> sql.Composed:
-    return sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(name))
-
-
-def _has_migration_table(conn: psycopg.Connection, schema: str) -> bool:
-    """Whether schema.{MIGRATION_TABLE} exists with yoyo's current layout (a migration_id column).
+def _has_migration_table(conn: psycopg.Connection) -> bool:
+    """Whether pybatch's bookkeeping table exists with yoyo's current layout (a migration_id column).
 
     Read from the catalog, not with to_regclass: it needs no privilege on the schema."""
     row = conn.execute(
@@ -128,99 +124,26 @@ def _has_migration_table(conn: psycopg.Connection, schema: str) -> bool:
         " JOIN pg_catalog.pg_class c ON c.oid = a.attrelid"
         " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
         " WHERE n.nspname = %s AND c.relname = %s AND a.attname = 'migration_id' AND NOT a.attisdropped)",
-        (schema, MIGRATION_TABLE),
+        (BOOKKEEPING_SCHEMA, MIGRATION_TABLE),
     ).fetchone()
     return bool(row and row[0])
 
 
-def _pybatch_schema_exists(conn: psycopg.Connection) -> bool:
-    row = conn.execute("SELECT EXISTS (SELECT FROM pg_catalog.pg_namespace WHERE nspname = 'pybatch')").fetchone()
-    return bool(row and row[0])
-
-
-def _ids_in(conn: psycopg.Connection, schema: str, only: list[str] | None = None) -> list[str]:
-    table = _table(schema, MIGRATION_TABLE)
-    if only is None:
-        query = sql.SQL("SELECT migration_id FROM {} ORDER BY migration_id").format(table)
-        return [str(r[0]) for r in conn.execute(query)]
-    query = sql.SQL("SELECT migration_id FROM {} WHERE migration_id = ANY(%s) ORDER BY migration_id").format(table)
-    return [str(r[0]) for r in conn.execute(query, (only,))]
-
-
-def legacy_ids(conn: psycopg.Connection) -> list[str]:
-    """pybatch's migration ids still recorded in the old shared bookkeeping (public._yoyo_migration).
-
-    Only an installation made before pybatch had its own bookkeeping has them: schema pybatch
-    exists, pybatch's own bookkeeping records none of its migrations, and public's table names
-    migrations pybatch ships. Another app's rows (even one called 0001_initial, where pybatch
-    was never installed) never count. Read-only."""
-    shipped = [m.id for m in _migrations()]
-    if not _pybatch_schema_exists(conn) or not _has_migration_table(conn, LEGACY_SCHEMA):
-        return []
-    if _has_migration_table(conn, BOOKKEEPING_SCHEMA) and _ids_in(conn, BOOKKEEPING_SCHEMA, shipped):
-        return []  # already carried over
-    return _ids_in(conn, LEGACY_SCHEMA, shipped)
-
-
-def _carry_over(conn: psycopg.Connection) -> None:
-    """Move an old installation's rows from public's yoyo tables into pybatch's own, once.
-
-    Runs under the migrate lock after yoyo created its tables in BOOKKEEPING_SCHEMA. Only rows
-    of migrations pybatch ships move (copied, then deleted from public, in one transaction);
-    other apps' rows and public's tables themselves stay. A second run finds nothing to do."""
-    with db.translated(f"cannot carry pybatch's migration history over from {LEGACY_SCHEMA}"), conn.transaction():
-        ids = legacy_ids(conn)
-        if not ids:
-            return
-        for name, columns in ((MIGRATION_TABLE, _MIGRATION_COLUMNS), (LOG_TABLE, _LOG_COLUMNS)):
-            source, target = _table(LEGACY_SCHEMA, name), _table(BOOKKEEPING_SCHEMA, name)
-            cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
-            conn.execute(
-                sql.SQL(
-                    "INSERT INTO {target} ({cols}) SELECT {cols} FROM {source}"
-                    " WHERE migration_id = ANY(%s) ON CONFLICT DO NOTHING"
-                ).format(target=target, cols=cols, source=source),
-                (ids,),
-            )
-            conn.execute(sql.SQL("DELETE FROM {} WHERE migration_id = ANY(%s)").format(source), (ids,))
-    log.info(
-        "carried pybatch's migration history over to its own schema",
-        extra={"migrations": ids, "schema": BOOKKEEPING_SCHEMA},
-    )
-
-
-# yoyo 6+ layout of the two tables that hold per-migration rows (_yoyo_version and yoyo_lock hold none).
-_MIGRATION_COLUMNS = ("migration_hash", "migration_id", "applied_at_utc")
-_LOG_COLUMNS = (
-    "id",
-    "migration_hash",
-    "migration_id",
-    "operation",
-    "username",
-    "hostname",
-    "comment",
-    "created_at_utc",
-)
-
-
 def recorded_ids(conn: psycopg.Connection) -> list[str]:
-    """Every migration id pybatch's bookkeeping records (an old installation's: its ids in public).
+    """Every migration id pybatch's bookkeeping records.
 
     Read-only: creates nothing (yoyo's own backend would create its tables)."""
-    legacy = legacy_ids(conn)
-    if legacy:
-        return legacy
-    if not _has_migration_table(conn, BOOKKEEPING_SCHEMA):
+    if not _has_migration_table(conn):
         return []
-    return _ids_in(conn, BOOKKEEPING_SCHEMA)
+    table = sql.SQL("{}.{}").format(sql.Identifier(BOOKKEEPING_SCHEMA), sql.Identifier(MIGRATION_TABLE))
+    return [str(r[0]) for r in conn.execute(sql.SQL("SELECT migration_id FROM {} ORDER BY migration_id").format(table))]
 
 
 def status(conn: psycopg.Connection) -> list[MigrationState]:
     """Every known migration, in order, with whether it is applied.
 
-    Read-only: it reads the bookkeeping directly and creates or moves nothing (yoyo's own
-    backend would create its tables on a database without pybatch; migrate carries an old
-    installation's public bookkeeping over, status only reads it)."""
+    Read-only: it reads the bookkeeping directly and creates nothing (yoyo's own backend
+    would create its tables on a database without pybatch)."""
     db.require_autocommit(conn, "migrate.status")
     with db.translated("cannot read migration state"):
         applied = set(recorded_ids(conn))
@@ -231,12 +154,38 @@ def pending_ids(conn: psycopg.Connection) -> list[str]:
     return [m.id for m in status(conn) if not m.applied]
 
 
-def apply(conn: psycopg.Connection, *, progress: Callable[[str], None] | None = None) -> list[str]:
-    """Apply pending migrations; return their ids. Safe to run twice at once.
+def routine_status(conn: psycopg.Connection) -> list[routines.SourceState]:
+    """Every routine and view source with how it stands here (all new where pybatch is absent)."""
+    db.require_autocommit(conn, "migrate.routine_status")
+    return routines.states(conn)
 
-    `conn` is the caller's autocommit connection; the migrations run on yoyo's own session."""
+
+@dataclass(frozen=True)
+class Applied:
+    """What one `migrate` did: versioned migrations applied, routine sources (re-)applied."""
+
+    migrations: list[str]
+    routines: list[str]
+
+
+def apply(
+    conn: psycopg.Connection, *, progress: Callable[[str], None] | None = None, target: str | None = None
+) -> Applied:
+    """Apply pending migrations, then every out-of-date routine source. Safe to run twice at once.
+
+    Nothing is applied unless every precondition holds (see check_preconditions). `conn` is
+    the caller's autocommit connection; the migrations run on yoyo's own session, the
+    routines on `conn`. With `target` (a migration id), only the migrations up to it are
+    applied and no routine: the state an older pybatch had, for testing its rollback."""
     with _locked(conn, "migrate.apply") as backend:
-        pending = backend.to_apply(_migrations())
+        check_preconditions(conn)
+        wanted = _migrations()
+        if target is not None:
+            ids = [m.id for m in wanted]
+            if target not in ids:
+                raise MigrationError(f"no migration {target!r}: pybatch ships {', '.join(ids)}")
+            wanted = wanted.__class__(wanted[: ids.index(target) + 1])
+        pending = backend.to_apply(wanted)
         for migration in pending:
             if progress:
                 progress(migration.id)
@@ -247,17 +196,43 @@ def apply(conn: psycopg.Connection, *, progress: Callable[[str], None] | None = 
             except Exception as exc:
                 raise MigrationError(f"migration {migration.id} failed: {db.first_line(exc)}") from None
             log.info("applied migration", extra={"migration": migration.id})
-        _align_owner(conn)
-        return [m.id for m in pending]
+        applied_routines = routines.apply(conn, progress=progress) if target is None else []
+        return Applied([m.id for m in pending], applied_routines)
 
 
-def _align_owner(conn: psycopg.Connection) -> None:
-    """Give the merge functions to the owner of public.workspace_agents, on every run: the
-    table may have changed hands since the last migration (see pybatch.align_owner())."""
-    with db.translated("cannot align pybatch's functions with the table owner"):
-        row = conn.execute("SELECT to_regprocedure('pybatch.align_owner()') IS NOT NULL").fetchone()
-        if row and row[0]:
-            conn.execute("SELECT pybatch.align_owner()")
+def check_preconditions(conn: psycopg.Connection) -> None:
+    """Raise before anything is applied when migrate could not finish: the database records
+    migrations this pybatch does not ship, public.workspace_agents lacks a column pybatch
+    needs, or the connecting role cannot act as that table's owner (who must own the merge
+    functions, so that its triggers never run with more rights than it has)."""
+    with db.translated("cannot check the database before migrating"):
+        shipped = {m.id for m in _migrations()}
+        foreign = [mid for mid in recorded_ids(conn) if mid not in shipped]
+        if foreign:
+            raise MigrationError(
+                f"the database records pybatch migrations this version does not ship ({', '.join(foreign)}): "
+                "it was installed by another pybatch version; migrate with that version, "
+                "or `pybatch uninstall` and migrate again"
+            )
+        problems = conn.execute(resources.read_sql("catalog/target_problems.sql")).fetchall()
+        if problems:
+            raise MigrationError(f"{problems[0][0]}: pybatch cannot merge into it (nothing was applied)")
+        row = conn.execute(
+            "SELECT c.relowner::regrole::text, pg_has_role(current_user, c.relowner, 'MEMBER'), current_user"
+            " FROM pg_class c WHERE c.oid = to_regclass('public.workspace_agents')"
+        ).fetchone()
+    if row is not None and not row[1]:
+        owner, _, user = row
+        raise PermissionDenied(
+            f"role {user!r} cannot act as {owner!r}, the owner of public.workspace_agents: "
+            f"run `pybatch migrate` as {owner!r} or a superuser (nothing was applied)"
+        )
+
+
+def target_problems(conn: psycopg.Connection) -> list[str]:
+    """What keeps public.workspace_agents from serving as the target (empty: it fits or is absent)."""
+    with db.translated("cannot check public.workspace_agents"):
+        return [str(r[0]) for r in conn.execute(resources.read_sql("catalog/target_problems.sql"))]
 
 
 def rollback(conn: psycopg.Connection, *, before: Callable[[], None] | None = None) -> str | None:
@@ -265,6 +240,8 @@ def rollback(conn: psycopg.Connection, *, before: Callable[[], None] | None = No
 
     `before` runs first, inside the lock: it removes pybatch's scheduled jobs,
     which live in another database and would otherwise keep calling a dropped function.
+    Routines are not re-applied: a rolled-back state is for going back to an older
+    pybatch, whose `migrate` applies its own routines.
     """
     with _locked(conn, "migrate.rollback") as backend:
         applied = backend.to_rollback(_migrations())
@@ -282,9 +259,10 @@ def rollback(conn: psycopg.Connection, *, before: Callable[[], None] | None = No
 
 
 def migration_sql(conn: psycopg.Connection | None, *, all_migrations: bool = False) -> str:
-    """The SQL of pending migrations (every one with all_migrations, or with no connection),
-    for a DBA to read or run."""
-    wanted = None if all_migrations or conn is None else set(pending_ids(conn))
+    """The SQL `migrate` would run: pending migrations, then out-of-date routine sources (every
+    one of both with all_migrations, or with no connection), for a DBA to read or run."""
+    everything = all_migrations or conn is None
+    wanted = None if everything or conn is None else set(pending_ids(conn))
     chunks = []
     folder = resources.migrations_dir()
     for migration in _migrations():
@@ -292,4 +270,15 @@ def migration_sql(conn: psycopg.Connection | None, *, all_migrations: bool = Fal
             continue
         text = (folder / f"{migration.id}.sql").read_text(encoding="utf-8")
         chunks.append(f"-- migration {migration.id}\n{text.rstrip()}\n")
+    stale = (
+        list(routines.sources())
+        if everything or conn is None
+        else [s.source for s in routine_status(conn) if s.out_of_date]
+    )
+    if stale:
+        chunks.append(
+            "-- routines and views (sql/): `pybatch migrate` applies these in one transaction holding\n"
+            "-- pybatch.flush_lock, then runs pybatch.citus_distribute() and pybatch.align_owner()\n"
+            "BEGIN;\nSET LOCAL check_function_bodies = off;\n\n" + routines.script(stale) + "COMMIT;\n"
+        )
     return "\n".join(chunks)

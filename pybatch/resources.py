@@ -33,3 +33,19 @@ def migrations_dir() -> Path:
 def read_sql(name: str) -> str:
     """Text of sql/<name>."""
     return _folder("sql").joinpath(name).read_text(encoding="utf-8")
+
+
+def sql_files(folder: str) -> dict[str, str]:
+    """Every .sql file under sql/<folder>/, by its path relative to sql/ (posix), with its text."""
+    found: dict[str, str] = {}
+
+    def walk(node: Traversable, prefix: str) -> None:
+        for child in node.iterdir():
+            path = f"{prefix}/{child.name}"
+            if child.is_dir():
+                walk(child, path)
+            elif child.name.endswith(".sql"):
+                found[path] = child.read_text(encoding="utf-8")
+
+    walk(_folder("sql").joinpath(folder), folder)
+    return found

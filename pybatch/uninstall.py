@@ -21,7 +21,6 @@ import logging
 from dataclasses import dataclass
 
 import psycopg
-from psycopg import sql
 
 from pybatch import db, migrate, resources, status
 from pybatch.errors import DependentObjects, PermissionDenied
@@ -60,9 +59,6 @@ def uninstall(conn: psycopg.Connection, *, force: bool = False) -> UninstallResu
         created = _created_target(conn) if status.installed(conn) else None
         # Again inside the transaction that drops: the list named is the list dropped.
         dropped = _check_dependants(conn, force=force)
-        legacy = migrate.legacy_ids(conn)
-        if legacy:
-            _forget_legacy_rows(conn, legacy)
         conn.execute("SELECT pg_catalog.set_config('pybatch.uninstall_force', %s, true)", ("on" if force else "off",))
         conn.execute(resources.read_sql("uninstall.sql"))
     result = UninstallResult(jobs, created is not None, bool(created), tuple(dropped))
@@ -106,20 +102,6 @@ def _created_target_oid(conn: psycopg.Connection) -> int | None:
         return None
     row = conn.execute("SELECT to_regclass('public.workspace_agents')::oid").fetchone()
     return int(row[0]) if row and row[0] is not None else None
-
-
-def _forget_legacy_rows(conn: psycopg.Connection, ids: list[str]) -> None:
-    """An installation made before pybatch had its own bookkeeping recorded its migrations in
-    public's yoyo tables: delete those rows only. The tables, and other apps' rows, stay."""
-    for table in (migrate.MIGRATION_TABLE, migrate.LOG_TABLE):
-        exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{migrate.LEGACY_SCHEMA}.{table}",)).fetchone()
-        if exists and exists[0]:
-            conn.execute(
-                sql.SQL("DELETE FROM {}.{} WHERE migration_id = ANY(%s)").format(
-                    sql.Identifier(migrate.LEGACY_SCHEMA), sql.Identifier(table)
-                ),
-                (ids,),
-            )
 
 
 def _check_loops_can_be_ended(conn: psycopg.Connection) -> None:

@@ -90,8 +90,9 @@ def run_demo(
     say = progress or (lambda message: None)
     check_demo_target(dsn, embedded=embedded)
     with db.connect(dsn) as conn:
-        applied = migrate.apply(conn, progress=lambda mid: say(f"applying migration {mid}"))
-    say(f"schema: applied {', '.join(applied)}" if applied else "schema: up to date")
+        applied = migrate.apply(conn)
+    steps = [*applied.migrations, *(["routines"] if applied.routines else [])]
+    say(f"schema: applied {', '.join(steps)}" if steps else "schema: up to date")
     config = BenchConfig(agents=agents, seconds=seconds, warmup_s=warmup_s, strategies=DEMO_STRATEGIES)
     installed, flush_by = install_cron_flush(dsn, config.flush_interval_s)
     say(flush_by)

@@ -68,13 +68,21 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         if args.status:
             for state in migrate.status(conn):
                 print(f"{'applied' if state.applied else 'pending'}  {state.id}")
+            for routine in migrate.routine_status(conn):
+                if routine.out_of_date:
+                    print(f"{routine.state:<8} sql/{routine.source.path}  ({routine.source.name})")
             return 0
         if args.rollback:
             rolled = migrate.rollback(conn, before=lambda: _remove_jobs(conn))
             print(f"rolled back {rolled}" if rolled else "nothing to roll back")
             return 0
-        applied = migrate.apply(conn, progress=lambda mid: print(f"applying {mid} ...", file=sys.stderr))
-    print(f"applied {len(applied)} migration(s): {', '.join(applied)}" if applied else "schema is up to date")
+        applied = migrate.apply(conn, progress=lambda step: print(f"applying {step} ...", file=sys.stderr))
+    done = []
+    if applied.migrations:
+        done.append(f"{len(applied.migrations)} migration(s): {', '.join(applied.migrations)}")
+    if applied.routines:
+        done.append(f"{len(applied.routines)} routine and view source(s)")
+    print(f"applied {'; '.join(done)}" if done else "schema is up to date")
     return 0
 
 

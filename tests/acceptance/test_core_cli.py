@@ -51,10 +51,10 @@ def test_help_names_every_env_var() -> None:
 def test_migrate_flush_status_rollback(empty_dsn: str) -> None:
     result = run_pybatch("--dsn", empty_dsn, "migrate")
     assert result.returncode == 0, result.stderr
-    assert "0001_initial" in result.stdout
+    assert "0001_baseline" in result.stdout
     assert run_pybatch("--dsn", empty_dsn, "migrate").stdout.strip() == "schema is up to date"
     status = run_pybatch("--dsn", empty_dsn, "migrate", "--status")
-    assert "applied  0001_initial" in status.stdout
+    assert "applied  0001_baseline" in status.stdout
     flushed = run_pybatch("--dsn", empty_dsn, "flush", "--json")
     assert flushed.returncode == 0 and '"rows_staged": 0' in flushed.stdout
     env_flush = run_pybatch("flush", env={"PYBATCH_DSN": empty_dsn})
@@ -171,9 +171,9 @@ def test_psql_passes_its_options_through(dsn: str) -> None:
 # -- global options after the command (issue 12, item 5) -------------------------------------------------
 def test_global_options_work_after_the_command(dsn: str, empty_dsn: str, tmp_path: Path) -> None:
     migrated = run_pybatch("migrate", "--dsn", empty_dsn)
-    assert migrated.returncode == 0 and "0001_initial" in migrated.stdout, migrated.stderr
+    assert migrated.returncode == 0 and "0001_baseline" in migrated.stdout, migrated.stderr
     status = run_pybatch("migrate", "--status", "--dsn", empty_dsn)
-    assert status.returncode == 0 and "applied  0001_initial" in status.stdout, status.stderr
+    assert status.returncode == 0 and "applied  0001_baseline" in status.stdout, status.stderr
     shown = run_pybatch("config", "show", "--json", "--dsn", dsn)
     assert shown.returncode == 0 and "flush_interval_seconds" in shown.stdout, shown.stderr
     # --log-level after a nested command takes effect (set_setting logs at info).

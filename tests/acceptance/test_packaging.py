@@ -34,7 +34,8 @@ def test_wheel_contains_migrations_sql_and_py_typed(tmp_path: Path) -> None:
     names = set(archive.namelist())
     for migration in sorted((REPO / "migrations").glob("*.sql")):
         assert f"pybatch/migrations/{migration.name}" in names
-    assert "pybatch/sql/schema.sql" in names
+    for source in sorted((REPO / "sql").rglob("*.sql")):
+        assert f"pybatch/sql/{source.relative_to(REPO / 'sql').as_posix()}" in names
     assert "pybatch/py.typed" in names
     (entry_points,) = (name for name in names if name.endswith(".dist-info/entry_points.txt"))
     assert "pybatch = pybatch.cli:entrypoint" in archive.read(entry_points).decode()

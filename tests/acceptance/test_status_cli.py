@@ -390,4 +390,4 @@ def test_sql_inspect_pipes_into_psql_from_any_directory(dsn: str, tmp_path: Path
     assert "== health" in shown.stdout and "ERROR" not in shown.stderr
     one_line_error(pybatch_in_tmp("sql", "--all", "inspect"), "--all applies to `pybatch sql migrations`")
     migrations = pybatch_in_tmp("sql", "migrations", "--all")
-    assert migrations.returncode == 0 and "-- migration 0001_initial" in migrations.stdout
+    assert migrations.returncode == 0 and "-- migration 0001_baseline" in migrations.stdout

@@ -286,24 +286,31 @@ def test_acceptance_20k_agents_4_writers_2_flushers(citus_dsn: str) -> None:  # 
     )
 
 
-def test_rollback_of_0006_brings_staged_rows_back_to_the_coordinator(citus_dsn: str) -> None:  # noqa: F811
+def test_routines_reach_the_workers_and_rolling_back_the_baseline_removes_everything(
+    citus_dsn: str,  # noqa: F811
+) -> None:
     from pybatch import migrate
 
     with psycopg.connect(citus_dsn, autocommit=True) as conn:
         agent = uuid.uuid4()
         conn.execute("INSERT INTO public.workspace_agents (id) VALUES (%s)", (agent,))
         conn.execute("INSERT INTO pybatch.heartbeats (agent_id, beat_at) VALUES (%s, %s)", (agent, T0))
-    with psycopg.connect(citus_dsn, autocommit=True) as conn:
-        # 0007's plan setting reached the copy of merge_pass_in() that each worker runs.
+        # merge_pass_in()'s SET clauses (sql/routines/flush/merge_pass_in.sql) reached each worker's copy.
         configs = conn.execute(
             "SELECT result FROM run_command_on_workers($$SELECT proconfig::text FROM pg_proc "
             "WHERE oid = 'pybatch.merge_pass_in(regclass, regclass, integer, uuid)'::regprocedure$$)"
         ).fetchall()
         assert configs and all("enable_indexscan=off" in str(c[0]) for c in configs), configs
-    assert connected(citus_dsn, migrate.rollback) == "0007_pass_by_ctid"
-    assert connected(citus_dsn, migrate.rollback) == "0006_citus"
+    assert connected(citus_dsn, migrate.rollback) == "0001_baseline"
+    with psycopg.connect(citus_dsn, autocommit=True) as conn:
+        assert conn.execute("SELECT to_regnamespace('pybatch')").fetchone() == (None,)
+        on_workers = conn.execute(
+            "SELECT result FROM run_command_on_workers($$SELECT count(*) FROM pg_namespace WHERE nspname = 'pybatch'$$)"
+        ).fetchall()
+        assert on_workers and all(str(r[0]) == "0" for r in on_workers), on_workers
+    # And installs again, distributed.
+    connected(citus_dsn, migrate.apply)
     with psycopg.connect(citus_dsn, autocommit=True) as conn:
         assert conn.execute(
             "SELECT count(*) FROM pg_dist_partition WHERE logicalrelid = 'pybatch.heartbeats'::regclass"
-        ).fetchone() == (0,)
-        assert conn.execute("SELECT count(*) FROM pybatch.heartbeats").fetchone() == (1,)
+        ).fetchone() == (1,)

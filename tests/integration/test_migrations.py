@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import psycopg
 import pytest
 
-from pybatch import migrate
+from pybatch import migrate, routines
 from pybatch.errors import ConfigError, MigrationError, NotMigrated
 from pybatch.flush import flush
 from tests.helpers import connected
@@ -52,16 +52,18 @@ def table_exists(dsn: str, name: str) -> bool:
 
 def test_apply_rollback_apply(empty_dsn: str, empty_conn: psycopg.Connection) -> None:
     everything = [m.id for m in migrate.status(empty_conn)]
-    assert migrate.apply(empty_conn) == everything
+    first = migrate.apply(empty_conn)
+    assert first.migrations == everything
+    assert sorted(first.routines) == sorted(s.path for s in routines.sources())  # every routine, once
     assert applied_ids(empty_conn) == everything
-    assert migrate.apply(empty_conn) == []  # idempotent
+    assert migrate.apply(empty_conn) == migrate.Applied([], [])  # idempotent
     # Roll back every migration, newest first.
     for expected in reversed(everything):
         assert migrate.rollback(empty_conn) == expected
     assert migrate.rollback(empty_conn) is None
     assert not table_exists(empty_dsn, "pybatch.heartbeats")
     assert not table_exists(empty_dsn, "public.workspace_agents")  # pybatch created it, so it went
-    assert migrate.apply(empty_conn) == everything
+    assert migrate.apply(empty_conn).migrations == everything
     assert table_exists(empty_dsn, "pybatch.heartbeats")
 
 
@@ -83,7 +85,7 @@ def test_apply_and_rollback_leave_the_callers_connection_as_found(
     before = _session_state(empty_conn)
     assert before[0] is True and before[1] == psycopg.pq.TransactionStatus.IDLE
     assert before[3] == "app, public" and before[5] == 0
-    assert migrate.apply(empty_conn)  # something was applied (through yoyo's own session)
+    assert migrate.apply(empty_conn).migrations  # something was applied (through yoyo's own session)
     assert _session_state(empty_conn) == before  # same session, search_path, no lock, no transaction
     assert migrate.rollback(empty_conn) is not None
     assert _session_state(empty_conn) == before
@@ -111,7 +113,7 @@ def test_a_connection_in_a_transaction_is_refused(empty_dsn: str) -> None:
 
 
 def test_two_migrate_runs_at_once_are_safe(empty_dsn: str) -> None:
-    results: list[list[str]] = []
+    results: list[migrate.Applied] = []
     errors: list[BaseException] = []
 
     def run() -> None:
@@ -127,8 +129,9 @@ def test_two_migrate_runs_at_once_are_safe(empty_dsn: str) -> None:
         thread.join()
     assert not errors, errors
     everything = [m.id for m in connected(empty_dsn, migrate.status)]
-    assert sorted(results, key=len)[-1] == everything
-    assert sum(len(r) for r in results) == len(everything)  # each migration applied exactly once
+    assert sorted((r.migrations for r in results), key=len)[-1] == everything
+    assert sum(len(r.migrations) for r in results) == len(everything)  # each migration applied exactly once
+    assert sum(len(r.routines) for r in results) == len(routines.sources())  # and each routine
 
 
 def test_existing_coder_like_table_is_used_and_survives_rollback(empty_dsn: str) -> None:

@@ -152,7 +152,7 @@ def test_writer_can_insert_copy_and_disconnect(
         "UPDATE pybatch.settings SET future_tolerance = '100 years'",
         "DELETE FROM pybatch.flush_log",
         "SELECT * FROM pybatch.flush()",
-        "SELECT pybatch.check_target()",
+        "SELECT pybatch.align_owner()",
         "CREATE TABLE pybatch.mine (x int)",
         "CREATE FUNCTION pybatch.now() RETURNS timestamptz LANGUAGE sql AS 'SELECT now()'",
         "ALTER TABLE pybatch.heartbeats ADD COLUMN x int",

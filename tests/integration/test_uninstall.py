@@ -21,13 +21,9 @@ from pybatch.uninstall import dependants, uninstall
 from tests.conftest import run_pybatch
 from tests.helpers import connected
 from tests.integration.roles import login_role
-from tests.integration.test_yoyo_bookkeeping import (  # noqa: F401 (app_only_ids is a fixture)
-    SHIPPED,
+from tests.integration.test_yoyo_bookkeeping import (
     YOYO_TABLES,
-    app_only_ids,
-    ids,
     rows,
-    tables_in,
     yoyo_apply,
     yoyo_pending,
 )
@@ -97,28 +93,6 @@ def test_uninstall_of_a_new_install_beside_another_app(empty_dsn: str, other_app
     assert not schema_exists(empty_dsn, "pybatch") and not schema_exists(empty_dsn, migrate.BOOKKEEPING_SCHEMA)
     assert public_yoyo_state(empty_dsn) == before
     assert yoyo_pending(empty_dsn, other_app) == []
-
-
-def test_uninstall_of_an_old_install_deletes_only_pybatchs_rows_in_public(
-    empty_dsn: str,
-    app_only_ids: Path,  # noqa: F811
-) -> None:
-    """Installed by the old pybatch (shared tables in public), uninstalled without a migrate between."""
-    from pybatch import resources
-
-    yoyo_apply(empty_dsn, app_only_ids)
-    yoyo_apply(empty_dsn, resources.migrations_dir())
-    app_log = [r for r in rows(empty_dsn, "public", "_yoyo_log") if r[2] == "app_0001"]
-    assert ids(empty_dsn, "public") == sorted(["app_0001", *SHIPPED])
-
-    result = connected(empty_dsn, uninstall)
-    assert result.schema_existed
-    assert not schema_exists(empty_dsn, "pybatch")
-    assert ids(empty_dsn, "public") == ["app_0001"]
-    assert rows(empty_dsn, "public", "_yoyo_log") == app_log
-    assert set(YOYO_TABLES) <= tables_in(empty_dsn, "public")
-    assert yoyo_pending(empty_dsn, app_only_ids) == []
-    assert connected(empty_dsn, migrate.apply) == SHIPPED  # and pybatch installs again from scratch
 
 
 # -- objects of others that depend on pybatch's ---------------------------------------------

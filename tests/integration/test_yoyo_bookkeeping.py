@@ -2,8 +2,7 @@
 
 Another application that uses yoyo keeps _yoyo_migration, _yoyo_log, _yoyo_version and
 yoyo_lock in `public`. Before, pybatch shared them: an app migration called 0001_initial made
-pybatch skip its own, and uninstall dropped the app's history. Installations made with the old
-shared tables are carried over on the next migrate.
+pybatch skip its own, and uninstall dropped the app's history.
 """
 
 from __future__ import annotations
@@ -17,6 +16,7 @@ from psycopg import sql
 from yoyo import get_backend, read_migrations
 
 from pybatch import migrate, resources
+from pybatch.errors import MigrationError
 
 YOYO_TABLES = ("_yoyo_migration", "_yoyo_log", "_yoyo_version", "yoyo_lock")
 SHIPPED = [m.id for m in read_migrations(str(resources.migrations_dir()))]
@@ -37,15 +37,6 @@ def other_app(tmp_path: Path) -> Path:
     (folder / "0002_more.sql").write_text(
         "-- depends: 0001_initial\nALTER TABLE public.other_app_things ADD COLUMN name text;\n"
     )
-    return folder
-
-
-@pytest.fixture
-def app_only_ids(tmp_path: Path) -> Path:
-    """Another application's migrations whose ids pybatch does not ship (they can share public with it)."""
-    folder = tmp_path / "app_only"
-    folder.mkdir()
-    (folder / "app_0001.sql").write_text("CREATE TABLE public.app_things (id int PRIMARY KEY);\n")
     return folder
 
 
@@ -94,7 +85,7 @@ def schema_exists(dsn: str, name: str) -> bool:
 
 
 def test_fresh_install_keeps_its_bookkeeping_in_its_own_schema(empty_dsn: str, empty_conn: psycopg.Connection) -> None:
-    assert migrate.apply(empty_conn) == SHIPPED
+    assert migrate.apply(empty_conn).migrations == SHIPPED
     assert tables_in(empty_dsn, migrate.BOOKKEEPING_SCHEMA) == set(YOYO_TABLES)
     assert not tables_in(empty_dsn, "public") & set(YOYO_TABLES)  # nothing of yoyo's in public
     assert ids(empty_dsn, migrate.BOOKKEEPING_SCHEMA) == sorted(SHIPPED)
@@ -108,58 +99,32 @@ def test_another_apps_0001_initial_does_not_hide_pybatchs(
     before = {table: rows(empty_dsn, "public", table) for table in ("_yoyo_migration", "_yoyo_log", "_yoyo_version")}
     assert [m.id for m in migrate.status(empty_conn) if m.applied] == []  # the app's 0001_initial is not ours
 
-    assert migrate.apply(empty_conn) == SHIPPED
+    assert migrate.apply(empty_conn).migrations == SHIPPED
     assert all(m.applied for m in migrate.status(empty_conn))
     with psycopg.connect(empty_dsn) as conn:
         assert conn.execute("SELECT to_regclass('pybatch.settings') IS NOT NULL").fetchone() == (True,)
     # The other app's bookkeeping is exactly as it was, and yoyo still sees its migrations applied.
     assert {table: rows(empty_dsn, "public", table) for table in before} == before
     assert yoyo_pending(empty_dsn, other_app) == []
-    assert migrate.apply(empty_conn) == []
+    assert migrate.apply(empty_conn) == migrate.Applied([], [])
 
 
-def test_old_public_bookkeeping_is_carried_over_once(
-    empty_dsn: str, empty_conn: psycopg.Connection, app_only_ids: Path
+def test_migrations_this_version_does_not_ship_are_refused_before_anything_is_applied(
+    empty_dsn: str, empty_conn: psycopg.Connection
 ) -> None:
-    """(b) An installation made by the old pybatch (yoyo's tables in public, shared with another
-    app) moves pybatch's rows into its own schema on the next migrate; a second migrate is a no-op."""
-    yoyo_apply(empty_dsn, app_only_ids)
-    yoyo_apply(empty_dsn, resources.migrations_dir())  # what `pybatch migrate` did before
-    assert ids(empty_dsn, "public") == sorted(["app_0001", *SHIPPED])
-    app_log = [r for r in rows(empty_dsn, "public", "_yoyo_log") if r[2] == "app_0001"]
-    pybatch_log = [r for r in rows(empty_dsn, "public", "_yoyo_log") if r[2] in SHIPPED]
-    assert len(pybatch_log) == len(SHIPPED)
-
-    # status reads the old bookkeeping and changes nothing.
-    assert all(m.applied for m in migrate.status(empty_conn))
-    assert migrate.pending_ids(empty_conn) == []
-    assert not schema_exists(empty_dsn, migrate.BOOKKEEPING_SCHEMA)
-    assert ids(empty_dsn, "public") == sorted(["app_0001", *SHIPPED])
-
-    assert migrate.apply(empty_conn) == []  # nothing re-applied: the history came along
-    assert ids(empty_dsn, migrate.BOOKKEEPING_SCHEMA) == sorted(SHIPPED)
-    assert sorted(r for r in rows(empty_dsn, migrate.BOOKKEEPING_SCHEMA, "_yoyo_log")) == sorted(pybatch_log)
-    # Only pybatch's rows left public; the app's rows and public's tables stay.
-    assert ids(empty_dsn, "public") == ["app_0001"]
-    assert rows(empty_dsn, "public", "_yoyo_log") == app_log
-    assert set(YOYO_TABLES) <= tables_in(empty_dsn, "public")
-    assert yoyo_pending(empty_dsn, app_only_ids) == []
-
-    assert migrate.apply(empty_conn) == []  # a second migrate is a no-op
-    assert ids(empty_dsn, migrate.BOOKKEEPING_SCHEMA) == sorted(SHIPPED)
-    assert ids(empty_dsn, "public") == ["app_0001"]
-    assert all(m.applied for m in migrate.status(empty_conn))
-
-
-def test_rollback_after_carry_over(empty_dsn: str, empty_conn: psycopg.Connection) -> None:
-    """(d) Rollback works on carried-over bookkeeping: every migration, then apply again."""
-    yoyo_apply(empty_dsn, resources.migrations_dir())
-    for expected in reversed(SHIPPED):
-        assert migrate.rollback(empty_conn) == expected
-    assert migrate.rollback(empty_conn) is None
-    assert not schema_exists(empty_dsn, "pybatch")
-    assert ids(empty_dsn, migrate.BOOKKEEPING_SCHEMA) == []
-    assert ids(empty_dsn, "public") == []
-    assert migrate.apply(empty_conn) == SHIPPED
-    assert ids(empty_dsn, "public") == []  # the old tables are never written again
-    assert ids(empty_dsn, migrate.BOOKKEEPING_SCHEMA) == sorted(SHIPPED)
+    """A database installed by another pybatch (a newer one, or a development layout before the
+    baseline) records migration ids this version does not know: migrate refuses, naming them."""
+    migrate.apply(empty_conn)
+    with psycopg.connect(empty_dsn, autocommit=True) as conn:
+        table = sql.Identifier(migrate.BOOKKEEPING_SCHEMA, "_yoyo_migration")
+        conn.execute(
+            sql.SQL("INSERT INTO {} (migration_hash, migration_id, applied_at_utc) VALUES ('x', %s, now())").format(
+                table
+            ),
+            ("0009_from_the_future",),
+        )
+        conn.execute("DROP FUNCTION pybatch.flush_tidy()")  # a routine migrate would otherwise restore
+    with pytest.raises(MigrationError, match="0009_from_the_future"):
+        migrate.apply(empty_conn)
+    with psycopg.connect(empty_dsn) as conn:
+        assert conn.execute("SELECT to_regprocedure('pybatch.flush_tidy()')").fetchone() == (None,)

@@ -1,0 +1,36 @@
+-- ---------------------------------------------------------------------------
+-- The two ways to flush.
+-- ---------------------------------------------------------------------------
+CREATE OR REPLACE PROCEDURE pybatch.flush_in_passes(max_rows bigint DEFAULT NULL,
+                                         lock_wait interval DEFAULT '0 seconds',
+                                         INOUT result pybatch.flush_result DEFAULT NULL)
+LANGUAGE plpgsql
+AS $$
+-- No SET clause and no SECURITY DEFINER: PostgreSQL forbids COMMIT in a
+-- procedure with either. It only calls schema-qualified functions that pin
+-- their own search_path; the steps are SECURITY DEFINER.
+DECLARE
+    passes_before integer;
+BEGIN
+    result := pybatch.flush_distributed(max_rows, lock_wait);
+    IF result.started_at IS NOT NULL THEN
+        COMMIT;  -- the workers committed their own passes
+        RETURN;
+    END IF;
+    result := pybatch.flush_begin(max_rows, lock_wait);
+    COMMIT;  -- the hand-off is durable (as staging was) before any merge
+    LOOP
+        passes_before := result.passes;
+        result := pybatch.flush_pass(result);
+        COMMIT;  -- old versions of this pass become prunable; the next pass stays HOT
+        EXIT WHEN result.skipped OR result.error IS NOT NULL OR result.passes = passes_before;
+    END LOOP;
+    result := pybatch.flush_finish(result);
+    COMMIT;
+    PERFORM pybatch.flush_tidy();
+    COMMIT;
+END
+$$;
+COMMENT ON PROCEDURE pybatch.flush_in_passes(bigint, interval, pybatch.flush_result) IS
+    'The default flush: CALL pybatch.flush_in_passes(); outside a transaction block. Commits after the hand-off and after each pass (at most one row per heap page), so updates stay HOT on a fillfactor-100 table. Returns the flush_result. Inside a transaction block use SELECT pybatch.flush() instead.';
+REVOKE EXECUTE ON PROCEDURE pybatch.flush_in_passes(bigint, interval, pybatch.flush_result) FROM PUBLIC;

@@ -1,0 +1,110 @@
+-- ---------------------------------------------------------------------------
+-- The next pass, on any set of relations. A failing pass is retried one agent
+-- at a time: agents that fail alone go to quarantine when the others merge;
+-- when nothing merges at all the failure is systemic and everything stays pending.
+-- ---------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION pybatch.next_pass_in(result pybatch.flush_result, pending regclass, agents regclass,
+                                     quarantine regclass)
+RETURNS pybatch.flush_result
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    this_pass integer;
+    hot_before bigint;
+    step record;
+    agent record;
+    isolated_ok bigint := 0;
+    failed_agents uuid[] := '{}';
+    failed_errors text[] := '{}';
+    error_state text;
+    error_message text;
+    first_error text;
+    retry_first timestamptz;
+    deferred bigint;
+BEGIN
+    EXECUTE pg_catalog.format('SELECT pg_catalog.min(p.pass_no) FROM %s p', pending) INTO this_pass;
+    IF this_pass IS NULL THEN
+        RETURN result;  -- nothing left: passes does not grow, the caller stops
+    END IF;
+    result.passes := result.passes + 1;
+    -- Counters of this transaction, so a pass counts its own HOT updates.
+    hot_before := pg_catalog.pg_stat_get_xact_tuples_hot_updated(agents);
+
+    BEGIN
+        SELECT * INTO STRICT step FROM pybatch.merge_pass_in(pending, agents, this_pass, NULL);
+        result.agents_updated := result.agents_updated + step.updated;
+        result.stale_heartbeats := result.stale_heartbeats + step.stale_beats;
+        result.newest_event_at := GREATEST(result.newest_event_at, step.newest_event_at);
+    EXCEPTION WHEN query_canceled THEN
+        -- A cancel or statement_timeout is not one agent's fault: stop, keep all.
+        GET STACKED DIAGNOSTICS error_state = RETURNED_SQLSTATE, error_message = MESSAGE_TEXT;
+        result.error := error_state || ': ' || error_message;
+    WHEN OTHERS THEN
+        -- Find who fails: the pass again, one agent at a time.
+        GET STACKED DIAGNOSTICS error_state = RETURNED_SQLSTATE, error_message = MESSAGE_TEXT;
+        first_error := error_state || ': ' || error_message;
+        FOR agent IN EXECUTE pg_catalog.format('SELECT p.agent_id FROM %s p WHERE p.pass_no = $1', pending)
+                     USING this_pass LOOP
+            BEGIN
+                SELECT * INTO STRICT step FROM pybatch.merge_pass_in(pending, agents, this_pass, agent.agent_id);
+                result.agents_updated := result.agents_updated + step.updated;
+                result.stale_heartbeats := result.stale_heartbeats + step.stale_beats;
+                result.newest_event_at := GREATEST(result.newest_event_at, step.newest_event_at);
+                isolated_ok := isolated_ok + 1;
+            EXCEPTION WHEN OTHERS THEN
+                GET STACKED DIAGNOSTICS error_state = RETURNED_SQLSTATE, error_message = MESSAGE_TEXT;
+                failed_agents := failed_agents || agent.agent_id;
+                failed_errors := failed_errors || (error_state || ': ' || error_message);
+            END;
+        END LOOP;
+        IF isolated_ok + result.agents_updated + result.stale_heartbeats = 0 THEN
+            -- Nothing merged in this flush: not one agent's fault. Keep all pending.
+            result.error := first_error;
+            EXECUTE pg_catalog.format('UPDATE %s p SET pass_no = NULL WHERE p.pass_no = $1', pending)
+                USING this_pass;
+        ELSE
+            retry_first := pg_catalog.clock_timestamp();  -- computed first: no volatile call in the DML
+            EXECUTE pg_catalog.format($q$
+            WITH moved AS (
+                DELETE FROM %1$s p WHERE p.agent_id = ANY ($1)
+                RETURNING p.agent_id, p.first_at, p.last_at, p.replica_id, p.beats
+            )
+            INSERT INTO %2$s AS q (agent_id, first_at, last_at, replica_id, beats, error, retry_at)
+            SELECT m.agent_id, m.first_at, m.last_at, m.replica_id, m.beats,
+                   ($2)[pg_catalog.array_position($1, m.agent_id)],
+                   $3 + interval '10 seconds'
+            FROM moved m
+            ON CONFLICT (agent_id) DO UPDATE SET
+                first_at = LEAST(q.first_at, excluded.first_at),
+                last_at = GREATEST(q.last_at, excluded.last_at),
+                replica_id = CASE
+                    WHEN excluded.last_at > q.last_at THEN excluded.replica_id
+                    WHEN excluded.last_at = q.last_at THEN GREATEST(q.replica_id, excluded.replica_id)
+                    ELSE q.replica_id
+                END,
+                beats = q.beats + excluded.beats,
+                error = excluded.error,
+                attempts = q.attempts + 1,
+                -- Back-off: 10 s, 20 s, 40 s, ... at most 1 h.
+                retry_at = $3 + LEAST(interval '1 hour', interval '10 seconds' * (2 ^ LEAST(q.attempts, 12)))
+            $q$, pending, quarantine) USING failed_agents, failed_errors, retry_first;
+            result.quarantined_agents := result.quarantined_agents + pg_catalog.cardinality(failed_agents);
+        END IF;
+    END;
+
+    IF result.error IS NULL THEN
+        -- Rows still in this pass were locked by another transaction: next flush.
+        EXECUTE pg_catalog.format($q$
+            WITH deferred AS (UPDATE %s p SET pass_no = NULL WHERE p.pass_no = $1 RETURNING 1)
+            SELECT pg_catalog.count(*) FROM deferred
+            $q$, pending) INTO deferred USING this_pass;
+        result.deferred_agents := result.deferred_agents + deferred;
+    END IF;
+    result.hot_updates := result.hot_updates
+        + pg_catalog.pg_stat_get_xact_tuples_hot_updated(agents) - hot_before;
+    RETURN result;
+END
+$fn$;
+COMMENT ON FUNCTION pybatch.next_pass_in(pybatch.flush_result, regclass, regclass, regclass) IS
+    'Internal: merges the pending rows of the lowest pass_no on the given relations (flush_pass() here, shard_pass() on a Citus shard group) and adds its figures to result; agents that fail alone go to quarantine.';

@@ -1,0 +1,21 @@
+-- ---------------------------------------------------------------------------
+-- scheduler_release: give up the `pybatch scheduler` lease on the way out,
+-- so a standby scheduler takes over at once.
+-- ---------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION pybatch.scheduler_release()
+RETURNS boolean
+LANGUAGE sql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    WITH released AS (
+        UPDATE pybatch.scheduler_lease l
+        SET holder = NULL, holder_pid = NULL, holder_backend_start = NULL, expires_at = NULL
+        WHERE l.holder_pid = pg_catalog.pg_backend_pid()
+        RETURNING 1
+    )
+    SELECT EXISTS (SELECT FROM released);
+$$;
+COMMENT ON FUNCTION pybatch.scheduler_release() IS
+    'Gives up the scheduler lease if this session holds it, so a standby takes over at once.';
+REVOKE EXECUTE ON FUNCTION pybatch.scheduler_release() FROM PUBLIC;
