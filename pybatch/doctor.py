@@ -22,15 +22,7 @@ from pybatch.errors import NotMigrated, PybatchError
 log = logging.getLogger(__name__)
 
 OK, WARN, FAIL = "ok", "warn", "fail"
-# Columns flush() writes: an index on any of them makes every flush update non-HOT.
-FLUSHED_COLUMNS = [
-    "first_connected_at",
-    "last_connected_at",
-    "disconnected_at",
-    "last_connected_replica_id",
-    "updated_at",
-]
-# The single-transaction flush: an old pg_cron job (before migration 0004) runs it.
+# The single-transaction flush: an old pg_cron job (made before the committed passes) runs it.
 ONE_TRANSACTION_FLUSH = "pybatch.flush("
 
 
@@ -51,7 +43,7 @@ class Thresholds:
 
     min_server_version: int = 130000  # gen_random_uuid() in core
     stalled_intervals: int = 5  # staging older than this many flush intervals is not draining
-    hot_ratio_min: float = 0.8  # committed passes keep >= 95 % HOT in steady state (FACTS.md)
+    hot_ratio_min: float = 0.8  # committed passes keep >= 95 % HOT in steady state (docs/benchmarks.md)
     hot_min_updates: int = 1000  # fewer updates than this are too few to judge
     recent_flushes: int = 30  # the flushes HOT ratio and table growth are judged over
     growth_max: float = 0.10  # heap or index growth over recent flushes that is worth a warning

@@ -31,7 +31,6 @@ log = logging.getLogger(__name__)
 # Schemas that hold only pybatch's objects and go whole.
 OWN_SCHEMAS = ("pybatch", migrate.BOOKKEEPING_SCHEMA)
 # What pybatch.flush_loop_deadline() sets as the application_name of a running flush loop.
-LOOP_APPLICATION_NAME = "pybatch-flush-loop"
 
 
 @dataclass(frozen=True)
@@ -117,7 +116,7 @@ def _check_loops_can_be_ended(conn: psycopg.Connection) -> None:
         " AND (COALESCE(r.rolsuper, true) OR NOT (pg_catalog.pg_has_role(current_user, a.usesysid, 'USAGE')"
         "      OR pg_catalog.pg_has_role(current_user, 'pg_signal_backend', 'USAGE')))"
         " ORDER BY a.pid",
-        (LOOP_APPLICATION_NAME,),
+        (cron.LOOP_APPLICATION_NAME,),
     ).fetchall()
     if not rows:
         return

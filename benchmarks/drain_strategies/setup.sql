@@ -42,7 +42,7 @@ COMMENT ON FUNCTION drain_bench.merge_from(regclass) IS
 -- locked first, so every committed row is seen by the merge and no insert can
 -- commit between the merge's snapshot and TRUNCATE: lossless, but every writer
 -- waits for the whole merge. Without it (truncate_unlocked, the known-wrong
--- variant from FACTS.md, run only on request to show the loss check can fail)
+-- variant that loses rows, run only on request to show the loss check can fail)
 -- rows committed after the merge's snapshot and before TRUNCATE are wiped.
 -- ---------------------------------------------------------------------------
 CREATE FUNCTION drain_bench.flush_truncate(lock_first boolean) RETURNS bigint

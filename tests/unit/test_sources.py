@@ -82,3 +82,11 @@ def test_every_function_pins_its_search_path() -> None:
 def test_a_source_must_define_exactly_one_object(text: str, found: int) -> None:
     with pytest.raises(ValueError, match=f"exactly one .* found {found}"):
         routines.parse("views/x.sql", text)
+
+
+def test_the_loops_application_name_is_the_one_cron_and_uninstall_look_for() -> None:
+    """pybatch.flush_loop_deadline() names its session; `cron remove` and `uninstall` end it by that name."""
+    from pybatch.schedule import cron
+
+    (deadline,) = (s for s in routines.sources() if s.name == "pybatch.flush_loop_deadline")
+    assert f"'application_name', '{cron.LOOP_APPLICATION_NAME}'" in deadline.text
