@@ -46,6 +46,15 @@ CREATE FUNCTION evil.ts_gt(a timestamptz, b timestamptz) RETURNS boolean LANGUAG
 CREATE OPERATOR evil.> (LEFTARG = timestamptz, RIGHTARG = timestamptz, FUNCTION = evil.ts_gt);
 CREATE OPERATOR evil.>= (LEFTARG = timestamptz, RIGHTARG = timestamptz, FUNCTION = evil.ts_gt);
 CREATE OPERATOR evil.<= (LEFTARG = timestamptz, RIGHTARG = timestamptz, FUNCTION = evil.ts_gt);
+CREATE FUNCTION evil.int_eq(a integer, b integer) RETURNS boolean LANGUAGE plpgsql AS
+    $$ BEGIN PERFORM evil.trap('integer ='); RETURN a OPERATOR(pg_catalog.=) b; END $$;
+CREATE OPERATOR evil.= (LEFTARG = integer, RIGHTARG = integer, FUNCTION = evil.int_eq);
+CREATE FUNCTION evil.ts_minus(a timestamptz, b timestamptz) RETURNS interval LANGUAGE plpgsql AS
+    $$ BEGIN PERFORM evil.trap('timestamptz -'); RETURN interval '0'; END $$;
+CREATE OPERATOR evil.- (LEFTARG = timestamptz, RIGHTARG = timestamptz, FUNCTION = evil.ts_minus);
+CREATE FUNCTION evil.ts_ok(t pg_catalog.timestamptz) RETURNS boolean LANGUAGE plpgsql AS
+    $$ BEGIN PERFORM evil.trap('timestamptz domain'); RETURN true; END $$;
+CREATE DOMAIN evil.timestamptz AS pg_catalog.timestamptz CHECK (evil.ts_ok(VALUE));
 CREATE TABLE evil.settings (singleton boolean, future_tolerance interval, max_rows_per_flush bigint);
 INSERT INTO evil.settings VALUES (true, '1000 years', 1);
 CREATE TABLE evil.workspace_agents (id uuid, disconnected_at timestamptz, last_connected_at timestamptz);
@@ -112,3 +121,47 @@ def test_disconnect_and_flush_ignore_shadowing_objects(conn: psycopg.Connection,
     ).fetchall()
     assert rows == sorted([(agents[0], T0, None), (agents[1], T0, T0), (agents[2], T0, None)])
     assert conn.execute("SELECT count(*) FROM pybatch.heartbeats").fetchone() == (0,)
+
+
+@pytest.mark.parametrize("setting_on", ["database", "role"])
+def test_procedures_ignore_a_search_path_set_on_the_database_or_the_role(
+    dsn: str, conn: psycopg.Connection, attacker: psycopg.Connection, setting_on: str
+) -> None:
+    """The procedures (no SET clause is allowed where they COMMIT) run under the caller's
+    search_path. A database owner's ALTER DATABASE ... SET search_path (or a role setting) puts
+    evil's `=` on integer, `-` on timestamptz and a timestamptz domain first: a superuser's CALL,
+    the pg_cron 1.4 loop and `pybatch flush` must run none of them."""
+    dbname = conn.info.dbname
+    superuser = conn.info.user
+    target = (
+        sql.SQL("DATABASE {}").format(sql.Identifier(dbname))
+        if setting_on == "database"
+        else sql.SQL("ROLE {} IN DATABASE {}").format(sql.Identifier(superuser), sql.Identifier(dbname))
+    )
+    conn.execute(sql.SQL("ALTER {} SET search_path = evil, pg_catalog").format(target))
+    try:
+        agent = uuid.uuid4()
+        conn.execute("INSERT INTO public.workspace_agents (id) VALUES (%s)", (agent,))
+        conn.execute("INSERT INTO pybatch.heartbeats (agent_id, beat_at) VALUES (%s, %s)", (agent, T0))
+        with psycopg.connect(dsn, autocommit=True) as victim:  # a new session: the setting applies
+            assert victim.execute("SHOW search_path").fetchone() == ("evil, pg_catalog",)
+            victim.execute("CALL pybatch.flush_in_passes()")
+            victim.execute("CALL pybatch.flush_loop(interval '1 second', pg_catalog.clock_timestamp())")
+            result = flush(victim)
+            assert result.ok
+        assert hijacked(attacker) == []
+        row = conn.execute("SELECT last_connected_at FROM public.workspace_agents WHERE id = %s", (agent,)).fetchone()
+        assert row == (T0,)
+    finally:
+        conn.execute(sql.SQL("ALTER {} RESET search_path").format(target))
+
+
+def test_the_trap_fires_on_an_unqualified_procedure(conn: psycopg.Connection, attacker: psycopg.Connection) -> None:
+    """Control for the test above: the same comparison in an unqualified procedure is hijacked."""
+    conn.execute("""
+        CREATE PROCEDURE public.unqualified(a integer) LANGUAGE plpgsql AS
+        $$ DECLARE t timestamptz := pg_catalog.now(); BEGIN IF a = a THEN COMMIT; END IF; END $$;
+        GRANT EXECUTE ON PROCEDURE public.unqualified(integer) TO PUBLIC;
+    """)
+    attacker.execute("CALL public.unqualified(1)")
+    assert {"integer =", "timestamptz domain"} <= set(hijacked(attacker))

@@ -12,7 +12,7 @@ AS $fn$
 -- master_run_on_worker, one connection per shard group), so it may COMMIT:
 -- the hand-off is durable before any merge and every pass commits, as on one
 -- server. No SET clause (COMMIT forbids it); it calls only functions that pin
--- their own search_path.
+-- their own search_path, and qualifies its own operators and types.
 DECLARE
     result pybatch.flush_result;
     passes_before integer;
@@ -23,9 +23,9 @@ BEGIN
         passes_before := result.passes;
         result := pybatch.shard_pass(result, pending, agents, quarantine);
         COMMIT;
-        EXIT WHEN result.skipped OR result.error IS NOT NULL OR result.passes = passes_before;
+        EXIT WHEN result.skipped OR result.error IS NOT NULL OR result.passes OPERATOR(pg_catalog.=) passes_before;
     END LOOP;
-    result.duration := pg_catalog.clock_timestamp() - result.started_at;
+    result.duration := pg_catalog.clock_timestamp() OPERATOR(pg_catalog.-) result.started_at;
     outcome := ROW(result, pg_catalog.pg_relation_size(agents), pg_catalog.pg_indexes_size(agents))::pybatch.shard_flush_result;
 END
 $fn$;

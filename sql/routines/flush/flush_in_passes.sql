@@ -8,7 +8,10 @@ LANGUAGE plpgsql
 AS $$
 -- No SET clause and no SECURITY DEFINER: PostgreSQL forbids COMMIT in a
 -- procedure with either. It only calls schema-qualified functions that pin
--- their own search_path; the steps are SECURITY DEFINER.
+-- their own search_path (the steps are SECURITY DEFINER), and its own
+-- operators and types are qualified too: it runs under the caller's
+-- search_path, which a database or role setting may have changed
+-- (ALTER DATABASE ... SET search_path = evil, pg_catalog).
 DECLARE
     passes_before integer;
 BEGIN
@@ -23,7 +26,7 @@ BEGIN
         passes_before := result.passes;
         result := pybatch.flush_pass(result);
         COMMIT;  -- old versions of this pass become prunable; the next pass stays HOT
-        EXIT WHEN result.skipped OR result.error IS NOT NULL OR result.passes = passes_before;
+        EXIT WHEN result.skipped OR result.error IS NOT NULL OR result.passes OPERATOR(pg_catalog.=) passes_before;
     END LOOP;
     result := pybatch.flush_finish(result);
     COMMIT;

@@ -12,10 +12,11 @@ CREATE OR REPLACE PROCEDURE pybatch.flush_loop(flush_interval interval, stop_at 
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    deadline timestamptz := pybatch.flush_loop_deadline(stop_at);
-    pass_started timestamptz;
+    -- Types and operators qualified: the body runs under the caller's search_path.
+    deadline pg_catalog.timestamptz := pybatch.flush_loop_deadline(stop_at);
+    pass_started pg_catalog.timestamptz;
     result pybatch.flush_result;
-    next_pass timestamptz;
+    next_pass pg_catalog.timestamptz;
 BEGIN
     LOOP
         pass_started := pg_catalog.clock_timestamp();
