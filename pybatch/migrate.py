@@ -224,8 +224,8 @@ def check_preconditions(conn: psycopg.Connection) -> None:
     if row is not None and not row[1]:
         owner, _, user = row
         raise PermissionDenied(
-            f"role {user!r} cannot act as {owner!r}, the owner of public.workspace_agents: "
-            f"run `pybatch migrate` as {owner!r} or a superuser (nothing was applied)"
+            f"role {user} cannot act as {owner}, the owner of public.workspace_agents: "
+            f"run `pybatch migrate` as {owner} or a superuser (nothing was applied)"
         )
 
 

@@ -17,12 +17,17 @@ DECLARE
     result pybatch.flush_result;
     passes_before integer;
 BEGIN
+    -- Every step in read committed, whatever the defaults (as flush_in_passes()).
+    COMMIT;
+    SET TRANSACTION ISOLATION LEVEL READ COMMITTED;
     result := pybatch.shard_begin(staging, pending, agents, quarantine, row_cap, tolerance, lock_wait);
     COMMIT;
+    SET TRANSACTION ISOLATION LEVEL READ COMMITTED;
     LOOP
         passes_before := result.passes;
         result := pybatch.shard_pass(result, pending, agents, quarantine);
         COMMIT;
+        SET TRANSACTION ISOLATION LEVEL READ COMMITTED;
         EXIT WHEN result.skipped OR result.error IS NOT NULL OR result.passes OPERATOR(pg_catalog.=) passes_before;
     END LOOP;
     result.duration := pg_catalog.clock_timestamp() OPERATOR(pg_catalog.-) result.started_at;

@@ -15,6 +15,12 @@ AS $$
 DECLARE
     passes_before integer;
 BEGIN
+    -- Every step in read committed, whatever the role's or the database's default
+    -- (default_transaction_isolation): a repeatable-read snapshot taken before a
+    -- step waits for the flush lock would miss another flush's committed hand-off.
+    -- The CALL's own transaction took its snapshot already, so it ends first.
+    COMMIT;
+    SET TRANSACTION ISOLATION LEVEL READ COMMITTED;
     result := pybatch.flush_distributed(max_rows, lock_wait);
     IF result.started_at IS NOT NULL THEN
         COMMIT;  -- the workers committed their own passes
@@ -22,14 +28,17 @@ BEGIN
     END IF;
     result := pybatch.flush_begin(max_rows, lock_wait);
     COMMIT;  -- the hand-off is durable (as staging was) before any merge
+    SET TRANSACTION ISOLATION LEVEL READ COMMITTED;  -- first, before any query of the new transaction
     LOOP
         passes_before := result.passes;
         result := pybatch.flush_pass(result);
         COMMIT;  -- old versions of this pass become prunable; the next pass stays HOT
+        SET TRANSACTION ISOLATION LEVEL READ COMMITTED;
         EXIT WHEN result.skipped OR result.error IS NOT NULL OR result.passes OPERATOR(pg_catalog.=) passes_before;
     END LOOP;
     result := pybatch.flush_finish(result);
     COMMIT;
+    SET TRANSACTION ISOLATION LEVEL READ COMMITTED;
     PERFORM pybatch.flush_tidy();
     COMMIT;
 END

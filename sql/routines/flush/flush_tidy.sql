@@ -16,6 +16,12 @@ AS $$
 DECLARE
     previous_timeout text := pg_catalog.current_setting('lock_timeout');
 BEGIN
+    -- TRUNCATE ignores snapshots: pending must be seen empty by a snapshot taken
+    -- after the lock, which only read committed gives (a repeatable-read snapshot
+    -- may predate another flush's hand-off). Otherwise leave it to autovacuum.
+    IF pg_catalog.current_setting('transaction_isolation') <> 'read committed' THEN
+        RETURN false;
+    END IF;
     IF NOT pybatch.flush_take_lock(interval '100 milliseconds') THEN
         RETURN false;
     END IF;

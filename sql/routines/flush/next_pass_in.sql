@@ -40,6 +40,11 @@ BEGIN
         -- A cancel or statement_timeout is not one agent's fault: stop, keep all.
         GET STACKED DIAGNOSTICS error_state = RETURNED_SQLSTATE, error_message = MESSAGE_TEXT;
         result.error := error_state || ': ' || error_message;
+    WHEN serialization_failure OR deadlock_detected OR lock_not_available THEN
+        -- Transient, and not any agent's fault (a concurrent update seen by a
+        -- repeatable-read caller, a deadlock, a lock timeout): the pass waits for
+        -- the next flush (deferred below) and the rest of this flush goes on.
+        NULL;
     WHEN OTHERS THEN
         -- Find who fails: the pass again, one agent at a time.
         GET STACKED DIAGNOSTICS error_state = RETURNED_SQLSTATE, error_message = MESSAGE_TEXT;
@@ -52,13 +57,17 @@ BEGIN
                 result.stale_heartbeats := result.stale_heartbeats + step.stale_beats;
                 result.newest_event_at := GREATEST(result.newest_event_at, step.newest_event_at);
                 isolated_ok := isolated_ok + 1;
-            EXCEPTION WHEN OTHERS THEN
+            EXCEPTION WHEN serialization_failure OR deadlock_detected OR lock_not_available THEN
+                NULL;  -- transient: the agent stays in this pass and is deferred below
+            WHEN OTHERS THEN
                 GET STACKED DIAGNOSTICS error_state = RETURNED_SQLSTATE, error_message = MESSAGE_TEXT;
                 failed_agents := failed_agents || agent.agent_id;
                 failed_errors := failed_errors || (error_state || ': ' || error_message);
             END;
         END LOOP;
-        IF isolated_ok + result.agents_updated + result.stale_heartbeats = 0 THEN
+        IF pg_catalog.cardinality(failed_agents) = 0 THEN
+            NULL;  -- every failure was transient: all of them are deferred below
+        ELSIF isolated_ok + result.agents_updated + result.stale_heartbeats = 0 THEN
             -- Nothing merged in this flush: not one agent's fault. Keep all pending.
             result.error := first_error;
             EXECUTE pg_catalog.format('UPDATE %s p SET pass_no = NULL WHERE p.pass_no = $1', pending)
