@@ -301,6 +301,13 @@ def test_routines_reach_the_workers_and_rolling_back_the_baseline_removes_everyt
             "WHERE oid = 'pybatch.merge_pass_in(regclass, regclass, integer, uuid)'::regprocedure$$)"
         ).fetchall()
         assert configs and all("enable_indexscan=off" in str(c[0]) for c in configs), configs
+    assert connected(citus_dsn, migrate.rollback) == "0002_pending_failed_error"
+    with psycopg.connect(citus_dsn, autocommit=True) as conn:
+        shards = conn.execute(
+            "SELECT result FROM run_command_on_workers($$SELECT count(*) FROM pg_attribute a JOIN pg_class c"
+            " ON c.oid = a.attrelid WHERE c.relname LIKE 'pending%' AND a.attname = 'failed_error'$$)"
+        ).fetchall()
+        assert shards and all(str(r[0]) == "0" for r in shards), shards
     assert connected(citus_dsn, migrate.rollback) == "0001_baseline"
     with psycopg.connect(citus_dsn, autocommit=True) as conn:
         assert conn.execute("SELECT to_regnamespace('pybatch')").fetchone() == (None,)

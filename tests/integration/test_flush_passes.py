@@ -271,6 +271,69 @@ def test_a_poison_agent_is_quarantined_and_the_fleet_merges(conn: psycopg.Connec
     assert one(conn, "SELECT count(*) FROM pybatch.quarantine") == 0
 
 
+POISON_TRIGGER = """
+    CREATE FUNCTION public.reject_one() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF NEW.id = {poison} THEN RAISE EXCEPTION 'agent rejected by the app'; END IF;
+        RETURN NEW;
+    END $$;
+    CREATE TRIGGER reject_one BEFORE UPDATE ON public.workspace_agents
+        FOR EACH ROW EXECUTE FUNCTION public.reject_one();
+"""
+
+
+@pytest.mark.parametrize("row_cap", [None, 10])
+def test_one_poisoned_agent_on_a_small_fleets_only_page_never_stops_the_others(
+    conn: psycopg.Connection, row_cap: int | None
+) -> None:
+    """Issue 19 #6: 20 agents share one heap page, so each pass holds one agent; the poisoned
+    one is in pass 1. Every flush still merges the other 19 (with a cap of 10 rows too: the
+    others it drained) and the poisoned agent goes to quarantine."""
+    agents = make_agents(conn, 20)
+    pages = one(conn, "SELECT count(DISTINCT (ctid::text::point)[0]) FROM public.workspace_agents")
+    assert pages == 1
+    first_in_page = conn.execute("SELECT id FROM public.workspace_agents ORDER BY ctid LIMIT 1").fetchone()
+    assert first_in_page is not None
+    poison = first_in_page[0]
+    conn.execute(sql.SQL(POISON_TRIGGER).format(poison=sql.Literal(str(poison))))
+    if row_cap is not None:
+        conn.execute("UPDATE pybatch.settings SET max_rows_per_flush = %s", (row_cap,))
+    others = [a for a in agents if a != poison]
+    base = datetime.now(UTC) - timedelta(seconds=30)
+    for round_no in range(3):
+        beat = base + timedelta(seconds=round_no)
+        stage_all(conn, agents, beat)
+        while one(conn, "SELECT count(*) FROM pybatch.heartbeats"):
+            result = flush(conn)
+            assert result.error is None, result
+        merged = one(
+            conn,
+            "SELECT count(*) FROM public.workspace_agents WHERE id = ANY (%s) AND last_connected_at = %s",
+            (others, beat),
+        )
+        assert merged == 19, (round_no, merged)
+    assert one(conn, "SELECT count(*) FROM pybatch.quarantine WHERE agent_id = %s", (poison,)) == 1
+    assert one(conn, "SELECT count(*) FROM pybatch.quarantine") == 1
+    assert one(conn, "SELECT last_connected_at FROM public.workspace_agents WHERE id = %s", (poison,)) is None
+
+
+def test_a_failure_of_every_agent_is_systemic_and_keeps_them_pending(conn: psycopg.Connection) -> None:
+    agents = make_agents(conn, 20)
+    conn.execute("""
+        CREATE FUNCTION public.reject_all() RETURNS trigger LANGUAGE plpgsql AS
+        $$ BEGIN RAISE EXCEPTION 'the app is down'; END $$;
+        CREATE TRIGGER reject_all BEFORE UPDATE ON public.workspace_agents
+            FOR EACH ROW EXECUTE FUNCTION public.reject_all();
+    """)
+    stage_all(conn, agents, datetime.now(UTC) - timedelta(seconds=5))
+    result = flush(conn)
+    assert result.error is not None and "the app is down" in result.error
+    assert one(conn, "SELECT count(*) FROM pybatch.pending") == 20  # nothing lost, nothing quarantined
+    assert one(conn, "SELECT count(*) FROM pybatch.quarantine") == 0
+    conn.execute("DROP TRIGGER reject_all ON public.workspace_agents")
+    assert flush(conn).agents_updated == 20
+
+
 def test_a_disconnect_waits_for_one_pass_not_the_whole_flush(dsn: str, conn: psycopg.Connection) -> None:
     agents = coder_shaped(conn, 200)  # ~20 rows per page: ~20 passes
     conn.execute("""

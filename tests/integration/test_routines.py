@@ -72,6 +72,7 @@ def without_sourced_objects(parts: dict[str, list[tuple[object, ...]]]) -> dict[
     for part in ("relations", "grants"):
         kept[part] = [r for r in parts[part] if r[0] not in names]
     kept["columns"] = [r for r in parts["columns"] if r[0] not in names]
+    kept["types"] = [r for r in parts["types"] if str(r[0]).removeprefix("_") not in names]  # views' row types
     return kept
 
 

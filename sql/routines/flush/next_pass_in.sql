@@ -1,7 +1,10 @@
 -- ---------------------------------------------------------------------------
 -- The next pass, on any set of relations. A failing pass is retried one agent
--- at a time: agents that fail alone go to quarantine when the others merge;
--- when nothing merges at all the failure is systemic and everything stays pending.
+-- at a time; an agent that fails waits in pending with its error, and later
+-- passes go on. When no pass is left the flush is judged as a whole: if
+-- anything merged, the agents that failed go to quarantine (their own fault,
+-- whatever the fleet size or row cap); if nothing merged at all, the failure
+-- is systemic: the flush reports it and every agent stays pending.
 -- ---------------------------------------------------------------------------
 CREATE OR REPLACE FUNCTION pybatch.next_pass_in(result pybatch.flush_result, pending regclass, agents regclass,
                                      quarantine regclass)
@@ -14,18 +17,55 @@ DECLARE
     hot_before bigint;
     step record;
     agent record;
-    isolated_ok bigint := 0;
     failed_agents uuid[] := '{}';
     failed_errors text[] := '{}';
     error_state text;
     error_message text;
-    first_error text;
     retry_first timestamptz;
     deferred bigint;
 BEGIN
     EXECUTE pg_catalog.format('SELECT pg_catalog.min(p.pass_no) FROM %s p', pending) INTO this_pass;
     IF this_pass IS NULL THEN
-        RETURN result;  -- nothing left: passes does not grow, the caller stops
+        -- Nothing left: passes does not grow and the caller stops. Judge the failures.
+        EXECUTE pg_catalog.format($q$
+            SELECT COALESCE(pg_catalog.array_agg(p.agent_id), '{}'), COALESCE(pg_catalog.array_agg(p.failed_error), '{}')
+            FROM %s p WHERE p.failed_error IS NOT NULL
+            $q$, pending) INTO failed_agents, failed_errors;
+        IF pg_catalog.cardinality(failed_agents) = 0 THEN
+            RETURN result;
+        END IF;
+        IF result.agents_updated + result.stale_heartbeats = 0 THEN
+            -- Nothing merged in this whole flush: no agent's own fault. All stay pending.
+            result.error := failed_errors[1];
+            EXECUTE pg_catalog.format('UPDATE %s p SET failed_error = NULL WHERE p.failed_error IS NOT NULL', pending);
+            RETURN result;
+        END IF;
+        retry_first := pg_catalog.clock_timestamp();  -- computed first: no volatile call in the DML
+        EXECUTE pg_catalog.format($q$
+        WITH moved AS (
+            DELETE FROM %1$s p WHERE p.agent_id = ANY ($1)
+            RETURNING p.agent_id, p.first_at, p.last_at, p.replica_id, p.beats, p.failed_error
+        )
+        INSERT INTO %2$s AS q (agent_id, first_at, last_at, replica_id, beats, error, retry_at)
+        SELECT m.agent_id, m.first_at, m.last_at, m.replica_id, m.beats, m.failed_error,
+               $2 + interval '10 seconds'
+        FROM moved m
+        ON CONFLICT (agent_id) DO UPDATE SET
+            first_at = LEAST(q.first_at, excluded.first_at),
+            last_at = GREATEST(q.last_at, excluded.last_at),
+            replica_id = CASE
+                WHEN excluded.last_at > q.last_at THEN excluded.replica_id
+                WHEN excluded.last_at = q.last_at THEN GREATEST(q.replica_id, excluded.replica_id)
+                ELSE q.replica_id
+            END,
+            beats = q.beats + excluded.beats,
+            error = excluded.error,
+            attempts = q.attempts + 1,
+            -- Back-off: 10 s, 20 s, 40 s, ... at most 1 h.
+            retry_at = $2 + LEAST(interval '1 hour', interval '10 seconds' * (2 ^ LEAST(q.attempts, 12)))
+        $q$, pending, quarantine) USING failed_agents, retry_first;
+        result.quarantined_agents := result.quarantined_agents + pg_catalog.cardinality(failed_agents);
+        RETURN result;
     END IF;
     result.passes := result.passes + 1;
     -- Counters of this transaction, so a pass counts its own HOT updates.
@@ -47,8 +87,6 @@ BEGIN
         NULL;
     WHEN OTHERS THEN
         -- Find who fails: the pass again, one agent at a time.
-        GET STACKED DIAGNOSTICS error_state = RETURNED_SQLSTATE, error_message = MESSAGE_TEXT;
-        first_error := error_state || ': ' || error_message;
         FOR agent IN EXECUTE pg_catalog.format('SELECT p.agent_id FROM %s p WHERE p.pass_no = $1', pending)
                      USING this_pass LOOP
             BEGIN
@@ -56,7 +94,6 @@ BEGIN
                 result.agents_updated := result.agents_updated + step.updated;
                 result.stale_heartbeats := result.stale_heartbeats + step.stale_beats;
                 result.newest_event_at := GREATEST(result.newest_event_at, step.newest_event_at);
-                isolated_ok := isolated_ok + 1;
             EXCEPTION WHEN serialization_failure OR deadlock_detected OR lock_not_available THEN
                 NULL;  -- transient: the agent stays in this pass and is deferred below
             WHEN OTHERS THEN
@@ -65,41 +102,11 @@ BEGIN
                 failed_errors := failed_errors || (error_state || ': ' || error_message);
             END;
         END LOOP;
-        IF pg_catalog.cardinality(failed_agents) = 0 THEN
-            NULL;  -- every failure was transient: all of them are deferred below
-        ELSIF isolated_ok + result.agents_updated + result.stale_heartbeats = 0 THEN
-            -- Nothing merged in this flush: not one agent's fault. Keep all pending.
-            result.error := first_error;
-            EXECUTE pg_catalog.format('UPDATE %s p SET pass_no = NULL WHERE p.pass_no = $1', pending)
-                USING this_pass;
-        ELSE
-            retry_first := pg_catalog.clock_timestamp();  -- computed first: no volatile call in the DML
-            EXECUTE pg_catalog.format($q$
-            WITH moved AS (
-                DELETE FROM %1$s p WHERE p.agent_id = ANY ($1)
-                RETURNING p.agent_id, p.first_at, p.last_at, p.replica_id, p.beats
-            )
-            INSERT INTO %2$s AS q (agent_id, first_at, last_at, replica_id, beats, error, retry_at)
-            SELECT m.agent_id, m.first_at, m.last_at, m.replica_id, m.beats,
-                   ($2)[pg_catalog.array_position($1, m.agent_id)],
-                   $3 + interval '10 seconds'
-            FROM moved m
-            ON CONFLICT (agent_id) DO UPDATE SET
-                first_at = LEAST(q.first_at, excluded.first_at),
-                last_at = GREATEST(q.last_at, excluded.last_at),
-                replica_id = CASE
-                    WHEN excluded.last_at > q.last_at THEN excluded.replica_id
-                    WHEN excluded.last_at = q.last_at THEN GREATEST(q.replica_id, excluded.replica_id)
-                    ELSE q.replica_id
-                END,
-                beats = q.beats + excluded.beats,
-                error = excluded.error,
-                attempts = q.attempts + 1,
-                -- Back-off: 10 s, 20 s, 40 s, ... at most 1 h.
-                retry_at = $3 + LEAST(interval '1 hour', interval '10 seconds' * (2 ^ LEAST(q.attempts, 12)))
-            $q$, pending, quarantine) USING failed_agents, failed_errors, retry_first;
-            result.quarantined_agents := result.quarantined_agents + pg_catalog.cardinality(failed_agents);
-        END IF;
+        -- The failed wait, out of the passes, until the flush is judged (above).
+        EXECUTE pg_catalog.format($q$
+            UPDATE %s p SET pass_no = NULL, failed_error = ($2)[pg_catalog.array_position($1, p.agent_id)]
+            WHERE p.agent_id = ANY ($1)
+            $q$, pending) USING failed_agents, failed_errors;
     END;
 
     IF result.error IS NULL THEN
@@ -116,4 +123,4 @@ BEGIN
 END
 $fn$;
 COMMENT ON FUNCTION pybatch.next_pass_in(pybatch.flush_result, regclass, regclass, regclass) IS
-    'Internal: merges the pending rows of the lowest pass_no on the given relations (flush_pass() here, shard_pass() on a Citus shard group) and adds its figures to result; agents that fail alone go to quarantine.';
+    'Internal: merges the pending rows of the lowest pass_no on the given relations (flush_pass() here, shard_pass() on a Citus shard group) and adds its figures to result; when no pass is left, agents that failed go to quarantine if anything merged.';

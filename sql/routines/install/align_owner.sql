@@ -25,17 +25,21 @@ BEGIN
     IF EXISTS (SELECT FROM pg_catalog.pg_extension e WHERE e.extname = 'citus') THEN
         PERFORM pg_catalog.set_config('citus.multi_shard_modify_mode', 'sequential', true);
     END IF;
-    -- What the merge needs, and nothing else.
-    EXECUTE pg_catalog.format('GRANT USAGE ON SCHEMA pybatch TO %s', table_owner);
-    EXECUTE pg_catalog.format('GRANT SELECT ON pybatch.settings TO %s', table_owner);
-    EXECUTE pg_catalog.format('GRANT SELECT, UPDATE ON pybatch.flush_lock TO %s', table_owner);
-    EXECUTE pg_catalog.format('GRANT SELECT, DELETE ON pybatch.heartbeats TO %s', table_owner);
-    EXECUTE pg_catalog.format('GRANT SELECT, INSERT, UPDATE, DELETE ON pybatch.pending, pybatch.quarantine TO %s', table_owner);
-    EXECUTE pg_catalog.format('GRANT TRUNCATE ON pybatch.pending TO %s', table_owner);
-    EXECUTE pg_catalog.format('GRANT SELECT, INSERT, DELETE ON pybatch.flush_log TO %s', table_owner);
-    -- The Citus flush (citus_flush) logs per shard and CALLs shard_flush as the owner.
-    EXECUTE pg_catalog.format('GRANT SELECT, INSERT, DELETE ON pybatch.flush_log_shards TO %s', table_owner);
-    EXECUTE pg_catalog.format('GRANT EXECUTE ON PROCEDURE pybatch.shard_flush(regclass, regclass, regclass, regclass, bigint, interval, interval, pybatch.shard_flush_result) TO %s', table_owner);
+    -- What the merge needs, and nothing else (nothing when the table's owner owns
+    -- pybatch's objects too: it has every right on them already).
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_namespace n
+                   WHERE n.nspname = 'pybatch' AND n.nspowner::pg_catalog.regrole::text = table_owner) THEN
+        EXECUTE pg_catalog.format('GRANT USAGE ON SCHEMA pybatch TO %s', table_owner);
+        EXECUTE pg_catalog.format('GRANT SELECT ON pybatch.settings TO %s', table_owner);
+        EXECUTE pg_catalog.format('GRANT SELECT, UPDATE ON pybatch.flush_lock TO %s', table_owner);
+        EXECUTE pg_catalog.format('GRANT SELECT, DELETE ON pybatch.heartbeats TO %s', table_owner);
+        EXECUTE pg_catalog.format('GRANT SELECT, INSERT, UPDATE, DELETE ON pybatch.pending, pybatch.quarantine TO %s', table_owner);
+        EXECUTE pg_catalog.format('GRANT TRUNCATE ON pybatch.pending TO %s', table_owner);
+        EXECUTE pg_catalog.format('GRANT SELECT, INSERT, DELETE ON pybatch.flush_log TO %s', table_owner);
+        -- The Citus flush (citus_flush) logs per shard and CALLs shard_flush as the owner.
+        EXECUTE pg_catalog.format('GRANT SELECT, INSERT, DELETE ON pybatch.flush_log_shards TO %s', table_owner);
+        EXECUTE pg_catalog.format('GRANT EXECUTE ON PROCEDURE pybatch.shard_flush(regclass, regclass, regclass, regclass, bigint, interval, interval, pybatch.shard_flush_result) TO %s', table_owner);
+    END IF;
     FOREACH fn IN ARRAY ARRAY[
         'pybatch.flush_begin(bigint, interval)',
         'pybatch.flush_pass(pybatch.flush_result)',
