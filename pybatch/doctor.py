@@ -74,6 +74,7 @@ def doctor(conn: psycopg.Connection, thresholds: Thresholds | None = None) -> Do
             context.migrations,
             context.compatibility,
             context.routines,
+            context.merge_owner,
             context.target_table,
             context.citus_layout,
             context.pg_cron_preload,
@@ -181,6 +182,14 @@ class _Context:
                 f"{', '.join(unknown)} in schema pybatch have no source in this pybatch (retired, or made by hand)",
             )
         return Check("routines", OK, f"all {len(routines.sources())} routines and views match their sources")
+
+    def merge_owner(self) -> Check:
+        """The merge runs as exactly the table's owner (pybatch.check_merge_routines())."""
+        try:
+            self.conn.execute("SELECT pybatch.check_merge_routines()")
+        except psycopg.errors.InsufficientPrivilege as exc:
+            return Check("merge_owner", FAIL, db.first_line(exc).removeprefix("pybatch: "))
+        return Check("merge_owner", OK, "the merge functions run as the owner of public.workspace_agents")
 
     def target_table(self) -> Check:
         problems = migrate.target_problems(self.conn)

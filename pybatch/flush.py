@@ -88,7 +88,12 @@ def flush(
     everything it had not merged (in staging or pybatch.pending); it is returned
     with `error` set, or raised as FlushFailed when raise_on_error is true.
     """
-    if conn.info.transaction_status == TransactionStatus.IDLE:
+    idle = conn.info.transaction_status == TransactionStatus.IDLE
+    # pybatch.flush() belongs to the table's owner, who could have altered it; this check
+    # belongs to the migrating role (see sql/routines/install/check_merge_routines.sql).
+    with db.translated("refusing to flush"):
+        conn.execute("SELECT pybatch.check_merge_routines()")
+    if idle:
         result = _flush_in_passes(conn, max_rows, lock_wait)
     else:
         log.debug("inside a transaction: flushing with SELECT pybatch.flush()")

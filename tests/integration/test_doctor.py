@@ -69,6 +69,8 @@ def test_healthy_install_passes_every_check(scheduled: str) -> None:
         "server_version",
         "migrations",
         "compatibility",
+        "routines",
+        "merge_owner",
         "target_table",
         "citus_layout",
         "pg_cron_preload",

@@ -18,6 +18,7 @@ import pytest
 from psycopg import sql
 
 from pybatch import migrate
+from pybatch.doctor import FAIL, doctor
 from pybatch.errors import PybatchError
 from pybatch.flush import FlushResult, flush
 from tests.conftest import run_pybatch
@@ -531,3 +532,81 @@ def test_the_hand_off_file_does_not_grow_flush_after_flush(conn: psycopg.Connect
             " AND mode = 'AccessExclusiveLock'",
         )
     assert locks == 0
+
+
+# -- Hardening III: nobody gains superuser through the merge functions ------------------------------
+
+LOGGING_TRIGGER = """
+    CREATE TABLE public.trigger_ran_as (who text, superuser boolean);
+    GRANT INSERT ON public.trigger_ran_as TO PUBLIC;
+    CREATE FUNCTION public.log_runner() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        INSERT INTO public.trigger_ran_as
+        SELECT current_user, rolsuper FROM pg_roles WHERE rolname = current_user;
+        RETURN NEW;
+    END $$;
+    CREATE TRIGGER log_runner BEFORE UPDATE ON public.workspace_agents
+        FOR EACH ROW EXECUTE FUNCTION public.log_runner();
+"""
+
+
+def test_a_table_owner_who_unsets_security_definer_gets_no_superuser_flush(
+    dsn: str, conn: psycopg.Connection, app_owner: str
+) -> None:
+    """Issue 19 #1: the owner of workspace_agents owns the merge functions and turns one into
+    SECURITY INVOKER; a superuser's flush (CALL, `pybatch flush`, the one-transaction path) then
+    refuses instead of firing the owner's trigger as superuser, and `pybatch migrate` repairs it."""
+    migrate.apply(conn)
+    with as_role(dsn, app_owner) as owner:
+        owner.execute(sql.SQL(LOGGING_TRIGGER))
+        owner.execute("ALTER FUNCTION pybatch.flush_pass(pybatch.flush_result) SECURITY INVOKER")
+    agents = make_agents(conn, 3)
+    stage_all(conn, agents, datetime.now(UTC) - timedelta(seconds=2))
+    with pytest.raises(psycopg.errors.InsufficientPrivilege, match=r"flush_pass.*no longer SECURITY DEFINER"):
+        conn.execute("CALL pybatch.flush_in_passes()")
+    with pytest.raises(PybatchError, match="pybatch migrate"):
+        flush(conn)
+    refused = run_pybatch("flush", "--dsn", dsn)
+    assert refused.returncode == 1 and "no longer SECURITY DEFINER" in refused.stderr, refused
+    assert one(conn, "SELECT count(*) FROM public.trigger_ran_as") == 0
+    assert one(conn, "SELECT count(*) FROM pybatch.heartbeats") == 3  # nothing lost
+
+    migrate.apply(conn)  # restores SECURITY DEFINER (the routine drifted from its source)
+    assert flush(conn).agents_updated == 3
+    assert conn.execute("SELECT DISTINCT who, superuser FROM public.trigger_ran_as").fetchall() == [(app_owner, False)]
+
+
+def test_after_the_table_changes_hands_nothing_runs_as_the_previous_owner(dsn: str, conn: psycopg.Connection) -> None:
+    """Issue 19 #3: migrate ran while a superuser owned the table, then it changed hands. Until
+    `pybatch migrate` runs again, the flusher's flush and a writer's disconnect refuse (they would
+    fire the new owner's trigger as the superuser who still owns the functions)."""
+    with login_role(conn, "newowner") as new_owner, login_role(conn, "flusher") as flusher:
+        from pybatch.grants import Grant, grant
+
+        grant(conn, Grant.FLUSHER, flusher)
+        grant(conn, Grant.WRITER, flusher)
+        conn.execute(sql.SQL("ALTER TABLE public.workspace_agents OWNER TO {}").format(sql.Identifier(new_owner)))
+        conn.execute(sql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(sql.Identifier(new_owner)))
+        with as_role(dsn, new_owner) as owner:
+            owner.execute(sql.SQL(LOGGING_TRIGGER))
+        agents = make_agents(conn, 2)
+        stage_all(conn, agents, datetime.now(UTC) - timedelta(seconds=2))
+        with as_role(dsn, flusher) as f:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="owned by postgres, not by"):
+                f.execute("CALL pybatch.flush_in_passes()")
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match=r"owned by postgres.*pybatch migrate"):
+                f.execute("SELECT pybatch.disconnect(%s)", (agents[0],))
+        assert one(conn, "SELECT count(*) FROM public.trigger_ran_as") == 0
+        checks = {c.name: c for c in doctor(conn).checks}
+        assert checks["merge_owner"].level == FAIL and "owned by postgres" in checks["merge_owner"].message
+
+        migrate.apply(conn)  # gives the merge functions to the new owner
+        with as_role(dsn, flusher) as f:
+            f.execute("CALL pybatch.flush_in_passes()")
+            assert f.execute("SELECT pybatch.disconnect(%s)", (agents[0],)).fetchone() == (True,)
+        ran_as = conn.execute("SELECT DISTINCT who, superuser FROM public.trigger_ran_as").fetchall()
+        assert ran_as == [(new_owner, False)]
+        conn.execute("DROP TABLE public.trigger_ran_as")
+        conn.execute("DROP FUNCTION public.log_runner() CASCADE")
+        conn.execute("ALTER TABLE public.workspace_agents OWNER TO postgres")
+        migrate.apply(conn)

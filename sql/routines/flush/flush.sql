@@ -13,6 +13,7 @@ DECLARE
     result pybatch.flush_result;
     passes_before integer;
 BEGIN
+    PERFORM pybatch.check_merge_routines();  -- the table's owner changed hands: run migrate first
     result := pybatch.flush_distributed(max_rows, lock_wait);
     IF result.started_at IS NOT NULL THEN
         RETURN result;  -- the workers commit their own passes whatever this transaction does

@@ -21,6 +21,8 @@ BEGIN
     -- The CALL's own transaction took its snapshot already, so it ends first.
     COMMIT;
     SET TRANSACTION ISOLATION LEVEL READ COMMITTED;
+    -- The steps run as the table's owner, or not at all (see check_merge_routines()).
+    PERFORM pybatch.check_merge_routines();
     result := pybatch.flush_distributed(max_rows, lock_wait);
     IF result.started_at IS NOT NULL THEN
         COMMIT;  -- the workers committed their own passes

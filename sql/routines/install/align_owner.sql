@@ -40,17 +40,7 @@ BEGIN
         EXECUTE pg_catalog.format('GRANT SELECT, INSERT, DELETE ON pybatch.flush_log_shards TO %s', table_owner);
         EXECUTE pg_catalog.format('GRANT EXECUTE ON PROCEDURE pybatch.shard_flush(regclass, regclass, regclass, regclass, bigint, interval, interval, pybatch.shard_flush_result) TO %s', table_owner);
     END IF;
-    FOREACH fn IN ARRAY ARRAY[
-        'pybatch.flush_begin(bigint, interval)',
-        'pybatch.flush_pass(pybatch.flush_result)',
-        'pybatch.flush_finish(pybatch.flush_result)',
-        'pybatch.flush(bigint, interval)',
-        'pybatch.flush_distributed(bigint, interval)',
-        'pybatch.flush_tidy()',
-        'pybatch.flush_take_lock(interval)',
-        'pybatch.requeue_quarantined(uuid)',
-        'pybatch.disconnect(uuid, timestamptz)']
-    LOOP
+    FOR fn IN SELECT m.routine::text FROM pybatch.merge_routines() m LOOP
         EXECUTE pg_catalog.format('ALTER FUNCTION %s OWNER TO %s', fn, table_owner);
     END LOOP;
     RETURN table_owner;

@@ -24,6 +24,8 @@ BEGIN
         RAISE EXCEPTION 'pybatch.disconnect: at must be a finite time, not %', disconnect.at
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    -- Never as anyone but the table's owner (after the table changed hands, say).
+    PERFORM pybatch.check_merge_routines();
     SELECT s.future_tolerance INTO STRICT tolerance FROM pybatch.settings s;
     IF disconnect.at > server_now + tolerance THEN
         RAISE EXCEPTION 'pybatch.disconnect: time % is ahead of the server clock (%) by more than future_tolerance %',
