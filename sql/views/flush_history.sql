@@ -5,7 +5,7 @@ CREATE OR REPLACE VIEW pybatch.flush_history AS
 SELECT l.id AS flush_id,
        l.started_at,
        l.started_at + l.duration AS finished_at,
-       l.error IS NULL AS succeeded,
+       l.error IS NULL AND l.completed_at IS NOT NULL AS succeeded,
        l.rows_staged,
        l.agents_updated,
        l.stale_heartbeats,
@@ -19,7 +19,8 @@ SELECT l.id AS flush_id,
        l.quarantined_agents,
        l.newest_event_at,
        l.heap_bytes,
-       l.index_bytes
+       l.index_bytes,
+       l.completed_at
 FROM pybatch.flush_log l
 ORDER BY l.started_at DESC, l.id DESC;
 COMMENT ON VIEW pybatch.flush_history IS
@@ -27,7 +28,7 @@ COMMENT ON VIEW pybatch.flush_history IS
 COMMENT ON COLUMN pybatch.flush_history.flush_id IS 'pybatch.flush_log.id.';
 COMMENT ON COLUMN pybatch.flush_history.started_at IS 'When the flush started.';
 COMMENT ON COLUMN pybatch.flush_history.finished_at IS 'When the flush ended (started_at + duration).';
-COMMENT ON COLUMN pybatch.flush_history.succeeded IS 'False when the flush failed, rolled back and kept staging.';
+COMMENT ON COLUMN pybatch.flush_history.succeeded IS 'False when the flush failed (it kept what it had not merged), or did not finish (completed_at NULL).';
 COMMENT ON COLUMN pybatch.flush_history.rows_staged IS 'Staged heartbeats the flush drained.';
 COMMENT ON COLUMN pybatch.flush_history.agents_updated IS 'workspace_agents rows the flush changed.';
 COMMENT ON COLUMN pybatch.flush_history.stale_heartbeats IS 'Heartbeats older than what workspace_agents already held (changed nothing).';
@@ -42,4 +43,5 @@ COMMENT ON COLUMN pybatch.flush_history.quarantined_agents IS 'Agents whose merg
 COMMENT ON COLUMN pybatch.flush_history.newest_event_at IS 'Newest beat_at the flush applied.';
 COMMENT ON COLUMN pybatch.flush_history.heap_bytes IS 'Size of public.workspace_agents (heap) after the flush.';
 COMMENT ON COLUMN pybatch.flush_history.index_bytes IS 'Size of its indexes after the flush.';
+COMMENT ON COLUMN pybatch.flush_history.completed_at IS 'When the flush ended; NULL while it runs, or when it was interrupted (the row holds what it did until then).';
 GRANT SELECT ON pybatch.flush_history TO pg_monitor;

@@ -8,7 +8,7 @@ WITH cfg AS (
 ), last_success AS (
     SELECT l.started_at, l.started_at + l.duration AS finished_at
     FROM pybatch.flush_log l
-    WHERE l.error IS NULL
+    WHERE l.error IS NULL AND l.completed_at IS NOT NULL  -- not one still running or interrupted
     ORDER BY l.started_at DESC
     LIMIT 1
 ), last_failure AS (
@@ -22,7 +22,8 @@ WITH cfg AS (
     -- the next: its wait is that flush's finish - the previous flush's start.
     SELECT r.started_at + r.duration
            - pg_catalog.lag(r.started_at) OVER (ORDER BY r.started_at, r.id) AS wait
-    FROM (SELECT l.id, l.started_at, l.duration FROM pybatch.flush_log l WHERE l.error IS NULL
+    FROM (SELECT l.id, l.started_at, l.duration FROM pybatch.flush_log l
+          WHERE l.error IS NULL AND l.completed_at IS NOT NULL
           ORDER BY l.started_at DESC, l.id DESC LIMIT 21) r
 ), waited AS (
     -- ... and a beat staged after the last one started has waited now() - that start.

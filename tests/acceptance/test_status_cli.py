@@ -149,8 +149,8 @@ def test_status_json_keys_and_exit_codes(conn: psycopg.Connection, dsn: str) -> 
     conn.execute("DELETE FROM pybatch.flush_log")
     # late: the last success 3 flush intervals ago (over 2, at most 5), whatever the default interval.
     conn.execute(
-        "INSERT INTO pybatch.flush_log (started_at, duration) "
-        "SELECT now() - 3 * flush_interval, '0' FROM pybatch.settings"
+        "INSERT INTO pybatch.flush_log (started_at, duration, completed_at) "
+        "SELECT now() - 3 * flush_interval, '0', now() - 3 * flush_interval FROM pybatch.settings"
     )
     code, doc = status_json(dsn)
     assert code == 3 and doc["health"]["status"] == "late"
@@ -186,7 +186,7 @@ def test_sql_all_needs_no_database_and_pending_needs_one(dsn: str) -> None:
     assert every.returncode == 0, every.stderr
     for state in connected(dsn, migrate.status):
         assert f"-- migration {state.id}" in every.stdout
-    assert "CREATE VIEW pybatch.health" in every.stdout
+    assert "CREATE OR REPLACE VIEW pybatch.health" in every.stdout
     pending = run_pybatch("--dsn", dsn, "sql")
     assert pending.returncode == 0 and "no pending migrations" in pending.stdout
     one_line_error(run_pybatch("sql", env={"PYBATCH_NO_EMBEDDED": "1"}), "no database configured")

@@ -214,9 +214,10 @@ def test_flush_failing_once_is_retried_by_the_scheduler(dsn: str, conn: psycopg.
         CREATE SEQUENCE public.fail_once_seq;
         CREATE FUNCTION public.fail_once() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN
-            -- Twenty small rows share a page, so each pass has one: the first pass and its
-            -- one-agent retry fail, nothing merges, and the flush fails as a whole.
-            IF nextval('public.fail_once_seq') <= 2 THEN RAISE EXCEPTION 'injected half-way failure'; END IF;
+            -- Twenty small rows share a page, so each pass has one: every pass and its
+            -- one-agent retry fail (2 x 20 calls), nothing merges, and the flush fails as a
+            -- whole. (One agent failing alone while others merge goes to quarantine instead.)
+            IF nextval('public.fail_once_seq') <= 40 THEN RAISE EXCEPTION 'injected half-way failure'; END IF;
             RETURN NEW;
         END $$;
         CREATE TRIGGER fail_once BEFORE UPDATE ON public.workspace_agents

@@ -203,7 +203,8 @@ def test_staging_beyond_one_flush_warns(conn: psycopg.Connection, dsn: str) -> N
 
 def test_flushes_late_warn_and_stalled_fail(conn: psycopg.Connection, dsn: str) -> None:
     conn.execute("UPDATE pybatch.settings SET flush_interval = '10 seconds'")  # 30 s ago: 3 intervals
-    conn.execute("INSERT INTO pybatch.flush_log (started_at, duration) VALUES (now() - interval '30 seconds', '0')")
+    conn.execute("INSERT INTO pybatch.flush_log (started_at, duration, completed_at)"
+        " VALUES (now() - interval '30 seconds', '0', now() - interval '30 seconds')")
     assert checks(doctor(conn))["flushes"].level == WARN
     conn.execute("UPDATE pybatch.settings SET flush_interval = '2 seconds'")
     assert checks(doctor(conn))["flushes"].level == FAIL
@@ -274,8 +275,9 @@ def test_old_cron_job_running_select_flush_is_reported(scheduled: str) -> None:
 
 def test_heap_growth_across_flushes_warns(conn: psycopg.Connection, dsn: str) -> None:
     conn.execute(
-        "INSERT INTO pybatch.flush_log (started_at, duration, heap_bytes, index_bytes) VALUES "
-        "(now() - interval '20 seconds', '0', 1000000, 500000), (now(), '0', 2000000, 510000)"
+        "INSERT INTO pybatch.flush_log (started_at, duration, heap_bytes, index_bytes, completed_at) VALUES "
+        "(now() - interval '20 seconds', '0', 1000000, 500000, now() - interval '20 seconds'),"
+        " (now(), '0', 2000000, 510000, now())"
     )
     check = checks(doctor(conn))["table_growth"]
     assert check.level == WARN and "+100%" in check.message and "the heap grew over 10%" in check.message

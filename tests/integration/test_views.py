@@ -127,9 +127,9 @@ def test_newer_heartbeat_waiting_in_staging_is_shown(conn: psycopg.Connection) -
 # -- health: one crafted flush history per state --------------------------------------------
 def log_flush(conn: psycopg.Connection, ago: str, error: str | None = None) -> None:
     conn.execute(
-        "INSERT INTO pybatch.flush_log (started_at, duration, error) "
-        "VALUES (now() - %s::interval, interval '10 milliseconds', %s)",
-        (ago, error),
+        "INSERT INTO pybatch.flush_log (started_at, duration, error, completed_at) "
+        "VALUES (now() - %s::interval, interval '10 milliseconds', %s, now() - %s::interval)",
+        (ago, error, ago),
     )
 
 
@@ -268,8 +268,9 @@ def test_staleness_budget_adds_the_parts_and_judges_them(conn: psycopg.Connectio
     )
     # The flush's own duration is measured once flushes are logged: the longest of the last 20.
     conn.execute(
-        "INSERT INTO pybatch.flush_log (started_at, duration) VALUES "
-        "(now() - interval '1 minute', interval '4 seconds'), (now(), interval '200 milliseconds')"
+        "INSERT INTO pybatch.flush_log (started_at, duration, completed_at) VALUES "
+        "(now() - interval '1 minute', interval '4 seconds', now() - interval '56 seconds'),"
+        " (now(), interval '200 milliseconds', now())"
     )
     measured = status.staleness_budget(conn)
     assert measured.flush_duration_measured and measured.flush_duration == timedelta(seconds=4)
@@ -370,18 +371,18 @@ def test_health_measures_the_worst_staleness(conn: psycopg.Connection) -> None:
     # Three flushes: a beat staged just after the first started waited until the second
     # finished, 10 s + 2 s = 12 s; the latest window is 9.5 s.
     conn.execute(
-        "INSERT INTO pybatch.flush_log (started_at, duration) VALUES "
-        "(now() - interval '20 seconds', interval '1 second'), "
-        "(now() - interval '10 seconds', interval '2 seconds'), "
-        "(now() - interval '1 second', interval '500 milliseconds')"
+        "INSERT INTO pybatch.flush_log (started_at, duration, completed_at) VALUES "
+        "(now() - interval '20 seconds', interval '1 second', now() - interval '19 seconds'), "
+        "(now() - interval '10 seconds', interval '2 seconds', now() - interval '8 seconds'), "
+        "(now() - interval '1 second', interval '500 milliseconds', now() - interval '500 milliseconds')"
     )
     health = status.health(conn)
     assert health.max_beat_wait == timedelta(seconds=12)
     assert health.worst_staleness == timedelta(seconds=15 + 1 + 12)  # + heartbeat period + write interval
     # Failed flushes merge nothing: they do not end a wait.
     conn.execute(
-        "INSERT INTO pybatch.flush_log (started_at, duration, error) VALUES "
-        "(now() - interval '15 seconds', interval '1 second', 'XX000: boom')"
+        "INSERT INTO pybatch.flush_log (started_at, duration, error, completed_at) VALUES "
+        "(now() - interval '15 seconds', interval '1 second', 'XX000: boom', now() - interval '14 seconds')"
     )
     assert status.health(conn).max_beat_wait == timedelta(seconds=12)
 

@@ -133,11 +133,11 @@ BEGIN
     INSERT INTO pybatch.flush_log (started_at, duration, rows_staged, agents_updated,
                                    stale_heartbeats, unknown_heartbeats, future_heartbeats, error,
                                    passes, hot_updates, deferred_agents, quarantined_agents,
-                                   newest_event_at, heap_bytes, index_bytes)
+                                   newest_event_at, heap_bytes, index_bytes, completed_at)
     VALUES (result.started_at, result.duration, result.rows_staged, result.agents_updated,
             result.stale_heartbeats, result.unknown_heartbeats, result.future_heartbeats, result.error,
             result.passes, result.hot_updates, result.deferred_agents, result.quarantined_agents,
-            result.newest_event_at, heap_total, index_total)
+            result.newest_event_at, heap_total, index_total, pg_catalog.clock_timestamp())
     RETURNING id INTO result.flush_id;
     INSERT INTO pybatch.flush_log_shards (flush_id, shard_id, node, skipped, rows_staged, agents_updated,
                                           stale_heartbeats, unknown_heartbeats, future_heartbeats, passes,

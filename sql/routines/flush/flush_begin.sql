@@ -13,6 +13,7 @@ DECLARE
     drained record;
     error_state text;
     error_message text;
+    log_failure text;
 BEGIN
     IF max_rows < 0 THEN
         RAISE EXCEPTION 'pybatch.flush: max_rows must be 0 or more, not %', max_rows
@@ -38,9 +39,28 @@ BEGIN
         GET STACKED DIAGNOSTICS error_state = RETURNED_SQLSTATE, error_message = MESSAGE_TEXT;
         result.error := error_state || ': ' || error_message;
     END;
+    -- The flush's row, committed with the hand-off: a flush killed later still
+    -- reports what it drained and dropped. Twice at most: when the record itself
+    -- fails (a full disk, a user's trigger on flush_log), that failure is what
+    -- gets recorded, and the flush goes on.
+    result.duration := pg_catalog.clock_timestamp() - result.started_at;
+    FOR attempt IN 1 .. 2 LOOP
+        BEGIN
+            INSERT INTO pybatch.flush_log (started_at, duration, rows_staged, unknown_heartbeats,
+                                           future_heartbeats, error)
+            VALUES (result.started_at, result.duration, result.rows_staged, result.unknown_heartbeats,
+                    result.future_heartbeats, COALESCE(result.error || '; ', '') || log_failure)
+            RETURNING id INTO result.flush_id;
+            EXIT;
+        EXCEPTION WHEN OTHERS THEN
+            GET STACKED DIAGNOSTICS error_state = RETURNED_SQLSTATE, error_message = MESSAGE_TEXT;
+            RAISE WARNING 'pybatch: cannot record the flush in flush_log: %: %', error_state, error_message;
+            log_failure := 'flush_log: ' || error_state || ': ' || error_message;
+        END;
+    END LOOP;
     RETURN result;
 END
 $$;
 COMMENT ON FUNCTION pybatch.flush_begin(bigint, interval) IS
-    'Internal step 1 of a flush: takes pybatch.flush_lock (or returns skipped after lock_wait), then drains staging into pybatch.pending, one row per agent numbered by heap page. On error staging is kept and the error returned.';
+    'Internal step 1 of a flush: takes pybatch.flush_lock (or returns skipped after lock_wait), then drains staging into pybatch.pending, one row per agent numbered by heap page, and writes the flush''s row in pybatch.flush_log. On error staging is kept and the error returned.';
 REVOKE EXECUTE ON FUNCTION pybatch.flush_begin(bigint, interval) FROM PUBLIC;

@@ -1,5 +1,5 @@
 -- ---------------------------------------------------------------------------
--- flush_finish: record the flush and purge old history.
+-- flush_finish: complete the flush's row in flush_log and purge old history.
 -- ---------------------------------------------------------------------------
 CREATE OR REPLACE FUNCTION pybatch.flush_finish(result pybatch.flush_result)
 RETURNS pybatch.flush_result
@@ -12,38 +12,37 @@ DECLARE
     error_state text;
     error_message text;
 BEGIN
-    IF result.skipped THEN
-        RETURN result;  -- a skipped call did nothing; it is not logged
+    IF result.skipped OR result.flush_id IS NULL THEN
+        RETURN result;  -- a skipped call did nothing; a flush whose row could not be written has none
     END IF;
-    result.duration := pg_catalog.clock_timestamp() - result.started_at;
-    -- Twice at most: when the record itself fails (a full disk, a user's trigger
-    -- on flush_log), that failure is what gets recorded, and the caller (the
-    -- pg_cron loop, say) goes on. The merge has committed either way.
-    FOR attempt IN 1 .. 2 LOOP
-        BEGIN
-            INSERT INTO pybatch.flush_log (started_at, duration, rows_staged, agents_updated,
-                                           stale_heartbeats, unknown_heartbeats, future_heartbeats, error,
-                                           passes, hot_updates, deferred_agents, quarantined_agents,
-                                           newest_event_at, heap_bytes, index_bytes)
-            VALUES (result.started_at, result.duration, result.rows_staged, result.agents_updated,
-                    result.stale_heartbeats, result.unknown_heartbeats, result.future_heartbeats, result.error,
-                    result.passes, result.hot_updates, result.deferred_agents, result.quarantined_agents,
-                    result.newest_event_at,
-                    pg_catalog.pg_relation_size('public.workspace_agents'::pg_catalog.regclass),
-                    pg_catalog.pg_indexes_size('public.workspace_agents'::pg_catalog.regclass))
-            RETURNING id INTO result.flush_id;
-            SELECT s.history_retention INTO retention FROM pybatch.settings s;
-            DELETE FROM pybatch.flush_log WHERE started_at < result.started_at - retention;
-            EXIT;
-        EXCEPTION WHEN OTHERS THEN
-            GET STACKED DIAGNOSTICS error_state = RETURNED_SQLSTATE, error_message = MESSAGE_TEXT;
-            RAISE WARNING 'pybatch: cannot record the flush in flush_log: %: %', error_state, error_message;
-            result.error := COALESCE(result.error || '; ', '') || 'flush_log: ' || error_state || ': ' || error_message;
-        END;
-    END LOOP;
+    BEGIN
+        -- Complete the open row of the latest flush and return it: the figures are
+        -- what the steps recorded, never what a caller passes in.
+        UPDATE pybatch.flush_log l SET
+            duration = pg_catalog.clock_timestamp() - l.started_at,
+            completed_at = pg_catalog.clock_timestamp(),
+            heap_bytes = pg_catalog.pg_relation_size('public.workspace_agents'::pg_catalog.regclass),
+            index_bytes = pg_catalog.pg_indexes_size('public.workspace_agents'::pg_catalog.regclass)
+        WHERE l.id = result.flush_id AND l.completed_at IS NULL
+          AND l.id = (SELECT pg_catalog.max(l2.id) FROM pybatch.flush_log l2)
+        RETURNING l.id, l.started_at, false, l.rows_staged, l.agents_updated, l.stale_heartbeats,
+                  l.unknown_heartbeats, l.future_heartbeats, l.duration, l.error, l.passes, l.hot_updates,
+                  l.deferred_agents, l.quarantined_agents, l.newest_event_at
+        INTO result;
+        IF NOT FOUND THEN
+            RETURN result;  -- not the open row of the latest flush: nothing to complete
+        END IF;
+        SELECT s.history_retention INTO retention FROM pybatch.settings s;
+        DELETE FROM pybatch.flush_log WHERE started_at < result.started_at - retention;
+    EXCEPTION WHEN OTHERS THEN
+        -- A user's trigger on flush_log, say: the merge has committed either way.
+        GET STACKED DIAGNOSTICS error_state = RETURNED_SQLSTATE, error_message = MESSAGE_TEXT;
+        RAISE WARNING 'pybatch: cannot record the flush in flush_log: %: %', error_state, error_message;
+        result.error := COALESCE(result.error || '; ', '') || 'flush_log: ' || error_state || ': ' || error_message;
+    END;
     RETURN result;
 END
 $$;
 COMMENT ON FUNCTION pybatch.flush_finish(pybatch.flush_result) IS
-    'Internal step 3 of a flush: logs it in pybatch.flush_log (not when skipped) and purges history older than settings.history_retention.';
+    'Internal step 3 of a flush: completes its row in pybatch.flush_log (duration, completed_at, table sizes), returns that row and purges history older than settings.history_retention.';
 REVOKE EXECUTE ON FUNCTION pybatch.flush_finish(pybatch.flush_result) FROM PUBLIC;

@@ -23,7 +23,7 @@ BEGIN
     END IF;
     SELECT * INTO STRICT cfg FROM pybatch.settings;
     SELECT l.rows_staged, l.duration INTO last_drained, last_duration
-    FROM pybatch.flush_log l WHERE l.error IS NULL
+    FROM pybatch.flush_log l WHERE l.error IS NULL AND l.completed_at IS NOT NULL
     ORDER BY l.started_at DESC, l.id DESC LIMIT 1;
 
     -- 1. The last flush drained its cap and at least a cap's worth still waits:

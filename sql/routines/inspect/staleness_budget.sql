@@ -34,7 +34,7 @@ AS $$
     ), measured AS (
         -- The flush's own duration: the longest of the last 20 successful flushes.
         SELECT pg_catalog.max(r.duration) AS duration
-        FROM (SELECT l.duration FROM pybatch.flush_log l WHERE l.error IS NULL
+        FROM (SELECT l.duration FROM pybatch.flush_log l WHERE l.error IS NULL AND l.completed_at IS NOT NULL
               ORDER BY l.started_at DESC LIMIT 20) r
     ), parts AS (
         SELECT c.*,
