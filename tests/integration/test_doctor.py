@@ -203,8 +203,10 @@ def test_staging_beyond_one_flush_warns(conn: psycopg.Connection, dsn: str) -> N
 
 def test_flushes_late_warn_and_stalled_fail(conn: psycopg.Connection, dsn: str) -> None:
     conn.execute("UPDATE pybatch.settings SET flush_interval = '10 seconds'")  # 30 s ago: 3 intervals
-    conn.execute("INSERT INTO pybatch.flush_log (started_at, duration, completed_at)"
-        " VALUES (now() - interval '30 seconds', '0', now() - interval '30 seconds')")
+    conn.execute(
+        "INSERT INTO pybatch.flush_log (started_at, duration, completed_at)"
+        " VALUES (now() - interval '30 seconds', '0', now() - interval '30 seconds')"
+    )
     assert checks(doctor(conn))["flushes"].level == WARN
     conn.execute("UPDATE pybatch.settings SET flush_interval = '2 seconds'")
     assert checks(doctor(conn))["flushes"].level == FAIL
