@@ -247,7 +247,12 @@ def test_metrics_endpoint_serves_flush_metrics(
             if line and not line.startswith("#")
         }
 
-    wait_until(lambda: scrape().get("pybatch_rows_merged_total", 0) >= 23, 10, "23 merged rows")
+    def merged_and_drained() -> bool:
+        # The staging gauge is read once per cycle: wait for the cycle after the last merge.
+        found = scrape()
+        return found.get("pybatch_rows_merged_total", 0) >= 23 and found.get("pybatch_staging_rows") == 0
+
+    wait_until(merged_and_drained, 10, "23 merged rows and staging seen empty")
     samples = scrape()
     assert samples["pybatch_flush_duration_seconds_count"] >= 2
     assert samples['pybatch_flushes_total{outcome="ok"}'] >= 2
