@@ -275,7 +275,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     # The demo flushes at the bench's default interval: --seconds must be whole intervals of it.
     seconds = _whole_flush_intervals(args.seconds, format_duration(BenchConfig().flush_interval_s))
     warmup = _warmup(args.warmup)
-    resolved = resolve_cli_dsn(args.dsn, embedded=not args.no_embedded)
+    # The demo sets everything up, the embedded cluster included, even after `local stop`.
+    resolved = resolve_cli_dsn(args.dsn, embedded=not args.no_embedded, start_stopped=True)
     target = resolved.dsn
     # The embedded cluster's own database, the one plain `pybatch status` reads; any other must be
     # named for the demo. run_demo checks that before it changes anything.

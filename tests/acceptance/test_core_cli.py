@@ -8,6 +8,7 @@ import queue
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -154,10 +155,34 @@ def test_embedded_cluster_lifecycle(local_home: Path) -> None:
         ).fetchone()
         assert row == ("pg_cron", "127.0.0.1")
     assert run_pybatch("flush", env=env).returncode == 0
-    assert run_pybatch("local", "stop", env=env).returncode == 0
+    stopped = run_pybatch("local", "stop", env=env)
+    assert stopped.returncode == 0 and stopped.stdout.startswith("stopped"), stopped
     assert run_pybatch("local", "status", env=env).returncode == 3
     refused = run_pybatch("--no-embedded", "flush", env=env)
     assert_one_line_error(refused, "no database configured", code=2)
+    # A stopped cluster stays stopped: commands say so instead of starting it again (the README's
+    # cleanup then removes the data of a stopped server, not a running one).
+    for command in (["status"], ["flush"], ["cron", "status"]):
+        refused = run_pybatch(*command, env=env)
+        assert_one_line_error(refused, "the embedded cluster is stopped: `", "local start`", code=1)
+    assert run_pybatch("local", "status", env=env).returncode == 3
+    again = run_pybatch("local", "stop", env=env)
+    assert again.returncode == 0 and again.stdout.startswith("not running") and "nothing to stop" in again.stdout
+    # An orphan on the port (a server whose postmaster.pid is gone, or another program): not "stopped".
+    port = int((local_home / "port").read_text())
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as orphan:
+        orphan.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        orphan.bind(("127.0.0.1", port))
+        orphan.listen()
+        assert_one_line_error(run_pybatch("local", "stop", env=env), f"still listens on its port {port}", code=1)
+    restarted = run_pybatch("local", "start", env=env)
+    assert restarted.returncode == 0, restarted.stderr
+    assert run_pybatch("status", env=env).returncode in (0, 3, 4, 5)  # it runs again: no refusal
+
+
+def test_local_stop_with_nothing_there_says_so(tmp_path: Path) -> None:
+    result = run_pybatch("local", "stop", env={"PYBATCH_HOME": str(tmp_path / "cluster")})
+    assert result.returncode == 0 and result.stdout.startswith("not initialised") and "nothing to stop" in result.stdout
 
 
 def test_psql_passes_its_options_through(dsn: str) -> None:
