@@ -12,10 +12,11 @@ import psycopg
 
 from pybatch import db, migrate
 from pybatch.cli.common import bounded_int, dsn, print_json
-from pybatch.errors import ConfigError, PybatchError
+from pybatch.errors import PybatchError
 from pybatch.flush import flush
 from pybatch.schedule import cron
 from pybatch.status import COUNT_BOUNDS
+from pybatch.uninstall import plan as uninstall_plan
 from pybatch.uninstall import uninstall
 
 # `pybatch flush`: another flush held the lock, nothing was done (distinct from 0 and errors).
@@ -120,18 +121,24 @@ def cmd_psql(args: argparse.Namespace) -> int:
 
 
 def cmd_uninstall(args: argparse.Namespace) -> int:
-    target = dsn(args)
-    if not args.yes:
-        if not sys.stdin.isatty():
-            raise ConfigError("uninstall asks for confirmation and stdin is not a terminal: pass --yes")
-        answer = input(
-            "Remove pybatch (its pg_cron job, schema pybatch and staged heartbeats) from this database? Type 'yes': "
-        )
-        if answer.strip().lower() != "yes":
-            print("not uninstalled", file=sys.stderr)
-            return 1
-    with db.connect(target) as conn:
-        result = uninstall(conn, force=args.force)
+    with db.connect(dsn(args)) as conn:
+        found = uninstall_plan(conn)
+        print(f"pybatch uninstall: from database {found.database!r} on {found.server}, this removes:")
+        for line in found.lines():
+            print(line)
+        if found.kept_workspace_agents is not None:
+            print(f"  (kept: public.workspace_agents, {found.kept_workspace_agents} row(s); pybatch did not create it)")
+        if not args.yes:
+            if not sys.stdin.isatty():
+                raise PybatchError(
+                    "uninstall asks for confirmation and stdin is not a terminal: pass --yes (nothing was removed)"
+                )
+            answer = input(f"Remove them from database {found.database!r}? Type 'yes': ")
+            if answer.strip().lower() != "yes":
+                print("not uninstalled", file=sys.stderr)
+                return 1
+        # Progress on stdout, with the plan: stderr keeps to the one line of an error.
+        result = uninstall(conn, force=args.force, progress=lambda line: print(f"{line} ...", flush=True))
     for dependant in result.dropped_dependants:
         print(f"dropped (--force): {dependant}")
     if not result.schema_existed:
@@ -141,5 +148,8 @@ def cmd_uninstall(args: argparse.Namespace) -> int:
         if result.dropped_workspace_agents
         else "kept public.workspace_agents"
     )
-    print(f"uninstalled: removed {result.jobs_removed} pg_cron job(s) and schema pybatch; {kept}")
+    print(
+        f"uninstalled from database {found.database!r}: removed {result.jobs_removed} pg_cron job(s) "
+        f"and schema pybatch; {kept}"
+    )
     return 0

@@ -214,10 +214,14 @@ def test_uninstall_keeps_a_workspace_agents_it_did_not_create(empty_dsn: str) ->
     connected(empty_dsn, migrate.apply)
     refused = run_pybatch("--dsn", empty_dsn, "uninstall", input="yes\n")
     one_line_error(refused, "--yes")
+    assert refused.returncode == 1  # not confirmed, as the README's table says (2 is for usage errors)
     assert "pybatch.settings" in tables(empty_dsn)
 
     result = run_pybatch("--dsn", empty_dsn, "uninstall", "--yes")
     assert result.returncode == 0, result.stderr
+    dbname = psycopg.conninfo.conninfo_to_dict(empty_dsn)["dbname"]
+    assert f"from database {dbname!r}" in result.stdout
+    assert "kept: public.workspace_agents, 1 row(s)" in result.stdout
     assert "kept public.workspace_agents" in result.stdout
     assert tables(empty_dsn) == {"public.workspace_agents"}  # pybatch and yoyo's tables are gone
     with psycopg.connect(empty_dsn) as conn:
@@ -228,9 +232,23 @@ def test_uninstall_keeps_a_workspace_agents_it_did_not_create(empty_dsn: str) ->
 def test_uninstall_drops_the_workspace_agents_it_created(dsn: str) -> None:
     assert "public.workspace_agents" in tables(dsn)
     connected(dsn, cron.install, 10)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        agents = [uuid.uuid4() for _ in range(3)]
+        conn.execute("INSERT INTO public.workspace_agents (id) SELECT unnest(%s::uuid[])", (agents,))
+        conn.execute("INSERT INTO pybatch.heartbeats (agent_id) VALUES (%s)", (agents[0],))
+        dbname = conn.info.dbname
     try:
         result = run_pybatch("--dsn", dsn, "uninstall", "--yes")
         assert result.returncode == 0, result.stderr
+        # Before anything goes: the database, and each object with its row count.
+        before = result.stdout.split("uninstalled from")[0]
+        assert f"from database {dbname!r}" in before
+        assert f"pg_cron job pybatch-flush-{dbname}" in before
+        assert "table pybatch.heartbeats: 1 row(s) (staged heartbeats not yet flushed)" in before
+        assert "table public.workspace_agents: 3 row(s) (pybatch created it)" in before
+        assert re.search(r"table pybatch\.settings: 1 row\(s\)", before)
+        # Progress while it works (stdout: stderr is for the one line of an error).
+        assert "removing the pg_cron jobs" in result.stdout and "dropping schema pybatch" in result.stdout
         assert "removed 2 pg_cron job(s)" in result.stdout and "dropped public.workspace_agents" in result.stdout
         assert tables(dsn) == set()
         assert connected(dsn, cron.remove) == 0  # uninstall already removed the jobs
