@@ -11,7 +11,8 @@ from typing import Any
 import psycopg
 
 from pybatch import db, migrate
-from pybatch.cli.common import bounded_int, dsn, print_json
+from pybatch.cli.common import bounded_int, dsn, invoked_as, print_json
+from pybatch.durations import format_duration
 from pybatch.errors import PybatchError
 from pybatch.flush import flush
 from pybatch.schedule import cron
@@ -74,22 +75,54 @@ def cmd_migrate(args: argparse.Namespace) -> int:
                     print(f"{routine.state:<8} sql/{routine.source.path}  ({routine.source.name})")
             return 0
         if args.rollback:
-            rolled = migrate.rollback(conn, before=lambda: _remove_jobs(conn))
+            removed: list[str] = []
+            interval: list[float | None] = []
+            rolled = migrate.rollback(conn, before=lambda: _remove_jobs(conn, removed, interval))
             print(f"rolled back {rolled}" if rolled else "nothing to roll back")
+            if removed:
+                again = f" --interval {format_duration(interval[0])}" if interval and interval[0] else ""
+                print(
+                    f"removed pg_cron job(s) {', '.join(removed)} (they would call what the rollback dropped); "
+                    f"to restore them: `{invoked_as()} migrate`, then `{invoked_as()} cron install{again}`"
+                )
             return 0
         applied = migrate.apply(conn, progress=lambda step: print(f"applying {step} ...", file=sys.stderr))
+        unscheduled = bool(applied.migrations or applied.routines) and _no_flush_job(conn)
     done = []
     if applied.migrations:
         done.append(f"{len(applied.migrations)} migration(s): {', '.join(applied.migrations)}")
     if applied.routines:
         done.append(f"{len(applied.routines)} routine and view source(s)")
     print(f"applied {'; '.join(done)}" if done else "schema is up to date")
+    if unscheduled:
+        print(
+            f"nothing schedules the flush in this database yet: `{invoked_as()} cron install` "
+            f"(or run `{invoked_as()} scheduler`)"
+        )
     return 0
 
 
-def _remove_jobs(conn: psycopg.Connection) -> None:
-    """Remove pybatch's pg_cron jobs for this database before its schema goes."""
+def _remove_jobs(conn: psycopg.Connection, removed: list[str], interval: list[float | None]) -> None:
+    """Remove pybatch's pg_cron jobs for this database before its schema goes, noting their
+    names and the flush job's interval, to say what to run to restore them."""
+    try:
+        job = cron.installed_job(conn)
+    except PybatchError:
+        job = None
+    interval.append(cron.job_interval(job) if job is not None else None)
+    _, names = cron.job_names(conn)
     cron.remove(conn)
+    removed.extend(names)
+
+
+def _no_flush_job(conn: psycopg.Connection) -> bool:
+    """Whether pg_cron is here and holds no flush job for this database (a job removed by a
+    rollback, or never installed). False where pg_cron is absent: nothing to say then."""
+    try:
+        cron_database, _ = cron.job_names(conn)
+        return cron_database is not None and cron.installed_job(conn) is None
+    except PybatchError:
+        return False
 
 
 def cmd_flush(args: argparse.Namespace) -> int:

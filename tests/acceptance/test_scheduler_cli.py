@@ -89,6 +89,15 @@ def test_rollback_removes_the_jobs(cron_dsn: str) -> None:
     with psycopg.connect(psycopg.conninfo.make_conninfo(cron_dsn, dbname="postgres")) as conn:
         jobs = conn.execute("SELECT count(*) FROM cron.job WHERE jobname LIKE %s", (f"%-{database}",)).fetchone()
     assert jobs == (0,)
+    # It says what it removed and what to run to put it back.
+    assert f"pybatch-flush-{database}" in rolled.stdout, rolled.stdout
+    assert "to restore them:" in rolled.stdout and "migrate`, then `" in rolled.stdout
+    assert "cron install --interval 10s`" in rolled.stdout
+    # migrate then mentions that nothing schedules the flush.
+    migrated = run_pybatch("--dsn", cron_dsn, "migrate")
+    assert migrated.returncode == 0, migrated.stderr
+    assert "nothing schedules the flush in this database yet" in migrated.stdout, migrated.stdout
+    assert run_pybatch("--dsn", cron_dsn, "cron", "install", "--interval", "10s").returncode == 0
 
 
 @pytest.mark.parametrize(
