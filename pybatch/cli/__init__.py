@@ -19,6 +19,8 @@ from pybatch.errors import ConfigError, PybatchError
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
+# Killed by SIGPIPE, as a shell reports it (128 + 13): what `cat` gives when its reader leaves.
+EXIT_BROKEN_PIPE = 141
 
 COMMAND_MODULES = [core, local, schedule, status, config, grant, bench]
 
@@ -100,7 +102,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if setup_logging is not None:  # a command that logs more than the global level (the scheduler)
         setup_logging(args)
     try:
-        return int(args.handler(args) or 0)
+        code = int(args.handler(args) or 0)
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at exit
+        return code
+    except BrokenPipeError:
+        # The reader stopped early (`pybatch sql --all | head -5`): what it read is what it wanted.
+        # Point stdout at /dev/null so the interpreter's last flush finds no pipe to break.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except ConfigError as exc:
         print(f"pybatch: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -7,6 +7,7 @@ import os
 import queue
 import re
 import shutil
+import shlex
 import signal
 import socket
 import subprocess
@@ -386,3 +387,34 @@ def test_bench_announces_its_time_and_honours_fractional_seconds(dsn: str, tmp_p
     assert announce < result.stderr.index("[direct] resetting"), result.stderr
     parameters = json.loads(out.read_text())["parameters"]
     assert parameters["seconds"] == parameters["seconds_requested"] == 1.5
+
+
+def test_output_into_a_closed_pipe_ends_quietly() -> None:
+    """`pybatch sql --all | head -5`: the reader leaves early; no `unexpected error: BrokenPipeError`."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # a reader that has already gone: every write fails with EPIPE
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PYBATCH_", "PG"))}
+        result = subprocess.run(
+            [sys.executable, "-m", "pybatch", "--no-embedded", "sql", "--all"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert result.stderr == ""
+    assert result.returncode == 141  # as a shell reports a writer killed by SIGPIPE
+    piped = subprocess.run(
+        f"{shlex.quote(sys.executable)} -m pybatch --no-embedded sql --all | head -5",
+        shell=True,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert piped.returncode == 0 and piped.stderr == "" and len(piped.stdout.splitlines()) == 5
