@@ -6,8 +6,8 @@ import json
 import os
 import queue
 import re
-import shutil
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
