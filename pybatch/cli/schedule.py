@@ -8,6 +8,7 @@ import logging
 import os
 import socket
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pybatch import db
@@ -126,11 +127,31 @@ def cmd_install(args: argparse.Namespace) -> int:
         if interval is None:
             interval = cron.stored_interval(conn)
         job = cron.install(conn, interval, force_loop=args.force_loop)
+        row = conn.execute("SELECT pg_catalog.clock_timestamp()").fetchone()  # pg_cron runs on the server's clock
     print(
         f"installed {job.name} (job {job.jobid}, {job.mode}): schedule {job.schedule!r} "
         f"in database {job.database}, every {format_duration(interval)}"
     )
+    if row is not None:
+        print(first_run_note(job.mode, job.schedule, interval, row[0]))
     return 0
+
+
+def first_run_note(mode: str, schedule: str, interval: float, now: datetime) -> str:
+    """When the job first runs: a seconds schedule within one interval; a minute schedule (and
+    pg_cron 1.4's loop, started every minute) at the next matching minute, up to 60 s away."""
+    if mode == "seconds":
+        return f"first run: within {format_duration(interval)}; `pybatch cron status` shows it"
+    fields = schedule.split()
+    step = 60 if fields[:1] == ["0"] else int(fields[0][2:]) if fields[0].startswith("*/") else 1
+    start = now.replace(second=0, microsecond=0)
+    minutes = start.hour * 60 + start.minute
+    due = start + timedelta(minutes=step - minutes % step)
+    then = "; from then on the loop flushes every " + format_duration(interval) if mode == "loop" else ""
+    return (
+        f"first run: at {due.astimezone(UTC):%H:%M:%S} UTC, in {(due - now).total_seconds():.0f}s "
+        f"(pg_cron starts {schedule!r} on the minute){then}; until then `pybatch cron status` says 'never'"
+    )
 
 
 def cmd_remove(args: argparse.Namespace) -> int:

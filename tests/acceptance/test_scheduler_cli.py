@@ -35,6 +35,7 @@ def test_cron_install_status_remove(cron_dsn: str) -> None:
     installed = run_pybatch("--dsn", cron_dsn, "cron", "install", "--interval", "15s", "--force-loop")
     assert installed.returncode == 0, installed.stderr
     assert f"installed pybatch-flush-{database}" in installed.stdout and "loop" in installed.stdout
+    assert "first run: at " in installed.stdout and "UTC, in " in installed.stdout, installed.stdout
 
     again = run_pybatch(
         "--dsn",
