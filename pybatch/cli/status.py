@@ -92,9 +92,12 @@ def _print_status(state: status.Status) -> None:
     else:
         print(f"staging: not available: {staging.reason}")
     if staging.pending_agents is not None:
+        oldest = (
+            f", oldest beat {_age(staging.oldest_pending_age)} old" if staging.oldest_pending_age is not None else ""
+        )
         print(
             f"pending (handed off, not merged yet): {staging.pending_agents} agent(s), "
-            f"{staging.deferred_agents} deferred (row locked), oldest beat {_age(staging.oldest_pending_age)} old"
+            f"{staging.deferred_agents} deferred (row locked){oldest}"
         )
     if staging.quarantined_agents:
         print(

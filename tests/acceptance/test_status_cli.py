@@ -409,3 +409,13 @@ def test_sql_inspect_pipes_into_psql_from_any_directory(dsn: str, tmp_path: Path
     one_line_error(pybatch_in_tmp("sql", "--all", "inspect"), "--all applies to `pybatch sql migrations`")
     migrations = pybatch_in_tmp("sql", "migrations", "--all")
     assert migrations.returncode == 0 and "-- migration 0001_baseline" in migrations.stdout
+
+
+def test_nothing_staged_or_pending_prints_no_placeholder_age(dsn: str) -> None:
+    """`oldest beat - old` (issue 22): with nothing staged or pending there is no oldest beat to age."""
+    shown = run_pybatch("--dsn", dsn, "status")
+    assert "pending (handed off, not merged yet): 0 agent(s), 0 deferred (row locked)\n" in shown.stdout, shown.stdout
+    checked = run_pybatch("--dsn", dsn, "doctor")
+    for output in (shown.stdout, checked.stdout):
+        assert "- old" not in output and "oldest -" not in output, output
+    assert "staging holds 0 heartbeats" in checked.stdout, checked.stdout
