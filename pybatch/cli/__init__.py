@@ -84,6 +84,20 @@ def _subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser
     return found
 
 
+class LogFormatter(logging.Formatter):
+    """Timestamped lines for info and debug (and for everything with short_warnings=False);
+    warnings and errors as `pybatch: warning: message`, like the CLI's one-line errors."""
+
+    def __init__(self, *, short_warnings: bool) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        self.short_warnings = short_warnings
+
+    def format(self, record: logging.LogRecord) -> str:
+        if self.short_warnings and record.levelno >= logging.WARNING:
+            return f"pybatch: {record.levelname.lower()}: {record.getMessage()}"
+        return super().format(record)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -93,12 +107,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.psql_args = psql_args
     if args.log_level not in LOG_LEVELS:  # argparse does not check env defaults
         parser.error(f"PYBATCH_LOG_LEVEL: {args.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
     setup_logging = getattr(args, "setup_logging", None)
+    handler = logging.StreamHandler(sys.stderr)
+    # A one-shot command's warnings read like its errors (`pybatch: warning: ...`); a long-running
+    # command (the scheduler) keeps timestamps on every line.
+    handler.setFormatter(LogFormatter(short_warnings=setup_logging is None))
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()), handlers=[handler])
     if setup_logging is not None:  # a command that logs more than the global level (the scheduler)
         setup_logging(args)
     try:
