@@ -73,6 +73,30 @@ def add_global_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup
     )
 
 
+def _command_actions(parser: argparse.ArgumentParser) -> list[argparse._SubParsersAction]:  # type: ignore[type-arg]
+    """The COMMAND and ACTION choices of parser and of every parser below it."""
+    found = [action for action in parser._actions if isinstance(action, argparse._SubParsersAction)]
+    for child in _subparsers(parser):
+        found.extend(action for action in child._actions if isinstance(action, argparse._SubParsersAction))
+    return found
+
+
+def _refuse_unknown_options(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """Name an unknown option (`pybatch --bogus`, `pybatch -V`) before argparse's "the following
+    arguments are required: COMMAND", which it says first when the command is missing too."""
+    actions = {action: action.required for action in _command_actions(parser)}
+    for action in actions:
+        action.required = False
+    try:
+        _, unknown = parser.parse_known_args(argv)
+    finally:
+        for action, required in actions.items():
+            action.required = required
+    if unknown:
+        hint = "; the version is `pybatch --version`" if "-V" in unknown else ""
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
+
+
 def _subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
     """Every command and sub-command parser below parser, each once."""
     found: list[argparse.ArgumentParser] = []
@@ -102,6 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     psql_args = _split_psql_args(argv)
+    _refuse_unknown_options(parser, argv)
     args = parser.parse_args(argv)
     if psql_args is not None:
         args.psql_args = psql_args

@@ -418,3 +418,18 @@ def test_output_into_a_closed_pipe_ends_quietly() -> None:
         check=False,
     )
     assert piped.returncode == 0 and piped.stderr == "" and len(piped.stdout.splitlines()) == 5
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--bogus"], "unrecognized arguments: --bogus"),
+        (["-V"], "unrecognized arguments: -V; the version is `pybatch --version`"),
+        (["local", "--bogus"], "unrecognized arguments: --bogus"),
+        ([], "the following arguments are required: COMMAND"),
+    ],
+)
+def test_a_bad_flag_is_named_before_a_missing_command(argv: list[str], needle: str) -> None:
+    result = run_pybatch(*argv, timeout=30)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("pybatch")]
+    assert result.returncode == 2 and len(errors) == 1 and needle in errors[0], result.stderr
