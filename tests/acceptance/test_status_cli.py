@@ -264,7 +264,8 @@ def test_config_show_and_set(dsn: str) -> None:
     assert settings["flush_interval_seconds"] == 5.0 and settings["max_rows_per_flush"] == 5000
     one_line_error(
         run_pybatch("--dsn", dsn, "config", "set", "created_workspace_agents", "true"),
-        "created_workspace_agents",
+        "created_workspace_agents is not a setting",
+        "`pybatch uninstall` drops the table only then",
         "flush_interval",
     )
     one_line_error(run_pybatch("--dsn", dsn, "config", "set", "inactive_timeout", "soon"), "inactive_timeout", "soon")
@@ -299,13 +300,15 @@ def test_uninstall_asks_on_a_terminal(dsn: str) -> None:
 def config_table(dsn: str) -> dict[str, str]:
     shown = run_pybatch("--dsn", dsn, "config", "show")
     assert shown.returncode == 0, shown.stderr
-    rows = [line.split() for line in shown.stdout.splitlines()[1:] if line.strip()]
+    lines = shown.stdout.splitlines()
+    assert lines[-1].startswith("(created_workspace_agents = ") and "not a setting" in lines[-1], lines[-1]
+    rows = [line.split() for line in lines[1:-1] if line.strip()]
     return {row[0]: " ".join(row[1:]) for row in rows}
 
 
 def test_config_show_prints_values_config_set_takes_back(dsn: str) -> None:
     defaults = config_table(dsn)
-    assert set(defaults) == {*status.SETTABLE, "created_workspace_agents"}
+    assert set(defaults) == set(status.SETTABLE)  # only what `config set` takes
     for key in status.DURATION_SETTINGS:  # never Python's 0:00:10 or 7 days, 0:00:00
         assert re.fullmatch(r"[0-9]+(\.[0-9]+)?(ms|s|m|h|d)", defaults[key]), (key, defaults[key])
     assert defaults["history_retention"] == "7d"
