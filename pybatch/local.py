@@ -22,9 +22,6 @@ import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-import psycopg
-from psycopg import sql
-
 from pybatch.errors import LocalClusterError
 
 log = logging.getLogger(__name__)
@@ -280,6 +277,9 @@ class LocalCluster:
 
     def ensure_database(self, dbname: str) -> None:
         """Create database `dbname` in this (running) cluster unless it exists."""
+        import psycopg  # imported here: `pybatch local status` and `stop` need no driver
+        from psycopg import sql
+
         deadline = time.monotonic() + 30
         while True:
             try:

@@ -7,14 +7,15 @@ line on stderr and a non-zero exit, never a traceback (unless --log-level debug)
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from pybatch import __version__
-from pybatch.cli import bench, config, core, grant, local, schedule, status
+from pybatch.cli.commands import COMMANDS
 from pybatch.errors import ConfigError, PybatchError
 
 EXIT_ERROR = 1
@@ -22,13 +23,16 @@ EXIT_USAGE = 2
 # Killed by SIGPIPE, as a shell reports it (128 + 13): what `cat` gives when its reader leaves.
 EXIT_BROKEN_PIPE = 141
 
-COMMAND_MODULES = [core, local, schedule, status, config, grant, bench]
+# The modules that register commands (pybatch/cli/<module>.py), in the order of COMMANDS.
+COMMAND_MODULES = list(dict.fromkeys(command.module for command in COMMANDS.values()))
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(modules: Collection[str] | None = None) -> argparse.ArgumentParser:
+    """The whole parser, or with `modules` only those command modules' full parsers: every other
+    command is there by name and help alone, so parsing one command imports only its module."""
     parser = argparse.ArgumentParser(
         prog="pybatch",
         description="PostgreSQL-side heartbeat batcher: stage heartbeats, flush them into workspace_agents.",
@@ -39,8 +43,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"pybatch {__version__}")
     add_global_options(parser, top=True)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in COMMAND_MODULES:
-        module.register(subparsers)
+    wanted = set(COMMAND_MODULES if modules is None else modules)
+    registered: set[str] = set()
+    for name, command in COMMANDS.items():
+        if command.module not in wanted:
+            subparsers.add_parser(name, help=command.help)  # a stand-in: listed by --help, never run
+        elif command.module not in registered:
+            importlib.import_module(f"pybatch.cli.{command.module}").register(subparsers)
+            registered.add(command.module)
     for sub in _subparsers(parser):
         add_global_options(sub.add_argument_group("global options"), top=False)
     return parser
@@ -122,9 +132,21 @@ class LogFormatter(logging.Formatter):
         return super().format(record)
 
 
+def _command_word(argv: Sequence[str]) -> str | None:
+    """The command named in argv (the first word that is not an option or an option's value)."""
+    for index, word in enumerate(argv):
+        if word == "--":
+            return None
+        if word.startswith("-") or (index > 0 and argv[index - 1] in _GLOBAL_TAKES_VALUE):
+            continue
+        return word
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
+    command = COMMANDS.get(_command_word(argv) or "")
+    parser = build_parser(modules=[command.module] if command else [])
     psql_args = _split_psql_args(argv)
     _refuse_unknown_options(parser, argv)
     args = parser.parse_args(argv)

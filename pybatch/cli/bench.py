@@ -15,6 +15,7 @@ from pybatch.bench import STRATEGY_NAMES, BenchConfig, run_bench
 from pybatch.bench import report as bench_report
 from pybatch.bench.flush_rounds import FLUSH_MODES, check_modes
 from pybatch.bench.target import TABLES
+from pybatch.cli.commands import COMMANDS
 from pybatch.cli.common import dsn, invoked_as, positive_int, print_table, resolve_cli_dsn
 from pybatch.config import describe_dsn
 from pybatch.durations import format_duration, parse_duration, parse_timedelta
@@ -24,8 +25,7 @@ from pybatch.errors import ConfigError, NotMigrated
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "bench",
-        help="measure direct UPDATEs, app-side batching and pybatch side by side (resets workspace_agents: "
-        "use a database of its own)",
+        help=COMMANDS["bench"].help,
     )
     p.add_argument("--agents", type=positive_int, default=10_000, help="fleet size (default 10000)")
     p.add_argument("--period", default="15s", help="heartbeat period of each agent (default 15s)")
@@ -110,8 +110,7 @@ def register(subparsers: Any) -> None:
 
     p = subparsers.add_parser(
         "demo",
-        help="the showcase: embedded cluster, migrate, pg_cron flush job, direct vs buffered at 10,000 agents "
-        "(about a minute); leaves the cluster running",
+        help=COMMANDS["demo"].help,
     )
     p.add_argument("--agents", type=positive_int, default=10_000, help="fleet size (default 10000)")
     p.add_argument(

@@ -7,13 +7,14 @@ from datetime import timedelta
 from typing import Any
 
 from pybatch import db, status
+from pybatch.cli.commands import COMMANDS
 from pybatch.cli.common import dsn, print_json, print_table
 from pybatch.errors import ConfigError
 from pybatch.schedule import cron
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("config", help="show or change the settings stored in pybatch.settings")
+    p = subparsers.add_parser("config", help=COMMANDS["config"].help)
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     show = actions.add_parser("show", help="print the settings")
     show.add_argument("--json", action="store_true", help="print them as JSON")

@@ -11,6 +11,7 @@ from typing import Any
 import psycopg
 
 from pybatch import db, migrate
+from pybatch.cli.commands import COMMANDS
 from pybatch.cli.common import bounded_int, dsn, invoked_as, print_json
 from pybatch.durations import format_duration
 from pybatch.errors import PybatchError
@@ -26,13 +27,13 @@ MAX_ROWS_LOW, MAX_ROWS_HIGH = COUNT_BOUNDS["max_rows_per_flush"]
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("migrate", help="install or upgrade the pybatch schema (yoyo migrations)")
+    p = subparsers.add_parser("migrate", help=COMMANDS["migrate"].help)
     group = p.add_mutually_exclusive_group()
     group.add_argument("--status", action="store_true", help="list applied and pending migrations")
     group.add_argument("--rollback", action="store_true", help="undo the last applied migration")
     p.set_defaults(handler=cmd_migrate)
 
-    p = subparsers.add_parser("flush", help="run one flush now and print its statistics")
+    p = subparsers.add_parser("flush", help=COMMANDS["flush"].help)
     p.add_argument(
         "--max-rows",
         type=bounded_int(MAX_ROWS_LOW, MAX_ROWS_HIGH),
@@ -45,15 +46,14 @@ def register(subparsers: Any) -> None:
 
     p = subparsers.add_parser(
         "psql",
-        help="open psql on the configured database (pybatch's global options may follow `psql`; "
-        "every other argument, and all after `--`, goes to psql)",
+        help=COMMANDS["psql"].help,
     )
     p.add_argument("psql_args", nargs=argparse.REMAINDER, help="extra arguments for psql")
     p.set_defaults(handler=cmd_psql)
 
     p = subparsers.add_parser(
         "uninstall",
-        help="remove pybatch's pg_cron job, schema and migration tables (a workspace_agents it did not create stays)",
+        help=COMMANDS["uninstall"].help,
     )
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     p.add_argument(

@@ -7,6 +7,7 @@ import argparse
 import sys
 from typing import Any
 
+from pybatch.cli.commands import COMMANDS
 from pybatch.errors import LocalClusterError
 from pybatch.local import LocalCluster
 
@@ -19,7 +20,7 @@ CITUS_HELP = (
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "local",
-        help="manage the embedded local cluster (directory: env PYBATCH_HOME), or with --citus a local Citus cluster",
+        help=COMMANDS["local"].help,
     )
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     for name, handler, text in (

@@ -12,11 +12,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pybatch import db
+from pybatch.cli.commands import COMMANDS
 from pybatch.cli.common import dsn, print_json, resolved_dsn
 from pybatch.config import describe_dsn
 from pybatch.durations import format_duration, parse_timedelta, well_formed
 from pybatch.errors import ConfigError, InvalidDuration, InvalidSetting
-from pybatch.schedule import cron, scheduler
+from pybatch.schedule import cron
 from pybatch.status import DURATION_BOUNDS, check_duration
 
 EXIT_NOT_INSTALLED = 3
@@ -26,7 +27,7 @@ LOW, HIGH = (format_duration(bound) for bound in DURATION_BOUNDS["flush_interval
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("cron", help="schedule the flush with pg_cron (install, remove, status)")
+    p = subparsers.add_parser("cron", help=COMMANDS["cron"].help)
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
 
     sub = actions.add_parser("install", help="create or update this database's pg_cron flush job")
@@ -58,8 +59,7 @@ def register(subparsers: Any) -> None:
 
     p = subparsers.add_parser(
         "scheduler",
-        help="run the flush every interval in this process (leader-elected); logs its start and each change "
-        "of leadership even at the default log level (--log-level error silences them)",
+        help=COMMANDS["scheduler"].help,
     )
     p.add_argument(
         "--interval",
@@ -211,6 +211,8 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
         interval_text,
         "off" if port is None else f"on port {port}",
     )
+    from pybatch.schedule import scheduler  # imported here: it brings prometheus_client
+
     scheduler.run_scheduler(target.dsn, interval=interval, metrics_port=port)
     return 0
 
