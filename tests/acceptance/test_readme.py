@@ -168,3 +168,24 @@ def test_every_command_in_the_table_exists() -> None:
 @pytest.mark.parametrize("link", sorted(set(re.findall(r"\]\(((?:docs|examples)/[^)#]+)", README.read_text()))))
 def test_links_resolve(link: str) -> None:
     assert (REPO / link).is_file(), link
+
+
+def test_logging_block_shows_the_client_outage_lines_with_their_fields() -> None:
+    (block,) = readme_blocks("logging", "python")
+    outage = (
+        "\nfrom pybatch._core import WriteTracker\n"
+        "from pybatch.errors import DatabaseUnavailable\n"
+        "tracker = WriteTracker(1.0)\n"
+        "tracker.failed(DatabaseUnavailable('server closed the connection'), waiting=3)\n"
+        "tracker.failed(DatabaseUnavailable('server closed the connection'), waiting=3)\n"
+        "tracker.succeeded(3)\n"
+    )
+    ran = subprocess.run(
+        [sys.executable, "-c", block + outage], cwd=REPO, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert ran.returncode == 0, ran.stderr
+    lines = ran.stderr.splitlines()
+    assert len(lines) == 2, ran.stderr  # one line as the outage begins, one as it ends: not one per retry
+    assert lines[0].startswith("ERROR pybatch._core: heartbeat writes failing")
+    assert "'error_type': 'DatabaseUnavailable'" in lines[0] and "'waiting': 3" in lines[0]
+    assert lines[1].startswith("WARNING pybatch._core: heartbeat writes recovered") and "outage_seconds" in lines[1]
