@@ -75,4 +75,9 @@ COMMANDS: dict[str, Command] = {
         "the showcase: embedded cluster, migrate, pg_cron flush job, direct vs buffered at 10,000 agents"
         " (about a minute); leaves the cluster running",
     ),
+    "completion": Command(
+        "completion",
+        "print a bash or zsh completion script: eval \"$(pybatch completion bash)\" in ~/.bashrc "
+        "(zsh: in ~/.zshrc, after compinit)",
+    ),
 }
