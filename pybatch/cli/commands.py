@@ -77,7 +77,7 @@ COMMANDS: dict[str, Command] = {
     ),
     "completion": Command(
         "completion",
-        "print a bash or zsh completion script: eval \"$(pybatch completion bash)\" in ~/.bashrc "
+        'print a bash or zsh completion script: eval "$(pybatch completion bash)" in ~/.bashrc '
         "(zsh: in ~/.zshrc, after compinit)",
     ),
 }
