@@ -102,7 +102,7 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || ! installed; then
     if .venv/bin/python -m pip show --quiet pybatch >/dev/null 2>&1; then
         .venv/bin/python -m pip uninstall --quiet --yes pybatch
     fi
-    .venv/bin/python -m pip install --quiet -e '.[cli,bench,metrics,plot,dev]'
+    .venv/bin/python -m pip install --quiet -e '.[cli,bench,metrics,plot,dev,docs]'
     touch "$stamp"
 fi
 
