@@ -75,7 +75,7 @@ def ensure_citus() -> None:
     if os.geteuid() != 0:
         raise CitusUnavailable(
             f"Citus is not installed ({citus_library()} is missing) and building it needs root: "
-            f"run `sudo bash {BUILD_SCRIPT}` (or {CITUS_PACKAGES_HINT})"
+            f"run `sudo bash {BUILD_SCRIPT}` (or install Citus's own packages, docs/citus.md)"
         )
     env = dict(os.environ)
     env.setdefault("PG_CONFIG", str(find_bindir() / "pg_config"))
