@@ -94,6 +94,12 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
+def flush_count(conn: psycopg.Connection) -> int:
+    row = conn.execute("SELECT count(*) FROM pybatch.flush_log").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
 def lock_holders(conn: psycopg.Connection) -> int:
     """Live schedulers holding the lease: 0 or 1."""
     row = conn.execute(
@@ -132,7 +138,7 @@ def test_two_replicas_one_leader_and_takeover_after_sigkill(
     try:
         # Both running: the second stands by while the first flushes (at least twice).
         second.wait_for("standing by")
-        wait_until(lambda: conn.execute("SELECT count(*) FROM pybatch.flush_log").fetchone() >= (2,), 20, "two flushes")
+        wait_until(lambda: flush_count(conn) >= 2, 20, "two flushes")
         assert LEADER_LINE not in second.text()
         assert lock_holders(conn) == 1
 
@@ -142,13 +148,8 @@ def test_two_replicas_one_leader_and_takeover_after_sigkill(
         print(f"standby took over {takeover:.2f}s after SIGKILL (interval 1s)")
         assert takeover <= 3.0  # within one interval, plus slack for a busy 2-core machine
         # The new leader flushes while the writer still writes: wait for its first flush.
-        after_kill = conn.execute("SELECT count(*) FROM pybatch.flush_log").fetchone()
-        assert after_kill is not None
-        wait_until(
-            lambda: conn.execute("SELECT count(*) FROM pybatch.flush_log").fetchone() >= (after_kill[0] + 1,),
-            20,
-            "a flush by the new leader",
-        )
+        after_kill = flush_count(conn)
+        wait_until(lambda: flush_count(conn) > after_kill, 20, "a flush by the new leader")
     finally:
         writing.clear()
         thread.join()
