@@ -275,7 +275,8 @@ class _Lines:
         self.process = process
         self.lines: queue.Queue[str] = queue.Queue()
         self.seen: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
 
     def _read(self) -> None:
         assert self.process.stderr is not None
@@ -297,7 +298,7 @@ class _Lines:
     def stop(self) -> list[str]:
         self.process.send_signal(signal.SIGTERM)
         self.process.wait(timeout=30)
-        time.sleep(0.3)
+        self.reader.join(timeout=30)  # every line read: stderr is at its end once the process exited
         while not self.lines.empty():
             self.seen.append(self.lines.get())
         return self.seen
@@ -315,6 +316,20 @@ def _scheduler(dsn: str, *args: str) -> _Lines:
     return _Lines(process)
 
 
+def _flushes(dsn: str) -> int:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute("SELECT count(*) FROM pybatch.flush_log").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def _wait_for_flushes(dsn: str, count: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while _flushes(dsn) < count:
+        assert time.monotonic() < deadline, f"fewer than {count} flushes in {timeout:.0f}s"
+        time.sleep(0.1)
+
+
 def test_scheduler_logs_its_start_and_each_change_of_leadership(dsn: str) -> None:
     leader = _scheduler(dsn, "--interval", "1s")
     standby: _Lines | None = None
@@ -328,7 +343,8 @@ def test_scheduler_logs_its_start_and_each_change_of_leadership(dsn: str) -> Non
         standby = _scheduler(dsn, "--interval", "1s")
         standby.wait_for("scheduler starting")
         assert " INFO " in standby.wait_for("standing by")
-        time.sleep(3.5)  # three more intervals on standby: no more lines for them
+        # Three more intervals on standby (three flushes by the leader): no more lines for them.
+        _wait_for_flushes(dsn, _flushes(dsn) + 3)
         leader_lines = leader.stop()
         standby.wait_for("became leader")
         standby_lines = standby.stop()
@@ -348,7 +364,7 @@ def test_scheduler_logs_its_start_and_each_change_of_leadership(dsn: str) -> Non
 def test_scheduler_log_level_error_silences_the_lifecycle(dsn: str) -> None:
     quiet = _scheduler(dsn, "--interval", "1s", "--log-level", "error")
     try:
-        time.sleep(4)
+        _wait_for_flushes(dsn, 3)  # it led and flushed: the lines it would log have come and gone
         lines = quiet.stop()
     finally:
         if quiet.process.poll() is None:
