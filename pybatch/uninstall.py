@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import psycopg
+from psycopg import sql
 
 from pybatch import db, migrate, resources, status
 from pybatch.errors import DependentObjects, PermissionDenied
