@@ -68,7 +68,10 @@ def cmd_stop(args: argparse.Namespace) -> int:
             f"{cluster.port} (an orphan server?): `ss -ltnp 'sport = :{cluster.port}'` names the process"
         )
     if was_running:
-        print(f"stopped ({cluster.home}, port {cluster.port}); commands will not start it again until `pybatch local start`")
+        print(
+            f"stopped ({cluster.home}, port {cluster.port}); "
+            "commands will not start it again until `pybatch local start`"
+        )
     else:
         print(f"not running ({cluster.home}, port {cluster.port}): nothing to stop")
     return 0
