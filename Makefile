@@ -1,5 +1,5 @@
 # The two commands of README.md. Both set up what they need (scripts/setup.sh).
-.PHONY: setup vendor demo test test-fast lint bench clean
+.PHONY: setup vendor demo test test-fast lint docs bench clean
 
 setup:
 	@bash scripts/setup.sh
@@ -23,8 +23,12 @@ lint: setup
 	.venv/bin/mypy
 	.venv/bin/python tools/async_to_sync.py --check
 
+# The documentation site (mkdocs.yml) into site/; --strict: a broken link or reference fails.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --quiet
+
 bench: setup
 	.venv/bin/pybatch bench
 
 clean:
-	rm -rf .venv build dist *.egg-info
+	rm -rf .venv build dist site *.egg-info

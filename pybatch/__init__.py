@@ -6,9 +6,8 @@ merges the latest per agent into public.workspace_agents; disconnects bypass sta
 
 from __future__ import annotations
 
-from pybatch._core import ClientStats
-from pybatch.aio import AsyncHeartbeatClient
-from pybatch.client import HeartbeatClient
+from typing import TYPE_CHECKING, Any
+
 from pybatch.errors import (
     ClientClosed,
     ConfigError,
@@ -30,6 +29,31 @@ from pybatch.errors import (
 )
 
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from pybatch._core import ClientStats
+    from pybatch.aio import AsyncHeartbeatClient
+    from pybatch.client import HeartbeatClient
+
+# The clients import psycopg: loaded on first use, so `import pybatch.errors` (and the CLI's
+# start) stays light. `from pybatch import HeartbeatClient` works as ever.
+_LAZY = {
+    "ClientStats": "pybatch._core",
+    "AsyncHeartbeatClient": "pybatch.aio",
+    "HeartbeatClient": "pybatch.client",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pybatch' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "AsyncHeartbeatClient",

@@ -418,7 +418,8 @@ class _Context:
         return Check(
             "staging_growth",
             OK,
-            f"staging holds {staging.rows_staged} heartbeats, oldest {_secs(age) if age is not None else '-'} old",
+            f"staging holds {staging.rows_staged} heartbeats"
+            + (f", oldest {_secs(age)} old" if age is not None else ""),
         )
 
     def _recent(self) -> list[status.FlushRecord]:

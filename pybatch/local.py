@@ -22,9 +22,6 @@ import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-import psycopg
-from psycopg import sql
-
 from pybatch.errors import LocalClusterError
 
 log = logging.getLogger(__name__)
@@ -196,12 +193,27 @@ class LocalCluster:
                 log.info("started local cluster", extra={"home": str(self.home), "port": self.port})
             self.ensure_database(APP_DATABASE)
 
-    def stop(self) -> None:
+    def stop(self) -> bool:
+        """Stop the server if it runs; True when it was running."""
         with self._lock():
-            if self.is_running():
-                result = self._pg_ctl("stop", "-m", "fast", "-w", "-t", "60", check=False)
-                if result.returncode != 0:
-                    raise LocalClusterError(f"could not stop the local cluster in {self.home}: {self._log_tail()}")
+            if not self.is_running():
+                return False
+            result = self._pg_ctl("stop", "-m", "fast", "-w", "-t", "60", check=False)
+            if result.returncode != 0:
+                raise LocalClusterError(f"could not stop the local cluster in {self.home}: {self._log_tail()}")
+            return True
+
+    def port_in_use(self) -> bool:
+        """Whether something accepts TCP connections on this cluster's port (127.0.0.1). When the
+        cluster is stopped, that is another process: an orphan server whose data directory or
+        postmaster.pid was removed, or a program that took the port since."""
+        try:
+            port = self.port
+        except LocalClusterError:
+            return False
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.settimeout(1.0)
+            return sock.connect_ex(("127.0.0.1", port)) == 0
 
     def ensure_running(self, *, notice: bool = False) -> str:
         """Start the cluster if needed and return the app database URL."""
@@ -265,6 +277,9 @@ class LocalCluster:
 
     def ensure_database(self, dbname: str) -> None:
         """Create database `dbname` in this (running) cluster unless it exists."""
+        import psycopg  # imported here: `pybatch local status` and `stop` need no driver
+        from psycopg import sql
+
         deadline = time.monotonic() + 30
         while True:
             try:

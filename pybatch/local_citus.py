@@ -6,9 +6,10 @@ database on every node, creates the citus extension in each, and registers the w
 the coordinator: the coordinator's URL is then an ordinary PostgreSQL URL for pybatch.
 
 Debian has no Citus package. When citus.so is missing, `ensure_citus()` builds it with
-scripts/build_citus.sh (Citus 13.2.2 from ../shared/vendor/citus, as root); as a normal user it
-raises CitusUnavailable saying what to run. A real deployment installs Citus's own packages
-(docs/citus.md).
+scripts/build_citus.sh (Citus 13.2.2 from third_party/citus, as root); as a normal user it
+raises CitusUnavailable saying what to run. Both exist only in a checkout of pybatch's
+repository: installed from a wheel, it says to install Citus's own packages, which a real
+deployment installs anyway (docs/citus.md).
 """
 
 from __future__ import annotations
@@ -58,17 +59,24 @@ def citus_installed() -> bool:
     return citus_library().exists()
 
 
+CITUS_PACKAGES_HINT = "install Citus's own packages (https://docs.citusdata.com/en/stable/installation/)"
+
+
 def ensure_citus() -> None:
     """Build and install Citus when it is missing (root only); raise CitusUnavailable otherwise."""
     if citus_installed():
         return
+    if not BUILD_SCRIPT.exists():
+        # Installed from a wheel: the build script and the Citus source live only in a checkout.
+        raise CitusUnavailable(
+            f"Citus is not installed ({citus_library()} is missing): {CITUS_PACKAGES_HINT}, "
+            "or from a clone of pybatch's repository run `sudo bash scripts/build_citus.sh`"
+        )
     if os.geteuid() != 0:
         raise CitusUnavailable(
             f"Citus is not installed ({citus_library()} is missing) and building it needs root: "
             f"run `sudo bash {BUILD_SCRIPT}` (or install Citus's own packages, docs/citus.md)"
         )
-    if not BUILD_SCRIPT.exists():
-        raise CitusUnavailable(f"Citus is not installed and {BUILD_SCRIPT} is missing")
     env = dict(os.environ)
     env.setdefault("PG_CONFIG", str(find_bindir() / "pg_config"))
     result = subprocess.run(

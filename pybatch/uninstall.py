@@ -18,9 +18,11 @@ error says which pid and what to do.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import psycopg
+from psycopg import sql
 
 from pybatch import db, migrate, resources, status
 from pybatch.errors import DependentObjects, PermissionDenied
@@ -34,6 +36,95 @@ OWN_SCHEMAS = ("pybatch", migrate.BOOKKEEPING_SCHEMA)
 
 
 @dataclass(frozen=True)
+class UninstallPlan:
+    """What uninstall would remove from one database, read before anything is removed."""
+
+    database: str
+    server: str
+    cron_database: str | None
+    jobs: tuple[str, ...]
+    # Tables that go, qualified, with their exact row counts (workspace_agents when pybatch created it).
+    tables: tuple[tuple[str, int], ...]
+    # Views, functions and procedures, types and sequences in schema pybatch.
+    other_objects: dict[str, int]
+    # public.workspace_agents when it exists and stays: its row count.
+    kept_workspace_agents: int | None
+    dependants: tuple[str, ...]
+
+    def lines(self) -> list[str]:
+        """The plan as lines for a person: each object with its row count."""
+        out: list[str] = []
+        cron_db = f" (in pg_cron's database {self.cron_database})" if self.cron_database else ""
+        out.extend(f"  pg_cron job {name}{cron_db}" for name in self.jobs)
+        for name, rows in self.tables:
+            note = " (staged heartbeats not yet flushed)" if name == "pybatch.heartbeats" and rows else ""
+            note = " (pybatch created it)" if name == "public.workspace_agents" else note
+            out.append(f"  table {name}: {rows} row(s){note}")
+        others = ", ".join(f"{count} {kind}" for kind, count in self.other_objects.items() if count)
+        if others:
+            out.append(f"  in schema pybatch: {others}")
+        out.extend(f"  {dependant} (another's object that depends on pybatch's)" for dependant in self.dependants)
+        if not out:
+            out.append("  nothing: pybatch is not installed here")
+        return out
+
+
+def plan(conn: psycopg.Connection) -> UninstallPlan:
+    """What `uninstall(conn)` would remove, with row counts; changes nothing."""
+    db.require_autocommit(conn, "uninstall.plan")
+    cron_database, jobs = cron.job_names(conn)
+    with db.translated("cannot read what uninstall would remove"):
+        names = conn.execute(
+            "SELECT n.nspname, c.relname FROM pg_catalog.pg_class c"
+            " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = ANY(%s) AND c.relkind IN ('r', 'p') AND NOT c.relispartition"
+            " ORDER BY n.nspname, c.relname",
+            (list(OWN_SCHEMAS),),
+        ).fetchall()
+        created = status.installed(conn) and _created_target(conn)
+        target_row = conn.execute("SELECT pg_catalog.to_regclass('public.workspace_agents') IS NOT NULL").fetchone()
+        target_exists = bool(target_row and target_row[0])
+        tables = [(str(schema), str(name)) for schema, name in names]
+        if created and target_exists:
+            tables.append(("public", "workspace_agents"))
+        counted = tuple((f"{schema}.{name}", _count(conn, schema, name)) for schema, name in tables)
+        kept = _count(conn, "public", "workspace_agents") if target_exists and not created else None
+        row = conn.execute(
+            "SELECT (SELECT count(*) FROM pg_catalog.pg_class c"
+            "   WHERE c.relnamespace = n.oid AND c.relkind IN ('v', 'm')),"
+            " (SELECT count(*) FROM pg_catalog.pg_proc p WHERE p.pronamespace = n.oid),"
+            " (SELECT count(*) FROM pg_catalog.pg_type t WHERE t.typnamespace = n.oid AND t.typtype IN ('c', 'e', 'd')"
+            "   AND NOT EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.oid = t.typrelid AND c.relkind <> 'c')),"
+            " (SELECT count(*) FROM pg_catalog.pg_class c WHERE c.relnamespace = n.oid AND c.relkind = 'S')"
+            " FROM pg_catalog.pg_namespace n WHERE n.nspname = 'pybatch'"
+        ).fetchone()
+        found = dependants(conn)
+    views, routines, types, sequences = (int(v) for v in row) if row else (0, 0, 0, 0)
+    return UninstallPlan(
+        database=str(conn.info.dbname),
+        server=f"{conn.info.host}:{conn.info.port}",
+        cron_database=cron_database,
+        jobs=tuple(jobs),
+        tables=counted,
+        other_objects={
+            "views": views,
+            "functions and procedures": routines,
+            "types": types,
+            "sequences": sequences,
+        },
+        kept_workspace_agents=kept,
+        dependants=tuple(found),
+    )
+
+
+def _count(conn: psycopg.Connection, schema: str, name: str) -> int:
+    row = conn.execute(
+        sql.SQL("SELECT count(*) FROM {}.{}").format(sql.Identifier(schema), sql.Identifier(name))
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+@dataclass(frozen=True)
 class UninstallResult:
     jobs_removed: int
     schema_existed: bool
@@ -42,18 +133,25 @@ class UninstallResult:
     dropped_dependants: tuple[str, ...] = ()
 
 
-def uninstall(conn: psycopg.Connection, *, force: bool = False) -> UninstallResult:
+def uninstall(
+    conn: psycopg.Connection, *, force: bool = False, progress: Callable[[str], None] | None = None
+) -> UninstallResult:
     """Remove pybatch's jobs, schemas and migration bookkeeping from the database `conn` is
-    connected to (the caller's autocommit connection).
+    connected to (the caller's autocommit connection). `progress`, when given, is called with a
+    line before each step (`plan(conn)` says beforehand what will go).
 
     Raises DependentObjects (nothing removed) when objects outside pybatch depend on it,
     unless `force`; PermissionDenied (nothing removed) when a running flush loop belongs to
     a role this one may not terminate."""
     db.require_autocommit(conn, "uninstall")
+    say = progress or (lambda _line: None)
+    say("checking that nothing else depends on pybatch and that a running flush loop can be ended")
     with db.translated("uninstall failed (nothing was removed)"):
         _check_loops_can_be_ended(conn)
         _check_dependants(conn, force=force)
+    say("removing the pg_cron jobs and ending a running flush loop")
     jobs = _remove_jobs(conn)
+    say("dropping schema pybatch and the migration bookkeeping (one transaction; waits for their locks)")
     with db.translated("uninstall failed (nothing was removed)"), conn.transaction():
         created = _created_target(conn) if status.installed(conn) else None
         # Again inside the transaction that drops: the list named is the list dropped.

@@ -2,16 +2,16 @@
 # Build and install Citus 13.2.2 for the installed PostgreSQL (tests and `pybatch local --citus`).
 # Debian has no Citus package; a real deployment installs Citus's own packages (docs/citus.md).
 #
-# Same source, patch and steps as ../shared/vendor/citus/build.sh, with one difference: the
+# Same source, patch and steps as third_party/citus/build.sh, with one difference: the
 # server headers are installed at the SAME version as the running postgresql-N package
 # (postgresql-server-dev-N=<installed version>), so apt does not upgrade postgresql-N under
 # servers that are already running (an upgrade makes them fail to load plpgsql.so until
-# restarted). When that exact version is no longer in the archive, it falls back to the vendor
-# script, which takes the newest minor: restart running servers afterwards.
+# restarted). When that exact version is no longer in the archive, it falls back to
+# third_party/citus/build.sh, which takes the newest minor: restart running servers afterwards.
 # Idempotent: does nothing when citus.so is already installed. Needs root.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-vendor=${CITUS_VENDOR:-$root/../shared/vendor/citus}
+vendor=${CITUS_VENDOR:-$root/third_party/citus}
 pg_config=${PG_CONFIG:-$(command -v pg_config || true)}
 if [[ -z $pg_config ]]; then pg_config=$(ls /usr/lib/postgresql/*/bin/pg_config 2>/dev/null | sort -V | tail -n1); fi
 [[ -n $pg_config ]] || { echo "build_citus: no pg_config found" >&2; exit 1; }
@@ -33,6 +33,6 @@ if [[ -n $installed ]] && apt-get install -y -qq --no-upgrade "postgresql-server
   make install >/dev/null
   echo "citus 13.2.2 installed for PostgreSQL $major ($installed, headers pinned)"
 else
-  echo "build_citus: postgresql-server-dev-$major=$installed unavailable; using the vendor script (it may upgrade postgresql-$major: restart running servers)" >&2
+  echo "build_citus: postgresql-server-dev-$major=$installed unavailable; using $vendor/build.sh (it may upgrade postgresql-$major: restart running servers)" >&2
   PG_CONFIG=$pg_config bash "$vendor/build.sh"
 fi

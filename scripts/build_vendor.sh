@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Test-only builds from ../shared/vendor, run by `make test` before any server starts:
+# Test-only builds from third_party/ (sources and licences in the repository), run by `make test` before any server starts:
 #   pg_cron 1.6 (seconds schedules) into a private copy of the server, for the tests of the
 #   pg_cron 1.5+ path (Debian 12 ships pg_cron 1.4 only).
 # Building may install the server's dev package, which can upgrade the server's minor
@@ -8,15 +8,15 @@
 # otherwise says what to install and carries on: the test that needs it then fails saying so.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-vendor=${PYBATCH_VENDOR:-../shared/vendor}
+vendor=${PYBATCH_VENDOR:-third_party}
 dest=${PYBATCH_CRON16_HOME:-/var/tmp/pg-cron16}
 
 # Citus 13.2.2 for the Citus tests (tests/integration/test_citus.py); headers pinned to the
 # installed server, so nothing running is upgraded. As a normal user it says what to run.
 bash scripts/build_citus.sh >&2 || echo "pybatch setup: Citus not built; the Citus tests will fail (CI) or skip" >&2
 
-if [ ! -x "$vendor/pg_cron/build.sh" ] && [ ! -f "$vendor/pg_cron/build.sh" ]; then
-    echo "pybatch setup: $vendor/pg_cron/build.sh not found; the pg_cron 1.6 tests will fail" >&2
+if [ ! -f "$vendor/pg_cron/build.sh" ]; then
+    echo "pybatch setup: $vendor/pg_cron/build.sh not found (a partial checkout?); the pg_cron 1.6 tests will fail" >&2
     exit 0
 fi
 if ls "$dest"/done-* >/dev/null 2>&1; then

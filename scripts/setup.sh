@@ -90,13 +90,19 @@ if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
 stamp=.venv/.pybatch-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+# Whether .venv still holds pybatch: `pip uninstall pybatch-pg` (the README's last step) removes
+# it and its command but leaves the stamp. (Not `import pybatch`: from here that finds the checkout.)
+installed() {
+    [ -x .venv/bin/pybatch ] \
+        && .venv/bin/python -c 'import importlib.metadata as m; m.version("pybatch-pg")' >/dev/null 2>&1
+}
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || ! installed; then
     .venv/bin/python -m pip install --quiet --upgrade pip 2>/dev/null || true
     # The distribution was once called `pybatch` (a name PyPI gives to another project): drop it.
     if .venv/bin/python -m pip show --quiet pybatch >/dev/null 2>&1; then
         .venv/bin/python -m pip uninstall --quiet --yes pybatch
     fi
-    .venv/bin/python -m pip install --quiet -e '.[cli,bench,metrics,plot,dev]'
+    .venv/bin/python -m pip install --quiet -e '.[cli,bench,metrics,plot,dev,docs]'
     touch "$stamp"
 fi
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime
@@ -40,3 +41,16 @@ def connected(
     closed afterwards: the caller owns the connection, as the CLI does."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         return operation(conn, *args, **kwargs)
+
+
+def wait_until_blocked_by(conn: psycopg.Connection, holder_pid: int, timeout: float = 30.0) -> None:
+    """Wait until some backend waits on a lock that backend `holder_pid` holds: a statement
+    started in another thread has reached the lock, which a fixed sleep can only hope for."""
+    deadline = time.monotonic() + timeout
+    query = "SELECT EXISTS (SELECT FROM pg_catalog.pg_stat_activity WHERE %s = ANY(pg_catalog.pg_blocking_pids(pid)))"
+    while True:
+        row = conn.execute(query, (holder_pid,)).fetchone()
+        if row is not None and row[0]:
+            return
+        assert time.monotonic() < deadline, f"nothing waited on backend {holder_pid} within {timeout:.0f}s"
+        time.sleep(0.02)

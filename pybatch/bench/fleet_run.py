@@ -253,27 +253,36 @@ def run_strategy(dsn: str, name: str, config: BenchConfig, say: Progress) -> dic
             say(f"[{name}] warm-up {config.warmup:g}s of fleet time")
             _wait_until(load.started_at + config.warmup / config.compress, load, say, name, "warm-up")
 
-            # Window start: just after a flush (staging freshly drained), or on the clock.
+            # Window start: just after a flush (staging freshly drained), or on the clock. Each
+            # end is read while no flush or batch is under way (held), so the WAL and the table
+            # statistics count the same writes: a flush at the edge is wholly in or wholly out.
             first_flush = 0
             if flusher is not None:
                 first_flush = flusher.completed + 1
+                flusher.hold_after(first_flush)
                 window_start = flusher.wait_completed(first_flush, _flush_timeout(timing)).started
             else:
                 window_start = time.monotonic()
-            start_counters, cpu_start = _boundary(measure_conn, cpu, strategy, timing)
-            start_sizes = table_sizes(measure_conn)
+            with strategy.quiet():
+                start_counters, cpu_start = _boundary(measure_conn, cpu, strategy, timing)
+                start_sizes = table_sizes(measure_conn)
             monitor.start()
             say(f"[{name}] measuring {config.window_s:g}s of fleet time")
 
             if flusher is not None:
+                # The window's last flush, and none after it until its end is read.
+                flusher.hold_after(first_flush + config.flushes_per_window)
                 _wait_until(window_start + config.window_s / config.compress, load, say, name, "measuring")
                 last = flusher.wait_completed(first_flush + config.flushes_per_window, _flush_timeout(timing))
                 window_end = last.started
             else:
                 window_end = window_start + config.window_s / config.compress
                 _wait_until(window_end, load, say, name, "measuring")
-            end_counters, cpu_end = _boundary(measure_conn, cpu, strategy, timing)
-            end_sizes = table_sizes(measure_conn)
+            with strategy.quiet():
+                end_counters, cpu_end = _boundary(measure_conn, cpu, strategy, timing)
+                end_sizes = table_sizes(measure_conn)
+            if flusher is not None:
+                flusher.hold_after(None)
         finally:
             monitor.stop()
             load.stop()

@@ -48,6 +48,32 @@ EXTRA_FIGURES: tuple[tuple[str, str], ...] = (
     ),
 )
 DOCUMENTED_KEYS = {key: meaning for key, _, meaning in FIGURES} | dict(EXTRA_FIGURES)
+# Which way is better, for the chart's panel titles: every figure costs, except the HOT share.
+HIGHER_IS_BETTER = frozenset({"hot_share"})
+NEITHER_IS_BETTER = frozenset({"row_versions_per_s"})  # follows the offered load
+
+
+def panel_title(key: str, title: str) -> str:
+    """A chart panel's title: the figure and which way is better."""
+    if key in NEITHER_IS_BETTER:
+        return title
+    return f"{title} ({'higher' if key in HIGHER_IS_BETTER else 'lower'} is better)"
+
+
+def draw_panel(ax: Any, names: list[str], values: list[float | None], key: str, title: str) -> None:
+    """One panel: a bar per strategy that has the figure; a strategy without it (not measured)
+    gets "n/a" at its place, never a bar of height zero, which would read as the best value."""
+    colors = ["#999999", "#c98b4b", "#b5651d", "#5b8fc9", "#3a9d5d"]
+    present = [(i, v) for i, v in enumerate(values) if v is not None]
+    ax.bar([i for i, _ in present], [v for _, v in present], color=[colors[i % len(colors)] for i, _ in present])
+    for i, value in enumerate(values):
+        if value is None:
+            ax.text(i, 0, "n/a", ha="center", va="bottom", fontsize=8, color="#666666")
+    ax.set_xticks(range(len(names)), names)
+    ax.set_title(panel_title(key, title), fontsize=9)
+    if key == "statements_per_s" and present and all(v > 0 for _, v in present):
+        ax.set_yscale("log")  # 667/s against 0.1/s: a linear axis hides the small ones
+    ax.tick_params(axis="x", labelsize=8, rotation=20)
 
 
 def as_json(report: BenchReport) -> dict[str, Any]:
@@ -214,12 +240,8 @@ def plot(report: BenchReport, path: Path) -> None:
     fig, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3 * rows), squeeze=False)
     for index, (key, title) in enumerate(panels):
         ax = axes[index // columns][index % columns]
-        values = [report.strategies[n].get(key) or 0 for n in names]
-        ax.bar(names, values, color=["#999999", "#c98b4b", "#b5651d", "#5b8fc9", "#3a9d5d"][: len(names)])
-        ax.set_title(title, fontsize=10)
-        if key == "statements_per_s" and all(v > 0 for v in values):
-            ax.set_yscale("log")  # 667/s against 0.1/s: a linear axis hides the small ones
-        ax.tick_params(axis="x", labelsize=8, rotation=20)
+        values = [report.strategies[n].get(key) for n in names]
+        draw_panel(ax, names, [None if v is None else float(v) for v in values], key, title)
     for index in range(len(panels), rows * columns):
         axes[index // columns][index % columns].axis("off")
     fig.suptitle("pybatch bench: " + summary_lines(report)[0], fontsize=9)

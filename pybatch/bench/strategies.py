@@ -17,11 +17,12 @@ so the report can count statements and time them.
 from __future__ import annotations
 
 import abc
+import contextlib
 import logging
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import ClassVar
@@ -88,6 +89,13 @@ class Strategy(abc.ABC):
         """Make every backend that wrote workspace_agents publish its table statistics now.
         Strategies whose writers publish after every write (batches, flushes) need nothing."""
 
+    @contextlib.contextmanager
+    def quiet(self) -> Iterator[None]:
+        """While inside, no write of this strategy's own writer thread is under way, so a
+        boundary read inside sees each write either whole (WAL and statistics) or not at all.
+        Beats written by the fleet's workers themselves (direct) are not held."""
+        yield
+
     @abc.abstractmethod
     def beat(self, worker: int, agent: uuid.UUID, replica: uuid.UUID, at: datetime) -> None:
         """Write one heartbeat (called from fleet worker `worker`)."""
@@ -147,6 +155,7 @@ class AppBatch(Strategy):
         self._pending: dict[uuid.UUID, tuple[datetime, uuid.UUID]] = {}
         self._oldest = 0.0
         self._closing = False
+        self._writing = threading.Lock()  # held by each batch write, and by quiet()
         self._thread = threading.Thread(target=self._run, name="bench-app-batch", daemon=True)
         self._thread.start()
 
@@ -199,12 +208,18 @@ class AppBatch(Strategy):
 
     def _write(self, items: list[tuple[uuid.UUID, tuple[datetime, uuid.UUID]]]) -> None:
         params = self._params(items)
-        started = time.monotonic()
-        with db.translated("app batch UPDATE failed"):
-            cur = self._conn.execute(self._query, params)
-        ended = time.monotonic()
-        publish_stats(self._conn)
-        self.writes.append(TimedWrite(started, ended - started, cur.rowcount))
+        with self._writing:
+            started = time.monotonic()
+            with db.translated("app batch UPDATE failed"):
+                cur = self._conn.execute(self._query, params)
+            ended = time.monotonic()
+            publish_stats(self._conn)
+            self.writes.append(TimedWrite(started, ended - started, cur.rowcount))
+
+    @contextlib.contextmanager
+    def quiet(self) -> Iterator[None]:
+        with self._writing:
+            yield
 
     def close(self) -> None:
         with self._cond:
@@ -314,6 +329,8 @@ class Flusher(abc.ABC):
         self.error: BaseException | None = None
         self._cond = threading.Condition()
         self._completed = 0
+        self._hold_after: int | None = None
+        self._stopping = False
 
     @property
     def completed(self) -> int:
@@ -332,6 +349,27 @@ class Flusher(abc.ABC):
                     raise FlushFailed(f"no flush completed within {timeout:.0f}s (waiting for flush #{count})")
                 self._cond.wait(min(remaining, 0.5))
             return self.writes[count - 1]
+
+    def hold_after(self, count: int | None) -> None:
+        """Start no flush after the count-th has completed until hold_after(None): the bench
+        reads a window's ends while held, so a flush at the window's edge falls wholly inside
+        it or wholly outside. A flusher that does not run the flushes itself (pg_cron's job)
+        cannot be held; its window ends are as close as watching flush_log allows."""
+        with self._cond:
+            self._hold_after = count
+            self._cond.notify_all()
+
+    def _wait_while_held(self) -> bool:
+        """Called by a flusher's own thread before each flush; False once it is stopping."""
+        with self._cond:
+            while not self._stopping and self._hold_after is not None and self._completed >= self._hold_after:
+                self._cond.wait(0.5)
+            return not self._stopping
+
+    def _stop_holding(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
 
     def _record(self, write: TimedWrite) -> None:
         with self._cond:
@@ -371,7 +409,7 @@ class ScheduledFlush(Flusher):
         try:
             while True:
                 due = load_started + tick * self._interval_s
-                if self._stop.wait(max(0.0, due - time.monotonic())):
+                if self._stop.wait(max(0.0, due - time.monotonic())) or not self._wait_while_held():
                     return
                 started = time.monotonic()
                 result = flush(self._conn, raise_on_error=True)
@@ -385,6 +423,7 @@ class ScheduledFlush(Flusher):
 
     def stop(self) -> None:
         self._stop.set()
+        self._stop_holding()
         if self._thread is not None:
             self._thread.join()
         self._conn.close()

@@ -7,26 +7,32 @@ line on stderr and a non-zero exit, never a traceback (unless --log-level debug)
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from pybatch import __version__
-from pybatch.cli import bench, config, core, grant, local, schedule, status
+from pybatch.cli.commands import COMMANDS
 from pybatch.errors import ConfigError, PybatchError
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
+# Killed by SIGPIPE, as a shell reports it (128 + 13): what `cat` gives when its reader leaves.
+EXIT_BROKEN_PIPE = 141
 
-COMMAND_MODULES = [core, local, schedule, status, config, grant, bench]
+# The modules that register commands (pybatch/cli/<module>.py), in the order of COMMANDS.
+COMMAND_MODULES = list(dict.fromkeys(command.module for command in COMMANDS.values()))
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(modules: Collection[str] | None = None) -> argparse.ArgumentParser:
+    """The whole parser, or with `modules` only those command modules' full parsers: every other
+    command is there by name and help alone, so parsing one command imports only its module."""
     parser = argparse.ArgumentParser(
         prog="pybatch",
         description="PostgreSQL-side heartbeat batcher: stage heartbeats, flush them into workspace_agents.",
@@ -37,8 +43,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"pybatch {__version__}")
     add_global_options(parser, top=True)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in COMMAND_MODULES:
-        module.register(subparsers)
+    wanted = set(COMMAND_MODULES if modules is None else modules)
+    registered: set[str] = set()
+    for name, command in COMMANDS.items():
+        if command.module not in wanted:
+            subparsers.add_parser(name, help=command.help)  # a stand-in: listed by --help, never run
+        elif command.module not in registered:
+            importlib.import_module(f"pybatch.cli.{command.module}").register(subparsers)
+            registered.add(command.module)
     for sub in _subparsers(parser):
         add_global_options(sub.add_argument_group("global options"), top=False)
     return parser
@@ -71,6 +83,30 @@ def add_global_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup
     )
 
 
+def _command_actions(parser: argparse.ArgumentParser) -> list[argparse._SubParsersAction]:  # type: ignore[type-arg]
+    """The COMMAND and ACTION choices of parser and of every parser below it."""
+    found = [action for action in parser._actions if isinstance(action, argparse._SubParsersAction)]
+    for child in _subparsers(parser):
+        found.extend(action for action in child._actions if isinstance(action, argparse._SubParsersAction))
+    return found
+
+
+def _refuse_unknown_options(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """Name an unknown option (`pybatch --bogus`, `pybatch -V`) before argparse's "the following
+    arguments are required: COMMAND", which it says first when the command is missing too."""
+    actions = {action: action.required for action in _command_actions(parser)}
+    for action in actions:
+        action.required = False
+    try:
+        _, unknown = parser.parse_known_args(argv)
+    finally:
+        for action, required in actions.items():
+            action.required = required
+    if unknown:
+        hint = "; the version is `pybatch --version`" if "-V" in unknown else ""
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
+
+
 def _subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
     """Every command and sub-command parser below parser, each once."""
     found: list[argparse.ArgumentParser] = []
@@ -82,25 +118,59 @@ def _subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser
     return found
 
 
+class LogFormatter(logging.Formatter):
+    """Timestamped lines for info and debug (and for everything with short_warnings=False);
+    warnings and errors as `pybatch: warning: message`, like the CLI's one-line errors."""
+
+    def __init__(self, *, short_warnings: bool) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        self.short_warnings = short_warnings
+
+    def format(self, record: logging.LogRecord) -> str:
+        if self.short_warnings and record.levelno >= logging.WARNING:
+            return f"pybatch: {record.levelname.lower()}: {record.getMessage()}"
+        return super().format(record)
+
+
+def _command_word(argv: Sequence[str]) -> str | None:
+    """The command named in argv (the first word that is not an option or an option's value)."""
+    for index, word in enumerate(argv):
+        if word == "--":
+            return None
+        if word.startswith("-") or (index > 0 and argv[index - 1] in _GLOBAL_TAKES_VALUE):
+            continue
+        return word
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
+    command = COMMANDS.get(_command_word(argv) or "")
+    parser = build_parser(modules=[command.module] if command else [])
     psql_args = _split_psql_args(argv)
+    _refuse_unknown_options(parser, argv)
     args = parser.parse_args(argv)
     if psql_args is not None:
         args.psql_args = psql_args
     if args.log_level not in LOG_LEVELS:  # argparse does not check env defaults
         parser.error(f"PYBATCH_LOG_LEVEL: {args.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
     setup_logging = getattr(args, "setup_logging", None)
+    handler = logging.StreamHandler(sys.stderr)
+    # A one-shot command's warnings read like its errors (`pybatch: warning: ...`); a long-running
+    # command (the scheduler) keeps timestamps on every line.
+    handler.setFormatter(LogFormatter(short_warnings=setup_logging is None))
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()), handlers=[handler])
     if setup_logging is not None:  # a command that logs more than the global level (the scheduler)
         setup_logging(args)
     try:
-        return int(args.handler(args) or 0)
+        code = int(args.handler(args) or 0)
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at exit
+        return code
+    except BrokenPipeError:
+        # The reader stopped early (`pybatch sql --all | head -5`): what it read is what it wanted.
+        # Point stdout at /dev/null so the interpreter's last flush finds no pipe to break.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except ConfigError as exc:
         print(f"pybatch: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

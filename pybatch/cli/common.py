@@ -60,9 +60,17 @@ def resolved_dsn(args: argparse.Namespace) -> ResolvedDsn:
     return resolve_cli_dsn(args.dsn, embedded=not args.no_embedded)
 
 
-def resolve_cli_dsn(dsn: str | None, *, embedded: bool = True, environ: Mapping[str, str] | None = None) -> ResolvedDsn:
-    """--dsn, PYBATCH_DSN, PG* (as the library resolves them), else the embedded cluster,
-    started if need be with a one-line notice on stderr. Only the CLI falls back to it."""
+def resolve_cli_dsn(
+    dsn: str | None,
+    *,
+    embedded: bool = True,
+    environ: Mapping[str, str] | None = None,
+    start_stopped: bool = False,
+) -> ResolvedDsn:
+    """--dsn, PYBATCH_DSN, PG* (as the library resolves them), else the embedded cluster, with
+    a one-line notice on stderr. Only the CLI falls back to it. The first use creates and starts
+    it; once it exists and is stopped (`pybatch local stop`), it stays stopped: commands refuse,
+    naming `pybatch local start`, unless start_stopped (the demo, which sets everything up)."""
     env = os.environ if environ is None else environ
     found = configured_dsn(dsn, origin="--dsn", environ=env)
     if found is not None:
@@ -71,9 +79,15 @@ def resolve_cli_dsn(dsn: str | None, *, embedded: bool = True, environ: Mapping[
         raise ConfigError(
             "no database configured: pass --dsn, set PYBATCH_DSN or PG* variables (the embedded cluster is turned off)"
         )
+    from pybatch.errors import LocalClusterError
     from pybatch.local import LocalCluster  # imported late: only the fallback needs it
 
-    return ResolvedDsn(LocalCluster.default().ensure_running(notice=True), "embedded")
+    cluster = LocalCluster.default()
+    if not start_stopped and cluster.is_initialised() and not cluster.is_running():
+        raise LocalClusterError(
+            f"the embedded cluster is stopped: `{invoked_as()} local start` (its directory: {cluster.home})"
+        )
+    return ResolvedDsn(cluster.ensure_running(notice=True), "embedded")
 
 
 def whole_number(text: str, low: int, high: int) -> int:

@@ -7,12 +7,14 @@ from datetime import timedelta
 from typing import Any
 
 from pybatch import db, status
+from pybatch.cli.commands import COMMANDS
 from pybatch.cli.common import dsn, print_json, print_table
+from pybatch.errors import ConfigError
 from pybatch.schedule import cron
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("config", help="show or change the settings stored in pybatch.settings")
+    p = subparsers.add_parser("config", help=COMMANDS["config"].help)
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     show = actions.add_parser("show", help="print the settings")
     show.add_argument("--json", action="store_true", help="print them as JSON")
@@ -40,14 +42,32 @@ def cmd_config_show(args: argparse.Namespace) -> int:
     if args.json:
         print_json(status.settings_as_json(settings))
     else:
-        # Values as `config set` takes them back: 10s, 7d, unlimited.
+        # Values as `config set` takes them back: 10s, 7d, unlimited; only what it takes.
         print_table(
-            [{"setting": key, "value": status.format_setting(key, value)} for key, value in vars(settings).items()]
+            [
+                {"setting": key, "value": status.format_setting(key, value)}
+                for key, value in vars(settings).items()
+                if key in status.SETTABLE
+            ]
         )
+        print(f"({RECORD_NOTE.format(value=str(settings.created_workspace_agents).lower())})")
     return 0
 
 
+# pybatch.settings.created_workspace_agents: a fact pybatch records at migrate, not a setting.
+RECORD = "created_workspace_agents"
+RECORD_NOTE = (
+    RECORD + " = {value}: recorded by `pybatch migrate`, not a setting (true: pybatch created "
+    "public.workspace_agents, so `pybatch uninstall` drops it; false: it keeps it)"
+)
+
+
 def cmd_config_set(args: argparse.Namespace) -> int:
+    if args.key.strip().lower().replace("-", "_") == RECORD:
+        raise ConfigError(
+            f"{RECORD} is not a setting: `pybatch migrate` records whether pybatch created public.workspace_agents "
+            f"(`pybatch uninstall` drops the table only then); settings: {', '.join(status.SETTABLE)}"
+        )
     column, parsed = status.parse_setting(args.key, args.value)  # a bad key or value fails before connecting
     with db.connect(dsn(args)) as conn:
         job = cron.installed_job(conn) if column == "flush_interval" else None

@@ -11,11 +11,14 @@ from typing import Any
 import psycopg
 
 from pybatch import db, migrate
-from pybatch.cli.common import bounded_int, dsn, print_json
-from pybatch.errors import ConfigError, PybatchError
+from pybatch.cli.commands import COMMANDS
+from pybatch.cli.common import bounded_int, dsn, invoked_as, print_json
+from pybatch.durations import format_duration
+from pybatch.errors import PybatchError
 from pybatch.flush import flush
 from pybatch.schedule import cron
 from pybatch.status import COUNT_BOUNDS
+from pybatch.uninstall import plan as uninstall_plan
 from pybatch.uninstall import uninstall
 
 # `pybatch flush`: another flush held the lock, nothing was done (distinct from 0 and errors).
@@ -24,13 +27,13 @@ MAX_ROWS_LOW, MAX_ROWS_HIGH = COUNT_BOUNDS["max_rows_per_flush"]
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("migrate", help="install or upgrade the pybatch schema (yoyo migrations)")
+    p = subparsers.add_parser("migrate", help=COMMANDS["migrate"].help)
     group = p.add_mutually_exclusive_group()
     group.add_argument("--status", action="store_true", help="list applied and pending migrations")
     group.add_argument("--rollback", action="store_true", help="undo the last applied migration")
     p.set_defaults(handler=cmd_migrate)
 
-    p = subparsers.add_parser("flush", help="run one flush now and print its statistics")
+    p = subparsers.add_parser("flush", help=COMMANDS["flush"].help)
     p.add_argument(
         "--max-rows",
         type=bounded_int(MAX_ROWS_LOW, MAX_ROWS_HIGH),
@@ -43,15 +46,14 @@ def register(subparsers: Any) -> None:
 
     p = subparsers.add_parser(
         "psql",
-        help="open psql on the configured database (pybatch's global options may follow `psql`; "
-        "every other argument, and all after `--`, goes to psql)",
+        help=COMMANDS["psql"].help,
     )
     p.add_argument("psql_args", nargs=argparse.REMAINDER, help="extra arguments for psql")
     p.set_defaults(handler=cmd_psql)
 
     p = subparsers.add_parser(
         "uninstall",
-        help="remove pybatch's pg_cron job, schema and migration tables (a workspace_agents it did not create stays)",
+        help=COMMANDS["uninstall"].help,
     )
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     p.add_argument(
@@ -73,22 +75,54 @@ def cmd_migrate(args: argparse.Namespace) -> int:
                     print(f"{routine.state:<8} sql/{routine.source.path}  ({routine.source.name})")
             return 0
         if args.rollback:
-            rolled = migrate.rollback(conn, before=lambda: _remove_jobs(conn))
+            removed: list[str] = []
+            interval: list[float | None] = []
+            rolled = migrate.rollback(conn, before=lambda: _remove_jobs(conn, removed, interval))
             print(f"rolled back {rolled}" if rolled else "nothing to roll back")
+            if removed:
+                again = f" --interval {format_duration(interval[0])}" if interval and interval[0] else ""
+                print(
+                    f"removed pg_cron job(s) {', '.join(removed)} (they would call what the rollback dropped); "
+                    f"to restore them: `{invoked_as()} migrate`, then `{invoked_as()} cron install{again}`"
+                )
             return 0
         applied = migrate.apply(conn, progress=lambda step: print(f"applying {step} ...", file=sys.stderr))
+        unscheduled = bool(applied.migrations or applied.routines) and _no_flush_job(conn)
     done = []
     if applied.migrations:
         done.append(f"{len(applied.migrations)} migration(s): {', '.join(applied.migrations)}")
     if applied.routines:
         done.append(f"{len(applied.routines)} routine and view source(s)")
     print(f"applied {'; '.join(done)}" if done else "schema is up to date")
+    if unscheduled:
+        print(
+            f"nothing schedules the flush in this database yet: `{invoked_as()} cron install` "
+            f"(or run `{invoked_as()} scheduler`)"
+        )
     return 0
 
 
-def _remove_jobs(conn: psycopg.Connection) -> None:
-    """Remove pybatch's pg_cron jobs for this database before its schema goes."""
+def _remove_jobs(conn: psycopg.Connection, removed: list[str], interval: list[float | None]) -> None:
+    """Remove pybatch's pg_cron jobs for this database before its schema goes, noting their
+    names and the flush job's interval, to say what to run to restore them."""
+    try:
+        job = cron.installed_job(conn)
+    except PybatchError:
+        job = None
+    interval.append(cron.job_interval(job) if job is not None else None)
+    _, names = cron.job_names(conn)
     cron.remove(conn)
+    removed.extend(names)
+
+
+def _no_flush_job(conn: psycopg.Connection) -> bool:
+    """Whether pg_cron is here and holds no flush job for this database (a job removed by a
+    rollback, or never installed). False where pg_cron is absent: nothing to say then."""
+    try:
+        cron_database, _ = cron.job_names(conn)
+        return cron_database is not None and cron.installed_job(conn) is None
+    except PybatchError:
+        return False
 
 
 def cmd_flush(args: argparse.Namespace) -> int:
@@ -120,18 +154,24 @@ def cmd_psql(args: argparse.Namespace) -> int:
 
 
 def cmd_uninstall(args: argparse.Namespace) -> int:
-    target = dsn(args)
-    if not args.yes:
-        if not sys.stdin.isatty():
-            raise ConfigError("uninstall asks for confirmation and stdin is not a terminal: pass --yes")
-        answer = input(
-            "Remove pybatch (its pg_cron job, schema pybatch and staged heartbeats) from this database? Type 'yes': "
-        )
-        if answer.strip().lower() != "yes":
-            print("not uninstalled", file=sys.stderr)
-            return 1
-    with db.connect(target) as conn:
-        result = uninstall(conn, force=args.force)
+    with db.connect(dsn(args)) as conn:
+        found = uninstall_plan(conn)
+        print(f"pybatch uninstall: from database {found.database!r} on {found.server}, this removes:")
+        for line in found.lines():
+            print(line)
+        if found.kept_workspace_agents is not None:
+            print(f"  (kept: public.workspace_agents, {found.kept_workspace_agents} row(s); pybatch did not create it)")
+        if not args.yes:
+            if not sys.stdin.isatty():
+                raise PybatchError(
+                    "uninstall asks for confirmation and stdin is not a terminal: pass --yes (nothing was removed)"
+                )
+            answer = input(f"Remove them from database {found.database!r}? Type 'yes': ")
+            if answer.strip().lower() != "yes":
+                print("not uninstalled", file=sys.stderr)
+                return 1
+        # Progress on stdout, with the plan: stderr keeps to the one line of an error.
+        result = uninstall(conn, force=args.force, progress=lambda line: print(f"{line} ...", flush=True))
     for dependant in result.dropped_dependants:
         print(f"dropped (--force): {dependant}")
     if not result.schema_existed:
@@ -141,5 +181,8 @@ def cmd_uninstall(args: argparse.Namespace) -> int:
         if result.dropped_workspace_agents
         else "kept public.workspace_agents"
     )
-    print(f"uninstalled: removed {result.jobs_removed} pg_cron job(s) and schema pybatch; {kept}")
+    print(
+        f"uninstalled from database {found.database!r}: removed {result.jobs_removed} pg_cron job(s) "
+        f"and schema pybatch; {kept}"
+    )
     return 0

@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from pybatch import db
+from pybatch.cli.commands import COMMANDS
 from pybatch.cli.common import dsn
 from pybatch.grants import Grant, grant
 
@@ -17,7 +18,7 @@ HELP = {
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("grant", help="grant an existing role exactly what a pybatch job needs")
+    p = subparsers.add_parser("grant", help=COMMANDS["grant"].help)
     kinds = p.add_subparsers(dest="grant_kind", metavar="KIND", required=True)
     for kind in Grant:
         sub = kinds.add_parser(kind.value, help=HELP[kind])

@@ -7,6 +7,8 @@ import argparse
 import sys
 from typing import Any
 
+from pybatch.cli.commands import COMMANDS
+from pybatch.errors import LocalClusterError
 from pybatch.local import LocalCluster
 
 CITUS_HELP = (
@@ -18,7 +20,7 @@ CITUS_HELP = (
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "local",
-        help="manage the embedded local cluster (directory: env PYBATCH_HOME), or with --citus a local Citus cluster",
+        help=COMMANDS["local"].help,
     )
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     for name, handler, text in (
@@ -53,9 +55,25 @@ def cmd_stop(args: argparse.Namespace) -> int:
         from pybatch.local_citus import CitusCluster
 
         CitusCluster.default().stop()
+        print("stopped")
+        return 0
+    cluster = LocalCluster.default()
+    if not cluster.is_initialised():
+        print(f"not initialised ({cluster.home}): nothing to stop")
+        return 0
+    was_running = cluster.stop()
+    if cluster.port_in_use():
+        raise LocalClusterError(
+            f"the embedded cluster in {cluster.home} is stopped, but something still listens on its port "
+            f"{cluster.port} (an orphan server?): `ss -ltnp 'sport = :{cluster.port}'` names the process"
+        )
+    if was_running:
+        print(
+            f"stopped ({cluster.home}, port {cluster.port}); "
+            "commands will not start it again until `pybatch local start`"
+        )
     else:
-        LocalCluster.default().stop()
-    print("stopped")
+        print(f"not running ({cluster.home}, port {cluster.port}): nothing to stop")
     return 0
 
 
@@ -67,7 +85,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"not initialised ({cluster.home})")
         return 3
     if not cluster.is_running():
-        print(f"stopped ({cluster.home}, port {cluster.port})")
+        orphan = "; something else listens on that port (an orphan server?)" if cluster.port_in_use() else ""
+        print(f"stopped ({cluster.home}, port {cluster.port}){orphan}")
         return 3
     print(f"running ({cluster.home}, port {cluster.port}) {cluster.url()}")
     return 0

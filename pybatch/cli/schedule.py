@@ -8,14 +8,16 @@ import logging
 import os
 import socket
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pybatch import db
+from pybatch.cli.commands import COMMANDS
 from pybatch.cli.common import dsn, print_json, resolved_dsn
 from pybatch.config import describe_dsn
 from pybatch.durations import format_duration, parse_timedelta, well_formed
 from pybatch.errors import ConfigError, InvalidDuration, InvalidSetting
-from pybatch.schedule import cron, scheduler
+from pybatch.schedule import cron
 from pybatch.status import DURATION_BOUNDS, check_duration
 
 EXIT_NOT_INSTALLED = 3
@@ -25,7 +27,7 @@ LOW, HIGH = (format_duration(bound) for bound in DURATION_BOUNDS["flush_interval
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("cron", help="schedule the flush with pg_cron (install, remove, status)")
+    p = subparsers.add_parser("cron", help=COMMANDS["cron"].help)
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
 
     sub = actions.add_parser("install", help="create or update this database's pg_cron flush job")
@@ -57,8 +59,7 @@ def register(subparsers: Any) -> None:
 
     p = subparsers.add_parser(
         "scheduler",
-        help="run the flush every interval in this process (leader-elected); logs its start and each change "
-        "of leadership even at the default log level (--log-level error silences them)",
+        help=COMMANDS["scheduler"].help,
     )
     p.add_argument(
         "--interval",
@@ -126,11 +127,31 @@ def cmd_install(args: argparse.Namespace) -> int:
         if interval is None:
             interval = cron.stored_interval(conn)
         job = cron.install(conn, interval, force_loop=args.force_loop)
+        row = conn.execute("SELECT pg_catalog.clock_timestamp()").fetchone()  # pg_cron runs on the server's clock
     print(
         f"installed {job.name} (job {job.jobid}, {job.mode}): schedule {job.schedule!r} "
         f"in database {job.database}, every {format_duration(interval)}"
     )
+    if row is not None:
+        print(first_run_note(job.mode, job.schedule, interval, row[0]))
     return 0
+
+
+def first_run_note(mode: str, schedule: str, interval: float, now: datetime) -> str:
+    """When the job first runs: a seconds schedule within one interval; a minute schedule (and
+    pg_cron 1.4's loop, started every minute) at the next matching minute, up to 60 s away."""
+    if mode == "seconds":
+        return f"first run: within {format_duration(interval)}; `pybatch cron status` shows it"
+    fields = schedule.split()
+    step = 60 if fields[:1] == ["0"] else int(fields[0][2:]) if fields[0].startswith("*/") else 1
+    start = now.replace(second=0, microsecond=0)
+    minutes = start.hour * 60 + start.minute
+    due = start + timedelta(minutes=step - minutes % step)
+    then = "; from then on the loop flushes every " + format_duration(interval) if mode == "loop" else ""
+    return (
+        f"first run: at {due.astimezone(UTC):%H:%M:%S} UTC, in {(due - now).total_seconds():.0f}s "
+        f"(pg_cron starts {schedule!r} on the minute){then}; until then `pybatch cron status` says 'never'"
+    )
 
 
 def cmd_remove(args: argparse.Namespace) -> int:
@@ -190,6 +211,8 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
         interval_text,
         "off" if port is None else f"on port {port}",
     )
+    from pybatch.schedule import scheduler  # imported here: it brings prometheus_client
+
     scheduler.run_scheduler(target.dsn, interval=interval, metrics_port=port)
     return 0
 

@@ -6,7 +6,8 @@ import argparse
 import sys
 from typing import Any
 
-from pybatch import db, doctor, migrate, resources, status
+from pybatch import db, resources, status
+from pybatch.cli.commands import COMMANDS
 from pybatch.cli.common import bounded_int, dsn, invoked_as, print_json, print_table
 from pybatch.errors import ConfigError
 
@@ -19,7 +20,7 @@ EXIT_BEHIND = 5  # flushes run on time but do not keep up (health "behind")
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "status",
-        help="health, staging, recent flushes and agents by status (exit 0 only when health is ok)",
+        help=COMMANDS["status"].help,
     )
     p.add_argument("--json", action="store_true", help="print one JSON document (keys: docs/status-json.md)")
     p.add_argument(
@@ -30,12 +31,12 @@ def register(subparsers: Any) -> None:
     )
     p.set_defaults(handler=cmd_status)
 
-    p = subparsers.add_parser("doctor", help="check the installation, one line per check (exit 1 if any fails)")
+    p = subparsers.add_parser("doctor", help=COMMANDS["doctor"].help)
     p.set_defaults(handler=cmd_doctor)
 
     p = subparsers.add_parser(
         "sql",
-        help="print SQL: the pending migrations (the default), or the inspection queries for psql",
+        help=COMMANDS["sql"].help,
         description="`pybatch sql` and `pybatch sql migrations` print the pending migrations without applying "
         "them; `pybatch sql inspect | pybatch psql` shows pybatch at a glance, from any directory.",
     )
@@ -92,9 +93,12 @@ def _print_status(state: status.Status) -> None:
     else:
         print(f"staging: not available: {staging.reason}")
     if staging.pending_agents is not None:
+        oldest = (
+            f", oldest beat {_age(staging.oldest_pending_age)} old" if staging.oldest_pending_age is not None else ""
+        )
         print(
             f"pending (handed off, not merged yet): {staging.pending_agents} agent(s), "
-            f"{staging.deferred_agents} deferred (row locked), oldest beat {_age(staging.oldest_pending_age)} old"
+            f"{staging.deferred_agents} deferred (row locked){oldest}"
         )
     if staging.quarantined_agents:
         print(
@@ -144,6 +148,8 @@ def _size(value: int | None) -> str:
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     with db.connect(dsn(args)) as conn:
+        from pybatch import doctor  # imported here: it brings yoyo (migrate)
+
         report = doctor.doctor(conn)
     for check in report.checks:
         label = {"ok": "OK  ", "warn": "WARN", "fail": "FAIL"}[check.level]
@@ -152,6 +158,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_sql(args: argparse.Namespace) -> int:
+    from pybatch import migrate  # imported here: it brings yoyo
+
     # --all reads only the migration files: no database needed.
     if args.all:
         text = migrate.migration_sql(None, all_migrations=True)

@@ -313,6 +313,30 @@ def stored_interval(conn: psycopg.Connection) -> float:
     return read_flush_settings(conn).flush_interval.total_seconds()
 
 
+def job_names(conn: psycopg.Connection) -> tuple[str | None, list[str]]:
+    """pg_cron's database and the names of this database's pybatch jobs there, for saying
+    what `remove` would remove; (None, []) where pg_cron is absent or out of this role's reach."""
+    db.require_autocommit(conn, "cron.job_names")
+    target = _target(conn, require_migrated=False)
+    if target.cron_database is None:
+        return None, []
+    names = [flush_job_name(target.database), purge_job_name(target.database)]
+    with contextlib.ExitStack() as stack:
+        try:
+            cron = stack.enter_context(_cron_session(conn, target))
+        except CronError:
+            return target.cron_database, []
+        if _extension_version(cron) is None:
+            return target.cron_database, []
+        with db.translated("cannot check privileges on schema cron"):
+            usage = cron.execute("SELECT has_schema_privilege('cron', 'USAGE')").fetchone()
+        if not (usage and usage[0]):
+            return target.cron_database, []
+        with _cron_call(target, "cannot list the pg_cron jobs"):
+            rows = cron.execute("SELECT jobname FROM cron.job WHERE jobname = ANY(%s) ORDER BY jobname", (names,))
+            return target.cron_database, [str(row[0]) for row in rows.fetchall()]
+
+
 def remove(conn: psycopg.Connection) -> int:
     """Remove this database's pybatch jobs and end a running flush loop; return how many jobs went.
 

@@ -6,8 +6,10 @@ import json
 import os
 import queue
 import re
+import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -154,10 +156,34 @@ def test_embedded_cluster_lifecycle(local_home: Path) -> None:
         ).fetchone()
         assert row == ("pg_cron", "127.0.0.1")
     assert run_pybatch("flush", env=env).returncode == 0
-    assert run_pybatch("local", "stop", env=env).returncode == 0
+    stopped = run_pybatch("local", "stop", env=env)
+    assert stopped.returncode == 0 and stopped.stdout.startswith("stopped"), stopped
     assert run_pybatch("local", "status", env=env).returncode == 3
     refused = run_pybatch("--no-embedded", "flush", env=env)
     assert_one_line_error(refused, "no database configured", code=2)
+    # A stopped cluster stays stopped: commands say so instead of starting it again (the README's
+    # cleanup then removes the data of a stopped server, not a running one).
+    for command in (["status"], ["flush"], ["cron", "status"]):
+        refused = run_pybatch(*command, env=env)
+        assert_one_line_error(refused, "the embedded cluster is stopped: `", "local start`", code=1)
+    assert run_pybatch("local", "status", env=env).returncode == 3
+    again = run_pybatch("local", "stop", env=env)
+    assert again.returncode == 0 and again.stdout.startswith("not running") and "nothing to stop" in again.stdout
+    # An orphan on the port (a server whose postmaster.pid is gone, or another program): not "stopped".
+    port = int((local_home / "port").read_text())
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as orphan:
+        orphan.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        orphan.bind(("127.0.0.1", port))
+        orphan.listen()
+        assert_one_line_error(run_pybatch("local", "stop", env=env), f"still listens on its port {port}", code=1)
+    restarted = run_pybatch("local", "start", env=env)
+    assert restarted.returncode == 0, restarted.stderr
+    assert run_pybatch("status", env=env).returncode in (0, 3, 4, 5)  # it runs again: no refusal
+
+
+def test_local_stop_with_nothing_there_says_so(tmp_path: Path) -> None:
+    result = run_pybatch("local", "stop", env={"PYBATCH_HOME": str(tmp_path / "cluster")})
+    assert result.returncode == 0 and result.stdout.startswith("not initialised") and "nothing to stop" in result.stdout
 
 
 def test_psql_passes_its_options_through(dsn: str) -> None:
@@ -249,7 +275,8 @@ class _Lines:
         self.process = process
         self.lines: queue.Queue[str] = queue.Queue()
         self.seen: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
 
     def _read(self) -> None:
         assert self.process.stderr is not None
@@ -271,7 +298,7 @@ class _Lines:
     def stop(self) -> list[str]:
         self.process.send_signal(signal.SIGTERM)
         self.process.wait(timeout=30)
-        time.sleep(0.3)
+        self.reader.join(timeout=30)  # every line read: stderr is at its end once the process exited
         while not self.lines.empty():
             self.seen.append(self.lines.get())
         return self.seen
@@ -289,6 +316,20 @@ def _scheduler(dsn: str, *args: str) -> _Lines:
     return _Lines(process)
 
 
+def _flushes(dsn: str) -> int:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute("SELECT count(*) FROM pybatch.flush_log").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def _wait_for_flushes(dsn: str, count: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while _flushes(dsn) < count:
+        assert time.monotonic() < deadline, f"fewer than {count} flushes in {timeout:.0f}s"
+        time.sleep(0.1)
+
+
 def test_scheduler_logs_its_start_and_each_change_of_leadership(dsn: str) -> None:
     leader = _scheduler(dsn, "--interval", "1s")
     standby: _Lines | None = None
@@ -302,7 +343,8 @@ def test_scheduler_logs_its_start_and_each_change_of_leadership(dsn: str) -> Non
         standby = _scheduler(dsn, "--interval", "1s")
         standby.wait_for("scheduler starting")
         assert " INFO " in standby.wait_for("standing by")
-        time.sleep(3.5)  # three more intervals on standby: no more lines for them
+        # Three more intervals on standby (three flushes by the leader): no more lines for them.
+        _wait_for_flushes(dsn, _flushes(dsn) + 3)
         leader_lines = leader.stop()
         standby.wait_for("became leader")
         standby_lines = standby.stop()
@@ -322,7 +364,7 @@ def test_scheduler_logs_its_start_and_each_change_of_leadership(dsn: str) -> Non
 def test_scheduler_log_level_error_silences_the_lifecycle(dsn: str) -> None:
     quiet = _scheduler(dsn, "--interval", "1s", "--log-level", "error")
     try:
-        time.sleep(4)
+        _wait_for_flushes(dsn, 3)  # it led and flushed: the lines it would log have come and gone
         lines = quiet.stop()
     finally:
         if quiet.process.poll() is None:
@@ -361,3 +403,49 @@ def test_bench_announces_its_time_and_honours_fractional_seconds(dsn: str, tmp_p
     assert announce < result.stderr.index("[direct] resetting"), result.stderr
     parameters = json.loads(out.read_text())["parameters"]
     assert parameters["seconds"] == parameters["seconds_requested"] == 1.5
+
+
+def test_output_into_a_closed_pipe_ends_quietly() -> None:
+    """`pybatch sql --all | head -5`: the reader leaves early; no `unexpected error: BrokenPipeError`."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # a reader that has already gone: every write fails with EPIPE
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PYBATCH_", "PG"))}
+        result = subprocess.run(
+            [sys.executable, "-m", "pybatch", "--no-embedded", "sql", "--all"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert result.stderr == ""
+    assert result.returncode == 141  # as a shell reports a writer killed by SIGPIPE
+    piped = subprocess.run(
+        f"{shlex.quote(sys.executable)} -m pybatch --no-embedded sql --all | head -5",
+        shell=True,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert piped.returncode == 0 and piped.stderr == "" and len(piped.stdout.splitlines()) == 5
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--bogus"], "unrecognized arguments: --bogus"),
+        (["-V"], "unrecognized arguments: -V; the version is `pybatch --version`"),
+        (["local", "--bogus"], "unrecognized arguments: --bogus"),
+        ([], "the following arguments are required: COMMAND"),
+    ],
+)
+def test_a_bad_flag_is_named_before_a_missing_command(argv: list[str], needle: str) -> None:
+    result = run_pybatch(*argv, timeout=30)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("pybatch")]
+    assert result.returncode == 2 and len(errors) == 1 and needle in errors[0], result.stderr

@@ -67,6 +67,7 @@ def _assert_refused(result: subprocess.CompletedProcess[str], fragment: str) -> 
     assert "Traceback" not in result.stderr and result.stdout == ""
     errors = [line for line in result.stderr.splitlines() if line.startswith("pybatch: ")]
     assert len(errors) == 1 and fragment in errors[0] and "nothing was changed" in errors[0], result.stderr
+    assert "takes about" not in result.stderr  # no estimate of a run that does not happen
 
 
 @pytest.mark.parametrize("how", ["PYBATCH_DSN", "--dsn"])

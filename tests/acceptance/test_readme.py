@@ -97,13 +97,18 @@ def test_use_it_with_your_database_as_written(pg_cluster: LocalCluster, empty_ds
         roles = _ensure_roles(conn, walk)
     assert len(roles) == 3
     try:
-        outputs = [_run(command, env).stdout for command in _commands(walk)]
+        results = {command: _run(command, env) for command in _commands(walk)}
+        outputs = [result.stdout for result in results.values()]
+        # The README's own settings raise no warning (its cron interval keeps the staleness margin).
+        for command, result in results.items():
+            assert "warning" not in result.stderr.lower() and "tight" not in result.stderr, (command, result.stderr)
         (python,) = readme_blocks("python", "python")
         ran = subprocess.run(
             [sys.executable, "-c", python], cwd=REPO, env=env, capture_output=True, text=True, timeout=60, check=False
         )
         assert ran.returncode == 0, ran.stderr
         assert "beats_accepted=1" in ran.stdout, ran.stdout
+        assert "rows_written=1" in ran.stdout, ran.stdout  # printed after close(), which wrote the beat
 
         with psycopg.connect(empty_dsn, autocommit=True) as conn:
             assert conn.execute("SELECT to_regnamespace('pybatch') IS NOT NULL").fetchone() == (True,)
@@ -163,3 +168,24 @@ def test_every_command_in_the_table_exists() -> None:
 @pytest.mark.parametrize("link", sorted(set(re.findall(r"\]\(((?:docs|examples)/[^)#]+)", README.read_text()))))
 def test_links_resolve(link: str) -> None:
     assert (REPO / link).is_file(), link
+
+
+def test_logging_block_shows_the_client_outage_lines_with_their_fields() -> None:
+    (block,) = readme_blocks("logging", "python")
+    outage = (
+        "\nfrom pybatch._core import WriteTracker\n"
+        "from pybatch.errors import DatabaseUnavailable\n"
+        "tracker = WriteTracker(1.0)\n"
+        "tracker.failed(DatabaseUnavailable('server closed the connection'), waiting=3)\n"
+        "tracker.failed(DatabaseUnavailable('server closed the connection'), waiting=3)\n"
+        "tracker.succeeded(3)\n"
+    )
+    ran = subprocess.run(
+        [sys.executable, "-c", block + outage], cwd=REPO, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert ran.returncode == 0, ran.stderr
+    lines = ran.stderr.splitlines()
+    assert len(lines) == 2, ran.stderr  # one line as the outage begins, one as it ends: not one per retry
+    assert lines[0].startswith("ERROR pybatch._core: heartbeat writes failing")
+    assert "'error_type': 'DatabaseUnavailable'" in lines[0] and "'waiting': 3" in lines[0]
+    assert lines[1].startswith("WARNING pybatch._core: heartbeat writes recovered") and "outage_seconds" in lines[1]

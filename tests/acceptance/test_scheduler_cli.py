@@ -35,6 +35,7 @@ def test_cron_install_status_remove(cron_dsn: str) -> None:
     installed = run_pybatch("--dsn", cron_dsn, "cron", "install", "--interval", "15s", "--force-loop")
     assert installed.returncode == 0, installed.stderr
     assert f"installed pybatch-flush-{database}" in installed.stdout and "loop" in installed.stdout
+    assert "first run: at " in installed.stdout and "UTC, in " in installed.stdout, installed.stdout
 
     again = run_pybatch(
         "--dsn",
@@ -83,12 +84,25 @@ def test_cron_install_rejects_an_interval_pg_cron_cannot_express(cron_dsn: str) 
 
 def test_rollback_removes_the_jobs(cron_dsn: str) -> None:
     database = psycopg.conninfo.conninfo_to_dict(cron_dsn)["dbname"]
-    assert run_pybatch("--dsn", cron_dsn, "cron", "install", "--interval", "10s").returncode == 0
+    installed = run_pybatch("--dsn", cron_dsn, "cron", "install", "--interval", "10s")
+    assert installed.returncode == 0, installed.stderr
+    # 10 s leaves less than the staleness margin: a warning, in the same form as an error line.
+    warnings = [line for line in installed.stderr.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("pybatch: warning: flush interval leaves little margin")
     rolled = run_pybatch("--dsn", cron_dsn, "migrate", "--rollback")
     assert rolled.returncode == 0, rolled.stderr
     with psycopg.connect(psycopg.conninfo.make_conninfo(cron_dsn, dbname="postgres")) as conn:
         jobs = conn.execute("SELECT count(*) FROM cron.job WHERE jobname LIKE %s", (f"%-{database}",)).fetchone()
     assert jobs == (0,)
+    # It says what it removed and what to run to put it back.
+    assert f"pybatch-flush-{database}" in rolled.stdout, rolled.stdout
+    assert "to restore them:" in rolled.stdout and "migrate`, then `" in rolled.stdout
+    assert "cron install --interval 10s`" in rolled.stdout
+    # migrate then mentions that nothing schedules the flush.
+    migrated = run_pybatch("--dsn", cron_dsn, "migrate")
+    assert migrated.returncode == 0, migrated.stderr
+    assert "nothing schedules the flush in this database yet" in migrated.stdout, migrated.stdout
+    assert run_pybatch("--dsn", cron_dsn, "cron", "install", "--interval", "10s").returncode == 0
 
 
 @pytest.mark.parametrize(

@@ -53,3 +53,41 @@ def test_install_hint_matches_the_installed_major() -> None:
     major = re.match(r"PostgreSQL (\d+)", out)
     assert major is not None
     assert f"postgresql-{major.group(1)}-cron" in shlex.split(line)
+
+
+def test_setup_reinstalls_after_pip_uninstall(tmp_path: Path) -> None:
+    """The README's uninstall ends with `pip uninstall pybatch-pg`; `make demo` afterwards must
+    install pybatch again, though .venv and its stamp file are still there."""
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(REPO / "scripts" / "setup.sh", tmp_path / "scripts" / "setup.sh")
+    shutil.copy(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
+    bin_dir = tmp_path / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    calls = tmp_path / "calls.log"
+    # A stand-in for the venv's python: logs its arguments; `-c` probes fail (pybatch-pg is not
+    # installed), pip succeeds and installs the `pybatch` command as pip would.
+    fake = bin_dir / "python"
+    fake.write_text(
+        "#!/bin/sh\n"
+        f'echo "$*" >> {calls}\n'
+        'case "$1" in -c) exit 1;; esac\n'
+        f'case "$*" in *"pip install"*"-e"*) touch {bin_dir / "pybatch"}; chmod +x {bin_dir / "pybatch"};; esac\n'
+        "exit 0\n"
+    )
+    fake.chmod(0o755)
+    stamp = tmp_path / ".venv" / ".pybatch-installed"
+    stamp.touch()
+    os.utime(tmp_path / "pyproject.toml", (1, 1))  # older than the stamp: only the uninstall says "install"
+    result = subprocess.run(
+        ["bash", "scripts/setup.sh"], cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert "pip install --quiet -e" in calls.read_text(), calls.read_text()
+    # Installed now: a second run leaves it alone.
+    calls.write_text("")
+    (bin_dir / "python").write_text(fake.read_text().replace('case "$1" in -c) exit 1;; esac\n', ""))
+    again = subprocess.run(
+        ["bash", "scripts/setup.sh"], cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert again.returncode == 0, again.stderr
+    assert "pip install" not in calls.read_text(), calls.read_text()

@@ -186,7 +186,7 @@ def test_sql_all_needs_no_database_and_pending_needs_one(dsn: str) -> None:
     assert every.returncode == 0, every.stderr
     for state in connected(dsn, migrate.status):
         assert f"-- migration {state.id}" in every.stdout
-    assert "CREATE OR REPLACE VIEW pybatch.health" in every.stdout
+    assert "CREATE OR REPLACE VIEW pybatch.health" in every.stdout  # the routines and views follow the migrations
     pending = run_pybatch("--dsn", dsn, "sql")
     assert pending.returncode == 0 and "no pending migrations" in pending.stdout
     one_line_error(run_pybatch("sql", env={"PYBATCH_NO_EMBEDDED": "1"}), "no database configured")
@@ -214,10 +214,14 @@ def test_uninstall_keeps_a_workspace_agents_it_did_not_create(empty_dsn: str) ->
     connected(empty_dsn, migrate.apply)
     refused = run_pybatch("--dsn", empty_dsn, "uninstall", input="yes\n")
     one_line_error(refused, "--yes")
+    assert refused.returncode == 1  # not confirmed, as the README's table says (2 is for usage errors)
     assert "pybatch.settings" in tables(empty_dsn)
 
     result = run_pybatch("--dsn", empty_dsn, "uninstall", "--yes")
     assert result.returncode == 0, result.stderr
+    dbname = psycopg.conninfo.conninfo_to_dict(empty_dsn)["dbname"]
+    assert f"from database {dbname!r}" in result.stdout
+    assert "kept: public.workspace_agents, 1 row(s)" in result.stdout
     assert "kept public.workspace_agents" in result.stdout
     assert tables(empty_dsn) == {"public.workspace_agents"}  # pybatch and yoyo's tables are gone
     with psycopg.connect(empty_dsn) as conn:
@@ -228,9 +232,23 @@ def test_uninstall_keeps_a_workspace_agents_it_did_not_create(empty_dsn: str) ->
 def test_uninstall_drops_the_workspace_agents_it_created(dsn: str) -> None:
     assert "public.workspace_agents" in tables(dsn)
     connected(dsn, cron.install, 10)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        agents = [uuid.uuid4() for _ in range(3)]
+        conn.execute("INSERT INTO public.workspace_agents (id) SELECT unnest(%s::uuid[])", (agents,))
+        conn.execute("INSERT INTO pybatch.heartbeats (agent_id) VALUES (%s)", (agents[0],))
+        dbname = conn.info.dbname
     try:
         result = run_pybatch("--dsn", dsn, "uninstall", "--yes")
         assert result.returncode == 0, result.stderr
+        # Before anything goes: the database, and each object with its row count.
+        before = result.stdout.split("uninstalled from")[0]
+        assert f"from database {dbname!r}" in before
+        assert f"pg_cron job pybatch-flush-{dbname}" in before
+        assert "table pybatch.heartbeats: 1 row(s) (staged heartbeats not yet flushed)" in before
+        assert "table public.workspace_agents: 3 row(s) (pybatch created it)" in before
+        assert re.search(r"table pybatch\.settings: 1 row\(s\)", before)
+        # Progress while it works (stdout: stderr is for the one line of an error).
+        assert "removing the pg_cron jobs" in result.stdout and "dropping schema pybatch" in result.stdout
         assert "removed 2 pg_cron job(s)" in result.stdout and "dropped public.workspace_agents" in result.stdout
         assert tables(dsn) == set()
         assert connected(dsn, cron.remove) == 0  # uninstall already removed the jobs
@@ -246,7 +264,8 @@ def test_config_show_and_set(dsn: str) -> None:
     assert settings["flush_interval_seconds"] == 5.0 and settings["max_rows_per_flush"] == 5000
     one_line_error(
         run_pybatch("--dsn", dsn, "config", "set", "created_workspace_agents", "true"),
-        "created_workspace_agents",
+        "created_workspace_agents is not a setting",
+        "`pybatch uninstall` drops the table only then",
         "flush_interval",
     )
     one_line_error(run_pybatch("--dsn", dsn, "config", "set", "inactive_timeout", "soon"), "inactive_timeout", "soon")
@@ -281,13 +300,15 @@ def test_uninstall_asks_on_a_terminal(dsn: str) -> None:
 def config_table(dsn: str) -> dict[str, str]:
     shown = run_pybatch("--dsn", dsn, "config", "show")
     assert shown.returncode == 0, shown.stderr
-    rows = [line.split() for line in shown.stdout.splitlines()[1:] if line.strip()]
+    lines = shown.stdout.splitlines()
+    assert lines[-1].startswith("(created_workspace_agents = ") and "not a setting" in lines[-1], lines[-1]
+    rows = [line.split() for line in lines[1:-1] if line.strip()]
     return {row[0]: " ".join(row[1:]) for row in rows}
 
 
 def test_config_show_prints_values_config_set_takes_back(dsn: str) -> None:
     defaults = config_table(dsn)
-    assert set(defaults) == {*status.SETTABLE, "created_workspace_agents"}
+    assert set(defaults) == set(status.SETTABLE)  # only what `config set` takes
     for key in status.DURATION_SETTINGS:  # never Python's 0:00:10 or 7 days, 0:00:00
         assert re.fullmatch(r"[0-9]+(\.[0-9]+)?(ms|s|m|h|d)", defaults[key]), (key, defaults[key])
     assert defaults["history_retention"] == "7d"
@@ -391,3 +412,13 @@ def test_sql_inspect_pipes_into_psql_from_any_directory(dsn: str, tmp_path: Path
     one_line_error(pybatch_in_tmp("sql", "--all", "inspect"), "--all applies to `pybatch sql migrations`")
     migrations = pybatch_in_tmp("sql", "migrations", "--all")
     assert migrations.returncode == 0 and "-- migration 0001_baseline" in migrations.stdout
+
+
+def test_nothing_staged_or_pending_prints_no_placeholder_age(dsn: str) -> None:
+    """`oldest beat - old` (issue 22): with nothing staged or pending there is no oldest beat to age."""
+    shown = run_pybatch("--dsn", dsn, "status")
+    assert "pending (handed off, not merged yet): 0 agent(s), 0 deferred (row locked)\n" in shown.stdout, shown.stdout
+    checked = run_pybatch("--dsn", dsn, "doctor")
+    for output in (shown.stdout, checked.stdout):
+        assert "- old" not in output and "oldest -" not in output, output
+    assert "staging holds 0 heartbeats" in checked.stdout, checked.stdout

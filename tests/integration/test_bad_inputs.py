@@ -417,6 +417,13 @@ def client_empty_database(entry: BadInput, dsn: str, conn: psycopg.Connection) -
             admin.execute("DROP DATABASE " + conn.info.dbname + "_empty")
 
 
+def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
 def client_read_only_database(entry: BadInput, dsn: str, conn: psycopg.Connection) -> None:
     agents = new_agents(conn, 3)
     dbname = sql.Identifier(conn.info.dbname)
@@ -427,7 +434,7 @@ def client_read_only_database(entry: BadInput, dsn: str, conn: psycopg.Connectio
             raises(entry, lambda: client.beat(agents[0], at=T0), PybatchError)
         for agent in agents:
             buffered.beat(agent, at=T0)
-        time.sleep(0.3)
+        wait_until(lambda: buffered.stats.write_failures >= 1)  # the writer tried, and the server refused
         assert buffered.stats.buffer_size == 3 and staged(conn) == 0
     finally:
         conn.execute(sql.SQL("ALTER DATABASE {} RESET default_transaction_read_only").format(dbname))
@@ -468,14 +475,14 @@ def client_buffered_connection_killed(entry: BadInput, dsn: str, conn: psycopg.C
     with HeartbeatClient(dsn, mode="buffered", write_interval="50ms", max_backoff="200ms") as client:
         for agent in agents[:50]:
             client.beat(agent, at=T0)
-        time.sleep(0.3)
+        wait_until(lambda: client.stats.rows_written >= 50)
         conn.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'pybatch' "
             "AND pid <> pg_backend_pid() AND datname = current_database()"
         )
         for agent in agents[50:]:
             client.beat(agent, at=T0)
-        time.sleep(0.5)
+        wait_until(lambda: client.stats.rows_written >= 100)  # written again after the kill, before close()
     assert staged(conn) == 100
     assert flush(conn).agents_updated == 100
 

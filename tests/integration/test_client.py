@@ -350,7 +350,9 @@ def test_buffered_keeps_latest_and_writes_on_close(dsn: str, conn: psycopg.Conne
 def test_buffered_writes_every_interval(dsn: str, conn: psycopg.Connection, agents: list[uuid.UUID]) -> None:
     with HeartbeatClient(dsn, mode="buffered", write_interval="200ms") as hb:
         hb.beat(agents[0])
-        wait_until(lambda: bool(staged(conn)))
+        # The row is visible in staging once the COPY commits, a moment before the client counts
+        # it: wait for the count, which comes after the commit, then check both.
+        wait_until(lambda: hb.stats.rows_written >= 1)
         assert [r[0] for r in staged(conn)] == [agents[0]]
         assert hb.stats.rows_written == 1
 

@@ -119,7 +119,19 @@ def test_kill_9_postmaster_under_load(own_cluster: LocalCluster) -> None:
     scheduler, scheduler_thread = start_scheduler(dsn)
     writers.start()
     try:
-        time.sleep(3)
+        # Under load before the kill: a flush has merged beats, and the writers keep committing.
+        with psycopg.connect(dsn, autocommit=True) as watcher:
+            wait_for(
+                lambda: (
+                    count(watcher, "SELECT count(*) FROM pybatch.flush_log WHERE error IS NULL AND rows_staged > 0")
+                    >= 2
+                ),
+                60,
+                "two flushes that merged beats",
+            )
+        with writers.lock:
+            committed_then = len(writers.committed)
+        wait_for(lambda: len(writers.committed) >= committed_then + 100, 30, "the writers to keep committing")
         postmaster_pid = int((own_cluster.datadir / "postmaster.pid").read_text().splitlines()[0])
         killed_at = time.time()
         os.kill(postmaster_pid, signal.SIGKILL)
@@ -167,7 +179,13 @@ def test_kill_9_postmaster_under_load(own_cluster: LocalCluster) -> None:
 
         # The scheduler and the writers resume by themselves; everything written after is merged.
         writers.resume.set()
-        time.sleep(2)
+
+        def every_agent_beat_again() -> bool:
+            """Each agent has a beat committed after the restart: what the crash lost is superseded."""
+            with writers.lock:
+                return len({a for a, _, returned in writers.committed if returned > killed_at}) == len(agents)
+
+        wait_for(every_agent_beat_again, 60, "a beat from every agent after the restart")
         writers.stop.set()
         writers.join()
         with psycopg.connect(dsn, autocommit=True) as conn:

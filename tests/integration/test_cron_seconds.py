@@ -31,7 +31,7 @@ def cron16_bindir() -> Path:
     if not (bindir / "postgres").exists():
         pytest.fail(
             f"pg_cron 1.6 is not built in {CRON16_HOME}: run `make test` (as root it builds it with "
-            "../shared/vendor/pg_cron/build.sh), or that script yourself"
+            "third_party/pg_cron/build.sh), or that script yourself"
         )
     return bindir
 

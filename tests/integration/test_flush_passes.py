@@ -22,7 +22,7 @@ from pybatch.doctor import FAIL, doctor
 from pybatch.errors import PybatchError
 from pybatch.flush import FlushResult, flush
 from tests.conftest import run_pybatch
-from tests.helpers import connected
+from tests.helpers import connected, wait_until_blocked_by
 from tests.integration.roles import as_role, login_role
 
 # Coder's rows average ~360 B: a filler column makes ours as wide, so ~20 share a page.
@@ -138,13 +138,12 @@ def test_updated_at_is_the_newest_event_applied_never_the_flush_start(dsn: str, 
             target=lambda: result.append(flush(psycopg.connect(dsn, autocommit=True), lock_wait=5))
         )
         waiting.start()
-        time.sleep(0.3)  # the flush has started and waits; beats and disconnects arrive meanwhile
-        beat_a = datetime.now(UTC)
+        wait_until_blocked_by(conn, holder.info.backend_pid)  # the flush has started and waits
+        beat_a = datetime.now(UTC)  # beats and disconnects arrive meanwhile
         stage_all(conn, [a, c], beat_a)
-        time.sleep(0.05)
         disconnect_b = datetime.now(UTC)
+        assert disconnect_b > beat_a
         conn.execute("SELECT pybatch.disconnect(%s, %s)", (b, disconnect_b))
-        time.sleep(0.2)
         holder.rollback()
         waiting.join()
     assert result and result[0].ok and result[0].agents_updated == 2
@@ -174,10 +173,9 @@ def test_fresh_beats_are_never_future_even_after_a_long_lock_wait(dsn: str, conn
             target=lambda: result.append(flush(psycopg.connect(dsn, autocommit=True), lock_wait=5))
         )
         waiting.start()
-        time.sleep(0.5)
+        wait_until_blocked_by(conn, holder.info.backend_pid)
         # Stamped by the server clock while the flush waits: newer than the flush's start.
         conn.execute("INSERT INTO pybatch.heartbeats (agent_id) SELECT unnest(%s::uuid[])", (agents,))
-        time.sleep(0.5)
         holder.rollback()
         waiting.join()
     assert result[0].ok and result[0].future_heartbeats == 0 and result[0].agents_updated == 50

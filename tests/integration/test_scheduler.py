@@ -94,6 +94,12 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
+def flush_count(conn: psycopg.Connection) -> int:
+    row = conn.execute("SELECT count(*) FROM pybatch.flush_log").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
 def lock_holders(conn: psycopg.Connection) -> int:
     """Live schedulers holding the lease: 0 or 1."""
     row = conn.execute(
@@ -130,18 +136,20 @@ def test_two_replicas_one_leader_and_takeover_after_sigkill(
     thread = threading.Thread(target=writer)
     thread.start()
     try:
-        time.sleep(2.5)  # both running: the second stands by
+        # Both running: the second stands by while the first flushes (at least twice).
+        second.wait_for("standing by")
+        wait_until(lambda: flush_count(conn) >= 2, 20, "two flushes")
         assert LEADER_LINE not in second.text()
         assert lock_holders(conn) == 1
-        flushes_before = conn.execute("SELECT count(*) FROM pybatch.flush_log").fetchone()
-        assert flushes_before is not None and flushes_before[0] >= 2
 
         first.proc.kill()  # SIGKILL: no final flush, no unlock; the server drops its session lock
         first.proc.wait()
         takeover = second.wait_for(LEADER_LINE, timeout=10)
         print(f"standby took over {takeover:.2f}s after SIGKILL (interval 1s)")
         assert takeover <= 3.0  # within one interval, plus slack for a busy 2-core machine
-        time.sleep(1.5)
+        # The new leader flushes while the writer still writes: wait for its first flush.
+        after_kill = flush_count(conn)
+        wait_until(lambda: flush_count(conn) > after_kill, 20, "a flush by the new leader")
     finally:
         writing.clear()
         thread.join()

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 
 import psutil
 import pytest
 
 from pybatch.bench.measure import ServerCpu, TableCounters, format_lsn, parse_lsn, percentile
+from pybatch.bench.strategies import Flusher, TimedWrite
 
 BURN = "import time\nend = time.process_time() + {seconds}\nwhile time.process_time() < end: pass\n"
 
@@ -55,12 +57,24 @@ def test_cpu_of_a_living_child_is_counted_unless_excluded() -> None:
     try:
         excluding = ServerCpu(psutil.Process(), excluded_pids=[child.pid])
         including = ServerCpu(psutil.Process())
-        first_in, first_ex = including.total_seconds(), excluding.total_seconds()
-        time.sleep(0.5)
+        burning = psutil.Process(child.pid)
+
+        def burnt() -> float:
+            times = burning.cpu_times()
+            return float(times.user + times.system)
+
+        first_in, first_ex, first_child = including.total_seconds(), excluding.total_seconds(), burnt()
+        # Wait until the child has burnt 0.3 s of CPU, however long a loaded machine takes to give
+        # it that (a fixed 0.5 s of wall time gave it 0.07 s once).
+        deadline = time.monotonic() + 60
+        while burnt() - first_child < 0.3:
+            assert time.monotonic() < deadline, "the child got no CPU for a minute"
+            time.sleep(0.05)
         grown_in = including.total_seconds() - first_in
         grown_ex = excluding.total_seconds() - first_ex
-        assert grown_in >= 0.2
-        assert grown_ex < grown_in - 0.15
+        # /proc counts in 10 ms ticks: the child's share shows in one figure and not in the other.
+        assert grown_in >= 0.28
+        assert grown_in - grown_ex >= 0.28
         assert excluding.excluded_seconds() > 0
     finally:
         child.kill()
@@ -70,3 +84,43 @@ def test_cpu_of_a_living_child_is_counted_unless_excluded() -> None:
 @pytest.mark.parametrize("fraction", [0.0, 0.001])
 def test_percentile_of_tiny_fractions_is_the_minimum(fraction: float) -> None:
     assert percentile([5.0, 3.0, 9.0], fraction) == 3.0
+
+
+class _CountingFlusher(Flusher):
+    """A flusher whose 'flush' only records itself: the hold logic of Flusher, no database."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self, load_started: float) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        while self._wait_while_held():
+            self._record(TimedWrite(time.monotonic(), 0.0, 1))
+            time.sleep(0.001)
+
+    def stop(self) -> None:
+        self._stop_holding()
+        self._thread.join()
+
+
+def test_a_held_flusher_starts_no_flush_after_the_held_one() -> None:
+    flusher = _CountingFlusher()
+    flusher.hold_after(3)
+    flusher.start(time.monotonic())
+    try:
+        flusher.wait_completed(3, timeout=10)
+        # Held: whatever the main thread does now (read a window's end), no 4th flush starts.
+        deadline = time.monotonic() + 0.2
+        while time.monotonic() < deadline:
+            assert flusher.completed == 3
+            time.sleep(0.01)
+        flusher.hold_after(5)
+        flusher.wait_completed(5, timeout=10)
+        assert flusher.completed == 5
+        flusher.hold_after(None)
+        flusher.wait_completed(8, timeout=10)
+    finally:
+        flusher.stop()

@@ -234,3 +234,24 @@ def test_wal_records_by_type_largest_first_with_a_total_per_column() -> None:
     assert rows[0]["direct"] == "118" and rows[1]["buffered"] == "59.9"
     assert rows[2]["direct"] == "212" and rows[2]["buffered"] == "170"  # every record type, not only those shown
     assert report.wal_record_rows({"direct": None}) == []
+
+
+def test_chart_panels_say_which_way_is_better_and_draw_no_zero_for_a_missing_value() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    assert report.panel_title("wal_bytes_per_beat", "WAL B/beat") == "WAL B/beat (lower is better)"
+    assert report.panel_title("hot_share", "HOT") == "HOT (higher is better)"
+    fig, ax = plt.subplots()
+    try:
+        report.draw_panel(ax, ["direct", "app_batch", "buffered"], [135.0, None, 20.4], "cpu_us_per_beat", "CPU")
+        heights = sorted(bar.get_height() for bar in ax.patches if isinstance(bar, Rectangle))
+        assert heights == [20.4, 135.0]  # two bars: the missing figure is not a bar of 0
+        assert [t.get_text() for t in ax.texts] == ["n/a"] and ax.texts[0].get_position()[0] == 1
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["direct", "app_batch", "buffered"]
+        assert "lower is better" in ax.get_title()
+    finally:
+        plt.close(fig)

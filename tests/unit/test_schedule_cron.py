@@ -108,3 +108,18 @@ def test_diagnose_is_quiet_when_the_newest_finished_run_succeeded() -> None:
         is None
     )
     assert cron.diagnose(_status(), None) is None
+
+
+def test_cron_install_says_when_the_first_run_comes() -> None:
+    from datetime import UTC, datetime
+
+    from pybatch.cli.schedule import first_run_note
+
+    now = datetime(2026, 12, 2, 13, 37, 20, 500000, tzinfo=UTC)
+    assert first_run_note("seconds", "5 seconds", 5, now).startswith("first run: within 5s")
+    loop = first_run_note("loop", "* * * * *", 10, now)
+    assert "at 13:38:00 UTC, in 40s" in loop and "every 10s" in loop
+    assert "at 13:40:00 UTC, in 160s" in first_run_note("minutes", "*/5 * * * *", 300, now)
+    assert "at 14:00:00 UTC" in first_run_note("minutes", "0 * * * *", 3600, now)
+    on_the_minute = datetime(2026, 12, 2, 13, 37, 0, tzinfo=UTC)
+    assert "at 13:38:00 UTC, in 60s" in first_run_note("minutes", "* * * * *", 60, on_the_minute)
