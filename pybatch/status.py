@@ -133,6 +133,7 @@ class FlushRecord:
     newest_event_at: datetime | None = None
     heap_bytes: int | None = None
     index_bytes: int | None = None
+    completed_at: datetime | None = None  # None: still running, or interrupted
 
 
 @dataclass(frozen=True)
