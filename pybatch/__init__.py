@@ -26,6 +26,7 @@ from pybatch.errors import (
     PermissionDenied,
     PybatchError,
     SchemaError,
+    StandbyServer,
     UnknownAgent,
 )
 
@@ -51,6 +52,7 @@ __all__ = [
     "PermissionDenied",
     "PybatchError",
     "SchemaError",
+    "StandbyServer",
     "UnknownAgent",
     "__version__",
 ]

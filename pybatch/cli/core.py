@@ -65,6 +65,8 @@ def register(subparsers: Any) -> None:
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     with db.connect(dsn(args)) as conn:
+        if not args.status:
+            db.require_primary(conn, "migrate")
         if args.status:
             for state in migrate.status(conn):
                 print(f"{'applied' if state.applied else 'pending'}  {state.id}")
@@ -85,6 +87,7 @@ def _remove_jobs(conn: psycopg.Connection) -> None:
 
 def cmd_flush(args: argparse.Namespace) -> int:
     with db.connect(dsn(args)) as conn:
+        db.require_primary(conn, "flush")
         result = flush(conn, max_rows=args.max_rows, raise_on_error=True)
     if args.json:
         print_json(result.as_dict())
@@ -123,6 +126,7 @@ def cmd_uninstall(args: argparse.Namespace) -> int:
             print("not uninstalled", file=sys.stderr)
             return 1
     with db.connect(target) as conn:
+        db.require_primary(conn, "uninstall")
         result = uninstall(conn, force=args.force)
     for dependant in result.dropped_dependants:
         print(f"dropped (--force): {dependant}")

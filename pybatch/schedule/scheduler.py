@@ -11,6 +11,11 @@ forever by any role). Flush steps lock pybatch.flush_lock too, so even two
 leaders could never double-apply a batch.
 
 The leader flushes on a second connection with CALL pybatch.flush_in_passes().
+
+Each process claims the lease under a token of its own (host, pid and a random part): a pooler
+in transaction mode hands each transaction another server backend, so the backend must not be
+what identifies the leader (see Lease). On a hot standby the scheduler stands by, checking every
+interval, and leads once the server is promoted (or its DSN reaches a primary).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import signal
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from datetime import timedelta
@@ -31,7 +37,7 @@ import psycopg
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from pybatch import db
-from pybatch.errors import DatabaseUnavailable, PybatchError
+from pybatch.errors import DatabaseUnavailable, PybatchError, StandbyServer
 from pybatch.flush import FlushResult, flush
 from pybatch.status import read_flush_settings, store_setting
 
@@ -85,6 +91,37 @@ class SchedulerMetrics:
             self.last_success.set(time.time())
 
 
+def process_token() -> str:
+    """This process's lease token: readable (host:pid) and unique (a random part), so that two
+    processes never share one, even with the same pid in two containers."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+
+
+class Lease:
+    """The scheduler lease (pybatch.scheduler_lease), claimed under this process's token.
+
+    The one place the scheduler talks to the lease SQL. scheduler_claim(holder, ttl) takes or
+    renews the lease for `holder`; scheduler_release() gives it up. (Until the lease SQL
+    identifies its holder by this token alone, a renewal that a pooler sends through another
+    server backend can be refused: docs/ha.md.)"""
+
+    CLAIM = "SELECT pybatch.scheduler_claim(%s, make_interval(secs => %s))"
+    RELEASE = "SELECT pybatch.scheduler_release()"
+
+    def __init__(self, token: str | None = None) -> None:
+        self.token = token or process_token()
+
+    def claim(self, conn: psycopg.Connection, ttl: float) -> bool:
+        """Take or renew the lease for ttl seconds; false while another live scheduler holds it."""
+        with db.translated("cannot claim the scheduler lease"):
+            row = conn.execute(self.CLAIM, (self.token, ttl), prepare=False).fetchone()
+        return bool(row and row[0])
+
+    def release(self, conn: psycopg.Connection) -> None:
+        with suppress(psycopg.Error):
+            conn.execute(self.RELEASE, prepare=False)
+
+
 class Scheduler:
     """Leader-elected periodic flusher. run() blocks until request_stop() (or SIGTERM/SIGINT)."""
 
@@ -105,7 +142,9 @@ class Scheduler:
         self._stop = threading.Event()
         self._outage_started: float | None = None
         self._backoff = BACKOFF_INITIAL
-        self.holder = f"{socket.gethostname()}:{os.getpid()}"
+        self._on_standby = False
+        self.lease = Lease()
+        self.holder = self.lease.token
 
     # -- lifecycle --------------------------------------------------------------------
     def request_stop(self, reason: str = "requested") -> None:
@@ -130,6 +169,8 @@ class Scheduler:
             while not self._stop.is_set():
                 try:
                     self._session()
+                except StandbyServer as exc:
+                    self._standby(exc)
                 except DatabaseUnavailable as exc:
                     self._database_down(exc)
                 except PybatchError as exc:
@@ -148,6 +189,10 @@ class Scheduler:
         with _closing(db.connect(self.dsn)) as lock_conn:
             self._read_settings(lock_conn)
             self._database_up()
+            db.require_primary(lock_conn, "scheduler")
+            if self._on_standby:
+                log.info("the server is a primary now: competing for the lease", extra={"interval": self.interval})
+                self._on_standby = False
             announced = False
             while not self._stop.is_set():
                 if self._claim(lock_conn):
@@ -163,16 +208,24 @@ class Scheduler:
 
     def _claim(self, lock_conn: psycopg.Connection) -> bool:
         """Take or renew the lease; false while another live scheduler holds it."""
-        ttl = LEASE_INTERVALS * self.interval + LEASE_GRACE_SECONDS
-        with db.translated("cannot claim the scheduler lease"):
-            row = lock_conn.execute(
-                "SELECT pybatch.scheduler_claim(%s, make_interval(secs => %s))", (self.holder, ttl)
-            ).fetchone()
-        return bool(row and row[0])
+        return self.lease.claim(lock_conn, LEASE_INTERVALS * self.interval + LEASE_GRACE_SECONDS)
 
     def _release(self, lock_conn: psycopg.Connection) -> None:
-        with suppress(psycopg.Error):
-            lock_conn.execute("SELECT pybatch.scheduler_release()")
+        self.lease.release(lock_conn)
+
+    def _standby(self, exc: StandbyServer) -> None:
+        """The server is a hot standby: say so once, then check again every interval (a fresh
+        connection each time, so a multi-host DSN finds a promoted node)."""
+        if not self._on_standby:
+            self._on_standby = True
+            log.info(
+                "%s; standing by, checking every %gs",
+                exc,
+                self.interval,
+                extra={"interval": self.interval, "error": str(exc)},
+            )
+        self._backoff = BACKOFF_INITIAL
+        self._stop.wait(self.interval)
 
     def _lead(self, lock_conn: psycopg.Connection) -> None:
         self.metrics.leader.set(1)
