@@ -90,8 +90,16 @@ STANDBY_MESSAGE = "this server is a standby (read-only): point at the primary"
 def in_recovery(conn: psycopg.Connection) -> bool:
     """True on a hot standby (pg_is_in_recovery())."""
     with translated("cannot ask the server whether it is a standby"):
-        row = conn.execute("SELECT pg_catalog.pg_is_in_recovery()").fetchone()
+        row = conn.execute("SELECT pg_catalog.pg_is_in_recovery()", prepare=False).fetchone()
     return bool(row and row[0])
+
+
+def through_pooler(conn: psycopg.Connection) -> bool:
+    """True when a connection pooler (pgbouncer, ...) sits between: the backend pid the server
+    reports differs from the one the connection was given at start-up (a pooler hands out its own)."""
+    with translated("cannot read the server's backend pid"):
+        row = conn.execute("SELECT pg_catalog.pg_backend_pid()", prepare=False).fetchone()
+    return row is not None and row[0] != conn.info.backend_pid
 
 
 def require_primary(conn: psycopg.Connection, operation: str) -> None:

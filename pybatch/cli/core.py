@@ -67,6 +67,12 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     with db.connect(dsn(args)) as conn:
         if not args.status:
             db.require_primary(conn, "migrate")
+            if db.through_pooler(conn):
+                # Its lock is a session lock: a transaction pooler could leave it held on a pooled backend.
+                raise PybatchError(
+                    "migrate: this connection goes through a connection pooler; migrate holds a session lock, "
+                    "so point --dsn at the server itself (or a session-mode pool)"
+                )
         if args.status:
             for state in migrate.status(conn):
                 print(f"{'applied' if state.applied else 'pending'}  {state.id}")
