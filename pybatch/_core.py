@@ -273,6 +273,18 @@ class RecentWrites:
         with self._lock:
             self._due = True
 
+    def watching(self) -> bool:
+        """True while some row is within its window (or a rewrite is due): an idle writer then
+        still checks its connection every write interval, so that a failover or crash restart
+        is noticed, and these rows written again, even when no new beat arrives."""
+        horizon = self._clock() - self._window
+        with self._lock:
+            if self._due:
+                return True
+            for agent in [a for a, (_r, _at, written) in self._rows.items() if written < horizon]:
+                del self._rows[agent]
+            return bool(self._rows)
+
     def due(self) -> list[Row]:
         """The rows to write again with the next write (empty unless a reconnect or failure came first)."""
         with self._lock:

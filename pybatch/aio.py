@@ -240,7 +240,8 @@ class AsyncHeartbeatClient:
     the buffer keeps only the latest heartbeat (by time; ties go to the greater replica,
     NULL lowest, as in pybatch.flush()), so memory is bounded by the number of agents, and
     first_connected_at is exact only to one write_interval. When the database fails, the
-    writer keeps the rows, retries with exponential backoff (capped at `max_backoff`), logs
+    writer keeps the rows, retries with exponential backoff (capped at `max_backoff`, 5 s by
+    default: well inside the inactive timeout's slack, so a failover delays no beat long), logs
     once per outage and once on recovery, and beat() never raises; newer beats arriving
     meanwhile still win. close(), or leaving the context manager, writes what is left.
     Staging is UNLOGGED, so a crash restart or a failover loses beats written but not yet
@@ -267,7 +268,7 @@ class AsyncHeartbeatClient:
         max_batch: int = 5000,
         pool: AsyncConnectionPool | None = None,
         connection: psycopg.AsyncConnection | None = None,
-        max_backoff: str | float | timedelta = "30s",
+        max_backoff: str | float | timedelta = "5s",
         connect_timeout: str | float | timedelta = "5s",
         replay_window: str | float | timedelta = "60s",
     ) -> None:
@@ -482,6 +483,8 @@ class AsyncHeartbeatClient:
         async with self._write_lock:
             rows = self._buffer.take()
             if not rows and not self._recent.due():
+                if not final and self._recent.watching():
+                    await self._check_connection()
                 return 0
             again: list[Row] = []
 
@@ -511,6 +514,20 @@ class AsyncHeartbeatClient:
                     extra={"rows_rewritten": len(again)},
                 )
             return len(rows)
+
+    async def _check_connection(self) -> None:
+        """An idle writer's round trip while recent rows are kept: a connection found broken is
+        replaced (a new connection makes them due); a failure makes them due too."""
+        assert self._writer_connections is not None
+
+        async def ping(conn: psycopg.AsyncConnection) -> None:
+            await conn.execute("SELECT 1", prepare=False)
+
+        try:
+            await self._writer_connections.run(ping)
+        except Exception as exc:
+            self._recent.failed()
+            log.debug("heartbeat writer's connection check failed: %s", db.first_line(exc))
 
     async def _run_writer(self) -> None:
         """The background writer: every write_interval, at once when max_batch agents wait,

@@ -206,7 +206,8 @@ class HeartbeatClient:
     the buffer keeps only the latest heartbeat (by time; ties go to the greater replica,
     NULL lowest, as in pybatch.flush()), so memory is bounded by the number of agents, and
     first_connected_at is exact only to one write_interval. When the database fails, the
-    writer keeps the rows, retries with exponential backoff (capped at `max_backoff`), logs
+    writer keeps the rows, retries with exponential backoff (capped at `max_backoff`, 5 s by
+    default: well inside the inactive timeout's slack, so a failover delays no beat long), logs
     once per outage and once on recovery, and beat() never raises; newer beats arriving
     meanwhile still win. close(), or leaving the context manager, writes what is left.
     Staging is UNLOGGED, so a crash restart or a failover loses beats written but not yet
@@ -233,7 +234,7 @@ class HeartbeatClient:
         max_batch: int = 5000,
         pool: ConnectionPool | None = None,
         connection: psycopg.Connection | None = None,
-        max_backoff: str | float | timedelta = "30s",
+        max_backoff: str | float | timedelta = "5s",
         connect_timeout: str | float | timedelta = "5s",
         replay_window: str | float | timedelta = "60s",
     ) -> None:
@@ -420,6 +421,8 @@ class HeartbeatClient:
         with self._write_lock:
             rows = self._buffer.take()
             if not rows and not self._recent.due():
+                if not final and self._recent.watching():
+                    self._check_connection()
                 return 0
             again: list[Row] = []
 
@@ -449,6 +452,20 @@ class HeartbeatClient:
                     extra={"rows_rewritten": len(again)},
                 )
             return len(rows)
+
+    def _check_connection(self) -> None:
+        """An idle writer's round trip while recent rows are kept: a connection found broken is
+        replaced (a new connection makes them due); a failure makes them due too."""
+        assert self._writer_connections is not None
+
+        def ping(conn: psycopg.Connection) -> None:
+            conn.execute("SELECT 1", prepare=False)
+
+        try:
+            self._writer_connections.run(ping)
+        except Exception as exc:
+            self._recent.failed()
+            log.debug("heartbeat writer's connection check failed: %s", db.first_line(exc))
 
     def _run_writer(self) -> None:
         """The background writer: every write_interval, at once when max_batch agents wait,

@@ -63,7 +63,7 @@ def wait_until(condition: object, timeout: float, what: str, interval: float = 0
         try:
             if condition():
                 return
-        except psycopg.Error:
+        except psycopg.OperationalError:  # a server not up yet, or going away: poll again
             pass
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")

@@ -316,7 +316,8 @@ class Scheduler:
 
     def _wait_backoff(self) -> None:
         self._stop.wait(self._backoff)
-        self._backoff = min(self._backoff * 2, BACKOFF_MAX)
+        # At least one attempt per interval: after a failover the flush resumes within one interval.
+        self._backoff = min(self._backoff * 2, BACKOFF_MAX, max(BACKOFF_INITIAL, self.interval))
 
 
 @contextmanager

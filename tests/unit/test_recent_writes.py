@@ -76,3 +76,18 @@ def test_rows_written_again_start_a_new_window_and_are_counted() -> None:
     recent.written([])
     recent.failed()
     assert recent.due() == [(A, None, T0)] and recent.rewritten == 1 and len(recent) == 1
+
+
+def test_an_idle_writer_watches_until_the_window_has_passed() -> None:
+    clock = Clock()
+    recent = RecentWrites(10, clock)
+    assert not recent.watching()
+    recent.written([(A, None, T0)])
+    clock.now += 9
+    assert recent.watching()
+    clock.now += 2
+    assert not recent.watching() and len(recent) == 0
+    recent.written([(A, None, T0)])
+    recent.failed()  # an outage: nothing is forgotten while a rewrite is due
+    clock.now += 3600
+    assert recent.watching() and recent.due() == [(A, None, T0)]
