@@ -37,6 +37,7 @@ import psycopg
 
 from pybatch import HeartbeatClient
 from pybatch.local import LocalCluster
+from pybatch.schedule import cron
 from tests.ha_fixtures import kill_postmaster, multi_host_dsn, pg_ctl, promote, replay_caught_up, wait_until
 
 
@@ -210,6 +211,9 @@ def run_failover(
         conn.execute("INSERT INTO public.workspace_agents (id) SELECT unnest(%s::uuid[])", (ids,))
     replay_caught_up(primary, standby)
     scheduler = _Scheduler(dsn, timing.flush_interval) if flusher == "scheduler" else None
+    if flusher == "pg_cron":  # a job on the primary, replicated to the standby with everything else
+        with psycopg.connect(primary.url(), autocommit=True) as conn:
+            cron.install(conn, timing.flush_interval)
     fleet = _Fleet(dsn, ids, timing)
     fleet.thread.start()
     try:
