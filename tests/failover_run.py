@@ -28,6 +28,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -198,10 +199,12 @@ def run_failover(
     agents: int = 200,
     timing: Timing | None = None,
     flusher: str = "scheduler",
+    after_promotion: Callable[[LocalCluster], None] | None = None,
 ) -> FailoverFigures:
     """Run one failover ("failover": kill -9 of the primary's postmaster; "switchover": a clean
     fast stop) under load and return what it cost. `flusher`: "scheduler" (`pybatch scheduler`
-    on the multi-host DSN) or "pg_cron" (a job installed on the primary, replicated)."""
+    on the multi-host DSN) or "pg_cron" (a job installed on the primary, replicated).
+    `after_promotion` runs on the new primary right after the promotion (a failover manager's hook)."""
     timing = timing or Timing()
     dbname = "pybatch"
     dsn = multi_host_dsn([primary, standby], dbname)
@@ -236,6 +239,8 @@ def run_failover(
             pg_ctl(primary, "stop", "-m", "fast", "-w", "-t", "60")
         promote(standby)
         outage = time.monotonic() - failed_at
+        if after_promotion is not None:
+            after_promotion(standby)
         over_max, worst = 0, 0.0
         with psycopg.connect(standby.url(), autocommit=True) as conn:
             promoted_at = conn.execute("SELECT now()").fetchone()
