@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import signal
 import socket
 import threading
@@ -49,6 +50,8 @@ LEASE_GRACE_SECONDS = 10.0
 BACKOFF_INITIAL = 0.5
 BACKOFF_MAX = 5.0
 FINAL_FLUSH_LOCK_WAIT = 5.0
+# Between flushes the leader looks this often for a server that went away (see _sleep_until).
+SERVER_CHECK_SECONDS = 0.2
 
 
 class SchedulerMetrics:
@@ -243,7 +246,7 @@ class Scheduler:
             with _closing(db.connect(self.dsn)) as flush_conn:
                 due = time.monotonic()
                 while True:
-                    self._stop.wait(max(0.0, due - time.monotonic()))
+                    self._sleep_until(due, lock_conn, flush_conn)
                     if self._stop.is_set():
                         self._final_flush(flush_conn)
                         return
@@ -259,6 +262,18 @@ class Scheduler:
                     due = time.monotonic() if self._capped(result) else max(started + self.interval, time.monotonic())
         finally:
             self.metrics.leader.set(0)
+
+    def _sleep_until(self, due: float, *conns: psycopg.Connection) -> None:
+        """Wait for the next tick, a stop request, or the server going away: an idle connection that
+        turns readable unasked is almost always the server closing it (a shutdown, a crash, a
+        failover), so the leader finds out now, not at its next tick, and reconnects at once."""
+        while not self._stop.is_set():
+            remaining = due - time.monotonic()
+            if remaining <= 0 or self._stop.wait(min(remaining, SERVER_CHECK_SECONDS)):
+                return
+            if _server_spoke(conns):
+                log.debug("a connection turned readable between flushes: checking the server now")
+                return
 
     def _flush(self, conn: psycopg.Connection, *, lock_wait: float = 0.0) -> FlushResult:
         result = flush(conn, lock_wait=lock_wait)  # logs each flush's statistics at debug
@@ -325,6 +340,16 @@ class Scheduler:
         self._stop.wait(self._backoff)
         # At least one attempt per interval: after a failover the flush resumes within one interval.
         self._backoff = min(self._backoff * 2, BACKOFF_MAX, max(BACKOFF_INITIAL, self.interval))
+
+
+def _server_spoke(conns: tuple[psycopg.Connection, ...]) -> bool:
+    """True when one of these idle connections has something to read (or is closed)."""
+    try:
+        sockets = [conn.fileno() for conn in conns]
+        readable, _, _ = select.select(sockets, [], [], 0)
+    except (OSError, ValueError, psycopg.Error):
+        return True
+    return bool(readable)
 
 
 @contextmanager

@@ -147,3 +147,20 @@ def _feedback_xmin(conn: psycopg.Connection) -> object:
 def _flush(conn: psycopg.Connection) -> None:
     result = flush(conn)
     assert result.ok, result
+
+
+def test_a_leader_notices_its_sessions_end_before_its_next_tick(
+    conn: psycopg.Connection, dsn: str, spawn: Callable[..., SchedulerProcess]
+) -> None:
+    """A failover or restart ends the leader's sessions between two flushes: it reconnects then,
+    not a whole interval later (the interval here is 60 s)."""
+    scheduler = spawn(dsn, "--interval", "60s")
+    scheduler.wait_for(LEADER_LINE, timeout=30)
+    conn.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND application_name = 'pybatch' AND pid <> pg_backend_pid()"
+    )
+    took = scheduler.wait_for(LEADER_LINE, count=2, timeout=15)
+    print(f"led again {took:.2f}s after its sessions were terminated (interval 60s)")
+    assert "database available again" in scheduler.text()
+    assert scheduler.stop() == 0
