@@ -132,18 +132,26 @@ def test_buffered_client_and_two_schedulers_through_a_transaction_pooler(
         assert not FAILURES.search(text), text
 
 
-def claim_by_backend(conn: psycopg.Connection) -> bool:
-    """True while pybatch.scheduler_claim identifies the holder by its server backend (pid and
-    backend_start) rather than by the token the scheduler passes (the lease SQL change in
-    docs/ha.md#poolers)."""
-    row = conn.execute("SELECT pg_get_functiondef('pybatch.scheduler_claim(text, interval)'::regprocedure)").fetchone()
-    return row is not None and "pg_backend_pid" in row[0]
+def claim_by_backend(dsn: str) -> bool:
+    """True while pybatch.scheduler_claim identifies the holder by its server backend rather than
+    by the token the scheduler passes (the lease SQL change in docs/ha.md#poolers): a renewal
+    under the same token from another live session is refused. The probe's last claim is for
+    1 ms, so the lease is free again for the test."""
+    token = f"probe:{uuid.uuid4()}"
+    claim = "SELECT pybatch.scheduler_claim(%s, %s::interval)"
+    with psycopg.connect(dsn, autocommit=True) as first, psycopg.connect(dsn, autocommit=True) as second:
+        taken = first.execute(claim, (token, "1 hour")).fetchone()
+        assert taken == (True,), taken
+        renewed = second.execute(claim, (token, "1 millisecond")).fetchone()
+        if renewed != (True,):
+            first.execute(claim, (token, "1 millisecond"))
+    return renewed != (True,)
 
 
 def test_one_leader_at_a_time_through_a_transaction_pooler(
     conn: psycopg.Connection, dsn: str, bouncer: PgBouncer, spawn: Callable[..., SchedulerProcess]
 ) -> None:
-    if claim_by_backend(conn):
+    if claim_by_backend(dsn):
         pytest.xfail(
             "pybatch.scheduler_claim still identifies the leader by its server backend: through a "
             "transaction pooler a standby's claim can land on the backend the leader's renewal used"
