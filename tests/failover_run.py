@@ -261,7 +261,8 @@ def run_failover(
     finally:
         rewritten = fleet.close()
         if scheduler is not None:
-            print(scheduler.text()) if os.environ.get("FAILOVER_DEBUG") else None
+            if os.environ.get("FAILOVER_DEBUG"):  # the scheduler's log, to see what it did
+                print(scheduler.text())
             scheduler.close()
     with psycopg.connect(standby.url(), autocommit=True) as conn:
         # Whatever is still staged is merged by one more flush (the flusher may be gone by now).
@@ -280,7 +281,7 @@ def run_failover(
         if merged_at is None or merged_at < acked_at:
             lost += 1
             if os.environ.get("FAILOVER_DEBUG"):
-                print("lost", agent, acked_at, merged_at)
+                print(f"lost: agent {agent} acknowledged at {acked_at}, merged {merged_at}")
     return FailoverFigures(
         kind=kind,
         flusher=flusher,
