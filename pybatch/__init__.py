@@ -25,6 +25,7 @@ from pybatch.errors import (
     PermissionDenied,
     PybatchError,
     SchemaError,
+    StandbyServer,
     UnknownAgent,
 )
 
@@ -75,6 +76,7 @@ __all__ = [
     "PermissionDenied",
     "PybatchError",
     "SchemaError",
+    "StandbyServer",
     "UnknownAgent",
     "__version__",
 ]

@@ -42,6 +42,9 @@ MODES: tuple[Mode, ...] = ("immediate", "buffered")
 DEFAULT_FUTURE_TOLERANCE = 5.0
 # The first retry after a failed buffered write comes this soon; later ones back off to max_backoff.
 FIRST_RETRY = 0.1
+# How long the buffered client keeps each agent's last written heartbeat, to write it again after a
+# reconnect (RecentWrites): it must cover the flush interval and a flush's own time (docs/ha.md).
+DEFAULT_REPLAY_WINDOW = 60.0
 
 # The SQL contract with migrations/0001_baseline.sql.
 INSERT_BEAT = (
@@ -67,6 +70,7 @@ class ClientOptions:
     max_batch: int
     max_backoff: float
     connect_timeout: float
+    replay_window: float = DEFAULT_REPLAY_WINDOW
 
     @property
     def buffered(self) -> bool:
@@ -80,6 +84,7 @@ def client_options(
     max_batch: int,
     max_backoff: str | float | timedelta,
     connect_timeout: str | float | timedelta,
+    replay_window: str | float | timedelta = DEFAULT_REPLAY_WINDOW,
 ) -> ClientOptions:
     if mode not in MODES:
         raise ConfigError(f"mode: {mode!r} is not one of {', '.join(MODES)}")
@@ -91,6 +96,7 @@ def client_options(
         max_batch=max_batch,
         max_backoff=parse_duration(max_backoff, name="max_backoff"),
         connect_timeout=parse_duration(connect_timeout, name="connect_timeout"),
+        replay_window=parse_duration(replay_window, name="replay_window"),
     )
 
 
@@ -234,6 +240,78 @@ class HeartbeatBuffer:
             return len(self._pending) + self._in_flight
 
 
+class RecentWrites:
+    """Each agent's last heartbeat written to staging, kept for `window` seconds after the write
+    that carried it, to write again after a reconnect or a failed write. Thread-safe.
+
+    Staging is UNLOGGED: a crash restart empties it, and a failover promotes a standby that
+    never had it. A beat committed to staging but not yet merged dies with it, and its agent
+    waits a whole heartbeat period for the next one (past Coder's 30 s, measured: docs/ha.md).
+    So after any new connection (other than the first) or failed write, the next write carries
+    these rows again. Writing a heartbeat twice changes nothing: the flush folds beats with
+    LEAST/GREATEST and rewrites a row only when a value changes. Memory is bounded by the
+    number of agents, like the buffer's."""
+
+    def __init__(self, window: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._lock = threading.Lock()
+        self._window = window
+        self._clock = clock
+        self._rows: dict[uuid.UUID, tuple[uuid.UUID | None, datetime, float]] = {}
+        self._due = False
+        self._connected_once = False
+        self.rewritten = 0
+
+    def reconnected(self) -> None:
+        """A connection was opened: from the second on, the server may have lost staging."""
+        with self._lock:
+            if self._connected_once:
+                self._due = True
+            self._connected_once = True
+
+    def failed(self) -> None:
+        """A write failed: whatever the cause, the next write carries the recent rows again."""
+        with self._lock:
+            self._due = True
+
+    def watching(self) -> bool:
+        """True while some row is within its window (or a rewrite is due): an idle writer then
+        still checks its connection every write interval, so that a failover or crash restart
+        is noticed, and these rows written again, even when no new beat arrives."""
+        horizon = self._clock() - self._window
+        with self._lock:
+            if self._due:
+                return True
+            for agent in [a for a, (_r, _at, written) in self._rows.items() if written < horizon]:
+                del self._rows[agent]
+            return bool(self._rows)
+
+    def due(self) -> list[Row]:
+        """The rows to write again with the next write (empty unless a reconnect or failure came first)."""
+        with self._lock:
+            if not self._due:
+                return []
+            return [(agent, replica, at) for agent, (replica, at, _written) in self._rows.items()]
+
+    def written(self, rows: list[Row], rewritten: int = 0) -> None:
+        """`rows` committed (the new ones and, among them, `rewritten` written again): keep each
+        agent's newest, and forget what was written more than `window` ago."""
+        now = self._clock()
+        with self._lock:
+            for agent, replica, at in rows:
+                current = self._rows.get(agent)
+                if current is None or not newer(current[1], current[0], at, replica):
+                    self._rows[agent] = (replica, at, now)
+            horizon = now - self._window
+            for agent in [a for a, (_r, _at, written) in self._rows.items() if written < horizon]:
+                del self._rows[agent]
+            self._due = False
+            self.rewritten += rewritten
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._rows)
+
+
 # -- counters and outages ------------------------------------------------------------------
 
 
@@ -248,6 +326,8 @@ class ClientStats:
     buffer_size: heartbeats waiting or being written (always 0 in immediate mode).
     last_write_at: when a write last succeeded (this client's clock, UTC), None before the first.
     failing_since: when the current outage began, None while writes succeed.
+    rows_rewritten: recent heartbeats written again after a reconnect or a failed write (buffered
+        mode; RecentWrites), not counted in rows_written.
     """
 
     beats_accepted: int
@@ -256,6 +336,7 @@ class ClientStats:
     buffer_size: int
     last_write_at: datetime | None
     failing_since: datetime | None
+    rows_rewritten: int = 0
 
 
 class WriteTracker:
@@ -311,7 +392,7 @@ class WriteTracker:
             delay = min(self._max_backoff, self._first_retry * 2.0 ** (self._failures_in_a_row - 1))
         return delay * random.uniform(0.5, 1.0)
 
-    def snapshot(self, *, beats_accepted: int, buffer_size: int) -> ClientStats:
+    def snapshot(self, *, beats_accepted: int, buffer_size: int, rows_rewritten: int = 0) -> ClientStats:
         with self._lock:
             return ClientStats(
                 beats_accepted=beats_accepted + self.beats_accepted,
@@ -320,6 +401,7 @@ class WriteTracker:
                 buffer_size=buffer_size,
                 last_write_at=self.last_write_at,
                 failing_since=self.failing_since,
+                rows_rewritten=rows_rewritten,
             )
 
 

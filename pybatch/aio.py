@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import types
+import weakref
 from datetime import UTC, datetime, timedelta
 from typing import Protocol, TypeAlias, TypeVar
 
@@ -39,6 +40,8 @@ from pybatch._core import (
     ClientStats,
     FutureTolerance,
     HeartbeatBuffer,
+    RecentWrites,
+    Row,
     WriteSchedule,
     WriteTracker,
     agent_uuid,
@@ -86,7 +89,7 @@ async def _read_tolerance(conn: psycopg.AsyncConnection, tolerance: FutureTolera
     try:
         # A savepoint (or a short transaction): a failed read must not abort the caller's transaction.
         async with conn.transaction():
-            cur = await conn.execute(READ_FUTURE_TOLERANCE)
+            cur = await conn.execute(READ_FUTURE_TOLERANCE, prepare=False)
             row = await cur.fetchone()
     except psycopg.Error as exc:
         tolerance.failed(exc)
@@ -100,7 +103,11 @@ if True:  # ASYNC
         """The async twin of pybatch.db.connect, with the same error translation."""
         try:
             return await psycopg.AsyncConnection.connect(
-                dsn, autocommit=True, connect_timeout=connect_timeout, application_name=db.APPLICATION_NAME
+                dsn,
+                autocommit=True,
+                connect_timeout=connect_timeout,
+                application_name=db.APPLICATION_NAME,
+                prepare_threshold=None,  # no server-side prepared statements: a pooler may sit between
             )
         except psycopg.ProgrammingError as exc:
             raise ConfigError(f"invalid connection string: {db.first_line(exc)}") from None
@@ -114,10 +121,17 @@ class _OwnConnection:
     connection gone stale (the server restarted since) is retried once on a fresh one:
     writing a heartbeat or a disconnect twice changes nothing."""
 
-    def __init__(self, dsn: str, connect_timeout: float, tolerance: FutureTolerance) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        connect_timeout: float,
+        tolerance: FutureTolerance,
+        on_connect: Callable[[], None] | None = None,
+    ) -> None:
         self._dsn = dsn
         self._connect_timeout = max(2, math.ceil(connect_timeout))  # libpq's minimum is 2 s
         self._tolerance = tolerance
+        self._on_connect = on_connect  # told of every connection opened (RecentWrites.reconnected)
         self._lock = asyncio.Lock()
         self._conn: psycopg.AsyncConnection | None = None
 
@@ -130,6 +144,8 @@ class _OwnConnection:
                         self._conn = await _connect(self._dsn, self._connect_timeout)
                     else:
                         self._conn = db.connect(self._dsn, autocommit=True, connect_timeout=self._connect_timeout)
+                    if self._on_connect is not None:
+                        self._on_connect()
                     await _read_tolerance(self._conn, self._tolerance)
                 conn = self._conn
                 try:
@@ -153,10 +169,18 @@ class _OwnConnection:
 class _PoolConnections:
     """Connections borrowed from the caller's psycopg_pool.AsyncConnectionPool (committed when returned)."""
 
-    def __init__(self, pool: AsyncConnectionPool, timeout: float, tolerance: FutureTolerance) -> None:
+    def __init__(
+        self,
+        pool: AsyncConnectionPool,
+        timeout: float,
+        tolerance: FutureTolerance,
+        on_connect: Callable[[], None] | None = None,
+    ) -> None:
         self._pool = pool
         self._timeout = timeout
         self._tolerance = tolerance
+        self._on_connect = on_connect  # told of every pooled connection not seen before
+        self._seen: weakref.WeakSet[psycopg.AsyncConnection] = weakref.WeakSet()
 
     async def run(self, work: AsyncWork[T]) -> T:
         for attempt in (1, 2):
@@ -164,6 +188,10 @@ class _PoolConnections:
             try:
                 async with self._pool.connection(timeout=self._timeout) as conn:
                     used = conn
+                    if conn not in self._seen:
+                        self._seen.add(conn)
+                        if self._on_connect is not None:
+                            self._on_connect()
                     await _read_tolerance(conn, self._tolerance)
                     return await work(conn)
             except PoolTimeout:
@@ -212,9 +240,14 @@ class AsyncHeartbeatClient:
     the buffer keeps only the latest heartbeat (by time; ties go to the greater replica,
     NULL lowest, as in pybatch.flush()), so memory is bounded by the number of agents, and
     first_connected_at is exact only to one write_interval. When the database fails, the
-    writer keeps the rows, retries with exponential backoff (capped at `max_backoff`), logs
+    writer keeps the rows, retries with exponential backoff (capped at `max_backoff`, 5 s by
+    default: well inside the inactive timeout's slack, so a failover delays no beat long), logs
     once per outage and once on recovery, and beat() never raises; newer beats arriving
     meanwhile still win. close(), or leaving the context manager, writes what is left.
+    Staging is UNLOGGED, so a crash restart or a failover loses beats written but not yet
+    merged: the client keeps each agent's last written beat for `replay_window` (which must
+    cover flush_interval plus a flush's own time) and writes them again after any reconnect
+    or failed write; the flush makes a duplicate change nothing (docs/ha.md).
 
     at= (beat and disconnect) must be timezone-aware and no further ahead of this client's
     clock than pybatch.settings.future_tolerance, read when the client first connects; until
@@ -235,8 +268,9 @@ class AsyncHeartbeatClient:
         max_batch: int = 5000,
         pool: AsyncConnectionPool | None = None,
         connection: psycopg.AsyncConnection | None = None,
-        max_backoff: str | float | timedelta = "30s",
+        max_backoff: str | float | timedelta = "5s",
         connect_timeout: str | float | timedelta = "5s",
+        replay_window: str | float | timedelta = "60s",
     ) -> None:
         self._options = client_options(
             mode=mode,
@@ -244,11 +278,15 @@ class AsyncHeartbeatClient:
             max_batch=max_batch,
             max_backoff=max_backoff,
             connect_timeout=connect_timeout,
+            replay_window=replay_window,
         )
         check_sources(self._options, dsn=dsn, pool=pool, connection=connection)
         self._tolerance = FutureTolerance()
         self._buffer = HeartbeatBuffer(max_batch)
         self._tracker = WriteTracker(self._options.max_backoff)
+        # Buffered mode: each agent's last written beat, written again after a reconnect (see RecentWrites).
+        self._recent = RecentWrites(self._options.replay_window)
+        on_connect = self._recent.reconnected if self._options.buffered else None
         self._closed = False
         self._direct: _AsyncConnections
         self._writer_connections: _AsyncConnections | None = None
@@ -261,7 +299,7 @@ class AsyncHeartbeatClient:
                     expected = "psycopg_pool.ConnectionPool"
                     hint = "use AsyncHeartbeatClient for an AsyncConnectionPool"
                 raise ConfigError(f"pool: expected a {expected}, got {type(pool).__name__} ({hint})")
-            self._direct = _PoolConnections(pool, self._options.connect_timeout, self._tolerance)
+            self._direct = _PoolConnections(pool, self._options.connect_timeout, self._tolerance, on_connect)
             self._writer_connections = self._direct
         elif connection is not None:
             if not isinstance(connection, psycopg.AsyncConnection):
@@ -272,7 +310,9 @@ class AsyncHeartbeatClient:
             self._direct = _OwnConnection(resolved, self._options.connect_timeout, self._tolerance)
             if self._options.buffered:
                 # The writer has its own connection: a disconnect must never land inside its COPY.
-                self._writer_connections = _OwnConnection(resolved, self._options.connect_timeout, self._tolerance)
+                self._writer_connections = _OwnConnection(
+                    resolved, self._options.connect_timeout, self._tolerance, on_connect
+                )
         self._write_lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._stopping = False
@@ -324,7 +364,7 @@ class AsyncHeartbeatClient:
             if not counted:
                 counted = True
                 self._tracker.accepted()
-            await conn.execute(INSERT_BEAT, (agent, replica, checked_at))
+            await conn.execute(INSERT_BEAT, (agent, replica, checked_at), prepare=False)
 
         try:
             await self._direct.run(insert)
@@ -350,7 +390,7 @@ class AsyncHeartbeatClient:
             when = check_at(at, tolerance=self._tolerance.seconds)
             if when is None and self._options.buffered:
                 when = datetime.now(UTC)  # the clock of this client's buffered beats (module docstring)
-            cur = await conn.execute(DISCONNECT, (agent, when))
+            cur = await conn.execute(DISCONNECT, (agent, when), prepare=False)
             row = await cur.fetchone()
             return bool(row and row[0])
 
@@ -371,7 +411,9 @@ class AsyncHeartbeatClient:
     @property
     def stats(self) -> ClientStats:
         """A snapshot of the counters (see ClientStats)."""
-        return self._tracker.snapshot(beats_accepted=self._buffer.accepted, buffer_size=len(self._buffer))
+        return self._tracker.snapshot(
+            beats_accepted=self._buffer.accepted, buffer_size=len(self._buffer), rows_rewritten=self._recent.rewritten
+        )
 
     async def close(self) -> None:
         """Stop the writer, write what is buffered, release connections. Idempotent.
@@ -440,22 +482,52 @@ class AsyncHeartbeatClient:
         assert self._writer_connections is not None
         async with self._write_lock:
             rows = self._buffer.take()
-            if not rows:
+            if not rows and not self._recent.due():
+                if not final and self._recent.watching():
+                    await self._check_connection()
                 return 0
+            again: list[Row] = []
 
             async def copy(conn: psycopg.AsyncConnection) -> None:
+                nonlocal again
+                # Asked here, on the connection the rows go to: a reconnect inside run() counts.
+                again = self._recent.due()
                 async with conn.cursor() as cur, cur.copy(COPY_BEATS) as cp:
                     cp.set_types(list(COPY_TYPES))
                     for row in rows:
+                        await cp.write_row(row)
+                    for row in again:
                         await cp.write_row(row)
 
             try:
                 await self._writer_connections.run(copy)
             except Exception as exc:
+                self._recent.failed()
                 error, self._retry_delay = settle_failed(self._buffer, self._tracker, rows, exc, final=final)
                 raise error from exc
             settle_written(self._buffer, self._tracker, rows)
+            self._recent.written(rows + again, rewritten=len(again))
+            if again:
+                log.info(
+                    "wrote %d recent heartbeats again after a reconnect (staging may have been lost)",
+                    len(again),
+                    extra={"rows_rewritten": len(again)},
+                )
             return len(rows)
+
+    async def _check_connection(self) -> None:
+        """An idle writer's round trip while recent rows are kept: a connection found broken is
+        replaced (a new connection makes them due); a failure makes them due too."""
+        assert self._writer_connections is not None
+
+        async def ping(conn: psycopg.AsyncConnection) -> None:
+            await conn.execute("SELECT 1", prepare=False)
+
+        try:
+            await self._writer_connections.run(ping)
+        except Exception as exc:
+            self._recent.failed()
+            log.debug("heartbeat writer's connection check failed: %s", db.first_line(exc))
 
     async def _run_writer(self) -> None:
         """The background writer: every write_interval, at once when max_batch agents wait,

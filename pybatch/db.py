@@ -17,6 +17,7 @@ from pybatch.errors import (
     PermissionDenied,
     PybatchError,
     SchemaError,
+    StandbyServer,
 )
 
 APPLICATION_NAME = "pybatch"
@@ -32,6 +33,7 @@ def connect(
             autocommit=autocommit,
             connect_timeout=connect_timeout,
             application_name=application_name,
+            prepare_threshold=None,  # no server-side prepared statements: a pooler may sit between
         )
     except psycopg.ProgrammingError as exc:
         raise ConfigError(f"invalid connection string: {first_line(exc)}") from None
@@ -80,6 +82,30 @@ def require_autocommit(conn: psycopg.Connection, operation: str) -> None:
             f"{operation} needs an autocommit connection with no transaction open "
             "(psycopg.connect(..., autocommit=True), outside `with conn.transaction()`)"
         )
+
+
+STANDBY_MESSAGE = "this server is a standby (read-only): point at the primary"
+
+
+def in_recovery(conn: psycopg.Connection) -> bool:
+    """True on a hot standby (pg_is_in_recovery())."""
+    with translated("cannot ask the server whether it is a standby"):
+        row = conn.execute("SELECT pg_catalog.pg_is_in_recovery()", prepare=False).fetchone()
+    return bool(row and row[0])
+
+
+def through_pooler(conn: psycopg.Connection) -> bool:
+    """True when a connection pooler (pgbouncer, ...) sits between: the backend pid the server
+    reports differs from the one the connection was given at start-up (a pooler hands out its own)."""
+    with translated("cannot read the server's backend pid"):
+        row = conn.execute("SELECT pg_catalog.pg_backend_pid()", prepare=False).fetchone()
+    return row is not None and row[0] != conn.info.backend_pid
+
+
+def require_primary(conn: psycopg.Connection, operation: str) -> None:
+    """StandbyServer when `conn` is on a hot standby, before `operation` tries to write there."""
+    if in_recovery(conn):
+        raise StandbyServer(f"{operation}: {STANDBY_MESSAGE} ({describe(conn)})")
 
 
 @contextlib.contextmanager

@@ -49,6 +49,9 @@ class Thresholds:
     growth_max: float = 0.10  # heap or index growth over recent flushes that is worth a warning
     growth_min_bytes: int = 8 * 8192  # ... and at least this many bytes (a page or two is noise)
     old_snapshot_seconds: float = 60  # a snapshot this old holds back pruning
+    # A standby's (hot_standby_feedback) or replication slot's xmin this many transactions old holds
+    # back pruning on this server (the merge's own passes consume a few transactions per flush).
+    xmin_age_min: int = 1000
     pending_patience_intervals: int = 2  # pending rows older than this many flush intervals are stuck
     job_run_details_max_rows: int = 500_000  # ~30 days of a 5 s job
 
@@ -71,6 +74,7 @@ def doctor(conn: psycopg.Connection, thresholds: Thresholds | None = None) -> Do
     try:
         for check in (
             context.server_version,
+            context.connection,
             context.migrations,
             context.compatibility,
             context.routines,
@@ -147,6 +151,38 @@ class _Context:
         number = int(str(self.scalar("SELECT current_setting('server_version_num')")))
         text = str(self.scalar("SELECT current_setting('server_version')"))
         return judge_server_version(number, text, self.limits.min_server_version)
+
+    def connection(self) -> Check:
+        """What doctor is connected to: a standby, through a pooler, or a primary (with its standbys)."""
+        where = db.describe(self.conn)
+        if db.in_recovery(self.conn):
+            return Check(
+                "connection",
+                WARN,
+                f"{where}: {db.STANDBY_MESSAGE}; the views answer here (staging shows as NULL), "
+                "but flushes, `config set`, `cron install`, `migrate` and `grant` run on the primary",
+            )
+        notes = []
+        if db.through_pooler(self.conn):
+            notes.append(
+                "through a connection pooler (the server's backend pid differs from the pooler's): "
+                "the clients, flushes, `status` and `doctor` work through one in transaction mode; run "
+                "`pybatch migrate` against the server itself (it holds a session lock); pg_cron's job "
+                "connects to the server, not through the pooler"
+            )
+        with db.translated("cannot read pg_stat_replication"):
+            row = self.conn.execute(
+                "SELECT count(*), count(*) FILTER (WHERE r.backend_xmin IS NOT NULL) "
+                "FROM pg_catalog.pg_stat_replication r",
+                prepare=False,
+            ).fetchone()
+        standbys, feedback = (int(row[0]), int(row[1])) if row else (0, 0)
+        if standbys:
+            notes.append(
+                f"primary with {standbys} streaming standby(s), {feedback} sending hot_standby_feedback "
+                "(a long query on one holds back pruning here: see hot_updates)"
+            )
+        return Check("connection", OK, f"{where}: " + ("; ".join(notes) if notes else "a primary, connected directly"))
 
     def migrations(self) -> Check:
         pending = migrate.pending_ids(self.conn)
@@ -434,6 +470,7 @@ class _Context:
             indexed=shape.indexed_flushed_columns,
             cron_command=self.cron_command,
             old_snapshot=self._old_snapshot(),
+            xmin_holders=self._xmin_holders(),
         )
         return judge_hot(updated, hot, len(flushes), shape.fillfactor, causes, self.limits)
 
@@ -455,6 +492,27 @@ class _Context:
         pid, user, app, seconds = row
         return f"pid {pid} (role {user}, application {app or '?'}) has held a snapshot for {seconds:.0f}s"
 
+    def _xmin_holders(self) -> list[str]:
+        """Standbys (hot_standby_feedback) and replication slots whose xmin is old: like an old
+        snapshot here, they keep the row versions the merge replaces from being pruned."""
+        with db.translated("cannot read pg_stat_replication and pg_replication_slots"):
+            rows = self.conn.execute(
+                "SELECT 'standby ' || coalesce(nullif(r.application_name, ''), 'pid ' || r.pid) || ' at '"
+                " || coalesce(pg_catalog.host(r.client_addr), 'the local socket')"
+                " || ' (hot_standby_feedback: a query or transaction open on it)', pg_catalog.age(r.backend_xmin) "
+                "FROM pg_catalog.pg_stat_replication r "
+                "WHERE r.backend_xmin IS NOT NULL AND pg_catalog.age(r.backend_xmin) >= %s "
+                "UNION ALL "
+                "SELECT 'replication slot ' || s.slot_name || ' (' || s.slot_type"
+                " || CASE WHEN s.active THEN ', active' ELSE ', inactive: drop it if nothing uses it' END || ')',"
+                " pg_catalog.age(s.xmin) "
+                "FROM pg_catalog.pg_replication_slots s WHERE s.xmin IS NOT NULL AND pg_catalog.age(s.xmin) >= %s "
+                "ORDER BY 2 DESC",
+                (self.limits.xmin_age_min, self.limits.xmin_age_min),
+                prepare=False,
+            ).fetchall()
+        return [f"{what} holds xmin {age} transactions old" for what, age in rows]
+
     def table_growth(self) -> Check:
         sized = [f for f in self._recent() if f.heap_bytes is not None and f.index_bytes is not None]
         # On Citus each shard group's flush measures its own agents shard on its worker; flush_log
@@ -474,6 +532,7 @@ class Causes:
     indexed: list[str] = field(default_factory=list)  # flushed columns an index covers
     cron_command: str | None = None  # the pg_cron job's command, if there is a job
     old_snapshot: str | None = None  # a session holding back pruning
+    xmin_holders: list[str] = field(default_factory=list)  # standbys and slots holding back pruning
 
 
 CITUS_TABLES = ["public.workspace_agents", "pybatch.heartbeats", "pybatch.pending", "pybatch.quarantine"]
@@ -580,6 +639,11 @@ def judge_hot(updated: int, hot: int, flushes: int, fillfactor: int, causes: Cau
         )
     if causes.old_snapshot:
         advice.append(f"{causes.old_snapshot}: old row versions cannot be pruned until it ends")
+    for holder in causes.xmin_holders:
+        advice.append(
+            f"{holder}: old row versions cannot be pruned here until it moves on (end long queries on "
+            "the standby, or turn hot_standby_feedback off and accept query cancellations there)"
+        )
     if not advice:
         advice.append(
             "flushes run as SELECT pybatch.flush() in one transaction (an app, or an old pg_cron job) "

@@ -28,6 +28,10 @@ class DatabaseUnavailable(PybatchError):
     """The database could not be reached, or the connection dropped."""
 
 
+class StandbyServer(PybatchError):
+    """The server is a hot standby (read-only): a command that writes must point at the primary."""
+
+
 class PermissionDenied(PybatchError):
     """The database role lacks a privilege pybatch needs."""
 

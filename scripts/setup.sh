@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up for `make demo` and `make test` on Debian 12/13, as root or a normal user:
-#   1. the PostgreSQL server and the pg_cron package matching its major version;
+#   1. the PostgreSQL server and the pg_cron package matching its major version, and pgbouncer
+#      (only the tests use it: they run every pybatch connection through a transaction pooler);
 #   2. .venv with pybatch and its dev extras;
 #   3. the Node.js example's packages (examples/node), when node and npm are present.
 #
@@ -61,6 +62,9 @@ missing_packages() {
     if [ -n "${PYBATCH_SETUP_ASSUME_MISSING:-}" ] || ! command -v psql >/dev/null 2>&1; then
         echo "postgresql-client"
     fi
+    if [ -n "${PYBATCH_SETUP_ASSUME_MISSING:-}" ] || { ! command -v pgbouncer >/dev/null 2>&1 && [ ! -x /usr/sbin/pgbouncer ]; }; then
+        echo "pgbouncer"
+    fi
     python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || echo "python3-venv"
     return 0
 }
@@ -81,6 +85,7 @@ if [ ${#need_packages[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq "${need_packages[@]}" >/dev/null
+    # Debian may start its own pgbouncer service (port 6432); the tests start theirs on a free port.
     major=$(installed_major)  # should pg_config name another major than apt's default, match it
     if [ -n "$major" ] && ! cron_present "$major"; then apt-get install -y -qq "postgresql-$major-cron" >/dev/null; fi
     # Debian starts a default cluster on install; pybatch runs its own, so leave that one alone.

@@ -70,6 +70,7 @@ def cmd_config_set(args: argparse.Namespace) -> int:
         )
     column, parsed = status.parse_setting(args.key, args.value)  # a bad key or value fails before connecting
     with db.connect(dsn(args)) as conn:
+        db.require_primary(conn, "config set")
         job = cron.installed_job(conn) if column == "flush_interval" else None
         if job is not None:
             # The pg_cron job must flush at the interval health judges lateness by: reschedule it

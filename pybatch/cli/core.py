@@ -67,6 +67,14 @@ def register(subparsers: Any) -> None:
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     with db.connect(dsn(args)) as conn:
+        if not args.status:
+            db.require_primary(conn, "migrate")
+            if db.through_pooler(conn):
+                # Its lock is a session lock: a transaction pooler could leave it held on a pooled backend.
+                raise PybatchError(
+                    "migrate: this connection goes through a connection pooler; migrate holds a session lock, "
+                    "so point --dsn at the server itself (or a session-mode pool)"
+                )
         if args.status:
             for state in migrate.status(conn):
                 print(f"{'applied' if state.applied else 'pending'}  {state.id}")
@@ -127,6 +135,7 @@ def _no_flush_job(conn: psycopg.Connection) -> bool:
 
 def cmd_flush(args: argparse.Namespace) -> int:
     with db.connect(dsn(args)) as conn:
+        db.require_primary(conn, "flush")
         result = flush(conn, max_rows=args.max_rows, raise_on_error=True)
     if args.json:
         print_json(result.as_dict())
@@ -155,6 +164,7 @@ def cmd_psql(args: argparse.Namespace) -> int:
 
 def cmd_uninstall(args: argparse.Namespace) -> int:
     with db.connect(dsn(args)) as conn:
+        db.require_primary(conn, "uninstall")
         found = uninstall_plan(conn)
         print(f"pybatch uninstall: from database {found.database!r} on {found.server}, this removes:")
         for line in found.lines():

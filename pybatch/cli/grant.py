@@ -28,6 +28,7 @@ def register(subparsers: Any) -> None:
 
 def cmd_grant(args: argparse.Namespace) -> int:
     with db.connect(dsn(args)) as conn:
+        db.require_primary(conn, "grant")
         done = grant(conn, args.grant, args.role)
     for statement in done:
         print(statement)

@@ -124,6 +124,7 @@ def cmd_install(args: argparse.Namespace) -> int:
     target = dsn(args)
     interval = _flag_or_env(args.interval, "PYBATCH_INTERVAL", _duration)
     with db.connect(target) as conn:
+        db.require_primary(conn, "cron install")
         if interval is None:
             interval = cron.stored_interval(conn)
         job = cron.install(conn, interval, force_loop=args.force_loop)
@@ -156,6 +157,7 @@ def first_run_note(mode: str, schedule: str, interval: float, now: datetime) -> 
 
 def cmd_remove(args: argparse.Namespace) -> int:
     with db.connect(dsn(args)) as conn:
+        db.require_primary(conn, "cron remove")
         removed = cron.remove(conn)
     print(f"removed {removed} pg_cron job(s)")
     return 0

@@ -63,6 +63,9 @@ HINT = "or run `pybatch scheduler`"
 CONNECTION_FAILED = "connection failed"
 # pg_cron's own error when its library is loaded any other way (role cannot see the setting).
 PRELOAD_ERROR = "can only be loaded via shared_preload_libraries"
+# pg_cron marks a run that a restart, crash or failover interrupted with this return_message:
+# it says nothing about the job's health.
+RESTARTED = "server restarted"
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,9 @@ class CronJob:
     database: str
     username: str
     active: bool
+    # Where pg_cron connects to run it (libpq mode): cron.host and the port when it was scheduled.
+    nodename: str | None = None
+    nodeport: int | None = None
 
     @property
     def mode(self) -> str:
@@ -116,6 +122,10 @@ class CronStatus:
     last_flush_at: datetime | None = None
     last_flush_age: float | None = None  # seconds since the last successful flush ended
     error: CronError | None = None
+    # This server as pg_cron's jobs must name it (cron.host, port), and whether jobs run as
+    # background workers (cron.use_background_workers: no libpq connection, node ignored).
+    server_node: tuple[str, int] | None = None
+    background_workers: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -236,6 +246,17 @@ def install(conn: psycopg.Connection, interval_seconds: float, *, force_loop: bo
         plan = plan_job(interval_seconds, parse_version(version), force_loop=force_loop)
         _require_executable(app, target)
         previous = _read_job(cron, flush_job_name(target.database))
+        node = _server_node(cron)
+        stale = [job for job in (previous, _read_job(cron, purge_job_name(target.database))) if job is not None]
+        if previous is not None and any(_wrong_node(job, node) for job in stale):
+            # A job replicated from another node (a promoted standby) or restored from a dump keeps that
+            # node's cron.host/port, and scheduling it again by name would keep them: make it anew.
+            log.warning(
+                "pg_cron's jobs name another server; scheduling them anew for this one",
+                extra={"jobs": [job.name for job in stale], "node": f"{node[0]}:{node[1]}"},
+            )
+            _unschedule_in(cron, target)
+            previous = None
         try:
             with db.translated("cannot store the flush interval"), app.transaction():
                 interval = timedelta(seconds=interval_seconds)
@@ -267,6 +288,25 @@ def install(conn: psycopg.Connection, interval_seconds: float, *, force_loop: bo
         "installed pg_cron flush job", extra={"cron_job": asdict(job), "mode": plan.mode, "pg_cron_version": version}
     )
     return job
+
+
+def _server_node(cron: psycopg.Connection) -> tuple[str, int]:
+    """This server as pg_cron names it in a job it schedules now: (cron.host, port)."""
+    with db.translated("cannot read cron.host and port"):
+        row = cron.execute(
+            "SELECT coalesce(current_setting('cron.host', true), 'localhost'), current_setting('port')::int"
+        ).fetchone()
+    assert row is not None
+    return str(row[0]), int(row[1])
+
+
+def _wrong_node(job: CronJob, node: tuple[str, int] | None) -> bool:
+    return (
+        node is not None
+        and job.nodename is not None
+        and job.nodeport is not None
+        and (job.nodename, job.nodeport) != node
+    )
 
 
 def _schedule(cron: psycopg.Connection, name: str, schedule: str, command: str, database: str) -> None:
@@ -377,6 +417,8 @@ def status(conn: psycopg.Connection, *, cron_conn: psycopg.Connection | None = N
         purge = _read_job(cron, purge_job_name(target.database))
         runs = _recent_runs(cron, job.jobid) if job else []
         cron_host = _setting(cron, "cron.host")
+        node = _server_node(cron)
+        workers = (_setting(cron, "cron.use_background_workers") or "off") == "on"
     result = CronStatus(
         database=target.database,
         cron_database=str(target.cron_database),
@@ -387,14 +429,27 @@ def status(conn: psycopg.Connection, *, cron_conn: psycopg.Connection | None = N
         runs=runs,
         last_flush_at=last_flush_at,
         last_flush_age=(now - last_flush_at).total_seconds() if last_flush_at else None,
+        server_node=node,
+        background_workers=workers,
     )
     result.error = diagnose(result, cron_host)
     return result
 
 
 def diagnose(state: CronStatus, cron_host: str | None) -> CronError | None:
-    """A CronError for the newest finished run when it failed (pg_hba refusal first), for a job whose
-    interval differs from settings.flush_interval, else None."""
+    """A CronError for a job that names another server (replicated from an old primary, or restored),
+    for a job whose interval differs from settings.flush_interval, or for the newest finished run
+    when it failed (pg_hba refusal first) and no flush succeeded since; else None. A run that a
+    restart, crash or failover interrupted ("server restarted") says nothing and is passed over."""
+    if state.job is not None and not state.background_workers and _wrong_node(state.job, state.server_node):
+        assert state.server_node is not None
+        return CronError(
+            f"pg_cron's job {state.job.name} connects to {state.job.nodename}:{state.job.nodeport}, but this "
+            f"server is {state.server_node[0]}:{state.server_node[1]} (cron.host, port): a job replicated from "
+            "the old primary after a failover, or restored from a dump, keeps the node it was scheduled on, so "
+            "every run fails to connect; run `pybatch cron install` here to schedule it for this server (or set "
+            "cron.use_background_workers = on, which runs jobs without a connection)"
+        )
     if state.job is not None:
         runs_every = job_interval(state.job)
         if runs_every is not None and abs(runs_every - state.configured_interval) > 1e-6:
@@ -405,10 +460,17 @@ def diagnose(state: CronStatus, cron_host: str | None) -> CronError | None:
                 f"{format_duration(state.configured_interval)}` (or `pybatch config set flush_interval "
                 f"{format_duration(runs_every)}`)"
             )
-    finished = [run for run in state.runs if run.status in ("failed", "succeeded")]
+    finished = [
+        run
+        for run in state.runs
+        if run.status in ("failed", "succeeded") and (run.return_message or "").strip() != RESTARTED
+    ]
     if not finished or finished[0].status != "failed" or state.job is None:
         return None
     run = finished[0]
+    ended = run.end_time or run.start_time
+    if ended is not None and state.last_flush_at is not None and state.last_flush_at > ended:
+        return None  # a failure in the past: flushes have succeeded since
     message = (run.return_message or "").strip().splitlines()[0] if run.return_message else "no message"
     if CONNECTION_FAILED in message or "pg_hba" in message or "authentication failed" in message:
         return CronError(
@@ -580,7 +642,7 @@ def _read_job(cron: psycopg.Connection, name: str) -> CronJob | None:
     with db.translated("cannot read cron.job"), cron.cursor(row_factory=dict_row) as cur:
         # cron.job has row-level security: a role sees its own jobs, a superuser every job.
         cur.execute(
-            "SELECT jobid, jobname AS name, schedule, command, database, username, active"
+            "SELECT jobid, jobname AS name, schedule, command, database, username, active, nodename, nodeport"
             " FROM cron.job WHERE jobname = %s ORDER BY jobid LIMIT 1",
             (name,),
         )

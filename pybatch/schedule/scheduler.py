@@ -11,16 +11,23 @@ forever by any role). Flush steps lock pybatch.flush_lock too, so even two
 leaders could never double-apply a batch.
 
 The leader flushes on a second connection with CALL pybatch.flush_in_passes().
+
+Each process claims the lease under a token of its own (host, pid and a random part): a pooler
+in transaction mode hands each transaction another server backend, so the backend must not be
+what identifies the leader (see Lease). On a hot standby the scheduler stands by, checking every
+interval, and leads once the server is promoted (or its DSN reaches a primary).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import select
 import signal
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from datetime import timedelta
@@ -31,7 +38,7 @@ import psycopg
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from pybatch import db
-from pybatch.errors import DatabaseUnavailable, PybatchError
+from pybatch.errors import DatabaseUnavailable, PybatchError, StandbyServer
 from pybatch.flush import FlushResult, flush
 from pybatch.status import read_flush_settings, store_setting
 
@@ -43,6 +50,8 @@ LEASE_GRACE_SECONDS = 10.0
 BACKOFF_INITIAL = 0.5
 BACKOFF_MAX = 5.0
 FINAL_FLUSH_LOCK_WAIT = 5.0
+# Between flushes the leader looks this often for a server that went away (see _sleep_until).
+SERVER_CHECK_SECONDS = 0.2
 
 
 class SchedulerMetrics:
@@ -85,6 +94,44 @@ class SchedulerMetrics:
             self.last_success.set(time.time())
 
 
+def process_token() -> str:
+    """This process's lease token: readable (host:pid) and unique (a random part), so that two
+    processes never share one, even with the same pid in two containers."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+
+
+class Lease:
+    """The scheduler lease (pybatch.scheduler_lease), claimed under this process's token.
+
+    The one place the scheduler talks to the lease SQL. scheduler_claim(holder, ttl) takes or
+    renews the lease for `holder`; scheduler_release(holder) gives it up, where the schema has it,
+    else scheduler_release(), which releases what this session's backend holds. (Until the lease
+    SQL identifies its holder by this token, a renewal that a pooler sends through another server
+    backend can be refused, and a standby's claim can succeed: docs/ha.md#poolers.)"""
+
+    CLAIM = "SELECT pybatch.scheduler_claim(%s, make_interval(secs => %s))"
+    RELEASE_BY_TOKEN = "SELECT pybatch.scheduler_release(%s)"
+    RELEASE_BY_BACKEND = "SELECT pybatch.scheduler_release()"
+    HAS_RELEASE_BY_TOKEN = "SELECT pg_catalog.to_regprocedure('pybatch.scheduler_release(text)') IS NOT NULL"
+
+    def __init__(self, token: str | None = None) -> None:
+        self.token = token or process_token()
+
+    def claim(self, conn: psycopg.Connection, ttl: float) -> bool:
+        """Take or renew the lease for ttl seconds; false while another live scheduler holds it."""
+        with db.translated("cannot claim the scheduler lease"):
+            row = conn.execute(self.CLAIM, (self.token, ttl), prepare=False).fetchone()
+        return bool(row and row[0])
+
+    def release(self, conn: psycopg.Connection) -> None:
+        with suppress(psycopg.Error):
+            row = conn.execute(self.HAS_RELEASE_BY_TOKEN, prepare=False).fetchone()
+            if row is not None and row[0]:
+                conn.execute(self.RELEASE_BY_TOKEN, (self.token,), prepare=False)
+            else:
+                conn.execute(self.RELEASE_BY_BACKEND, prepare=False)
+
+
 class Scheduler:
     """Leader-elected periodic flusher. run() blocks until request_stop() (or SIGTERM/SIGINT)."""
 
@@ -105,7 +152,9 @@ class Scheduler:
         self._stop = threading.Event()
         self._outage_started: float | None = None
         self._backoff = BACKOFF_INITIAL
-        self.holder = f"{socket.gethostname()}:{os.getpid()}"
+        self._on_standby = False
+        self.lease = Lease()
+        self.holder = self.lease.token
 
     # -- lifecycle --------------------------------------------------------------------
     def request_stop(self, reason: str = "requested") -> None:
@@ -130,6 +179,8 @@ class Scheduler:
             while not self._stop.is_set():
                 try:
                     self._session()
+                except StandbyServer as exc:
+                    self._standby(exc)
                 except DatabaseUnavailable as exc:
                     self._database_down(exc)
                 except PybatchError as exc:
@@ -148,6 +199,10 @@ class Scheduler:
         with _closing(db.connect(self.dsn)) as lock_conn:
             self._read_settings(lock_conn)
             self._database_up()
+            db.require_primary(lock_conn, "scheduler")
+            if self._on_standby:
+                log.info("the server is a primary now: competing for the lease", extra={"interval": self.interval})
+                self._on_standby = False
             announced = False
             while not self._stop.is_set():
                 if self._claim(lock_conn):
@@ -163,16 +218,24 @@ class Scheduler:
 
     def _claim(self, lock_conn: psycopg.Connection) -> bool:
         """Take or renew the lease; false while another live scheduler holds it."""
-        ttl = LEASE_INTERVALS * self.interval + LEASE_GRACE_SECONDS
-        with db.translated("cannot claim the scheduler lease"):
-            row = lock_conn.execute(
-                "SELECT pybatch.scheduler_claim(%s, make_interval(secs => %s))", (self.holder, ttl)
-            ).fetchone()
-        return bool(row and row[0])
+        return self.lease.claim(lock_conn, LEASE_INTERVALS * self.interval + LEASE_GRACE_SECONDS)
 
     def _release(self, lock_conn: psycopg.Connection) -> None:
-        with suppress(psycopg.Error):
-            lock_conn.execute("SELECT pybatch.scheduler_release()")
+        self.lease.release(lock_conn)
+
+    def _standby(self, exc: StandbyServer) -> None:
+        """The server is a hot standby: say so once, then check again every interval (a fresh
+        connection each time, so a multi-host DSN finds a promoted node)."""
+        if not self._on_standby:
+            self._on_standby = True
+            log.info(
+                "%s; standing by, checking every %gs",
+                exc,
+                self.interval,
+                extra={"interval": self.interval, "error": str(exc)},
+            )
+        self._backoff = BACKOFF_INITIAL
+        self._stop.wait(self.interval)
 
     def _lead(self, lock_conn: psycopg.Connection) -> None:
         self.metrics.leader.set(1)
@@ -183,7 +246,7 @@ class Scheduler:
             with _closing(db.connect(self.dsn)) as flush_conn:
                 due = time.monotonic()
                 while True:
-                    self._stop.wait(max(0.0, due - time.monotonic()))
+                    self._sleep_until(due, lock_conn, flush_conn)
                     if self._stop.is_set():
                         self._final_flush(flush_conn)
                         return
@@ -199,6 +262,18 @@ class Scheduler:
                     due = time.monotonic() if self._capped(result) else max(started + self.interval, time.monotonic())
         finally:
             self.metrics.leader.set(0)
+
+    def _sleep_until(self, due: float, *conns: psycopg.Connection) -> None:
+        """Wait for the next tick, a stop request, or the server going away: an idle connection that
+        turns readable unasked is almost always the server closing it (a shutdown, a crash, a
+        failover), so the leader finds out now, not at its next tick, and reconnects at once."""
+        while not self._stop.is_set():
+            remaining = due - time.monotonic()
+            if remaining <= 0 or self._stop.wait(min(remaining, SERVER_CHECK_SECONDS)):
+                return
+            if _server_spoke(conns):
+                log.debug("a connection turned readable between flushes: checking the server now")
+                return
 
     def _flush(self, conn: psycopg.Connection, *, lock_wait: float = 0.0) -> FlushResult:
         result = flush(conn, lock_wait=lock_wait)  # logs each flush's statistics at debug
@@ -263,7 +338,18 @@ class Scheduler:
 
     def _wait_backoff(self) -> None:
         self._stop.wait(self._backoff)
-        self._backoff = min(self._backoff * 2, BACKOFF_MAX)
+        # At least one attempt per interval: after a failover the flush resumes within one interval.
+        self._backoff = min(self._backoff * 2, BACKOFF_MAX, max(BACKOFF_INITIAL, self.interval))
+
+
+def _server_spoke(conns: tuple[psycopg.Connection, ...]) -> bool:
+    """True when one of these idle connections has something to read (or is closed)."""
+    try:
+        sockets = [conn.fileno() for conn in conns]
+        readable, _, _ = select.select(sockets, [], [], 0)
+    except (OSError, ValueError, psycopg.Error):
+        return True
+    return bool(readable)
 
 
 @contextmanager

@@ -38,6 +38,7 @@ def test_install_hint_is_a_pasteable_command_with_real_package_names() -> None:
     servers = [p for p in packages if re.fullmatch(r"postgresql-\d+", p)]
     crons = [p for p in packages if re.fullmatch(r"postgresql-\d+-cron", p)]
     assert len(servers) == 1 and crons == [f"{servers[0]}-cron"], packages
+    assert "pgbouncer" in packages, packages  # the pooler tests (tests/integration/test_pgbouncer.py)
     # This machine has them installed (the hint was forced): each name is one dpkg knows.
     assert shutil.which("dpkg-query") is not None
     for package in packages:

@@ -67,6 +67,7 @@ def test_healthy_install_passes_every_check(scheduled: str) -> None:
     assert {c.name: c.level for c in report.checks} == {c.name: OK for c in report.checks}, report.checks
     assert set(checks(report)) == {
         "server_version",
+        "connection",
         "migrations",
         "compatibility",
         "routines",
@@ -86,6 +87,7 @@ def test_healthy_install_passes_every_check(scheduled: str) -> None:
         "table_growth",
     }
     assert "pybatch-flush-" in checks(report)["cron_job"].message
+    assert checks(report)["connection"].message.endswith("a primary, connected directly")
     assert checks(report)["citus_layout"].message.startswith("plain PostgreSQL (no citus extension)")
 
 
