@@ -56,7 +56,7 @@ FLUSH_ROUTINES = (
 FLUSHER_ROUTINES = (
     *FLUSH_ROUTINES,
     "FUNCTION pybatch.scheduler_claim(text, interval)",
-    "FUNCTION pybatch.scheduler_release()",
+    "FUNCTION pybatch.scheduler_release(text)",
     # `cron install --interval` checks the staleness budget first.
     "FUNCTION pybatch.staleness_budget(interval, interval, interval, interval)",
     "FUNCTION pybatch.staging_stats()",

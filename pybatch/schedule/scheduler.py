@@ -104,15 +104,11 @@ class Lease:
     """The scheduler lease (pybatch.scheduler_lease), claimed under this process's token.
 
     The one place the scheduler talks to the lease SQL. scheduler_claim(holder, ttl) takes or
-    renews the lease for `holder`; scheduler_release(holder) gives it up, where the schema has it,
-    else scheduler_release(), which releases what this session's backend holds. (Until the lease
-    SQL identifies its holder by this token, a renewal that a pooler sends through another server
-    backend can be refused, and a standby's claim can succeed: docs/ha.md#poolers.)"""
+    renews the lease for `holder`, this token, whichever server backend the statement reaches
+    (through a transaction pooler they differ); scheduler_release(holder) gives it up."""
 
     CLAIM = "SELECT pybatch.scheduler_claim(%s, make_interval(secs => %s))"
-    RELEASE_BY_TOKEN = "SELECT pybatch.scheduler_release(%s)"
-    RELEASE_BY_BACKEND = "SELECT pybatch.scheduler_release()"
-    HAS_RELEASE_BY_TOKEN = "SELECT pg_catalog.to_regprocedure('pybatch.scheduler_release(text)') IS NOT NULL"
+    RELEASE = "SELECT pybatch.scheduler_release(%s)"
 
     def __init__(self, token: str | None = None) -> None:
         self.token = token or process_token()
@@ -125,11 +121,7 @@ class Lease:
 
     def release(self, conn: psycopg.Connection) -> None:
         with suppress(psycopg.Error):
-            row = conn.execute(self.HAS_RELEASE_BY_TOKEN, prepare=False).fetchone()
-            if row is not None and row[0]:
-                conn.execute(self.RELEASE_BY_TOKEN, (self.token,), prepare=False)
-            else:
-                conn.execute(self.RELEASE_BY_BACKEND, prepare=False)
+            conn.execute(self.RELEASE, (self.token,), prepare=False)
 
 
 class Scheduler:

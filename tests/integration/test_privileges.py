@@ -67,7 +67,7 @@ FLUSHER_PRIVILEGES = {
     ),
     # `pybatch scheduler`: its lease, its metrics, its yardsticks and its --interval.
     ("function", "pybatch.scheduler_claim(text,interval)", "EXECUTE"),
-    ("function", "pybatch.scheduler_release()", "EXECUTE"),
+    ("function", "pybatch.scheduler_release(text)", "EXECUTE"),
     ("function", "pybatch.staleness_budget(interval,interval,interval,interval)", "EXECUTE"),
     ("function", "pybatch.staging_stats()", "EXECUTE"),
     ("column", "pybatch.settings.flush_interval", "SELECT"),

@@ -104,7 +104,7 @@ def lock_holders(conn: psycopg.Connection) -> int:
     """Live schedulers holding the lease: 0 or 1."""
     row = conn.execute(
         "SELECT count(*) FROM pybatch.scheduler_lease l JOIN pg_stat_activity a"
-        " ON a.pid = l.holder_pid AND a.backend_start = l.holder_backend_start"
+        " ON a.pid = l.holder_pid"
         " WHERE l.expires_at > clock_timestamp()",
     ).fetchone()
     assert row is not None
@@ -288,3 +288,45 @@ def running(scheduler: Scheduler) -> Iterator[Scheduler]:
         scheduler.request_stop()
         thread.join(timeout=20)
         assert not thread.is_alive()
+
+
+def test_one_leader_when_a_non_superuser_migrated_and_schedulers_run_as_the_flusher(
+    empty_dsn: str, spawn: Callable[..., SchedulerProcess]
+) -> None:
+    """Issue 19 #7: the lease functions belong to a migrating role without pg_read_all_stats, the
+    schedulers run as a flusher role; pg_stat_activity hides the schedulers' backend_start from the
+    functions' owner, and every claim used to look like a takeover: three schedulers all led."""
+    import psycopg.conninfo
+    from psycopg import sql
+
+    from pybatch import migrate
+    from pybatch.grants import Grant, grant
+    from tests.integration.roles import login_role
+
+    with (
+        psycopg.connect(empty_dsn, autocommit=True) as admin,
+        login_role(admin, "owner") as owner,
+        login_role(admin, "flusher") as flusher,
+    ):
+        dbname = sql.Identifier(admin.info.dbname)
+        admin.execute(sql.SQL("GRANT CREATE ON DATABASE {} TO {}").format(dbname, sql.Identifier(owner)))
+        admin.execute(sql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(sql.Identifier(owner)))
+        owner_dsn = psycopg.conninfo.make_conninfo(empty_dsn, user=owner)
+        with psycopg.connect(owner_dsn, autocommit=True) as conn:
+            migrate.apply(conn)
+            assert conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone() == (False,)
+            grant(conn, Grant.FLUSHER, flusher)
+        flusher_dsn = psycopg.conninfo.make_conninfo(empty_dsn, user=flusher)
+        schedulers = [spawn(flusher_dsn, "--interval", "500ms") for _ in range(3)]
+        schedulers[0].wait_for(LEADER_LINE, timeout=30)
+        for other in schedulers[1:]:
+            other.wait_for("standing by", timeout=30)
+        wait_until(lambda: flush_count(admin) >= 6, 60, "six flushes")
+        for other in schedulers[1:]:  # the standbys first: stopping the leader hands over the lease
+            assert other.stop() == 0
+        assert schedulers[0].stop() == 0
+        leaders = [s for s in schedulers if LEADER_LINE in s.text()]
+        assert leaders == [schedulers[0]], [s.text() for s in schedulers]
+        admin.execute("DROP SCHEMA pybatch CASCADE")
+        admin.execute("DROP SCHEMA pybatch_migrations CASCADE")
+        admin.execute("DROP TABLE IF EXISTS public.workspace_agents")
