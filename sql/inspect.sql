@@ -21,7 +21,7 @@ FROM pybatch.health;
 \echo '== staleness budget (heartbeat period + client write + flush interval + flush time vs inactive_timeout) =='
 SELECT verdict, reason FROM pybatch.staleness;
 
-\echo '== staging (estimated = true: figures from a block sample) =='
+\echo '== staging (figures: exact, or an estimate from a block sample, as the column says) =='
 SELECT available,
        COALESCE(reason, method) AS figures,
        rows_staged,

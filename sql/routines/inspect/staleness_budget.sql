@@ -45,7 +45,9 @@ AS $$
     ), summed AS (
         SELECT p.*,
                p.period + p.write_interval + p.flush_interval + p.duration AS worst,
-               p.timeout - p.margin - (p.period + p.write_interval + p.duration) AS room
+               -- A flush is assumed to take at least 1 s, measured or not, so `cron install`
+               -- (nothing measured yet) and `status` name the same limit.
+               p.timeout - p.margin - (p.period + p.write_interval + GREATEST(p.duration, interval '1 second')) AS room
         FROM parts p
     ), judged AS (
         SELECT s.*,
@@ -75,7 +77,9 @@ AS $$
                        || ': healthy agents will show as disconnected'
               END
            || CASE WHEN j.verdict = 'ok' THEN ''
-                   WHEN j.room > interval '0' THEN '; use a flush_interval of at most ' || pybatch.seconds_text(j.room)
+                   -- Rounded down: "at most 7.9 s" for 7.95 s, never up past the limit.
+                   WHEN j.room > interval '0' THEN '; use a flush_interval of at most ' || pybatch.seconds_text(
+                       pg_catalog.make_interval(secs => (pg_catalog.floor(EXTRACT(EPOCH FROM j.room) * 10) / 10)::double precision))
                    ELSE '; no flush_interval fits: shorten heartbeat_period or client_write_interval, '
                         'or raise inactive_timeout' END
     FROM judged j;
