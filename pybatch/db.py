@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import fields
 
 import psycopg
 import psycopg.conninfo
 from psycopg import errors as pg_errors
+from psycopg import sql
 
 from pybatch.config import describe_dsn
 from pybatch.errors import (
@@ -140,3 +142,9 @@ def translate(exc: psycopg.Error, context: str) -> PybatchError:
 def first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def columns(row_type: type) -> sql.Composable:
+    """A dataclass's fields as a column list (for a class_row read): a view or table that gains
+    columns later breaks nothing."""
+    return sql.SQL(", ").join(sql.Identifier(f.name) for f in fields(row_type))

@@ -16,7 +16,7 @@ from datetime import timedelta
 
 import psycopg
 
-from pybatch import db, migrate, routines, status
+from pybatch import db, migrate, routines, settings, status
 from pybatch.errors import NotMigrated, PybatchError
 
 log = logging.getLogger(__name__)
@@ -363,7 +363,7 @@ class _Context:
         return Check("flushes", level, message)
 
     def staleness_budget(self) -> Check:
-        budget = status.stored_staleness_budget(self.conn)
+        budget = settings.stored_staleness_budget(self.conn)
         level = {"ok": OK, "tight": WARN}.get(budget.verdict, FAIL)
         message = f"{budget.verdict}: {budget.reason}"
         if level != OK:
@@ -443,7 +443,7 @@ class _Context:
                 f"{_secs(age)} (over {self.limits.stalled_intervals} flush intervals): nothing drains it; "
                 "check the scheduler (`pybatch cron status`) or run `pybatch flush`",
             )
-        cap = status.read_settings(self.conn).max_rows_per_flush
+        cap = settings.read_settings(self.conn).max_rows_per_flush
         if cap is not None and staging.rows_staged is not None and staging.rows_staged > cap:
             return Check(
                 "staging_growth",

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
-from pybatch import db, migrate, resources, status
+from pybatch import db, migrate, resources, settings, status
 from pybatch.errors import DependentObjects, PermissionDenied
 from pybatch.schedule import cron
 
@@ -190,7 +190,7 @@ def _check_dependants(conn: psycopg.Connection, *, force: bool) -> list[str]:
 
 
 def _created_target(conn: psycopg.Connection) -> bool:
-    return bool(status.read_setting(conn, "created_workspace_agents"))
+    return bool(settings.read_setting(conn, "created_workspace_agents"))
 
 
 def _created_target_oid(conn: psycopg.Connection) -> int | None:

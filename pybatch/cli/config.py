@@ -6,7 +6,7 @@ import argparse
 from datetime import timedelta
 from typing import Any
 
-from pybatch import db, status
+from pybatch import db, settings, status_document
 from pybatch.cli.commands import COMMANDS
 from pybatch.cli.common import dsn, print_json, print_table
 from pybatch.errors import ConfigError
@@ -21,7 +21,7 @@ def register(subparsers: Any) -> None:
     show.set_defaults(handler=cmd_config_show)
     setter = actions.add_parser(
         "set",
-        help=f"change one setting: {', '.join(status.SETTABLE)} (durations: 500ms, 10s, 1m, 2h, 7d or "
+        help=f"change one setting: {', '.join(settings.SETTABLE)} (durations: 500ms, 10s, 1m, 2h, 7d or "
         "seconds; max_rows_per_flush: a number or `unlimited`; ranges: " + _ranges() + ")",
     )
     setter.add_argument("key", help="the setting to change")
@@ -31,26 +31,26 @@ def register(subparsers: Any) -> None:
 
 def _ranges() -> str:
     return ", ".join(
-        f"{key} {status.format_setting(key, low)}-{status.format_setting(key, high)}"
-        for key, (low, high) in status.SETTING_BOUNDS.items()
+        f"{key} {settings.format_setting(key, low)}-{settings.format_setting(key, high)}"
+        for key, (low, high) in settings.SETTING_BOUNDS.items()
     )
 
 
 def cmd_config_show(args: argparse.Namespace) -> int:
     with db.connect(dsn(args)) as conn:
-        settings = status.read_settings(conn)
+        current = settings.read_settings(conn)
     if args.json:
-        print_json(status.settings_as_json(settings))
+        print_json(status_document.settings_as_json(current))
     else:
         # Values as `config set` takes them back: 10s, 7d, unlimited; only what it takes.
         print_table(
             [
-                {"setting": key, "value": status.format_setting(key, value)}
-                for key, value in vars(settings).items()
-                if key in status.SETTABLE
+                {"setting": key, "value": settings.format_setting(key, value)}
+                for key, value in vars(current).items()
+                if key in settings.SETTABLE
             ]
         )
-        print(f"({RECORD_NOTE.format(value=str(settings.created_workspace_agents).lower())})")
+        print(f"({RECORD_NOTE.format(value=str(current.created_workspace_agents).lower())})")
     return 0
 
 
@@ -66,9 +66,9 @@ def cmd_config_set(args: argparse.Namespace) -> int:
     if args.key.strip().lower().replace("-", "_") == RECORD:
         raise ConfigError(
             f"{RECORD} is not a setting: `pybatch migrate` records whether pybatch created public.workspace_agents "
-            f"(`pybatch uninstall` drops the table only then); settings: {', '.join(status.SETTABLE)}"
+            f"(`pybatch uninstall` drops the table only then); settings: {', '.join(settings.SETTABLE)}"
         )
-    column, parsed = status.parse_setting(args.key, args.value)  # a bad key or value fails before connecting
+    column, parsed = settings.parse_setting(args.key, args.value)  # a bad key or value fails before connecting
     with db.connect(dsn(args)) as conn:
         db.require_primary(conn, "config set")
         job = cron.installed_job(conn) if column == "flush_interval" else None
@@ -77,7 +77,7 @@ def cmd_config_set(args: argparse.Namespace) -> int:
             # (cron install checks the interval, stores it and refuses as one step).
             assert isinstance(parsed, timedelta)
             cron.install(conn, parsed.total_seconds(), force_loop=job.mode == "loop")
-            print(f"rescheduled pg_cron job {job.name} to flush every {status.format_setting(column, parsed)}")
-        settings = status.set_setting(conn, column, args.value) if job is None else status.read_settings(conn)
-    print(f"{column} = {status.format_setting(column, getattr(settings, column))}")
+            print(f"rescheduled pg_cron job {job.name} to flush every {settings.format_setting(column, parsed)}")
+        stored = settings.set_setting(conn, column, args.value) if job is None else settings.read_settings(conn)
+    print(f"{column} = {settings.format_setting(column, getattr(stored, column))}")
     return 0

@@ -17,7 +17,7 @@ from pybatch.durations import format_duration
 from pybatch.errors import PybatchError
 from pybatch.flush import flush
 from pybatch.schedule import cron
-from pybatch.status import COUNT_BOUNDS
+from pybatch.settings import COUNT_BOUNDS
 from pybatch.uninstall import plan as uninstall_plan
 from pybatch.uninstall import uninstall
 

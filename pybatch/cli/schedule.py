@@ -18,7 +18,7 @@ from pybatch.config import describe_dsn
 from pybatch.durations import format_duration, parse_timedelta, well_formed
 from pybatch.errors import ConfigError, InvalidDuration, InvalidSetting
 from pybatch.schedule import cron
-from pybatch.status import DURATION_BOUNDS, check_duration
+from pybatch.settings import DURATION_BOUNDS, check_duration
 
 EXIT_NOT_INSTALLED = 3
 # The logger the scheduler's lifecycle lines come from (logged under pybatch.schedule.scheduler).

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from pybatch import db, resources, status
+from pybatch import db, resources, status, status_document
 from pybatch.cli.commands import COMMANDS
 from pybatch.cli.common import bounded_int, dsn, invoked_as, print_json, print_table
 from pybatch.errors import ConfigError
@@ -57,7 +57,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     with db.connect(dsn(args)) as conn:
         state = status.status(conn, flushes=args.flushes)
     if args.json:
-        print_json(state.as_json())
+        print_json(status_document.as_json(state))
     else:
         _print_status(state)
     return {"ok": 0, "late": EXIT_LATE, "behind": EXIT_BEHIND}.get(state.health.status, EXIT_STALLED)

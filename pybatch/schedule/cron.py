@@ -38,7 +38,8 @@ from pybatch import db
 from pybatch.durations import format_duration
 from pybatch.errors import CronError, NotMigrated, PermissionDenied, PybatchError
 from pybatch.grants import FLUSH_ROUTINES
-from pybatch.status import installed, read_flush_settings, require_staleness_budget, store_setting
+from pybatch.settings import read_flush_settings, require_staleness_budget, store_setting
+from pybatch.status import installed
 
 log = logging.getLogger(__name__)
 

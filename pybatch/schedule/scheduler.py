@@ -40,7 +40,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from pybatch import db
 from pybatch.errors import DatabaseUnavailable, PybatchError, StandbyServer
 from pybatch.flush import FlushResult, flush
-from pybatch.status import read_flush_settings, store_setting
+from pybatch.settings import read_flush_settings, store_setting
 
 log = logging.getLogger(__name__)
 

@@ -204,7 +204,7 @@ def test_global_options_work_after_the_command(dsn: str, empty_dsn: str, tmp_pat
     assert shown.returncode == 0 and "flush_interval_seconds" in shown.stdout, shown.stderr
     # --log-level after a nested command takes effect (set_setting logs at info).
     changed = run_pybatch("config", "set", "flush_interval", "5s", "--log-level", "info", "--dsn", dsn)
-    assert changed.returncode == 0 and "INFO pybatch.status: setting changed" in changed.stderr, changed
+    assert changed.returncode == 0 and "INFO pybatch.settings: setting changed" in changed.stderr, changed
     flushed = run_pybatch("flush", "--dsn", dsn, "--json")
     assert flushed.returncode == 0 and '"rows_staged": 0' in flushed.stdout, flushed.stderr
     pending = run_pybatch("sql", "--dsn", dsn)

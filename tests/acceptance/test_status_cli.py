@@ -16,7 +16,7 @@ import psycopg
 import pytest
 from psycopg import sql as psql
 
-from pybatch import migrate, status
+from pybatch import migrate, settings
 from pybatch.errors import ConfigError, InvalidSetting
 from pybatch.flush import flush
 from pybatch.schedule import cron
@@ -97,6 +97,8 @@ FLUSH_KEYS = {
     "newest_event_at",
     "heap_bytes",
     "index_bytes",
+    "finished_at",  # started_at + duration
+    "completed_at",  # null while running or when interrupted
 }
 AGENT_KEYS = {"total", "by_status", "newer_heartbeat_staged"}
 SETTINGS_KEYS = {
@@ -308,8 +310,8 @@ def config_table(dsn: str) -> dict[str, str]:
 
 def test_config_show_prints_values_config_set_takes_back(dsn: str) -> None:
     defaults = config_table(dsn)
-    assert set(defaults) == set(status.SETTABLE)  # only what `config set` takes
-    for key in status.DURATION_SETTINGS:  # never Python's 0:00:10 or 7 days, 0:00:00
+    assert set(defaults) == set(settings.SETTABLE)  # only what `config set` takes
+    for key in settings.DURATION_SETTINGS:  # never Python's 0:00:10 or 7 days, 0:00:00
         assert re.fullmatch(r"[0-9]+(\.[0-9]+)?(ms|s|m|h|d)", defaults[key]), (key, defaults[key])
     assert defaults["history_retention"] == "7d"
 
@@ -328,46 +330,46 @@ def test_config_show_prints_values_config_set_takes_back(dsn: str) -> None:
 
     # Round trip: setting every value exactly as shown changes nothing.
     before = json.loads(run_pybatch("--dsn", dsn, "config", "show", "--json").stdout)
-    for key in status.SETTABLE:
+    for key in settings.SETTABLE:
         assert run_pybatch("--dsn", dsn, "config", "set", key, shown[key]).returncode == 0
     assert config_table(dsn) == shown
     assert json.loads(run_pybatch("--dsn", dsn, "config", "show", "--json").stdout) == before
 
     # ... and so do the defaults, shown as `7d` and accepted as such.
-    for key in status.SETTABLE:
+    for key in settings.SETTABLE:
         assert run_pybatch("--dsn", dsn, "config", "set", key, defaults[key]).returncode == 0
     assert config_table(dsn) == defaults
 
 
 def test_set_setting_checks_every_bound_and_names_key_and_value(conn: psycopg.Connection) -> None:
-    before = status.read_settings(conn)
-    for key, (low, high) in status.SETTING_BOUNDS.items():
+    before = settings.read_settings(conn)
+    for key, (low, high) in settings.SETTING_BOUNDS.items():
         update = psql.SQL("UPDATE pybatch.settings SET {} = %s").format(psql.Identifier(key))
         # Both bounds are accepted, by the parser and by the table's CHECK (set_setting would
         # also weigh the staleness budget, which some bounds break on purpose)...
         for bound in (low, high):
-            assert status.parse_setting(key, status.format_setting(key, bound)) == (key, bound)
+            assert settings.parse_setting(key, settings.format_setting(key, bound)) == (key, bound)
             conn.execute(update, (bound,))
         conn.execute(update, (getattr(before, key),))
         # ... one step beyond either is refused, naming key and value, by both; nothing changes.
         step = timedelta(microseconds=1) if isinstance(low, timedelta) else 1
         for outside in (low - step, high + step):  # type: ignore[operator]
-            text = status.format_setting(key, outside)
+            text = settings.format_setting(key, outside)
             with pytest.raises(InvalidSetting, match=re.escape(f"{key}: {text!r}")) as info:
-                status.set_setting(conn, key, text)
+                settings.set_setting(conn, key, text)
             assert (info.value.key, info.value.value) == (key, text)
             assert isinstance(info.value, ConfigError)
             with pytest.raises(psycopg.errors.CheckViolation):
                 conn.execute(update, (outside,))
-    status.set_setting(conn, "history_retention", "7d")
-    for key in status.SETTABLE:
-        status.set_setting(conn, key, status.format_setting(key, getattr(before, key)))
-    assert status.read_settings(conn) == before
+    settings.set_setting(conn, "history_retention", "7d")
+    for key in settings.SETTABLE:
+        settings.set_setting(conn, key, settings.format_setting(key, getattr(before, key)))
+    assert settings.read_settings(conn) == before
     with pytest.raises(InvalidSetting, match=r"history_retention: '99999999h' is out of range"):
-        status.set_setting(conn, "history_retention", "99999999h")
+        settings.set_setting(conn, "history_retention", "99999999h")
     with pytest.raises(InvalidSetting, match=r"flush_interval: '99999999999999999999h' is out of range"):
-        status.set_setting(conn, "flush_interval", "99999999999999999999h")
-    assert status.read_settings(conn) == before
+        settings.set_setting(conn, "flush_interval", "99999999999999999999h")
+    assert settings.read_settings(conn) == before
 
 
 # -- the inspection SQL from any directory (issue 12, item 9) ---------------------------------------------

@@ -9,14 +9,14 @@ from dataclasses import fields
 import psycopg
 import pytest
 
-from pybatch import status
+from pybatch import settings, status
 from pybatch.flush import FlushResult
 
 VIEWS = {
     "pybatch.flush_history": status.FlushRecord,
     "pybatch.health": status.Health,
     "pybatch.staging_summary": status.StagingSummary,
-    "pybatch.staleness": status.StalenessBudget,
+    "pybatch.staleness": settings.StalenessBudget,
 }
 
 

@@ -19,7 +19,7 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from pybatch import status
+from pybatch import settings, status, status_document
 from pybatch.errors import ConfigError, InvalidSetting
 from pybatch.flush import flush
 from pybatch.local import SUPERUSER, LocalCluster, find_bindir
@@ -237,7 +237,7 @@ def test_staging_summary_estimates_when_large(conn: psycopg.Connection) -> None:
 
 # -- migration 0005: staleness budget, behind, flush lock, pending and quarantine, table shape ----
 def test_staleness_budget_adds_the_parts_and_judges_them(conn: psycopg.Connection) -> None:
-    budget = status.staleness_budget(conn)
+    budget = settings.staleness_budget(conn)
     # Defaults: Coder's 15 s period + the client's 1 s write interval + a 5 s flush + 1 s assumed
     # for a flush never measured = 22 s, within 30 s with the 6 s margin.
     assert (budget.heartbeat_period, budget.client_write_interval, budget.flush_interval) == (
@@ -250,18 +250,18 @@ def test_staleness_budget_adds_the_parts_and_judges_them(conn: psycopg.Connectio
     assert (budget.verdict, budget.allowed) == ("ok", True)
     assert budget.max_flush_interval == timedelta(seconds=7)
     # Coder's own findings: a 10 s flush reached 25.7 s (tight), a 15 s flush broke (exceeds).
-    tight = status.staleness_budget(conn, flush_interval=timedelta(seconds=10))
+    tight = settings.staleness_budget(conn, flush_interval=timedelta(seconds=10))
     assert (tight.verdict, tight.allowed) == ("tight", True) and "at most 7.0 s" in tight.reason
-    broken = status.staleness_budget(conn, flush_interval=timedelta(seconds=15))
+    broken = settings.staleness_budget(conn, flush_interval=timedelta(seconds=15))
     assert (broken.verdict, broken.allowed) == ("exceeds", False)
     assert "over inactive_timeout 30.0 s" in broken.reason
     with pytest.raises(InvalidSetting, match=r"flush_interval.*25s.*staleness budget"):
-        status.require_staleness_budget(conn, "flush_interval", timedelta(seconds=25))
-    assert status.require_staleness_budget(conn, "flush_interval", timedelta(seconds=5)).verdict == "ok"
+        settings.require_staleness_budget(conn, "flush_interval", timedelta(seconds=25))
+    assert settings.require_staleness_budget(conn, "flush_interval", timedelta(seconds=5)).verdict == "ok"
     # Any part counts: a 30 s heartbeat period alone breaks it; a longer timeout makes room.
-    assert not status.staleness_budget(conn, heartbeat_period=timedelta(seconds=30)).allowed
+    assert not settings.staleness_budget(conn, heartbeat_period=timedelta(seconds=30)).allowed
     assert (
-        status.staleness_budget(
+        settings.staleness_budget(
             conn, flush_interval=timedelta(seconds=15), inactive_timeout=timedelta(minutes=1)
         ).verdict
         == "ok"
@@ -272,7 +272,7 @@ def test_staleness_budget_adds_the_parts_and_judges_them(conn: psycopg.Connectio
         "(now() - interval '1 minute', interval '4 seconds', now() - interval '56 seconds'),"
         " (now(), interval '200 milliseconds', now())"
     )
-    measured = status.staleness_budget(conn)
+    measured = settings.staleness_budget(conn)
     assert measured.flush_duration_measured and measured.flush_duration == timedelta(seconds=4)
     assert (measured.worst_staleness, measured.verdict) == (timedelta(seconds=25), "tight")
     # Stored settings are what it judges by default; SQL callers get the same row.
@@ -293,8 +293,8 @@ def test_budget_settings_have_range_checks(conn: psycopg.Connection) -> None:
         with pytest.raises(psycopg.errors.CheckViolation):
             conn.execute(statement)
     conn.execute("UPDATE pybatch.settings SET heartbeat_period = '1 hour', client_write_interval = '0'")
-    settings = status.read_settings(conn)
-    assert (settings.heartbeat_period, settings.client_write_interval) == (timedelta(hours=1), timedelta(0))
+    stored = settings.read_settings(conn)
+    assert (stored.heartbeat_period, stored.client_write_interval) == (timedelta(hours=1), timedelta(0))
 
 
 def test_health_behind_when_a_capped_flush_leaves_a_cap_of_backlog(conn: psycopg.Connection) -> None:
@@ -412,7 +412,7 @@ def test_quarantine_shows_in_staging_summary_and_agent_status(conn: psycopg.Conn
     assert row is not None and "poison row" in row[0] and row[1]
     row = conn.execute("SELECT quarantine_error FROM pybatch.agent_status WHERE agent_id = %s", (good,)).fetchone()
     assert row == (None,)
-    document = status.status(conn).as_json()
+    document = status_document.as_json(status.status(conn))
     assert document["quarantine"]["agents"] == 1 and document["quarantine"]["sample_agent"] == str(poison)
     assert "poison row" in document["quarantine"]["sample_error"]
     assert document["pending"] == {
