@@ -100,7 +100,11 @@ if True:  # ASYNC
         """The async twin of pybatch.db.connect, with the same error translation."""
         try:
             return await psycopg.AsyncConnection.connect(
-                dsn, autocommit=True, connect_timeout=connect_timeout, application_name=db.APPLICATION_NAME
+                dsn,
+                autocommit=True,
+                connect_timeout=connect_timeout,
+                application_name=db.APPLICATION_NAME,
+                client_encoding=db.CLIENT_ENCODING,
             )
         except psycopg.ProgrammingError as exc:
             raise ConfigError(f"invalid connection string: {db.first_line(exc)}") from None
