@@ -27,6 +27,7 @@ from pybatch.errors import (
     PybatchError,
     SchemaError,
     UnknownAgent,
+    UnsupportedServer,
 )
 
 __version__ = "0.1.0"
@@ -52,5 +53,6 @@ __all__ = [
     "PybatchError",
     "SchemaError",
     "UnknownAgent",
+    "UnsupportedServer",
     "__version__",
 ]

@@ -16,7 +16,7 @@ from datetime import timedelta
 
 import psycopg
 
-from pybatch import db, migrate, status
+from pybatch import db, migrate, status, versions
 from pybatch.errors import NotMigrated, PybatchError
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ class Check:
 class Thresholds:
     """Where doctor draws its lines (tests lower them to build broken states cheaply)."""
 
-    min_server_version: int = 130000  # gen_random_uuid() in core
+    min_server_version: int = versions.MIN_MAJOR * 10000  # pybatch.versions
     stalled_intervals: int = 5  # staging older than this many flush intervals is not draining
     hot_ratio_min: float = 0.8  # committed passes keep >= 95 % HOT in steady state (FACTS.md)
     hot_min_updates: int = 1000  # fewer updates than this are too few to judge
@@ -71,8 +71,12 @@ class DoctorReport:
 
 
 def doctor(conn: psycopg.Connection, thresholds: Thresholds | None = None) -> DoctorReport:
-    """Run every check on `conn`, the caller's autocommit connection to the app database."""
+    """Run every check on `conn`, the caller's autocommit connection to the app database.
+
+    Raises UnsupportedServer, naming the version and the supported range, on a server pybatch
+    does not support: its other checks would only report that in other words."""
     db.require_autocommit(conn, "doctor")
+    versions.require_supported(conn, "doctor")
     limits = thresholds or Thresholds()
     report = DoctorReport()
     context = _Context(conn, limits)
@@ -150,8 +154,7 @@ class _Context:
 
     # -- the checks ----------------------------------------------------------------
     def server_version(self) -> Check:
-        number = int(str(self.scalar("SELECT current_setting('server_version_num')")))
-        text = str(self.scalar("SELECT current_setting('server_version')"))
+        number, text = versions.server_version(self.conn)
         return judge_server_version(number, text, self.limits.min_server_version)
 
     def migrations(self) -> Check:
@@ -529,8 +532,16 @@ def judge_citus_layout(layout: dict[str, tuple[str | None, str | None, int | Non
 
 def judge_server_version(number: int, text: str, minimum: int) -> Check:
     if number < minimum:
-        return Check("server_version", FAIL, f"PostgreSQL {text} is too old: pybatch needs {minimum // 10000} or newer")
-    return Check("server_version", OK, f"PostgreSQL {text}")
+        return Check(
+            "server_version", FAIL, f"PostgreSQL {text} is not supported: pybatch supports {versions.SUPPORTED}"
+        )
+    if versions.major(number) > versions.MAX_TESTED_MAJOR:
+        return Check(
+            "server_version",
+            WARN,
+            f"PostgreSQL {text} is newer than the majors pybatch is tested on ({versions.SUPPORTED})",
+        )
+    return Check("server_version", OK, f"PostgreSQL {text} (supported: {versions.SUPPORTED})")
 
 
 def judge_hot(updated: int, hot: int, flushes: int, fillfactor: int, causes: Causes, limits: Thresholds) -> Check:

@@ -32,7 +32,7 @@ from yoyo.backends.base import DatabaseBackend
 from yoyo.connections import DatabaseURI, get_backend_class
 from yoyo.migrations import MigrationList
 
-from pybatch import db, resources
+from pybatch import db, resources, versions
 from pybatch.errors import MigrationError, PermissionDenied, PybatchError
 
 log = logging.getLogger(__name__)
@@ -235,6 +235,7 @@ def apply(conn: psycopg.Connection, *, progress: Callable[[str], None] | None = 
     """Apply pending migrations; return their ids. Safe to run twice at once.
 
     `conn` is the caller's autocommit connection; the migrations run on yoyo's own session."""
+    versions.require_supported(conn, "migrate")
     with _locked(conn, "migrate.apply") as backend:
         pending = backend.to_apply(_migrations())
         for migration in pending:
@@ -266,6 +267,7 @@ def rollback(conn: psycopg.Connection, *, before: Callable[[], None] | None = No
     `before` runs first, inside the lock: it removes pybatch's scheduled jobs,
     which live in another database and would otherwise keep calling a dropped function.
     """
+    versions.require_supported(conn, "migrate --rollback")
     with _locked(conn, "migrate.rollback") as backend:
         applied = backend.to_rollback(_migrations())
         if not applied:
