@@ -247,7 +247,14 @@ def test_metrics_endpoint_serves_flush_metrics(
             if line and not line.startswith("#")
         }
 
-    wait_until(lambda: scrape().get("pybatch_rows_merged_total", 0) >= 23, 10, "23 merged rows")
+    # The gauge is set after the flush's counters (one more query): wait for both, not one.
+    wait_until(
+        lambda: (lambda m: m.get("pybatch_rows_merged_total", 0) >= 23 and m.get("pybatch_staging_rows") == 0)(
+            scrape()
+        ),
+        10,
+        "23 merged rows and an empty staging gauge",
+    )
     samples = scrape()
     assert samples["pybatch_flush_duration_seconds_count"] >= 2
     assert samples['pybatch_flushes_total{outcome="ok"}'] >= 2
