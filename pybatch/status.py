@@ -344,6 +344,7 @@ def _columns(cls: type) -> sql.Composable:
 
 
 def health(conn: psycopg.Connection) -> Health:
+    db.require_text_encoding(conn, "status.health")
     query = sql.SQL("SELECT {} FROM pybatch.health").format(_columns(Health))
     with db.translated("cannot read pybatch.health"), conn.cursor(row_factory=class_row(Health)) as cur:
         row = cur.execute(query).fetchone()
@@ -506,6 +507,7 @@ def in_recovery(conn: psycopg.Connection) -> bool:
 
 def status(conn: psycopg.Connection, *, flushes: int = 10) -> Status:
     """Read everything `pybatch status` shows, in one repeatable-read snapshot."""
+    db.require_text_encoding(conn, "status.status")
     if not conn.autocommit:
         raise ConfigError("inspect.status needs an autocommit connection (it opens its own transaction)")
     with db.translated("cannot read pybatch status"), conn.transaction():
@@ -525,6 +527,7 @@ def status(conn: psycopg.Connection, *, flushes: int = 10) -> Status:
 def set_setting(conn: psycopg.Connection, key: str, value: str | int | float | timedelta) -> Settings:
     """Validate and store one setting; return the settings after the change.
     InvalidSetting (a ConfigError) names the key and value when it is malformed or out of range."""
+    db.require_text_encoding(conn, "status.set_setting")
     column, parsed = parse_setting(key, value)
     if column in BUDGET_SETTINGS:
         assert isinstance(parsed, timedelta)

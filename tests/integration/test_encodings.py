@@ -18,9 +18,10 @@ import pytest
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
-from pybatch import HeartbeatClient, db, migrate
+from pybatch import HeartbeatClient, db, doctor, grants, migrate, status
 from pybatch.errors import ConfigError
 from pybatch.local import LocalCluster, temporary_cluster
+from pybatch.schedule import cron
 from tests.conftest import TEST_SETTINGS, run_pybatch
 from tests.helpers import connected, make_agents
 
@@ -136,6 +137,17 @@ def test_a_callers_sql_ascii_connection_is_refused_naming_the_fix(pg_cluster: Lo
             with pytest.raises(ConfigError, match="client_encoding='UTF8'") as caught:
                 migrate.apply(conn)
             assert "SQL_ASCII" in str(caught.value) and name in str(caught.value)
+            for operation in (
+                doctor.doctor,
+                status.health,
+                status.status,
+                lambda c: status.set_setting(c, "flush_interval", "5s"),
+                lambda c: grants.grant(c, grants.Grant.WRITER, "postgres"),
+                lambda c: cron.status(c),
+                cron.remove,
+            ):
+                with pytest.raises(ConfigError, match="client_encoding='UTF8'"):
+                    operation(conn)
         # pybatch's own sessions set UTF8 whatever the DSN says the database is.
         with db.connect(pg_cluster.conninfo(name)) as own:
             assert own.info.parameter_status("client_encoding") == "UTF8"
