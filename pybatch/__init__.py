@@ -27,6 +27,7 @@ from pybatch.errors import (
     SchemaError,
     StandbyServer,
     UnknownAgent,
+    UnsupportedServer,
 )
 
 __version__ = "0.1.0"
@@ -78,5 +79,6 @@ __all__ = [
     "SchemaError",
     "StandbyServer",
     "UnknownAgent",
+    "UnsupportedServer",
     "__version__",
 ]

@@ -108,6 +108,7 @@ if True:  # ASYNC
                 connect_timeout=connect_timeout,
                 application_name=db.APPLICATION_NAME,
                 prepare_threshold=None,  # no server-side prepared statements: a pooler may sit between
+                client_encoding=db.CLIENT_ENCODING,
             )
         except psycopg.ProgrammingError as exc:
             raise ConfigError(f"invalid connection string: {db.first_line(exc)}") from None

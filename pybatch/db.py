@@ -23,6 +23,10 @@ from pybatch.errors import (
 )
 
 APPLICATION_NAME = "pybatch"
+# Every session pybatch opens talks UTF8, whatever the database's encoding: in a SQL_ASCII
+# database (what initdb gives under the POSIX locale) psycopg would otherwise return text as
+# bytes, and in a LATIN1 one a name outside Latin-1 could not be sent.
+CLIENT_ENCODING = "UTF8"
 
 
 def connect(
@@ -36,6 +40,7 @@ def connect(
             connect_timeout=connect_timeout,
             application_name=application_name,
             prepare_threshold=None,  # no server-side prepared statements: a pooler may sit between
+            client_encoding=CLIENT_ENCODING,
         )
     except psycopg.ProgrammingError as exc:
         raise ConfigError(f"invalid connection string: {first_line(exc)}") from None
@@ -60,6 +65,7 @@ def params_like(
         params["password"] = password
     params["dbname"] = dbname or conn.info.dbname
     params["application_name"] = application_name
+    params["client_encoding"] = CLIENT_ENCODING
     return params
 
 
@@ -83,6 +89,19 @@ def require_autocommit(conn: psycopg.Connection, operation: str) -> None:
         raise ConfigError(
             f"{operation} needs an autocommit connection with no transaction open "
             "(psycopg.connect(..., autocommit=True), outside `with conn.transaction()`)"
+        )
+    require_text_encoding(conn, operation)
+
+
+def require_text_encoding(conn: psycopg.Connection, operation: str) -> None:
+    """ConfigError when `conn` has client_encoding SQL_ASCII: psycopg then returns text as bytes.
+    pybatch's own sessions always set UTF8; a caller's connection must too (it is not changed here)."""
+    encoding = conn.info.parameter_status("client_encoding")
+    if encoding is not None and encoding.upper() == "SQL_ASCII":
+        raise ConfigError(
+            f"{operation} needs a connection whose client_encoding is not SQL_ASCII (psycopg returns text as "
+            f"bytes there; database {conn.info.dbname} is SQL_ASCII): connect with "
+            "psycopg.connect(..., client_encoding='UTF8')"
         )
 
 

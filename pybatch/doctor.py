@@ -16,7 +16,7 @@ from datetime import timedelta
 
 import psycopg
 
-from pybatch import db, migrate, routines, settings, status
+from pybatch import db, migrate, routines, settings, status, versions
 from pybatch.errors import NotMigrated, PybatchError
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ class Check:
 class Thresholds:
     """Where doctor draws its lines (tests lower them to build broken states cheaply)."""
 
-    min_server_version: int = 130000  # gen_random_uuid() in core
+    min_server_version: int = versions.MIN_MAJOR * 10000  # pybatch.versions
     stalled_intervals: int = 5  # staging older than this many flush intervals is not draining
     hot_ratio_min: float = 0.8  # committed passes keep >= 95 % HOT in steady state (docs/benchmarks.md)
     hot_min_updates: int = 1000  # fewer updates than this are too few to judge
@@ -66,8 +66,12 @@ class DoctorReport:
 
 
 def doctor(conn: psycopg.Connection, thresholds: Thresholds | None = None) -> DoctorReport:
-    """Run every check on `conn`, the caller's autocommit connection to the app database."""
+    """Run every check on `conn`, the caller's autocommit connection to the app database.
+
+    Raises UnsupportedServer, naming the version and the supported range, on a server pybatch
+    does not support: its other checks would only report that in other words."""
     db.require_autocommit(conn, "doctor")
+    versions.require_supported(conn, "doctor")
     limits = thresholds or Thresholds()
     report = DoctorReport()
     context = _Context(conn, limits)
@@ -125,6 +129,8 @@ class _Context:
         self.cron_version: str | None = None
         self._health: status.Health | None = None
         self.cron_command: str | None = None
+        # The role that may not read pg_cron's settings (no pg_read_all_settings), or None.
+        self.settings_hidden_from: str | None = None
 
     def close(self) -> None:
         if self._cron_conn is not None and self._cron_conn is not self.conn:
@@ -148,8 +154,7 @@ class _Context:
 
     # -- the checks ----------------------------------------------------------------
     def server_version(self) -> Check:
-        number = int(str(self.scalar("SELECT current_setting('server_version_num')")))
-        text = str(self.scalar("SELECT current_setting('server_version')"))
+        number, text = versions.server_version(self.conn)
         return judge_server_version(number, text, self.limits.min_server_version)
 
     def connection(self) -> Check:
@@ -256,12 +261,10 @@ class _Context:
         return judge_citus_layout(layout, (int(shape[0]), int(shape[1])) if shape else (0, 0))
 
     def pg_cron_preload(self) -> Check:
+        if not self.scalar("SELECT pg_has_role('pg_read_all_settings', 'USAGE')"):
+            return self._pg_cron_settings_hidden()
         self.cron_database = _optional_text(self.scalar("SELECT current_setting('cron.database_name', true)"))
-        try:
-            libraries = str(self.scalar("SELECT current_setting('shared_preload_libraries')"))
-        except psycopg.errors.InsufficientPrivilege:
-            # Not visible to this role: pg_cron's settings exist only when it is loaded.
-            libraries = "pg_cron" if self.cron_database else ""
+        libraries = str(self.scalar("SELECT current_setting('shared_preload_libraries')"))
         preloaded = "pg_cron" in [name.strip().strip('"') for name in libraries.split(",")]
         if not preloaded:
             self.cron_database = None
@@ -272,6 +275,39 @@ class _Context:
                 "pg_cron, or run `pybatch scheduler`",
             )
         return Check("pg_cron_preload", OK, f"pg_cron preloaded (cron.database_name = {self.cron_database})")
+
+    def _pg_cron_settings_hidden(self) -> Check:
+        """shared_preload_libraries and cron.database_name are hidden from this role (superusers
+        and pg_read_all_settings only, as on managed services). Whether pg_cron is loaded still
+        shows (cron.pg_cron_loaded); its database is assumed to be pg_cron's default, and the
+        checks that follow say so when pg_cron is not found there."""
+        from pybatch.schedule import cron  # imported late: only the pg_cron checks need it
+
+        user = str(self.scalar("SELECT current_user"))
+        self.settings_hidden_from = user
+        grant = f"GRANT pg_read_all_settings TO {user} lets doctor read them"
+        loaded = cron.pg_cron_loaded(self.conn)
+        if loaded is False:
+            return Check(
+                "pg_cron_preload",
+                WARN,
+                "pg_cron is not loaded (its settings do not exist): add it to shared_preload_libraries and "
+                "restart the server to flush with pg_cron, or run `pybatch scheduler`",
+            )
+        if loaded is None:
+            return Check(
+                "pg_cron_preload",
+                WARN,
+                f"skipped: role {user} cannot read shared_preload_libraries or cron.database_name "
+                f"(superuser or pg_read_all_settings only): {grant}",
+            )
+        self.cron_database = cron.DEFAULT_CRON_DATABASE
+        return Check(
+            "pg_cron_preload",
+            OK,
+            f"pg_cron is loaded; role {user} cannot read cron.database_name (superuser or "
+            f"pg_read_all_settings only), so doctor assumes pg_cron's default, {self.cron_database} ({grant})",
+        )
 
     def cron_connection(self) -> psycopg.Connection:
         assert self.cron_database is not None
@@ -284,12 +320,27 @@ class _Context:
 
     def pg_cron_extension(self) -> Check:
         if self.cron_database is None:
+            if self.settings_hidden_from is not None:
+                return Check("pg_cron_extension", WARN, "skipped: pg_cron's settings are not readable (see above)")
             return Check("pg_cron_extension", WARN, "skipped: pg_cron is not preloaded")
-        row = (
-            self.cron_connection()
-            .execute("SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'pg_cron'")
-            .fetchone()
-        )
+        try:
+            row = (
+                self.cron_connection()
+                .execute("SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'pg_cron'")
+                .fetchone()
+            )
+        except PybatchError:
+            if self.settings_hidden_from is None:
+                raise
+            row = None
+        if row is None and self.settings_hidden_from is not None:
+            return Check(
+                "pg_cron_extension",
+                WARN,
+                f"skipped: pg_cron is not in database {self.cron_database}, pg_cron's default cron.database_name; "
+                f"role {self.settings_hidden_from} cannot read the real one: GRANT pg_read_all_settings TO "
+                f"{self.settings_hidden_from} lets doctor find it",
+            )
         if row is None:
             return Check(
                 "pg_cron_extension",
@@ -607,8 +658,16 @@ def judge_citus_layout(layout: dict[str, tuple[str | None, str | None, int | Non
 
 def judge_server_version(number: int, text: str, minimum: int) -> Check:
     if number < minimum:
-        return Check("server_version", FAIL, f"PostgreSQL {text} is too old: pybatch needs {minimum // 10000} or newer")
-    return Check("server_version", OK, f"PostgreSQL {text}")
+        return Check(
+            "server_version", FAIL, f"PostgreSQL {text} is not supported: pybatch supports {versions.SUPPORTED}"
+        )
+    if versions.major(number) > versions.MAX_TESTED_MAJOR:
+        return Check(
+            "server_version",
+            WARN,
+            f"PostgreSQL {text} is newer than the majors pybatch is tested on ({versions.SUPPORTED})",
+        )
+    return Check("server_version", OK, f"PostgreSQL {text} (supported: {versions.SUPPORTED})")
 
 
 def judge_hot(updated: int, hot: int, flushes: int, fillfactor: int, causes: Causes, limits: Thresholds) -> Check:

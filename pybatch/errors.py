@@ -44,6 +44,16 @@ class SchemaError(PybatchError):
     """public.workspace_agents cannot serve as the target (missing column, wrong type)."""
 
 
+class UnsupportedServer(PybatchError):
+    """The server is a PostgreSQL major pybatch does not support (pybatch.versions); the
+    message names its version and the supported range."""
+
+    def __init__(self, message: str, *, number: int, version: str) -> None:
+        super().__init__(message)
+        self.number = number  # server_version_num, e.g. 130023
+        self.version = version  # as the server writes it, e.g. "13.23"
+
+
 class MigrationError(PybatchError):
     """A migration failed to apply or roll back."""
 

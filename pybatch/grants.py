@@ -142,6 +142,7 @@ def grant(conn: psycopg.Connection, kind: Grant, role: str) -> list[str]:
     Raises UnknownRole when the role does not exist, NotMigrated when pybatch is not
     installed, PermissionDenied when the connecting role may not grant.
     """
+    db.require_text_encoding(conn, "grant")
     with db.translated(f"cannot grant {kind} to role {role!r}"), conn.transaction():
         if not role_exists(conn, role):
             raise UnknownRole(f"role {role!r} does not exist; create it first (CREATE ROLE)")

@@ -13,6 +13,7 @@ import fcntl
 import logging
 import os
 import pwd
+import re
 import shutil
 import socket
 import subprocess
@@ -163,11 +164,11 @@ class LocalCluster:
                 "-E",
                 "UTF8",
                 "--locale=C",
-                "--no-instructions",
+                # Only options every supported major has (--no-instructions is 14+).
             ],
         )
         if result.returncode != 0:
-            raise LocalClusterError(f"initdb failed in {self.datadir}: {_last_line(result.stdout + result.stderr)}")
+            raise LocalClusterError(f"initdb failed in {self.datadir}: {_errors(result.stdout + result.stderr)}")
         settings = {
             **BASE_SETTINGS,
             "port": str(port),
@@ -189,7 +190,9 @@ class LocalCluster:
             if not self.is_running():
                 result = self._pg_ctl("start", "-w", "-t", "60", "-l", str(self.logfile), check=False)
                 if result.returncode != 0:
-                    raise LocalClusterError(f"could not start the local cluster in {self.home}: {self._log_tail()}")
+                    raise LocalClusterError(
+                        f"could not start the local cluster in {self.home}: {self._log_tail(result)}"
+                    )
                 log.info("started local cluster", extra={"home": str(self.home), "port": self.port})
             self.ensure_database(APP_DATABASE)
 
@@ -200,7 +203,7 @@ class LocalCluster:
                 return False
             result = self._pg_ctl("stop", "-m", "fast", "-w", "-t", "60", check=False)
             if result.returncode != 0:
-                raise LocalClusterError(f"could not stop the local cluster in {self.home}: {self._log_tail()}")
+                raise LocalClusterError(f"could not stop the local cluster in {self.home}: {self._log_tail(result)}")
             return True
 
     def port_in_use(self) -> bool:
@@ -265,7 +268,7 @@ class LocalCluster:
     def _pg_ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         result = self._run([str(find_bindir() / "pg_ctl"), "-D", str(self.datadir), *args])
         if check and result.returncode != 0:
-            raise LocalClusterError(f"pg_ctl {args[0]} failed: {_last_line(result.stdout + result.stderr)}")
+            raise LocalClusterError(f"pg_ctl {args[0]} failed: {_errors(result.stdout + result.stderr)}")
         return result
 
     def _run(self, argv: list[str]) -> subprocess.CompletedProcess[str]:
@@ -296,12 +299,17 @@ class LocalCluster:
                     ) from None
                 time.sleep(0.2)
 
-    def _log_tail(self) -> str:
+    def _log_tail(self, result: subprocess.CompletedProcess[str]) -> str:
+        """The server's own reason: the last FATAL/PANIC/ERROR of its log (a line after it, such as
+        "database system is shut down", says less), else pg_ctl's own error lines."""
         try:
             lines = [line for line in self.logfile.read_text(errors="replace").splitlines() if line.strip()]
         except OSError:
-            return "no server log"
-        return lines[-1] if lines else "empty server log"
+            lines = []
+        reasons = [line for line in lines if _SERVER_ERROR.search(line)]
+        if reasons:
+            return reasons[-1].strip()
+        return _errors(result.stdout + result.stderr) if (result.stdout + result.stderr).strip() else "empty server log"
 
 
 @contextlib.contextmanager
@@ -326,6 +334,16 @@ def temporary_cluster(
         shutil.rmtree(base, ignore_errors=True)
 
 
-def _last_line(text: str) -> str:
-    lines = [line for line in text.splitlines() if line.strip()]
-    return lines[-1] if lines else "no output"
+_SERVER_ERROR = re.compile(r"\b(FATAL|PANIC|ERROR):")
+# initdb's and pg_ctl's own error lines ("initdb: error: ...", "unrecognized option", "invalid ...").
+_TOOL_ERROR = re.compile(r"error|unrecognized|invalid|could not|cannot|not found|FATAL|PANIC", re.IGNORECASE)
+
+
+def _errors(text: str) -> str:
+    """initdb's or pg_ctl's own error message, on one line: every line that states an error (not
+    their "hint" or progress lines), else the last line."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return "no output"
+    errors = [line for line in lines if _TOOL_ERROR.search(line) and ": hint:" not in line]
+    return "; ".join(errors) if errors else lines[-1]

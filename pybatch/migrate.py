@@ -35,7 +35,7 @@ from yoyo.backends.base import DatabaseBackend
 from yoyo.connections import DatabaseURI, get_backend_class
 from yoyo.migrations import MigrationList
 
-from pybatch import db, resources, routines
+from pybatch import db, resources, routines, versions
 from pybatch.errors import MigrationError, PermissionDenied, PybatchError
 
 log = logging.getLogger(__name__)
@@ -177,6 +177,7 @@ def apply(
     the caller's autocommit connection; the migrations run on yoyo's own session, the
     routines on `conn`. With `target` (a migration id), only the migrations up to it are
     applied and no routine: the state an older pybatch had, for testing its rollback."""
+    versions.require_supported(conn, "migrate")
     with _locked(conn, "migrate.apply") as backend:
         check_preconditions(conn)
         wanted = _migrations()
@@ -243,6 +244,7 @@ def rollback(conn: psycopg.Connection, *, before: Callable[[], None] | None = No
     Routines are not re-applied: a rolled-back state is for going back to an older
     pybatch, whose `migrate` applies its own routines.
     """
+    versions.require_supported(conn, "migrate --rollback")
     with _locked(conn, "migrate.rollback") as backend:
         applied = backend.to_rollback(_migrations())
         if not applied:

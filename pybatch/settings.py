@@ -187,6 +187,7 @@ def require_staleness_budget(conn: psycopg.Connection, column: str, value: timed
 def set_setting(conn: psycopg.Connection, key: str, value: str | int | float | timedelta) -> Settings:
     """Validate and store one setting; return the settings after the change.
     InvalidSetting (a ConfigError) names the key and value when it is malformed or out of range."""
+    db.require_text_encoding(conn, "settings.set_setting")
     column, parsed = parse_setting(key, value)
     if column in BUDGET_SETTINGS:
         assert isinstance(parsed, timedelta)

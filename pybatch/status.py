@@ -149,6 +149,7 @@ class Status:
 
 # -- reads ---------------------------------------------------------------------------
 def health(conn: psycopg.Connection) -> Health:
+    db.require_text_encoding(conn, "status.health")
     query = sql.SQL("SELECT {} FROM pybatch.health").format(db.columns(Health))
     with db.translated("cannot read pybatch.health"), conn.cursor(row_factory=class_row(Health)) as cur:
         row = cur.execute(query).fetchone()
@@ -230,6 +231,7 @@ def in_recovery(conn: psycopg.Connection) -> bool:
 
 def status(conn: psycopg.Connection, *, flushes: int = 10) -> Status:
     """Read everything `pybatch status` shows, in one repeatable-read snapshot."""
+    db.require_text_encoding(conn, "status.status")
     if not conn.autocommit:
         raise ConfigError("inspect.status needs an autocommit connection (it opens its own transaction)")
     with db.translated("cannot read pybatch status"), conn.transaction():

@@ -62,6 +62,8 @@ HINT = "or run `pybatch scheduler`"
 # pg_cron writes this as return_message when the job's libpq connection fails
 # (pg_hba rejection, failed authentication, unreachable cron.host).
 CONNECTION_FAILED = "connection failed"
+# cron.host as a role without pg_read_all_settings sees it (pg_settings hides it).
+HIDDEN_CRON_HOST = "localhost unless set otherwise; reading it needs pg_read_all_settings"
 # pg_cron's own error when its library is loaded any other way (role cannot see the setting).
 PRELOAD_ERROR = "can only be loaded via shared_preload_libraries"
 # pg_cron marks a run that a restart, crash or failover interrupted with this return_message:
@@ -477,7 +479,7 @@ def diagnose(state: CronStatus, cron_host: str | None) -> CronError | None:
         return CronError(
             f"pg_cron's job {state.job.name} could not connect to database {state.database} as role "
             f"{state.job.username} (run {run.runid}: {message}): pg_hba.conf must let that role connect from "
-            f"cron.host ({cron_host or 'localhost'}) without a password (trust or peer, or a .pgpass for the "
+            f"cron.host ({cron_host or HIDDEN_CRON_HOST}) without a password (trust or peer, or a .pgpass for the "
             f"server's OS user), then reload PostgreSQL; {HINT}"
         )
     return CronError(
@@ -505,12 +507,29 @@ def _target(app: psycopg.Connection, *, require_migrated: bool = True) -> _Targe
     if require_migrated and not installed(app):
         raise NotMigrated(f"pybatch is not installed in database {database}; run `pybatch migrate`")
     if not can_read_settings:
-        # Assume pg_cron's default; a not-preloaded pg_cron still shows up when its functions run.
-        cron_database = DEFAULT_CRON_DATABASE
+        # pg_cron's value is hidden from this role: assume pg_cron's default database (a role
+        # that needs another must be given pg_read_all_settings), when pg_cron is loaded at all.
+        cron_database = DEFAULT_CRON_DATABASE if pg_cron_loaded(app) is not False else None
     elif not preloaded:
         # cron.database_name may be written in postgresql.conf without pg_cron loaded.
         cron_database = None
     return _Target(database, user, cron_database or None, bool(available), db.describe(app))
+
+
+def pg_cron_loaded(conn: psycopg.Connection) -> bool | None:
+    """Whether pg_cron's library is loaded, for a role that may not read shared_preload_libraries.
+
+    pg_cron defines cron.database_name as readable by superusers and pg_read_all_settings only,
+    and only where it is loaded (it loads only through shared_preload_libraries). So reading it
+    is refused exactly when pg_cron is loaded: True. Read without error, it is a placeholder
+    from postgresql.conf or absent: False. None when the check itself failed otherwise."""
+    try:
+        conn.execute("SELECT pg_catalog.current_setting('cron.database_name', true)")
+    except psycopg.errors.InsufficientPrivilege:
+        return True
+    except psycopg.Error:
+        return None
+    return False
 
 
 def _require_cron_loaded(target: _Target) -> None:
@@ -663,7 +682,10 @@ def _recent_runs(cron: psycopg.Connection, jobid: int) -> list[CronRun]:
 
 
 def _setting(conn: psycopg.Connection, name: str) -> str | None:
-    row = conn.execute("SELECT current_setting(%s, true)", (name,)).fetchone()
+    """A setting's value, or None when it is absent or hidden from this role: pg_settings shows
+    pg_cron's settings only to superusers and pg_read_all_settings, where current_setting() raises."""
+    with db.translated(f"cannot read setting {name}"):
+        row = conn.execute("SELECT setting FROM pg_catalog.pg_settings WHERE name = %s", (name,)).fetchone()
     return str(row[0]) if row and row[0] is not None else None
 
 

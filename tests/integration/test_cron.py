@@ -226,7 +226,7 @@ def test_seconds_schedule_where_pg_cron_has_it(conn: psycopg.Connection, dsn: st
         version = cron.parse_version(row[0])
         job = cron.install(conn, 5)
         if version >= (1, 5):
-            assert (job.mode, job.schedule, job.command) == ("seconds", "5 seconds", "SELECT pybatch.flush()")
+            assert (job.mode, job.schedule, job.command) == ("seconds", "5 seconds", "CALL pybatch.flush_in_passes()")
         else:
             assert job.mode == "loop"
             with pytest.raises(psycopg.errors.InvalidParameterValue, match="invalid schedule"):

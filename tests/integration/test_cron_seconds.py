@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
+import subprocess
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -25,9 +27,25 @@ from tests.helpers import connected, last_connected, make_agents, stage
 CRON16_HOME = Path(os.environ.get("PYBATCH_CRON16_HOME", "/var/tmp/pg-cron16"))
 
 
+def pg_cron_default_version(bindir: Path) -> tuple[int, int] | None:
+    """The pg_cron version the server in `bindir` would create, from its pg_cron.control (None: none)."""
+    result = subprocess.run([str(bindir / "pg_config"), "--sharedir"], capture_output=True, text=True, check=False)
+    sharedir = Path(result.stdout.strip()) if result.returncode == 0 else bindir.parent / "share"
+    control = sharedir / "extension" / "pg_cron.control"
+    if not control.exists():
+        return None
+    found = re.search(r"default_version\s*=\s*'(\d+)\.(\d+)", control.read_text())
+    return (int(found.group(1)), int(found.group(2))) if found else None
+
+
 def cron16_bindir() -> Path:
-    """The bin directory of the server copy with pg_cron 1.6 (the same layout as the system's)."""
-    bindir = CRON16_HOME / str(find_bindir()).lstrip("/")
+    """Server binaries with pg_cron 1.5+: the test server's own when it has it (the builds of
+    scripts/install_pg_version.sh), else the private copy with pg_cron 1.6 (the same layout as
+    the system's, built by scripts/build_vendor.sh: Debian 12's own pg_cron is 1.4)."""
+    own = find_bindir()
+    if (pg_cron_default_version(own) or (0, 0)) >= cron.SECONDS_SCHEDULES_SINCE:
+        return own
+    bindir = CRON16_HOME / str(own).lstrip("/")
     if not (bindir / "postgres").exists():
         pytest.fail(
             f"pg_cron 1.6 is not built in {CRON16_HOME}: run `make test` (as root it builds it with "

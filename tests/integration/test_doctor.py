@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
+from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from pybatch import db, migrate
@@ -389,8 +390,11 @@ def test_pg_cron_extension_missing_then_job_run_details_too_big(own_cluster: Loc
             " return_message, start_time, end_time) SELECT 1, g, 0, 'pybatch', 'postgres', 'SELECT 1',"
             " 'succeeded', '1 row', now(), now() FROM generate_series(1, 50) g"
         )
+        version = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'pg_cron'").fetchone()
+    assert version is not None
     report = checks(connected(own_cluster.url(), doctor, Thresholds(job_run_details_max_rows=40)))
-    assert report["pg_cron_extension"].level == OK and "1.4" in report["pg_cron_extension"].message
+    assert report["pg_cron_extension"].level == OK
+    assert f"pg_cron {version[0]} in database postgres" in report["pg_cron_extension"].message
     assert (
         report["job_run_details"].level == WARN
         and "DELETE FROM cron.job_run_details" in report["job_run_details"].message
@@ -403,10 +407,19 @@ def test_pg_cron_extension_missing_then_job_run_details_too_big(own_cluster: Loc
 
 @pytest.mark.slow
 def test_failing_cron_job_is_reported(scheduled: str) -> None:
-    """A real failed run: the job's procedure is gone, so pg_cron's next minute tick fails."""
+    """A real failed run: the procedure the job calls is gone (pg_cron 1.4's loop, or 1.5+'s
+    flush_in_passes), so pg_cron's next run fails (the next minute on 1.4, within 5 s on 1.5+)."""
+    job = connected(scheduled, cron.installed_job)
+    assert job is not None
+    procedure = "flush_loop" if "flush_loop" in job.command else "flush_in_passes"
     with psycopg.connect(scheduled, autocommit=True) as conn:
-        conn.execute("ALTER PROCEDURE pybatch.flush_loop RENAME TO flush_loop_gone")
-        flush(conn)  # flushes arrive otherwise: only the job is broken
+        conn.execute(
+            sql.SQL("ALTER PROCEDURE {} RENAME TO {}").format(
+                sql.Identifier("pybatch", procedure), sql.Identifier(f"{procedure}_gone")
+            )
+        )
+        with conn.transaction():
+            flush(conn)  # flushes arrive otherwise (one transaction: no procedure): only the job is broken
     deadline = time.monotonic() + 150
     while time.monotonic() < deadline:
         state = connected(scheduled, cron.status)
@@ -414,4 +427,4 @@ def test_failing_cron_job_is_reported(scheduled: str) -> None:
             break
         time.sleep(2)
     check = checks(connected(scheduled, doctor))["cron_job"]
-    assert check.level == FAIL and "flush_loop" in check.message, check
+    assert check.level == FAIL and procedure in check.message, check

@@ -118,9 +118,14 @@ def test_flusher_runs_the_scheduler_with_interval_and_metrics(
         while set(last_connected(conn, agents).values()) != {at}:
             assert time.monotonic() < deadline, "the flusher's scheduler never merged"
             time.sleep(0.1)
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-            metrics = response.read().decode()
-        assert "pybatch_staging_rows" in metrics and 'pybatch_flushes_total{outcome="ok"}' in metrics
+        # The flush commits before the scheduler counts it: wait for the counter, not the merge.
+        while True:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+                metrics = response.read().decode()
+            if "pybatch_staging_rows" in metrics and 'pybatch_flushes_total{outcome="ok"}' in metrics:
+                break
+            assert time.monotonic() < deadline, metrics
+            time.sleep(0.1)
     finally:
         scheduler.request_stop()
         thread.join(timeout=20)
