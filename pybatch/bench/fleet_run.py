@@ -297,7 +297,12 @@ def run_strategy(dsn: str, name: str, config: BenchConfig, say: Progress) -> dic
     if isinstance(flusher, FlushLogWatcher):
         # pg_cron's loop procedure never goes idle between flushes, so its table statistics
         # arrive only when the call ends: count the rows from pybatch.flush_log instead.
-        counters = TableCounters(counters.wal_bytes, sum(w.rows for w in writes), hot_updates=-1)
+        counters = TableCounters(
+            counters.wal_bytes,
+            sum(w.rows for w in writes),
+            hot_updates=-1,
+            log_updates=sum(w.log_updates for w in writes),
+        )
     result = figures(
         config,
         strategy,
@@ -350,6 +355,7 @@ def figures(
         "wal_bytes_per_beat": round(counters.wal_bytes * per_beat, 1),
         "row_versions_per_beat": round(counters.row_updates * per_beat, 4),
         "row_versions_per_s": round(counters.row_updates / window_fleet_s, 2),
+        "log_row_versions_per_beat": round(counters.log_updates * per_beat, 4),
         "hot_share": (
             round(counters.hot_updates / counters.row_updates, 4)
             if counters.row_updates and counters.hot_updates >= 0
@@ -386,7 +392,7 @@ def _boundary(
     wal_bytes = read_counters(conn).wal_bytes
     strategy.publish_stats(timeout_s=max(5.0, timing.flush_interval_s))
     rows = read_counters(conn)
-    return TableCounters(wal_bytes, rows.row_updates, rows.hot_updates), cpu_seconds
+    return TableCounters(wal_bytes, rows.row_updates, rows.hot_updates, rows.log_updates), cpu_seconds
 
 
 def _wait_until(deadline: float, load: LoadGenerator, say: Progress, name: str, phase: str) -> None:

@@ -148,7 +148,13 @@ def _run_mode(dsn: str, agents: int, rounds: int, mode: str, table: str, say: Ca
         steady_wal.append(read_counters(conn).wal_bytes)
         steady_rows = sum(r.agents_updated for r in results[steady_start(rounds) :])
         records = wal_records(conn, walinspect, steady_wal[0], steady_wal[-1], steady_rows)
-    return {**summarise(results, sizes_at), "steady_wal_records_per_row": records}
+    # Each flush updates its pybatch.flush_log row once per pass and once at its end.
+    log_versions = sum(r.passes + 1 for r in results[steady_start(rounds) :])
+    return {
+        **summarise(results, sizes_at),
+        "steady_wal_records_per_row": records,
+        "steady_log_row_versions_per_row": round(log_versions / steady_rows, 4) if steady_rows else None,
+    }
 
 
 def steady_start(rounds: int) -> int:

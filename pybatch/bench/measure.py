@@ -42,12 +42,14 @@ class TableCounters:
     wal_bytes: int
     row_updates: int
     hot_updates: int
+    log_updates: int = 0  # row versions of pybatch.flush_log updated (a flush's passes and its end)
 
     def minus(self, earlier: TableCounters) -> TableCounters:
         return TableCounters(
             self.wal_bytes - earlier.wal_bytes,
             self.row_updates - earlier.row_updates,
             self.hot_updates - earlier.hot_updates,
+            self.log_updates - earlier.log_updates,
         )
 
 
@@ -55,8 +57,8 @@ def read_counters(conn: psycopg.Connection) -> TableCounters:
     with db.translated("cannot read the server counters"):
         row = conn.execute(resources.read_sql("bench/table_counters.sql")).fetchone()
     assert row is not None
-    wal_lsn, n_tup_upd, n_tup_hot_upd, _n_tup_ins = row
-    return TableCounters(parse_lsn(str(wal_lsn)), int(n_tup_upd), int(n_tup_hot_upd))
+    wal_lsn, n_tup_upd, n_tup_hot_upd, _n_tup_ins, log_updates = row
+    return TableCounters(parse_lsn(str(wal_lsn)), int(n_tup_upd), int(n_tup_hot_upd), int(log_updates))
 
 
 def format_lsn(position: int) -> str:

@@ -25,6 +25,10 @@ FIGURES: tuple[tuple[str, str, str], ...] = (
     ("staleness_max_s", "stale max s", "worst age of last_connected_at over live agents, s"),
 )
 EXTRA_FIGURES: tuple[tuple[str, str], ...] = (
+    (
+        "log_row_versions_per_beat",
+        "row versions of pybatch.flush_log updated per heartbeat (each flush's passes and end)",
+    ),
     ("beats", "heartbeats measured in the window"),
     ("window_s", "length of the measured window, s"),
     ("beats_per_s", "heartbeats per second achieved"),

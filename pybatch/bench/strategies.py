@@ -61,6 +61,7 @@ class TimedWrite:
     started: float  # time.monotonic()
     duration_s: float
     rows: int
+    log_updates: int = 0  # a flush watched in pybatch.flush_log: its row's updates (passes + its end)
 
 
 def publish_stats(conn: psycopg.Connection) -> None:
@@ -434,8 +435,8 @@ class FlushLogWatcher(Flusher):
     Its connection only reads; the bench leaves its backend out of the CPU figure."""
 
     QUERY = (
-        "SELECT id, pg_catalog.date_part('epoch', duration)::float8, agents_updated, error "
-        "FROM pybatch.flush_log WHERE id > %s ORDER BY id"
+        "SELECT id, pg_catalog.date_part('epoch', duration)::float8, agents_updated, passes, error "
+        "FROM pybatch.flush_log WHERE id > %s AND completed_at IS NOT NULL ORDER BY id"
     )
 
     def __init__(self, dsn: str) -> None:
@@ -454,11 +455,15 @@ class FlushLogWatcher(Flusher):
             while not self._stop.wait(FLUSH_LOG_POLL_S):
                 rows = self.conn.execute(self.QUERY, (self._last_id,)).fetchall()
                 seen = time.monotonic()
-                for flush_id, duration_s, agents_updated, error in rows:
+                # Completed rows only: a flush writes its row at the hand-off and completes it at
+                # its end (a row left incomplete by an interrupted flush is never counted).
+                for flush_id, duration_s, agents_updated, passes, error in rows:
                     self._last_id = int(flush_id)
                     if error is not None:
                         raise FlushFailed(f"scheduled flush #{flush_id} failed: {error}")
-                    self._record(TimedWrite(seen - float(duration_s), float(duration_s), int(agents_updated)))
+                    self._record(
+                        TimedWrite(seen - float(duration_s), float(duration_s), int(agents_updated), int(passes) + 1)
+                    )
         except BaseException as exc:
             log.error("watching pybatch.flush_log failed: %s", exc)
             self._fail(exc)

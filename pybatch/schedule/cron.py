@@ -256,7 +256,7 @@ def install(conn: psycopg.Connection, interval_seconds: float, *, force_loop: bo
             # node's cron.host/port, and scheduling it again by name would keep them: make it anew.
             log.warning(
                 "pg_cron's jobs name another server; scheduling them anew for this one",
-                extra={"jobs": [job.name for job in stale], "node": f"{node[0]}:{node[1]}"},
+                extra={"jobs": [job.name for job in stale], "node": None if node is None else f"{node[0]}:{node[1]}"},
             )
             _unschedule_in(cron, target)
             previous = None
@@ -293,14 +293,17 @@ def install(conn: psycopg.Connection, interval_seconds: float, *, force_loop: bo
     return job
 
 
-def _server_node(cron: psycopg.Connection) -> tuple[str, int]:
-    """This server as pg_cron names it in a job it schedules now: (cron.host, port)."""
-    with db.translated("cannot read cron.host and port"):
-        row = cron.execute(
-            "SELECT coalesce(current_setting('cron.host', true), 'localhost'), current_setting('port')::int"
-        ).fetchone()
+def _server_node(cron: psycopg.Connection) -> tuple[str, int] | None:
+    """This server as pg_cron names it in a job it schedules now: (cron.host, port). None when
+    cron.host is hidden from this role (it needs pg_read_all_settings): then no job is judged
+    to name another server."""
+    host = _setting(cron, "cron.host")
+    if host is None:
+        return None
+    with db.translated("cannot read the server's port"):
+        row = cron.execute("SELECT current_setting('port')::int").fetchone()
     assert row is not None
-    return str(row[0]), int(row[1])
+    return host, int(row[0])
 
 
 def _wrong_node(job: CronJob, node: tuple[str, int] | None) -> bool:

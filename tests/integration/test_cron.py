@@ -112,7 +112,8 @@ def test_flush_loop_merges_beats_that_arrive_while_it_runs(dsn: str, conn: psyco
 
 def test_flush_loop_goes_on_after_failing_passes(conn: psycopg.Connection) -> None:
     """Flush 1: the merge fails (nothing merges, so it is kept pending and logged as failed).
-    Flush 2: the merge works but writing its flush_log row fails; the loop records that and goes on.
+    Flush 2: the merge works but writing its flush_log row (at its hand-off) fails; the loop records
+    that and goes on.
     Flush 3: everything works. The heartbeat arrives, and the loop never stopped."""
     (agent,) = make_agents(conn, 1)
     at = datetime.now(UTC) - timedelta(seconds=1)
@@ -121,7 +122,8 @@ def test_flush_loop_goes_on_after_failing_passes(conn: psycopg.Connection) -> No
         CREATE SEQUENCE public.fail_log; CREATE SEQUENCE public.fail_merge;
         CREATE FUNCTION public.fail_log() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN
-            IF NEW.error IS NULL AND nextval('public.fail_log') = 1 THEN
+            -- Each flush writes one row at its hand-off: the second flush's is refused once.
+            IF NEW.error IS NULL AND nextval('public.fail_log') = 2 THEN
                 RAISE EXCEPTION 'injected flush_log failure';
             END IF;
             RETURN NEW;

@@ -8,6 +8,7 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
+    logged pybatch.flush_result;
     retention interval;
     error_state text;
     error_message text;
@@ -16,22 +17,23 @@ BEGIN
         RETURN result;  -- a skipped call did nothing; a flush whose row could not be written has none
     END IF;
     BEGIN
-        -- Complete the open row of the latest flush and return it: the figures are
-        -- what the steps recorded, never what a caller passes in.
+        -- Complete the flush's open row and return it: the figures are what the steps
+        -- recorded, never what a caller passes in. (Two flushers' steps may interleave,
+        -- so this is the row of the flush_id, not the newest row.)
         UPDATE pybatch.flush_log l SET
             duration = pg_catalog.clock_timestamp() - l.started_at,
             completed_at = pg_catalog.clock_timestamp(),
             heap_bytes = pg_catalog.pg_relation_size('public.workspace_agents'::pg_catalog.regclass),
             index_bytes = pg_catalog.pg_indexes_size('public.workspace_agents'::pg_catalog.regclass)
         WHERE l.id = result.flush_id AND l.completed_at IS NULL
-          AND l.id = (SELECT pg_catalog.max(l2.id) FROM pybatch.flush_log l2)
         RETURNING l.id, l.started_at, false, l.rows_staged, l.agents_updated, l.stale_heartbeats,
                   l.unknown_heartbeats, l.future_heartbeats, l.duration, l.error, l.passes, l.hot_updates,
                   l.deferred_agents, l.quarantined_agents, l.newest_event_at
-        INTO result;
+        INTO logged;
         IF NOT FOUND THEN
-            RETURN result;  -- not the open row of the latest flush: nothing to complete
+            RETURN result;  -- no open row of that flush: nothing to complete
         END IF;
+        result := logged;
         SELECT s.history_retention INTO retention FROM pybatch.settings s;
         DELETE FROM pybatch.flush_log WHERE started_at < result.started_at - retention;
     EXCEPTION WHEN OTHERS THEN

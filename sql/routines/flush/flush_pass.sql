@@ -17,9 +17,8 @@ BEGIN
     END IF;
     PERFORM pybatch.flush_take_lock(NULL);
     done := pybatch.next_pass_in(result, 'pybatch.pending', 'public.workspace_agents', 'pybatch.quarantine');
-    -- Add this pass's own figures (what it added to result) to its flush's row, the
-    -- open row of the latest flush only: figures come from passes that ran, never
-    -- from what a caller passes in.
+    -- Add this pass's own figures (what it added to result) to its flush's open
+    -- row: figures come from passes that ran, never from what a caller passes in.
     BEGIN
         UPDATE pybatch.flush_log l SET
             duration = pg_catalog.clock_timestamp() - l.started_at,
@@ -34,8 +33,7 @@ BEGIN
                                    ELSE l.newest_event_at END,
             error = CASE WHEN done.error IS NOT NULL THEN COALESCE(l.error || '; ', '') || done.error
                          ELSE l.error END
-        WHERE l.id = done.flush_id AND l.completed_at IS NULL
-          AND l.id = (SELECT pg_catalog.max(l2.id) FROM pybatch.flush_log l2);
+        WHERE l.id = done.flush_id AND l.completed_at IS NULL;
     EXCEPTION WHEN OTHERS THEN
         GET STACKED DIAGNOSTICS error_state = RETURNED_SQLSTATE, error_message = MESSAGE_TEXT;
         RAISE WARNING 'pybatch: cannot record a pass in flush_log: %: %', error_state, error_message;
