@@ -19,8 +19,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
+import pytest
 
-from pybatch.local import SUPERUSER, LocalCluster, find_bindir
+from pybatch import migrate
+from pybatch.local import SUPERUSER, LocalCluster, find_bindir, temporary_cluster
+from tests.conftest import TEST_SETTINGS
+from tests.helpers import connected
 
 PGBOUNCER = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
 
@@ -310,3 +314,11 @@ def pgbouncer_before(server_port: int, *, pool_size: int = 10) -> Iterator[PgBou
     finally:
         bouncer.stop()
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def primary() -> Iterator[LocalCluster]:
+    """A fresh, migrated cluster of its own, for a standby to follow."""
+    with temporary_cluster(TEST_SETTINGS, prefix="pybatch-primary-") as cluster:
+        connected(cluster.url(), migrate.apply)
+        yield cluster

@@ -11,21 +11,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from pybatch import migrate
-from pybatch.local import LocalCluster, temporary_cluster
-from tests.conftest import TEST_SETTINGS
+from pybatch.local import LocalCluster
 from tests.failover_run import run_failover
-from tests.ha_fixtures import standby_of
-from tests.helpers import connected
+from tests.ha_fixtures import primary, standby_of
+
+__all__ = ["primary"]  # the fixture, imported for this module's tests
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def primary() -> Iterator[LocalCluster]:
-    with temporary_cluster(TEST_SETTINGS, prefix="pybatch-primary-") as cluster:
-        connected(cluster.url(), migrate.apply)
-        yield cluster
 
 
 @pytest.fixture

@@ -236,20 +236,21 @@ def test_a_row_locked_by_an_app_defers_that_agent_and_blocks_nobody(dsn: str, co
     )
 
 
+POISON_TRIGGER = """
+    CREATE FUNCTION public.reject_one() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF NEW.id = {poison} THEN RAISE EXCEPTION 'agent rejected by the app'; END IF;
+        RETURN NEW;
+    END $$;
+    CREATE TRIGGER reject_one BEFORE UPDATE ON public.workspace_agents
+        FOR EACH ROW EXECUTE FUNCTION public.reject_one();
+"""
+
+
 def test_a_poison_agent_is_quarantined_and_the_fleet_merges(conn: psycopg.Connection) -> None:
     agents = make_agents(conn, 100)
     poison = agents[37]
-    conn.execute(
-        sql.SQL("""
-        CREATE FUNCTION public.reject_one() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN
-            IF NEW.id = {poison} THEN RAISE EXCEPTION 'agent rejected by the app'; END IF;
-            RETURN NEW;
-        END $$;
-        CREATE TRIGGER reject_one BEFORE UPDATE ON public.workspace_agents
-            FOR EACH ROW EXECUTE FUNCTION public.reject_one();
-    """).format(poison=sql.Literal(str(poison)))
-    )
+    conn.execute(sql.SQL(POISON_TRIGGER).format(poison=sql.Literal(str(poison))))
     beat = datetime.now(UTC) - timedelta(seconds=5)
     stage_all(conn, agents, beat)
     for _ in range(3):  # every flush: the others merge; the poison agent never blocks them
@@ -268,17 +269,6 @@ def test_a_poison_agent_is_quarantined_and_the_fleet_merges(conn: psycopg.Connec
     flush(conn)
     assert one(conn, "SELECT last_connected_at FROM public.workspace_agents WHERE id = %s", (poison,)) == beat
     assert one(conn, "SELECT count(*) FROM pybatch.quarantine") == 0
-
-
-POISON_TRIGGER = """
-    CREATE FUNCTION public.reject_one() RETURNS trigger LANGUAGE plpgsql AS $$
-    BEGIN
-        IF NEW.id = {poison} THEN RAISE EXCEPTION 'agent rejected by the app'; END IF;
-        RETURN NEW;
-    END $$;
-    CREATE TRIGGER reject_one BEFORE UPDATE ON public.workspace_agents
-        FOR EACH ROW EXECUTE FUNCTION public.reject_one();
-"""
 
 
 @pytest.mark.parametrize("row_cap", [None, 10])

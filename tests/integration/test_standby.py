@@ -12,26 +12,18 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 
-from pybatch import migrate
 from pybatch.doctor import Thresholds, doctor
 from pybatch.flush import flush
-from pybatch.local import LocalCluster, temporary_cluster
-from tests.conftest import TEST_SETTINGS, run_pybatch
-from tests.ha_fixtures import promote, replay_caught_up, standby_of, wait_until
+from pybatch.local import LocalCluster
+from tests.conftest import run_pybatch
+from tests.ha_fixtures import primary, promote, replay_caught_up, standby_of, wait_until
 from tests.helpers import connected, last_connected, make_agents, stage
 from tests.integration.test_scheduler import LEADER_LINE, SchedulerProcess, spawn
 
 pytestmark = pytest.mark.slow
-__all__ = ["spawn"]  # the fixture, imported for this module's tests
+__all__ = ["primary", "spawn"]  # the fixtures, imported for this module's tests
 
 STANDBY = "this server is a standby (read-only): point at the primary"
-
-
-@pytest.fixture
-def primary() -> Iterator[LocalCluster]:
-    with temporary_cluster(TEST_SETTINGS, prefix="pybatch-primary-") as cluster:
-        connected(cluster.url(), migrate.apply)
-        yield cluster
 
 
 @pytest.fixture
