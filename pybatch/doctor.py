@@ -17,11 +17,13 @@ from datetime import timedelta
 import psycopg
 
 from pybatch import db, migrate, routines, settings, status, versions
-from pybatch.errors import NotMigrated, PybatchError
+from pybatch.errors import NotMigrated, PermissionDenied, PybatchError
 
 log = logging.getLogger(__name__)
 
 OK, WARN, FAIL = "ok", "warn", "fail"
+# A check this role may not run (a reader, say): not a failure, and never a conclusion drawn from it.
+SKIP = "skip"
 # The single-transaction flush: an old pg_cron job (made before the committed passes) runs it.
 ONE_TRANSACTION_FLUSH = "pybatch.flush("
 
@@ -29,7 +31,7 @@ ONE_TRANSACTION_FLUSH = "pybatch.flush("
 @dataclass(frozen=True)
 class Check:
     name: str
-    level: str  # ok, warn or fail
+    level: str  # ok, warn, fail or skip
     message: str
 
     @property
@@ -111,6 +113,12 @@ def _run(check: Callable[[], Check]) -> Check:
         return check()
     except NotMigrated:
         return Check(name, FAIL, "pybatch is not installed in this database: run `pybatch migrate`")
+    except PermissionDenied as exc:
+        return Check(
+            name,
+            SKIP,
+            f"skipped: {exc}; run doctor as the database owner, or GRANT pg_monitor to this role",
+        )
     except PybatchError as exc:
         return Check(name, FAIL, f"could not check: {exc}")
     except psycopg.Error as exc:
@@ -355,6 +363,14 @@ class _Context:
         from pybatch.schedule import cron  # imported late: only this check needs it
 
         name = cron.flush_job_name(self.dbname)
+        if self.cron_version is None and self.settings_hidden_from is not None:
+            # pg_cron may well be there, in a database this role cannot name: nothing to conclude.
+            return Check(
+                "cron_job",
+                SKIP,
+                f"skipped: role {self.settings_hidden_from} cannot find pg_cron's database "
+                f"(GRANT pg_read_all_settings TO {self.settings_hidden_from})",
+            )
         if self.cron_version is None:
             return self._no_job(f"no pg_cron job {name} (pg_cron is not available)")
         state = cron.status(self.conn, cron_conn=self.cron_connection())

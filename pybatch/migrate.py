@@ -106,6 +106,14 @@ def _locked(conn: psycopg.Connection, operation: str) -> Iterator[DatabaseBacken
             with backend.lock(timeout=60):
                 with db.translated("cannot create pybatch's migration bookkeeping"):
                     backend.ensure_internal_schema_updated()  # yoyo's tables, in BOOKKEEPING_SCHEMA
+                    # Monitoring roles may read which migrations are applied (`pybatch doctor`).
+                    schema = sql.Identifier(BOOKKEEPING_SCHEMA)
+                    conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO pg_monitor").format(schema))
+                    conn.execute(
+                        sql.SQL("GRANT SELECT ON {} TO pg_monitor").format(
+                            sql.Identifier(BOOKKEEPING_SCHEMA, MIGRATION_TABLE)
+                        )
+                    )
                 yield backend
         finally:
             backend.connection.close()

@@ -152,7 +152,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
         report = doctor.doctor(conn)
     for check in report.checks:
-        label = {"ok": "OK  ", "warn": "WARN", "fail": "FAIL"}[check.level]
+        label = {"ok": "OK  ", "warn": "WARN", "fail": "FAIL", "skip": "SKIP"}[check.level]
         print(f"{label} {check.name}: {check.message}")
     return 0 if report.ok else 1
 

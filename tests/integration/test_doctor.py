@@ -428,3 +428,29 @@ def test_failing_cron_job_is_reported(scheduled: str) -> None:
         time.sleep(2)
     check = checks(connected(scheduled, doctor))["cron_job"]
     assert check.level == FAIL and procedure in check.message, check
+
+
+def test_a_reader_gets_skips_naming_the_grant_never_a_failure_or_a_wrong_conclusion(
+    dsn: str, conn: psycopg.Connection
+) -> None:
+    """Issue 19: the reader role ran doctor and got 6 FAILs, then 'pg_cron is not available'.
+    What it may not read is a SKIP naming the grant; nothing is concluded from it."""
+    from pybatch.doctor import SKIP
+    from pybatch.grants import Grant, grant
+    from tests.integration.roles import login_role
+
+    agents = [uuid.uuid4() for _ in range(3)]
+    conn.execute("INSERT INTO public.workspace_agents (id) SELECT unnest(%s::uuid[])", (agents,))
+    conn.execute("INSERT INTO pybatch.heartbeats (agent_id) SELECT unnest(%s::uuid[])", (agents,))
+    assert flush(conn).agents_updated == 3  # a recent flush: `flushes` has nothing to fail on
+    with login_role(conn, "reader") as reader:
+        grant(conn, Grant.READER, reader)
+        with psycopg.connect(make_conninfo(dsn, user=reader), autocommit=True) as as_reader:
+            report = checks(doctor(as_reader))
+    failed = {name: c.message for name, c in report.items() if c.level == FAIL}
+    assert failed == {}, failed
+    skipped = {name: c.message for name, c in report.items() if c.level == SKIP}
+    assert {"migrations", "routines", "table_shape"} <= set(skipped), report
+    for message in skipped.values():
+        assert "GRANT" in message, message
+    assert "not available" not in report["cron_job"].message
