@@ -186,8 +186,10 @@ def apply(
     routines on `conn`. With `target` (a migration id), only the migrations up to it are
     applied and no routine: the state an older pybatch had, for testing its rollback."""
     versions.require_supported(conn, "migrate")
+    db.require_autocommit(conn, "migrate.apply")
+    check_preconditions(conn)  # before the lock, which creates the bookkeeping: a refusal leaves nothing
     with _locked(conn, "migrate.apply") as backend:
-        check_preconditions(conn)
+        check_preconditions(conn)  # again under the lock: another migrate may have run meanwhile
         wanted = _migrations()
         if target is not None:
             ids = [m.id for m in wanted]

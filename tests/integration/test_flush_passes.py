@@ -472,8 +472,11 @@ def test_migrate_refuses_when_it_cannot_act_as_the_table_owner(empty_dsn: str) -
         done = run_pybatch("migrate", "--dsn", migrator_dsn)
         assert done.returncode == 1 and "Traceback" not in done.stderr
         assert f"cannot act as {owner}" in done.stderr
-        # Refused before anything was applied: no half install (issue 19 #10).
-        assert admin.execute("SELECT to_regnamespace('pybatch')").fetchone() == (None,)
+        # Refused before anything was applied: no half install, not even bookkeeping (issue 19 #10).
+        assert admin.execute("SELECT to_regnamespace('pybatch'), to_regnamespace('pybatch_migrations')").fetchone() == (
+            None,
+            None,
+        )
         admin.execute("DROP SCHEMA IF EXISTS pybatch CASCADE")
         admin.execute("DROP SCHEMA IF EXISTS pybatch_migrations CASCADE")
         admin.execute(
