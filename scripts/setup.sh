@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Idempotent set-up for `make demo` and `make test` on Debian 12/13, as root or a normal user:
-#   1. the PostgreSQL server and the pg_cron package matching its major version, and pgbouncer
+#   1. the PostgreSQL server and the pg_cron package matching its major version, pgbouncer and zsh
 #      (only the tests use it: they run every pybatch connection through a transaction pooler);
 #   2. .venv with pybatch and its dev extras;
 #   3. the Node.js example's packages (examples/node), when node and npm are present.
@@ -64,6 +64,10 @@ missing_packages() {
     fi
     if [ -n "${PYBATCH_SETUP_ASSUME_MISSING:-}" ] || { ! command -v pgbouncer >/dev/null 2>&1 && [ ! -x /usr/sbin/pgbouncer ]; }; then
         echo "pgbouncer"
+    fi
+    # The zsh completion script is checked by zsh itself (tests/unit/test_completion.py).
+    if [ -n "${PYBATCH_SETUP_ASSUME_MISSING:-}" ] || ! command -v zsh >/dev/null 2>&1; then
+        echo "zsh"
     fi
     python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || echo "python3-venv"
     return 0

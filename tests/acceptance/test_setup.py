@@ -39,6 +39,7 @@ def test_install_hint_is_a_pasteable_command_with_real_package_names() -> None:
     crons = [p for p in packages if re.fullmatch(r"postgresql-\d+-cron", p)]
     assert len(servers) == 1 and crons == [f"{servers[0]}-cron"], packages
     assert "pgbouncer" in packages, packages  # the pooler tests (tests/integration/test_pgbouncer.py)
+    assert "zsh" in packages, packages  # the completion test checks the zsh script with zsh
     # This machine has them installed (the hint was forced): each name is one dpkg knows.
     assert shutil.which("dpkg-query") is not None
     for package in packages:
