@@ -209,6 +209,9 @@ def test_kill_9_postmaster_under_load(own_cluster: LocalCluster) -> None:
                 )
                 >= 1
             )
+            # Nothing set aside either (a failure judged an agent's own would quarantine its beats).
+            quarantined = conn.execute("SELECT agent_id, error FROM pybatch.quarantine").fetchall()
+            assert quarantined == [], quarantined
             final: dict[uuid.UUID, datetime | None] = dict(
                 conn.execute("SELECT id, last_connected_at FROM public.workspace_agents").fetchall()
             )
