@@ -33,13 +33,21 @@ REPLICAS = (
 BeatFunction = Callable[[int, uuid.UUID, uuid.UUID, datetime], None]
 
 
+# Multiplying by an odd constant modulo 2**64 is a bijection: ids stay distinct and
+# reproducible, yet look random, as Coder's (UUIDv4) do. Agents are inserted in index
+# order, as a real table grows, so heap order is unrelated to key order: an index
+# lookup per agent lands anywhere in the primary key, as on a real table.
+_SCRAMBLE = 0x9E3779B97F4A7C15
+_LOW_64 = 2**64 - 1
+
+
 def agent_id(index: int) -> uuid.UUID:
-    return uuid.UUID(int=(BENCH_ID_PREFIX << 64) | index)
+    return uuid.UUID(int=(BENCH_ID_PREFIX << 64) | ((index * _SCRAMBLE) & _LOW_64))
 
 
-def agent_id_range(agents: int) -> tuple[uuid.UUID, uuid.UUID]:
-    """The ids of a fleet of `agents`, first and last."""
-    return agent_id(0), agent_id(max(agents - 1, 0))
+def agent_ids(agents: int) -> list[uuid.UUID]:
+    """The ids of a fleet of `agents`, in index (insertion) order."""
+    return [agent_id(i) for i in range(agents)]
 
 
 # Every id the bench could ever use, whatever the fleet size.

@@ -28,7 +28,7 @@ import psycopg
 from psycopg import sql
 
 from pybatch import __version__, db, resources
-from pybatch.bench.fleet import BENCH_ID_PREFIX, BENCH_ID_SPAN, Fleet, LoadGenerator, agent_id_range
+from pybatch.bench.fleet import BENCH_ID_SPAN, Fleet, LoadGenerator, agent_ids
 from pybatch.bench.measure import (
     ServerCpu,
     StalenessMonitor,
@@ -234,7 +234,7 @@ def run_strategy(dsn: str, name: str, config: BenchConfig, say: Progress) -> dic
     monitor_interval = min(0.5, timing.flush_interval_s / 10, fleet.period_s / 10)
     with db.connect(dsn) as measure_conn:
         cpu = ServerCpu.find(measure_conn)
-        monitor = StalenessMonitor(dsn, agent_id_range(config.agents), monitor_interval)
+        monitor = StalenessMonitor(dsn, BENCH_ID_SPAN, monitor_interval)
         strategy = make_strategy(name, dsn, config.workers, timing)
         flusher: Flusher | None = None
         if strategy.uses_flush:
@@ -451,7 +451,7 @@ def reset_agents(conn: psycopg.Connection, agents: int, table: str = "minimal") 
             conn.execute("VACUUM FULL public.workspace_agents")
         conn.execute(
             resources.read_sql("bench/reset_agents_coder.sql" if table == "coder" else "bench/reset_agents.sql"),
-            {"count": agents, "id_prefix": BENCH_ID_PREFIX, "created_at": datetime.now(UTC)},
+            {"ids": agent_ids(agents), "created_at": datetime.now(UTC)},
         )
         conn.execute("VACUUM (ANALYZE) public.workspace_agents")
         conn.execute("VACUUM (ANALYZE) pybatch.heartbeats")

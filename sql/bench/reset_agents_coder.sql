@@ -3,13 +3,13 @@
 -- connected, with values shaped like a real deployment's: one workspace resource per
 -- agent, a random auth token, an environment variable, Coder's default display apps.
 -- Rows are ~330 bytes as loaded and ~360 once connected (the three connection
--- columns add 32), as measured on Coder's own table (FACTS.md: 362 B on average). Inserted in id order, so every strategy
--- starts from the same pages.
--- Parameters: count, id_prefix (the high 64 bits of every bench agent id), created_at.
+-- columns add 32), as measured on Coder's own table (FACTS.md: 362 B on average).
+-- Inserted in fleet order (pybatch.bench.fleet.agent_ids: random-looking ids), so every
+-- strategy starts from the same pages and heap order is unrelated to key order, as in
+-- a table grown over months.
+-- Parameters: ids (uuid[], in insertion order), created_at.
 WITH agents AS (
-    SELECT (pg_catalog.lpad(pg_catalog.to_hex(%(id_prefix)s::bigint), 16, '0')
-            || pg_catalog.lpad(pg_catalog.to_hex(n), 16, '0'))::uuid AS id, n
-    FROM pg_catalog.generate_series(0::bigint, %(count)s::bigint - 1) AS n
+    SELECT a.id, a.n FROM pg_catalog.unnest(%(ids)s::uuid[]) WITH ORDINALITY AS a (id, n)
 ),
 resources AS (
     INSERT INTO public.workspace_resources (id, created_at, job_id, transition, type, name)

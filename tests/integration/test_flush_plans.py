@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 import psycopg
 
 from pybatch import migrate, resources
-from pybatch.bench.fleet import agent_id
+from pybatch.bench.fleet import agent_ids
 from pybatch.bench.fleet_run import reset_agents
 from pybatch.bench.strategies import publish_stats
 from pybatch.flush import flush
@@ -41,7 +41,7 @@ def test_each_pass_reads_the_primary_key_for_its_own_rows_only(empty_conn: psyco
     migrate.apply(conn)
     reset_agents(conn, AGENTS, "coder")
     conn.execute("VACUUM ANALYZE public.workspace_agents")
-    ids = [agent_id(i) for i in range(AGENTS)]
+    ids = agent_ids(AGENTS)
     for round_no in range(3):
         chosen = random.Random(round_no).sample(ids, AGENTS // SHARE)
         stage_all(conn, chosen, datetime(2026, 6, 1, 0, 0, 15 * round_no + 15, tzinfo=UTC))

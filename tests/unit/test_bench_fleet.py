@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 import uuid
@@ -10,16 +11,23 @@ from datetime import datetime
 
 import pytest
 
-from pybatch.bench.fleet import BENCH_ID_SPAN, Fleet, LoadGenerator, agent_id, agent_id_range
+from pybatch.bench.fleet import BENCH_ID_SPAN, Fleet, LoadGenerator, agent_id, agent_ids
 
 
 def test_agent_ids_are_distinct_and_inside_the_bench_span() -> None:
-    ids = [agent_id(i) for i in range(1000)]
+    ids = agent_ids(1000)
+    assert ids == [agent_id(i) for i in range(1000)]
     assert len(set(ids)) == 1000
     lo, hi = BENCH_ID_SPAN
     assert all(lo <= i <= hi for i in ids)
-    assert agent_id_range(1000) == (ids[0], ids[-1])
     assert not lo <= uuid.UUID(int=0) <= hi
+
+
+def test_agent_ids_are_not_in_insertion_order() -> None:
+    # Key order unrelated to heap order, as in a table grown over time.
+    ids = agent_ids(1000)
+    rising = sum(a < b for a, b in itertools.pairwise(ids))
+    assert 300 < rising < 700
 
 
 def test_beats_are_spread_evenly_over_the_period() -> None:
