@@ -236,6 +236,23 @@ def test_a_row_locked_by_an_app_defers_that_agent_and_blocks_nobody(dsn: str, co
     )
 
 
+@pytest.mark.parametrize("row_held", [False, True], ids=["no row held", "a row held"])
+def test_the_callers_lock_timeout_is_kept(dsn: str, conn: psycopg.Connection, row_held: bool) -> None:
+    # A pass merges without a lock step under a 20 ms lock_timeout of its own (and,
+    # when a row is held, falls back to locking): the caller's setting is back after.
+    agents = make_agents(conn, 50)
+    stage_all(conn, agents, datetime.now(UTC) - timedelta(seconds=5))
+    with psycopg.connect(dsn) as app:
+        if row_held:
+            app.execute("SELECT FROM public.workspace_agents WHERE id = %s FOR UPDATE", (agents[0],))
+        with conn.transaction():
+            conn.execute("SET LOCAL lock_timeout = '3s'")
+            result = flush(conn)  # inside a transaction: SELECT pybatch.flush()
+            assert one(conn, "SHOW lock_timeout") == "3s"
+        app.rollback()
+    assert result.ok and result.agents_updated == 50 - row_held and result.deferred_agents == int(row_held)
+
+
 POISON_TRIGGER = """
     CREATE FUNCTION public.reject_one() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN

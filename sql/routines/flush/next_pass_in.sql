@@ -23,6 +23,7 @@ DECLARE
     error_message text;
     retry_first timestamptz;
     deferred bigint;
+    pass_emptied boolean := false;
 BEGIN
     EXECUTE pg_catalog.format('SELECT pg_catalog.min(p.pass_no) FROM %s p', pending) INTO this_pass;
     IF this_pass IS NULL THEN
@@ -73,6 +74,7 @@ BEGIN
 
     BEGIN
         SELECT * INTO STRICT step FROM pybatch.merge_pass_in(pending, agents, this_pass, NULL);
+        pass_emptied := step.merged = step.picked;  -- every row of the pass merged: none to defer
         result.agents_updated := result.agents_updated + step.updated;
         result.stale_heartbeats := result.stale_heartbeats + step.stale_beats;
         result.newest_event_at := GREATEST(result.newest_event_at, step.newest_event_at);
@@ -109,7 +111,7 @@ BEGIN
             $q$, pending) USING failed_agents, failed_errors;
     END;
 
-    IF result.error IS NULL THEN
+    IF result.error IS NULL AND NOT pass_emptied THEN
         -- Rows still in this pass were locked by another transaction: next flush.
         EXECUTE pg_catalog.format($q$
             WITH deferred AS (UPDATE %s p SET pass_no = NULL WHERE p.pass_no = $1 RETURNING 1)
