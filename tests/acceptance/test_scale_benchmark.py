@@ -1,0 +1,51 @@
+"""benchmarks/scale.py as a subprocess, on a tiny fleet: it runs end to end (its own cluster,
+Coder's table, the scheduler, the writers, pgbench for direct) and reports every figure. Never
+for speed: the figures it prints are measured on a quiet machine (docs/scale.md)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_scale_benchmark_reports_both_strategies(tmp_path: Path) -> None:
+    out = tmp_path / "scale.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/scale.py",
+            "--search",
+            "--start", "3000",
+            "--direct-start", "3000",
+            "--max", "3000",
+            "--search-seconds", "6",
+            "--warmup", "17",
+            "--shared-buffers", "128MB",
+            "--json", str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(out.read_text())
+    settings = report["settings"]
+    assert settings["fsync"] == "on" and settings["shared_buffers"] == "128MB" and settings["flush_interval_s"] == 5.0
+    runs = {run["strategy"]: run for run in report["runs"]}
+    assert set(runs) == {"pybatch", "direct"}
+    pybatch, direct = runs["pybatch"], runs["direct"]
+    assert pybatch["agents"] == 3000 and pybatch["samples"], pybatch
+    # Every agent beat and was merged in the warm-up: staleness is a number, not "never merged".
+    assert all(sample["staleness"] is not None for sample in pybatch["samples"])
+    assert pybatch["flushes"] >= 1 and pybatch["cpu_us_per_beat"] > 0 and pybatch["flush_peak_memory_mb"] > 0
+    assert direct["rate_target"] == 200.0 and direct["rate_achieved"] > 0 and direct["cpu_us_per_beat"] > 0
+    assert "pybatch: largest sustained" in done.stdout and "direct: largest sustained" in done.stdout
