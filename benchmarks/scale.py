@@ -40,6 +40,7 @@ import argparse
 import contextlib
 import json
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -98,6 +99,7 @@ class Run:
     hot_share: float | None = None
     heap_growth: float | None = None
     flush_peak_memory_mb: float | None = None
+    sampler_cpu_share: float | None = None  # of one core: the staleness sample's own cost, left out of cpu_us_per_beat
     rate_target: float | None = None
     rate_achieved: float | None = None
     lag_avg_ms: float | None = None
@@ -185,11 +187,16 @@ def run_pybatch(cluster: LocalCluster, dsn: str, agents: int, warmup: float, sec
     run = Run("pybatch", agents, seconds, sustained=False)
     try:
         with db.connect(dsn) as conn:
+            # The sample reads the whole table every second: in this one backend, never with
+            # parallel workers (they would take the cores from the flush, and their CPU would
+            # count as the fleet's).
+            conn.execute("SET max_parallel_workers_per_gather = 0")
             time.sleep(max(0.0, start + warmup - time.time()))
             flush_pid = _flush_backend(conn)
             # Server CPU less this monitor's own backend (its samples are the bench's, not the fleet's).
             monitor = conn.info.backend_pid
-            cpu0, (wal0, upd0, hot0, heap0) = cluster_cpu_s(cluster) - backend_cpu_s(monitor), counters(conn)
+            monitor0 = backend_cpu_s(monitor)
+            cpu0, (wal0, upd0, hot0, heap0) = cluster_cpu_s(cluster) - monitor0, counters(conn)
             began = time.time()
             first_flush = conn.execute("SELECT COALESCE(max(id), 0) FROM pybatch.flush_log").fetchone()[0]  # type: ignore[index]
             while (now := time.time()) < began + seconds and not errors:
@@ -208,7 +215,9 @@ def run_pybatch(cluster: LocalCluster, dsn: str, agents: int, warmup: float, sec
             # the sample applies its rule every second).
             counted = conn.execute("SELECT count(*) FROM pybatch.agent_status WHERE status = 'disconnected'").fetchone()
             run.disconnected_max = max(run.disconnected_max, int(counted[0]) if counted else 0)
-            cpu1, (wal1, upd1, hot1, heap1) = cluster_cpu_s(cluster) - backend_cpu_s(monitor), counters(conn)
+            monitor1 = backend_cpu_s(monitor)
+            cpu1, (wal1, upd1, hot1, heap1) = cluster_cpu_s(cluster) - monitor1, counters(conn)
+            run.sampler_cpu_share = round((monitor1 - monitor0) / elapsed, 3)
             beats = agents * elapsed / PERIOD
             run.seconds = round(elapsed, 1)
             run.cpu_us_per_beat = round((cpu1 - cpu0) * 1e6 / beats, 1)
@@ -264,11 +273,11 @@ def sample_agents(conn: psycopg.Connection) -> tuple[float | None, int]:
         row = conn.execute(
             "SELECT extract(epoch FROM now() - min(wa.last_connected_at))::float8,"
             " count(*) FILTER (WHERE wa.last_connected_at IS NULL),"
-            # pybatch.agent_status's 'disconnected', for agents that have connected.
-            " count(*) FILTER (WHERE wa.first_connected_at IS NOT NULL AND"
-            "   (COALESCE(wa.disconnected_at, '-infinity') >= COALESCE(wa.last_connected_at, '-infinity')"
-            "    OR now() - wa.last_connected_at > s.inactive_timeout))"
-            " FROM public.workspace_agents wa CROSS JOIN pybatch.settings s"
+            # pybatch.agent_status's 'disconnected' for agents that have connected (they all
+            # have a last_connected_at), with the timeout's cutoff computed once, not per row.
+            " count(*) FILTER (WHERE wa.disconnected_at >= wa.last_connected_at OR wa.last_connected_at"
+            "   < now() - (SELECT s.inactive_timeout FROM pybatch.settings s))"
+            " FROM public.workspace_agents wa"
             " WHERE wa.ctid >= pg_catalog.format('(%%s,0)', %(first)s::bigint)::tid"
             " AND wa.ctid < pg_catalog.format('(%%s,0)', %(last)s::bigint)::tid",
             {"first": first, "last": first + SAMPLE_PAGES},
@@ -433,13 +442,24 @@ def plot(run: Run, path: str) -> None:
 
 
 @contextlib.contextmanager
-def server(shared_buffers: str) -> Iterator[tuple[LocalCluster, str]]:
-    settings = {"shared_buffers": f"'{shared_buffers}'", "max_wal_size": "'4GB'"}
-    with (
-        temporary_cluster(settings, prefix="pybatch-scale-") as cluster,
-        bench_target(cluster.url(), "coder") as target,
-    ):
-        yield cluster, target
+def server(shared_buffers: str, server_log: str | None) -> Iterator[tuple[LocalCluster, str]]:
+    settings = {
+        "shared_buffers": f"'{shared_buffers}'",
+        "max_wal_size": "'4GB'",
+        # A statement of a flush slower than a flush interval is logged with its plan, so a
+        # slow run says why (auto_explain costs nothing until a statement is that slow).
+        "session_preload_libraries": "'auto_explain'",
+        "auto_explain.log_min_duration": "'5s'",
+        "auto_explain.log_nested_statements": "on",
+        "log_autovacuum_min_duration": "'1s'",
+    }
+    with temporary_cluster(settings, prefix="pybatch-scale-") as cluster:
+        try:
+            with bench_target(cluster.url(), "coder") as target:
+                yield cluster, target
+        finally:
+            if server_log:
+                shutil.copyfile(cluster.logfile, server_log)
 
 
 def main(argv: list[str]) -> None:
@@ -456,6 +476,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--limit", type=float, default=27.0, help="worst staleness allowed, s (timeout 30 s)")
     parser.add_argument("--shared-buffers", default="2GB", help="server shared_buffers (default 2GB)")
     parser.add_argument("--json", help="write every run as JSON")
+    parser.add_argument("--server-log", help="copy the server's log here at the end (slow statements' plans)")
     parser.add_argument("--plot", help="PNG of staleness and flush time over the long run (needs matplotlib)")
     args = parser.parse_args(argv)
     report: dict[str, Any] = {
@@ -467,7 +488,7 @@ def main(argv: list[str]) -> None:
         },
         "runs": [],
     }
-    with server(args.shared_buffers) as (cluster, dsn):
+    with server(args.shared_buffers, args.server_log) as (cluster, dsn):
         with db.connect(dsn) as conn:
             report["server_version"] = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
             # As the server runs, not as asked: the figures hold for these settings.
