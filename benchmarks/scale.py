@@ -26,8 +26,9 @@ and HOT per beat, heap growth, each flush's duration and passes (pybatch.flush_l
 flush backend's peak memory (VmHWM).
 
 direct: one UPDATE per heartbeat (sql/bench/direct_update.sql's statement), as pgbench
-clients at the fleet's rate (N/15 per second, -R), 8 connections. Sustained: pgbench keeps
-the rate (98 %) with the schedule lag under 1 s on average and 15 s at most.
+clients at the fleet's rate (N/15 per second, -R), 8 connections, after a warm-up at that rate
+as long as pybatch's. Sustained: pgbench keeps the rate (98 %) with the schedule lag under 1 s
+on average and 15 s at most.
 
 --search: for each strategy, doubles from --start (--direct-start) while sustained (one
 --search-seconds run each), then bisects twice; then, with --minutes, one long run of pybatch at the largest
@@ -317,8 +318,10 @@ FROM bench_ids b WHERE b.n = :i AND wa.id = b.id;
 """
 
 
-def run_direct(cluster: LocalCluster, dsn: str, agents: int, seconds: float) -> Run:
-    """One UPDATE per beat (the direct strategy's statement) at the fleet's rate, with pgbench."""
+def run_direct(cluster: LocalCluster, dsn: str, agents: int, warmup: float, seconds: float) -> Run:
+    """One UPDATE per beat (the direct strategy's statement) at the fleet's rate, with pgbench:
+    a warm-up at that rate (every agent connects once, as pybatch's warm-up lets it), then the
+    measured run."""
     prepare(dsn, agents)
     with db.connect(dsn) as conn:
         # pgbench draws integers: a map from i to agent i's id (a primary-key lookup per
@@ -329,42 +332,51 @@ def run_direct(cluster: LocalCluster, dsn: str, agents: int, seconds: float) -> 
             for n, agent in enumerate(agent_ids(agents), start=1):
                 copy.write_row((n, agent))
         conn.execute("VACUUM ANALYZE public.bench_ids")
-        cpu0, (wal0, upd0, hot0, heap0) = cluster_cpu_s(cluster), counters(conn)
         rate = agents / PERIOD
         with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as script:
             script.write(DIRECT_SCRIPT.format(agents=agents, replica=REPLICAS[0]))
         info = conn.info
-        command = [
-            str(find_bindir() / "pgbench"),
-            "-n",
-            "-M",
-            "prepared",
-            "-c",
-            str(DIRECT_CLIENTS),
-            "-j",
-            "2",
-            "-R",
-            str(rate),
-            "-T",
-            str(int(seconds)),
-            "-f",
-            script.name,
-            "-h",
-            str(info.host),
-            "-p",
-            str(info.port),
-            "-U",
-            str(info.user),
-            str(info.dbname),
-        ]
-        out = subprocess.run(command, capture_output=True, text=True, check=False)
-        Path(script.name).unlink()
-        if out.returncode != 0:
-            raise RuntimeError(f"pgbench failed: {out.stderr.strip()[-500:]}")
-        cpu1, (wal1, upd1, hot1, heap1) = cluster_cpu_s(cluster), counters(conn)
+
+        def pgbench(duration: float) -> str:
+            command = [
+                str(find_bindir() / "pgbench"),
+                "-n",
+                "-M",
+                "prepared",
+                "-c",
+                str(DIRECT_CLIENTS),
+                "-j",
+                "2",
+                "-R",
+                str(rate),
+                "-T",
+                str(int(duration)),
+                "-f",
+                script.name,
+                "-h",
+                str(info.host),
+                "-p",
+                str(info.port),
+                "-U",
+                str(info.user),
+                str(info.dbname),
+            ]
+            out = subprocess.run(command, capture_output=True, text=True, check=False)
+            if out.returncode != 0:
+                raise RuntimeError(f"pgbench failed: {out.stderr.strip()[-500:]}")
+            return out.stdout
+
+        try:
+            if warmup >= 1:
+                pgbench(warmup)
+            cpu0, (wal0, upd0, hot0, heap0) = cluster_cpu_s(cluster), counters(conn)
+            stdout = pgbench(seconds)
+            cpu1, (wal1, upd1, hot1, heap1) = cluster_cpu_s(cluster), counters(conn)
+        finally:
+            Path(script.name).unlink()
         conn.execute("DROP TABLE public.bench_ids")
-    tps = float(re.search(r"tps = ([\d.]+)", out.stdout).group(1))  # type: ignore[union-attr]
-    lag = re.search(r"schedule lag: avg ([\d.]+) \(max ([\d.]+)\) ms", out.stdout)
+    tps = float(re.search(r"tps = ([\d.]+)", stdout).group(1))  # type: ignore[union-attr]
+    lag = re.search(r"schedule lag: avg ([\d.]+) \(max ([\d.]+)\) ms", stdout)
     lag_avg, lag_max = (float(lag.group(1)), float(lag.group(2))) if lag else (None, None)
     beats = upd1 - upd0
     run = Run("direct", agents, seconds, sustained=False, rate_target=round(rate, 1), rate_achieved=round(tps, 1))
@@ -503,7 +515,7 @@ def main(argv: list[str]) -> None:
                 if strategy == "pybatch":
                     attempt = lambda n: run_pybatch(cluster, dsn, n, args.warmup, args.search_seconds, args.limit)  # noqa: E731
                 else:
-                    attempt = lambda n: run_direct(cluster, dsn, n, args.search_seconds)  # noqa: E731
+                    attempt = lambda n: run_direct(cluster, dsn, n, args.warmup, args.search_seconds)  # noqa: E731
                 first = args.start if strategy == "pybatch" else args.direct_start
                 passed, failed, runs = search(strategy, attempt, first, args.max)
                 report[strategy] = {"largest_sustained": passed, "first_not_sustained": failed}
