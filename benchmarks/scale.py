@@ -121,6 +121,32 @@ def cluster_cpu_s(cluster: LocalCluster) -> float:
     return float(total)
 
 
+def settle(cluster: LocalCluster, conn: psycopg.Connection, timeout: float = 30.0) -> None:
+    """Wait until pgbench's backends have exited and the postmaster has reaped them: an exited
+    backend's CPU moves into the postmaster's children times only when it is reaped, so a
+    reading taken in between would count it in the next window (or in none)."""
+    pid = int((cluster.datadir / "postmaster.pid").read_text().split()[0])
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        conn.execute("SELECT pg_catalog.pg_stat_clear_snapshot()")
+        left = conn.execute(
+            "SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE application_name = 'pgbench'"
+        ).fetchone()
+        children = psutil.Process(pid).children()
+        zombies = [c for c in children if _status(c) == psutil.STATUS_ZOMBIE]
+        if left is not None and left[0] == 0 and not zombies:
+            return
+        time.sleep(0.05)
+    raise RuntimeError("pgbench's backends did not exit")
+
+
+def _status(process: psutil.Process) -> str | None:
+    try:
+        return str(process.status())
+    except psutil.NoSuchProcess:
+        return None
+
+
 def backend_cpu_s(pid: int) -> float:
     times = psutil.Process(pid).cpu_times()
     return float(times.user + times.system)
@@ -369,8 +395,10 @@ def run_direct(cluster: LocalCluster, dsn: str, agents: int, warmup: float, seco
         try:
             if warmup >= 1:
                 pgbench(warmup)
+                settle(cluster, conn)
             cpu0, (wal0, upd0, hot0, heap0) = cluster_cpu_s(cluster), counters(conn)
             stdout = pgbench(seconds)
+            settle(cluster, conn)
             cpu1, (wal1, upd1, hot1, heap1) = cluster_cpu_s(cluster), counters(conn)
         finally:
             Path(script.name).unlink()
