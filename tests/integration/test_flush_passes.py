@@ -185,15 +185,16 @@ def test_no_fresh_beat_is_dropped_as_future_under_concurrent_writers(dsn: str, c
     agents = make_agents(conn, 200)
     conn.execute("UPDATE pybatch.settings SET future_tolerance = '0'")
     stop = threading.Event()
-    written = [0]
+    # One count per writer: `+=` on a shared slot is not atomic across threads.
+    written = [0, 0, 0]
 
-    def writer() -> None:
+    def writer(slot: int) -> None:
         with psycopg.connect(dsn, autocommit=True) as c:
             while not stop.is_set():
                 c.execute("INSERT INTO pybatch.heartbeats (agent_id) SELECT unnest(%s::uuid[])", (agents[:50],))
-                written[0] += 50
+                written[slot] += 50
 
-    threads = [threading.Thread(target=writer) for _ in range(3)]
+    threads = [threading.Thread(target=writer, args=(slot,)) for slot in range(len(written))]
     for thread in threads:
         thread.start()
     results = []
@@ -206,9 +207,9 @@ def test_no_fresh_beat_is_dropped_as_future_under_concurrent_writers(dsn: str, c
             thread.join()
     while unmerged(conn):
         results.append(flush(conn))
-    assert written[0] > 1000
+    assert sum(written) > 1000
     assert sum(r.future_heartbeats or 0 for r in results) == 0
-    assert sum(r.rows_staged or 0 for r in results) == written[0]
+    assert sum(r.rows_staged or 0 for r in results) == sum(written)
 
 
 def test_a_row_locked_by_an_app_defers_that_agent_and_blocks_nobody(dsn: str, conn: psycopg.Connection) -> None:

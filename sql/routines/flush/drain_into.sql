@@ -53,37 +53,37 @@ BEGIN
             UNION ALL
             SELECT r.agent_id, r.replica_id, r.first_at, r.last_at, r.beats FROM retried r
         ),
-        located AS (
-            -- Each event beside its agent's row (none: the agent is unknown).
-            SELECT e.agent_id, e.replica_id, e.first_at, e.last_at, e.beats,
-                   wa.ctid AS row_at, (wa.ctid::text::point)[0] AS page
+        latest AS (
+            -- One row per agent: its latest beat (ties: greater replica, NULL
+            -- lowest), its earliest beat and its count. One sort serves both.
+            SELECT DISTINCT ON (e.agent_id)
+                e.agent_id,
+                e.replica_id,
+                e.last_at,
+                pg_catalog.min(e.first_at) OVER per_agent AS first_at,
+                pg_catalog.sum(e.beats) OVER per_agent AS beats
             FROM events e
-            LEFT JOIN %3$s wa ON wa.id = e.agent_id
+            WINDOW per_agent AS (
+                PARTITION BY e.agent_id
+                ORDER BY e.last_at DESC, e.replica_id DESC NULLS LAST
+                ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)
+            ORDER BY e.agent_id, e.last_at DESC, e.replica_id DESC NULLS LAST
         ),
         placed AS (
-            -- One row per agent: its latest beat (ties: greater replica, NULL
-            -- lowest), its earliest beat and its count, numbered within its
-            -- row's heap page: pass k takes the k-th. One sort serves all three.
-            SELECT DISTINCT ON (x.page, x.row_at, x.agent_id)
-                x.agent_id, x.replica_id, x.last_at, x.row_at,
-                pg_catalog.min(x.first_at) OVER per_agent AS first_at,
-                pg_catalog.sum(x.beats) OVER per_agent AS beats,
-                (pg_catalog.dense_rank() OVER per_page)::integer AS pass_no,
-                EXISTS (SELECT FROM %4$s q
-                        WHERE q.agent_id = x.agent_id AND q.retry_at > $3) AS held
-            FROM located x
-            WINDOW per_page AS (PARTITION BY x.page ORDER BY x.row_at, x.agent_id),
-                   per_agent AS (
-                       PARTITION BY x.page, x.row_at, x.agent_id
-                       ORDER BY x.last_at DESC, x.replica_id DESC NULLS LAST
-                       ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)
-            ORDER BY x.page, x.row_at, x.agent_id, x.last_at DESC, x.replica_id DESC NULLS LAST
+            -- Number each agent within its row's heap page: pass k takes the k-th.
+            SELECT l.agent_id, l.first_at, l.last_at, l.replica_id, l.beats,
+                   pg_catalog.row_number() OVER (
+                       PARTITION BY (wa.ctid::text::point)[0] ORDER BY wa.ctid)::integer AS pass_no,
+                   EXISTS (SELECT FROM %4$s q
+                           WHERE q.agent_id = l.agent_id AND q.retry_at > $3) AS held
+            FROM latest l
+            JOIN %3$s wa ON wa.id = l.agent_id
         ),
         queued AS (
             -- In pass order, so each pass reads and deletes neighbouring rows.
             INSERT INTO %2$s (agent_id, first_at, last_at, replica_id, beats, pass_no)
             SELECT pl.agent_id, pl.first_at, pl.last_at, pl.replica_id, pl.beats, pl.pass_no
-            FROM placed pl WHERE pl.row_at IS NOT NULL AND NOT pl.held
+            FROM placed pl WHERE NOT pl.held
             ORDER BY pl.pass_no
         ),
         held AS (
@@ -98,14 +98,15 @@ BEGIN
                 END,
                 beats = q.beats + pl.beats
             FROM placed pl
-            WHERE pl.held AND pl.row_at IS NOT NULL AND q.agent_id = pl.agent_id
+            WHERE pl.held AND q.agent_id = pl.agent_id
         )
         -- (queued and held run to completion although nothing reads them.)
         SELECT
             (SELECT pg_catalog.count(*) FROM drained),
             (SELECT pg_catalog.count(*) FROM drained d WHERE d.is_future),
             -- Agents with no row (never created, or deleted since): nothing to merge into.
-            (SELECT COALESCE(pg_catalog.sum(pl.beats), 0)::bigint FROM placed pl WHERE pl.row_at IS NULL)
+            (SELECT COALESCE(pg_catalog.sum(l.beats), 0)::bigint FROM latest l
+              WHERE NOT EXISTS (SELECT FROM placed pl WHERE pl.agent_id = l.agent_id))
         $q$, staging, pending, agents, quarantine)
     INTO rows_staged, future_heartbeats, unknown_heartbeats
     USING row_cap, tolerance, handoff_at;
