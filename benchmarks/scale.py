@@ -105,6 +105,7 @@ class Run:
     rate_achieved: float | None = None
     lag_avg_ms: float | None = None
     lag_max_ms: float | None = None
+    statements: list[dict[str, Any]] = field(default_factory=list)  # --statements: where the server's time went
     samples: list[Sample] = field(default_factory=list)
 
 
@@ -163,15 +164,36 @@ def counters(conn: psycopg.Connection) -> tuple[int, int, int, int]:
     return int(row[0]), int(row[1]), int(row[2]), int(row[3])
 
 
-def prepare(dsn: str, agents: int) -> None:
+def prepare(dsn: str, agents: int, warm_start: bool = False) -> None:
     with db.connect(dsn) as conn:
         conn.execute("TRUNCATE pybatch.heartbeats, pybatch.pending, pybatch.quarantine")
         conn.execute("DELETE FROM pybatch.flush_log")
         reset_agents(conn, agents, "coder")  # random ids, creation order, VACUUM ANALYZE, CHECKPOINT
+        if warm_start:
+            # A table in use: every agent has connected, so its row already has the width
+            # the connection columns give it, packed at the table's fillfactor. Cold, each
+            # first beat lengthens its row and moves it (non-HOT), and at 750,000 agents the
+            # first flush did not end within the warm-up.
+            conn.execute(
+                "UPDATE public.workspace_agents SET first_connected_at = now(), last_connected_at = now(),"
+                " last_connected_replica_id = %s, updated_at = now()",
+                (REPLICAS[0],),
+            )
+            conn.execute("VACUUM (FULL, ANALYZE) public.workspace_agents")
+            conn.execute("CHECKPOINT")
 
 
-def run_pybatch(cluster: LocalCluster, dsn: str, agents: int, warmup: float, seconds: float, limit: float) -> Run:
-    prepare(dsn, agents)
+def run_pybatch(
+    cluster: LocalCluster,
+    dsn: str,
+    agents: int,
+    warmup: float,
+    seconds: float,
+    limit: float,
+    warm_start: bool = False,
+    statements: int = 0,
+) -> Run:
+    prepare(dsn, agents, warm_start)
     ids = [str(i) for i in agent_ids(agents)]
     replica = [str(r) for r in REPLICAS]
     # Per second of the period and per writer: its agents' COPY rows, less the stamp.
@@ -223,6 +245,8 @@ def run_pybatch(cluster: LocalCluster, dsn: str, agents: int, warmup: float, sec
             # Server CPU less this monitor's own backend (its samples are the bench's, not the fleet's).
             monitor = conn.info.backend_pid
             monitor0 = backend_cpu_s(monitor)
+            if statements:
+                conn.execute("SELECT public.pg_stat_statements_reset()")
             cpu0, (wal0, upd0, hot0, heap0) = cluster_cpu_s(cluster) - monitor0, counters(conn)
             began = time.time()
             first_flush = conn.execute("SELECT COALESCE(max(id), 0) FROM pybatch.flush_log").fetchone()[0]  # type: ignore[index]
@@ -252,6 +276,8 @@ def run_pybatch(cluster: LocalCluster, dsn: str, agents: int, warmup: float, sec
             run.hot_share = round((hot1 - hot0) / (upd1 - upd0), 4) if upd1 > upd0 else None
             run.heap_growth = round(heap1 / heap0 - 1, 4) if heap0 else None
             run.flush_peak_memory_mb = _peak_memory_mb(flush_pid)
+            if statements:
+                run.statements = top_statements(conn, statements, elapsed)
             flushes = conn.execute(
                 "SELECT extract(epoch FROM duration)::float8, passes, error IS NOT NULL OR completed_at IS NULL"
                 " FROM pybatch.flush_log WHERE id > %s ORDER BY id",
@@ -318,6 +344,29 @@ def sample_agents(conn: psycopg.Connection) -> tuple[float | None, int]:
     return oldest, disconnected
 
 
+def top_statements(conn: psycopg.Connection, limit: int, elapsed: float) -> list[dict[str, Any]]:
+    """The statements that took the most time over the window (pg_stat_statements, nested
+    statements included: each step of a flush is a statement of its own), with their share of
+    the window's wall time (one core's worth is 1.0)."""
+    rows = conn.execute(
+        "SELECT calls, total_exec_time, rows, regexp_replace(query, '\\s+', ' ', 'g')"
+        " FROM public.pg_stat_statements WHERE toplevel = false OR query NOT LIKE 'CALL%%'"
+        " ORDER BY total_exec_time DESC LIMIT %s",
+        (limit,),
+    ).fetchall()
+    return [
+        {
+            "calls": int(calls),
+            "total_s": round(total_ms / 1000, 2),
+            "mean_ms": round(total_ms / calls, 2) if calls else None,
+            "rows": int(n),
+            "share_of_a_core": round(total_ms / 1000 / elapsed, 3),
+            "query": query[:200],
+        }
+        for calls, total_ms, n, query in rows
+    ]
+
+
 def _flush_backend(conn: psycopg.Connection) -> int | None:
     row = conn.execute(
         "SELECT pid FROM pg_catalog.pg_stat_activity WHERE query LIKE '%%flush_in_passes%%'"
@@ -344,11 +393,13 @@ FROM bench_ids b WHERE b.n = :i AND wa.id = b.id;
 """
 
 
-def run_direct(cluster: LocalCluster, dsn: str, agents: int, warmup: float, seconds: float) -> Run:
+def run_direct(
+    cluster: LocalCluster, dsn: str, agents: int, warmup: float, seconds: float, warm_start: bool = False
+) -> Run:
     """One UPDATE per beat (the direct strategy's statement) at the fleet's rate, with pgbench:
     a warm-up at that rate (every agent connects once, as pybatch's warm-up lets it), then the
     measured run."""
-    prepare(dsn, agents)
+    prepare(dsn, agents, warm_start)
     with db.connect(dsn) as conn:
         # pgbench draws integers: a map from i to agent i's id (a primary-key lookup per
         # UPDATE, which direct pays and Coder's app would not: direct's ceiling is conservative).
@@ -421,11 +472,18 @@ def run_direct(cluster: LocalCluster, dsn: str, agents: int, warmup: float, seco
 def show(run: Run) -> None:
     d = asdict(run)
     d.pop("samples")
+    d.pop("statements")
     verdict = "SUSTAINED" if run.sustained else "not sustained"
     figures = ", ".join(
         f"{k} {v}" for k, v in d.items() if v is not None and k not in ("strategy", "agents", "sustained")
     )
     print(f"{run.strategy:>8} {run.agents:>9,} agents: {verdict} | {figures}", flush=True)
+    for st in run.statements:
+        print(
+            f"    {st['share_of_a_core']:>6.1%} of a core  {st['calls']:>6} calls  {st['mean_ms']:>9} ms each"
+            f"  {st['rows']:>9} rows  {st['query'][:110]}",
+            flush=True,
+        )
 
 
 def search(label: str, attempt: Any, first: int, largest: int) -> tuple[int | None, int | None, list[Run]]:
@@ -482,7 +540,7 @@ def plot(run: Run, path: str) -> None:
 
 
 @contextlib.contextmanager
-def server(shared_buffers: str, server_log: str | None) -> Iterator[tuple[LocalCluster, str]]:
+def server(shared_buffers: str, server_log: str | None, statements: bool = False) -> Iterator[tuple[LocalCluster, str]]:
     settings = {
         "shared_buffers": f"'{shared_buffers}'",
         "max_wal_size": "'4GB'",
@@ -493,9 +551,16 @@ def server(shared_buffers: str, server_log: str | None) -> Iterator[tuple[LocalC
         "auto_explain.log_nested_statements": "on",
         "log_autovacuum_min_duration": "'1s'",
     }
+    if statements:
+        # Every statement, nested ones too (a flush's steps run inside its procedure).
+        settings["shared_preload_libraries"] = "'pg_cron,pg_stat_statements'"
+        settings["pg_stat_statements.track"] = "all"
     with temporary_cluster(settings, prefix="pybatch-scale-") as cluster:
         try:
             with bench_target(cluster.url(), "coder") as target:
+                if statements:
+                    with db.connect(target) as conn:
+                        conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements SCHEMA public")
                 yield cluster, target
         finally:
             if server_log:
@@ -518,6 +583,18 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--json", help="write every run as JSON")
     parser.add_argument("--server-log", help="copy the server's log here at the end (slow statements' plans)")
     parser.add_argument("--plot", help="PNG of staleness and flush time over the long run (needs matplotlib)")
+    parser.add_argument(
+        "--warm-start",
+        action="store_true",
+        help="every agent has connected once before a run, as in a table in use (default: never connected)",
+    )
+    parser.add_argument(
+        "--statements",
+        type=int,
+        default=0,
+        metavar="N",
+        help="print the N statements that took the most server time in each pybatch run (pg_stat_statements)",
+    )
     args = parser.parse_args(argv)
     report: dict[str, Any] = {
         "machine": {"cores": psutil.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1)},
@@ -528,7 +605,7 @@ def main(argv: list[str]) -> None:
         },
         "runs": [],
     }
-    with server(args.shared_buffers, args.server_log) as (cluster, dsn):
+    with server(args.shared_buffers, args.server_log, args.statements > 0) as (cluster, dsn):
         with db.connect(dsn) as conn:
             report["server_version"] = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
             # As the server runs, not as asked: the figures hold for these settings.
@@ -536,14 +613,19 @@ def main(argv: list[str]) -> None:
                 report["settings"][name] = conn.execute(sql.SQL("SHOW {}").format(sql.Identifier(name))).fetchone()[0]  # type: ignore[index]
             interval = conn.execute("SELECT extract(epoch FROM flush_interval) FROM pybatch.settings").fetchone()
             report["settings"]["flush_interval_s"] = float(interval[0]) if interval else None
+            report["settings"]["warm_start"] = args.warm_start
         print(f"scale: PostgreSQL {report['server_version']}, {report['settings']}", flush=True)
         long_size = args.agents
         if args.search:
             for strategy in args.strategies.split(","):
                 if strategy == "pybatch":
-                    attempt = lambda n: run_pybatch(cluster, dsn, n, args.warmup, args.search_seconds, args.limit)  # noqa: E731
+                    attempt = lambda n: run_pybatch(  # noqa: E731
+                        cluster, dsn, n, args.warmup, args.search_seconds, args.limit, args.warm_start, args.statements
+                    )
                 else:
-                    attempt = lambda n: run_direct(cluster, dsn, n, args.warmup, args.search_seconds)  # noqa: E731
+                    attempt = lambda n: run_direct(  # noqa: E731
+                        cluster, dsn, n, args.warmup, args.search_seconds, args.warm_start
+                    )
                 first = args.start if strategy == "pybatch" else args.direct_start
                 passed, failed, runs = search(strategy, attempt, first, args.max)
                 report[strategy] = {"largest_sustained": passed, "first_not_sustained": failed}
@@ -555,7 +637,9 @@ def main(argv: list[str]) -> None:
                 print(f"fleet ratio pybatch/direct: {ratio:.1f}x", flush=True)
         if long_size and (args.minutes or not args.search):
             seconds = args.minutes * 60 if args.minutes else args.search_seconds
-            run = run_pybatch(cluster, dsn, long_size, args.warmup, seconds, args.limit)
+            run = run_pybatch(
+                cluster, dsn, long_size, args.warmup, seconds, args.limit, args.warm_start, args.statements
+            )
             show(run)
             report["long_run"] = asdict(run)
             if args.plot:

@@ -49,3 +49,37 @@ def test_scale_benchmark_reports_both_strategies(tmp_path: Path) -> None:
     assert pybatch["flushes"] >= 1 and pybatch["cpu_us_per_beat"] > 0 and pybatch["flush_peak_memory_mb"] > 0
     assert direct["rate_target"] == 200.0 and direct["rate_achieved"] > 0 and direct["cpu_us_per_beat"] > 0
     assert "pybatch: largest sustained" in done.stdout and "direct: largest sustained" in done.stdout
+
+
+@pytest.mark.slow
+def test_scale_benchmark_starts_warm_and_names_where_the_time_went(tmp_path: Path) -> None:
+    out = tmp_path / "scale.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/scale.py",
+            "--agents", "3000",
+            "--search-seconds", "6",
+            "--warmup", "17",
+            "--shared-buffers", "128MB",
+            "--warm-start",
+            "--statements", "5",
+            "--json", str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["settings"]["warm_start"] is True
+    run = report["long_run"]
+    # Warm: every row had its connected width before the run, so the first flushes stay HOT.
+    assert run["hot_share"] is not None and run["hot_share"] >= 0.95, run["hot_share"]
+    statements = run["statements"]
+    assert len(statements) == 5 and all(s["calls"] > 0 and s["total_s"] >= 0 for s in statements)
+    # The flush's own steps are among them (nested statements are tracked).
+    assert any("merge_pass_in" in s["query"] or "drain_into" in s["query"] for s in statements), statements
+    assert "of a core" in done.stdout
