@@ -36,6 +36,7 @@ from pybatch.bench.measure import (
     backend_pid,
     percentile,
     read_counters,
+    relation_update_records,
     wal_records,
     walinspect_schema,
 )
@@ -291,6 +292,13 @@ def run_strategy(dsn: str, name: str, config: BenchConfig, say: Progress) -> dic
             strategy.close()
         window = load.window(window_start, window_end)
         records = wal_records(measure_conn, walinspect, start_counters.wal_bytes, end_counters.wal_bytes, window.beats)
+        updates = relation_update_records(
+            measure_conn,
+            walinspect,
+            start_counters.wal_bytes,
+            end_counters.wal_bytes,
+            ("public.workspace_agents", "pybatch.flush_log"),
+        )
     # The flushes that merged the window's beats: those that started after its first flush, up to its last.
     writes = [w for w in (flusher.writes if flusher else strategy.writes) if window_start < w.started <= window_end]
     counters = end_counters.minus(start_counters)
@@ -318,6 +326,9 @@ def run_strategy(dsn: str, name: str, config: BenchConfig, say: Progress) -> dic
         sizes={"loaded": loaded, "start": start_sizes, "end": end_sizes},
     )
     result["wal_records_per_beat"] = records
+    result["update_records_per_beat"] = (
+        None if updates is None or not window.beats else round(updates / window.beats, 4)
+    )
     return result
 
 

@@ -105,6 +105,23 @@ def wal_records(conn: psycopg.Connection, schema: str | None, start: int, end: i
     }
 
 
+def relation_update_records(
+    conn: psycopg.Connection, schema: str | None, start: int, end: int, relations: Sequence[str]
+) -> int | None:
+    """Heap UPDATE records (HOT or not) between two positions that change `relations` of this
+    database: the row versions the WAL holds for them, whatever else the server wrote meanwhile."""
+    if schema is None or end <= start:
+        return None
+    query = sql.SQL(resources.read_sql("bench/wal_update_records.sql")).format(walinspect=sql.Identifier(schema))
+    params = {"start_lsn": format_lsn(start), "end_lsn": format_lsn(end), "relations": list(relations)}
+    try:
+        row = conn.execute(query, params).fetchone()
+    except psycopg.Error as exc:  # WAL recycled already, or no privilege on the functions
+        log.info("WAL records unavailable: %s", db.first_line(exc), extra={"reason": db.first_line(exc)})
+        return None
+    return None if row is None else int(row[0])
+
+
 def backend_pid(conn: psycopg.Connection) -> int:
     return int(conn.info.backend_pid)
 

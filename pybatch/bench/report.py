@@ -50,6 +50,11 @@ EXTRA_FIGURES: tuple[tuple[str, str], ...] = (
         "the window's WAL by record type (pg_walinspect): records, bytes and full-page-image bytes per heartbeat;"
         " null when pg_walinspect is not installed (the bench installs it in its scratch database only)",
     ),
+    (
+        "update_records_per_beat",
+        "heap UPDATE records (HOT or not) per heartbeat in the window's WAL that change workspace_agents or"
+        " pybatch.flush_log (wal_records_per_beat counts the whole server's: autovacuum's too)",
+    ),
 )
 DOCUMENTED_KEYS = {key: meaning for key, _, meaning in FIGURES} | dict(EXTRA_FIGURES)
 # Which way is better, for the chart's panel titles: every figure costs, except the HOT share.

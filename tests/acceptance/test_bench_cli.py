@@ -175,13 +175,17 @@ def test_figures_keep_their_relations(bench_run: tuple[str, dict[str, Any], str,
         assert set(f["indexes"]) == CODER_INDEXES
         assert f["index_bytes_before"] == sum(i["before"] for i in f["indexes"].values())
         assert f["worst_index_growth_pct"] == max(i["growth_pct"] for i in f["indexes"].values())
-        # The WAL by record type (pg_walinspect, in the scratch database) agrees with the
-        # tables' statistics: one heap UPDATE record per row version (of workspace_agents, and
-        # of pybatch.flush_log, whose row a flush updates per pass), and adds up to the WAL.
+        # The WAL (pg_walinspect, in the scratch database) agrees with the tables' statistics:
+        # one heap UPDATE record per row version (of workspace_agents, and of pybatch.flush_log,
+        # whose row a flush updates per pass), and the records by type add up to the WAL. Only
+        # the records of those two relations: the WAL is the whole server's, and an autovacuum
+        # ANALYZE in the window (timing, more likely under load) adds pg_statistic's updates.
         records = f["wal_records_per_beat"]
-        versions = sum(records.get(r, {}).get("records", 0) for r in ("Heap/HOT_UPDATE", "Heap/UPDATE"))
+        versions = f["update_records_per_beat"]
         written = f["row_versions_per_beat"] + f["log_row_versions_per_beat"]
-        assert versions == pytest.approx(written, abs=0.05), (name, records)
+        assert versions == pytest.approx(written, abs=0.05), (name, versions, records)
+        server_wide = sum(v["records"] for r, v in records.items() if r.startswith(("Heap/HOT_UPDATE", "Heap/UPDATE")))
+        assert server_wide >= versions - 0.01, (name, versions, records)
         assert sum(r["bytes"] for r in records.values()) == pytest.approx(f["wal_bytes_per_beat"], rel=0.1), name
     # One commit per heartbeat for direct; a flush commits per pass, not per beat.
     assert s["direct"]["wal_records_per_beat"]["Transaction/COMMIT"]["records"] >= 0.95
