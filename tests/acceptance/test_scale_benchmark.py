@@ -8,36 +8,35 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.slow
-def test_scale_benchmark_reports_both_strategies(tmp_path: Path) -> None:
+# A tiny fleet, a short window, a small server: the script's whole path, quickly.
+TINY = ["--search-seconds", "6", "--warmup", "17", "--shared-buffers", "128MB"]
+
+
+def run_scale(tmp_path: Path, *args: str) -> tuple[str, dict[str, Any]]:
+    """Run the script with `args` and TINY; its stdout and its JSON report."""
     out = tmp_path / "scale.json"
     done = subprocess.run(
-        [
-            sys.executable,
-            "benchmarks/scale.py",
-            "--search",
-            "--start", "3000",
-            "--direct-start", "3000",
-            "--max", "3000",
-            "--search-seconds", "6",
-            "--warmup", "17",
-            "--shared-buffers", "128MB",
-            "--json", str(out),
-        ],
+        [sys.executable, "benchmarks/scale.py", *args, *TINY, "--json", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=600,
         check=False,
-    )  # fmt: skip
+    )
     assert done.returncode == 0, done.stderr[-2000:]
-    report = json.loads(out.read_text())
+    return done.stdout, json.loads(out.read_text())
+
+
+@pytest.mark.slow
+def test_scale_benchmark_reports_both_strategies(tmp_path: Path) -> None:
+    stdout, report = run_scale(tmp_path, "--search", "--start", "3000", "--direct-start", "3000", "--max", "3000")
     settings = report["settings"]
     assert settings["fsync"] == "on" and settings["shared_buffers"] == "128MB" and settings["flush_interval_s"] == 5.0
     runs = {run["strategy"]: run for run in report["runs"]}
@@ -48,32 +47,12 @@ def test_scale_benchmark_reports_both_strategies(tmp_path: Path) -> None:
     assert all(sample["staleness"] is not None for sample in pybatch["samples"])
     assert pybatch["flushes"] >= 1 and pybatch["cpu_us_per_beat"] > 0 and pybatch["flush_peak_memory_mb"] > 0
     assert direct["rate_target"] == 200.0 and direct["rate_achieved"] > 0 and direct["cpu_us_per_beat"] > 0
-    assert "pybatch: largest sustained" in done.stdout and "direct: largest sustained" in done.stdout
+    assert "pybatch: largest sustained" in stdout and "direct: largest sustained" in stdout
 
 
 @pytest.mark.slow
 def test_scale_benchmark_starts_warm_and_names_where_the_time_went(tmp_path: Path) -> None:
-    out = tmp_path / "scale.json"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "benchmarks/scale.py",
-            "--agents", "3000",
-            "--search-seconds", "6",
-            "--warmup", "17",
-            "--shared-buffers", "128MB",
-            "--warm-start",
-            "--statements", "5",
-            "--json", str(out),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-2000:]
-    report = json.loads(out.read_text())
+    stdout, report = run_scale(tmp_path, "--agents", "3000", "--warm-start", "--statements", "5")
     assert report["settings"]["warm_start"] is True
     run = report["long_run"]
     # Warm: every row had its connected width before the run, so the first flushes stay HOT.
@@ -82,4 +61,4 @@ def test_scale_benchmark_starts_warm_and_names_where_the_time_went(tmp_path: Pat
     assert len(statements) == 5 and all(s["calls"] > 0 and s["total_s"] >= 0 for s in statements)
     # The flush's own steps are among them (nested statements are tracked).
     assert any("merge_pass_in" in s["query"] or "drain_into" in s["query"] for s in statements), statements
-    assert "of a core" in done.stdout
+    assert "of a core" in stdout
