@@ -62,7 +62,7 @@ from pybatch import db
 from pybatch.bench.fleet import REPLICAS, agent_ids
 from pybatch.bench.fleet_run import reset_agents
 from pybatch.bench.target import bench_target
-from pybatch.local import LocalCluster, find_bindir, temporary_cluster
+from pybatch.local import BASE_SETTINGS, LocalCluster, find_bindir, temporary_cluster
 from pybatch.schedule.scheduler import Scheduler
 
 PERIOD = 15  # s between two beats of one agent (Coder)
@@ -553,7 +553,8 @@ def server(shared_buffers: str, server_log: str | None, statements: bool = False
     }
     if statements:
         # Every statement, nested ones too (a flush's steps run inside its procedure).
-        settings["shared_preload_libraries"] = "'pg_cron,pg_stat_statements'"
+        preloaded = BASE_SETTINGS["shared_preload_libraries"].strip("'")
+        settings["shared_preload_libraries"] = f"'{preloaded},pg_stat_statements'"
         settings["pg_stat_statements.track"] = "all"
     with temporary_cluster(settings, prefix="pybatch-scale-") as cluster:
         try:
