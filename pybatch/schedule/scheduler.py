@@ -25,7 +25,6 @@ import os
 import select
 import signal
 import socket
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -50,8 +49,6 @@ LEASE_GRACE_SECONDS = 10.0
 BACKOFF_INITIAL = 0.5
 BACKOFF_MAX = 5.0
 FINAL_FLUSH_LOCK_WAIT = 5.0
-# Between flushes the leader looks this often for a server that went away (see _sleep_until).
-SERVER_CHECK_SECONDS = 0.2
 
 
 class SchedulerMetrics:
@@ -124,6 +121,49 @@ class Lease:
             conn.execute(self.RELEASE, (self.token,), prepare=False)
 
 
+class StopRequest:
+    """A request to stop that a signal handler may make, as well as any thread.
+
+    threading.Event will not do: a signal handler runs in the main thread between two bytecodes,
+    and Event.set() takes a lock the main thread holds for a moment inside each Event.wait(), so a
+    SIGTERM that lands there waits for itself forever (Python's signal docs warn against locks in
+    handlers; a CI run caught a scheduler hung this way). Here set() only writes a flag and one byte down a
+    socket pair, and wait() is a select() on the pair, so it wakes at once. Nothing is cleared:
+    once asked to stop, the request stays made.
+    """
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+        self._wake_reader, self._wake_writer = socket.socketpair()
+        for end in (self._wake_reader, self._wake_writer):
+            end.setblocking(False)
+
+    def set(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason
+        # A full buffer already wakes the reader; a closed pair has no reader left to wake.
+        with suppress(OSError):
+            self._wake_writer.send(b"\0")
+
+    def is_set(self) -> bool:
+        return self.reason is not None
+
+    def wait(self, timeout: float, *conns: psycopg.Connection) -> bool:
+        """Wait up to `timeout` seconds for the request. With `conns`, return early too when one
+        of those idle connections turns readable (the server is almost always closing it). True
+        when a connection spoke, or could not be watched."""
+        try:
+            watched = [self._wake_reader.fileno(), *(conn.fileno() for conn in conns)]
+            readable, _, _ = select.select(watched, [], [], max(timeout, 0.0))
+        except (OSError, ValueError, psycopg.Error):
+            return bool(conns)
+        return any(fd != watched[0] for fd in readable)
+
+    def close(self) -> None:
+        self._wake_reader.close()
+        self._wake_writer.close()
+
+
 class Scheduler:
     """Leader-elected periodic flusher. run() blocks until request_stop() (or SIGTERM/SIGINT)."""
 
@@ -141,7 +181,7 @@ class Scheduler:
         self.metrics_port = metrics_port
         self.metrics = metrics or SchedulerMetrics()
         self._row_cap: int | None = None
-        self._stop = threading.Event()
+        self._stop = StopRequest()
         self._outage_started: float | None = None
         self._backoff = BACKOFF_INITIAL
         self._on_standby = False
@@ -150,9 +190,9 @@ class Scheduler:
 
     # -- lifecycle --------------------------------------------------------------------
     def request_stop(self, reason: str = "requested") -> None:
-        if not self._stop.is_set():
-            log.info("stopping scheduler", extra={"reason": reason})
-        self._stop.set()
+        """Safe from any thread and from a signal handler: it logs nothing and takes no lock (the
+        loop logs the reason when it stops)."""
+        self._stop.set(reason)
 
     def install_signal_handlers(self) -> None:
         def handler(signum: int, frame: FrameType | None) -> None:
@@ -184,7 +224,8 @@ class Scheduler:
             if server is not None:
                 server.shutdown()
                 server.server_close()
-        log.info("scheduler stopped")
+            self._stop.close()
+        log.info("scheduler stopped", extra={"reason": self._stop.reason})
 
     # -- one connected session: compete, then lead or stand by ------------------------------------
     def _session(self) -> None:
@@ -240,6 +281,7 @@ class Scheduler:
                 while True:
                     self._sleep_until(due, lock_conn, flush_conn)
                     if self._stop.is_set():
+                        log.info("stopping scheduler", extra={"reason": self._stop.reason})
                         self._final_flush(flush_conn)
                         return
                     self._read_settings(lock_conn)
@@ -261,9 +303,9 @@ class Scheduler:
         failover), so the leader finds out now, not at its next tick, and reconnects at once."""
         while not self._stop.is_set():
             remaining = due - time.monotonic()
-            if remaining <= 0 or self._stop.wait(min(remaining, SERVER_CHECK_SECONDS)):
+            if remaining <= 0:
                 return
-            if _server_spoke(conns):
+            if self._stop.wait(remaining, *conns):
                 log.debug("a connection turned readable between flushes: checking the server now")
                 return
 
@@ -332,16 +374,6 @@ class Scheduler:
         self._stop.wait(self._backoff)
         # At least one attempt per interval: after a failover the flush resumes within one interval.
         self._backoff = min(self._backoff * 2, BACKOFF_MAX, max(BACKOFF_INITIAL, self.interval))
-
-
-def _server_spoke(conns: tuple[psycopg.Connection, ...]) -> bool:
-    """True when one of these idle connections has something to read (or is closed)."""
-    try:
-        sockets = [conn.fileno() for conn in conns]
-        readable, _, _ = select.select(sockets, [], [], 0)
-    except (OSError, ValueError, psycopg.Error):
-        return True
-    return bool(readable)
 
 
 @contextmanager
