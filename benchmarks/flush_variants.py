@@ -7,7 +7,8 @@
 Each VARIANT is a comma-separated list of routine source files (sql/routines/...), applied with
 CREATE OR REPLACE before each of its rounds. Round after round, every variant in turn stages one
 heartbeat for every agent and runs one flush (CALL pybatch.flush_in_passes()), so the variants
-share the machine's noise; the first two rounds of each are left out (the table settles). Prints
+share the machine's noise (with --beats N, N heartbeats per agent, a millisecond apart, as after
+a flush that fell behind); the first two rounds of each are left out (the table settles). Prints
 each flush and then, per variant, the median server-side duration and the median CPU of the
 flushing backend (/proc, 10 ms ticks). A temporary cluster with fsync on and shared_buffers 2GB;
 the table as `pybatch bench --flush-rounds` loads it (pybatch.bench.fleet_run.reset_agents:
@@ -19,14 +20,16 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
 from pybatch import db, migrate
-from pybatch.bench.fleet import agent_ids
+from pybatch._core import COPY_BEATS
+from pybatch.bench.fleet import REPLICAS, agent_ids
 from pybatch.bench.fleet_run import reset_agents
-from pybatch.bench.flush_rounds import stage_every_agent
 from pybatch.bench.target import bench_target
 from pybatch.flush import flush
 from pybatch.local import temporary_cluster
@@ -37,6 +40,17 @@ SETTLE_ROUNDS = 2
 def backend_cpu_ms(pid: int) -> int:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) * 10  # utime + stime, in 10 ms ticks
+
+
+def stage_beats(conn: psycopg.Connection, ids: list[Any], beats: int) -> None:
+    """`beats` heartbeats for every agent, the last stamped now, in one COPY."""
+    now = datetime.now(UTC)
+    with conn.cursor() as cur, cur.copy(COPY_BEATS) as copy:
+        copy.set_types(["uuid", "uuid", "timestamptz"])
+        for k in range(beats):
+            at = now - timedelta(milliseconds=beats - 1 - k)
+            for index, agent in enumerate(ids):
+                copy.write_row((agent, REPLICAS[index % len(REPLICAS)], at))
 
 
 def apply(conn: psycopg.Connection, variant: str) -> None:
@@ -50,8 +64,10 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--agents", type=int, default=100_000)
     parser.add_argument("--table", choices=("coder", "minimal"), default="coder")
     parser.add_argument("--rounds", type=int, default=7, help="rounds per variant (the first 2 are left out)")
+    parser.add_argument("--beats", type=int, default=1, help="heartbeats per agent in each flush")
+    parser.add_argument("--shared-buffers", default="2GB", help="server shared_buffers (default 2GB)")
     args = parser.parse_args(argv)
-    settings = {"shared_buffers": "'2GB'", "max_wal_size": "'8GB'"}
+    settings = {"shared_buffers": f"'{args.shared_buffers}'", "max_wal_size": "'8GB'"}
     with temporary_cluster(settings, prefix="pybatch-variants-") as cluster:
         if args.table == "minimal":
             with db.connect(cluster.url()) as conn:
@@ -70,7 +86,7 @@ def main(argv: list[str]) -> None:
             for number in range(1, args.rounds + 1):
                 for variant in args.variants:
                     apply(conn, variant)
-                    stage_every_agent(conn, ids)
+                    stage_beats(conn, ids, args.beats)
                     before = backend_cpu_ms(pid)
                     result = flush(conn)
                     cpu = backend_cpu_ms(pid) - before

@@ -175,6 +175,23 @@ def test_unchanged_rows_are_not_rewritten(conn: psycopg.Connection) -> None:
     assert before == after
 
 
+
+def test_every_beat_of_an_agent_without_a_row_is_counted_unknown(dsn: str, conn: psycopg.Connection) -> None:
+    """Carried over in pending or freshly staged, each beat of a deleted agent counts once."""
+    kept, doomed = make_agents(conn, 2)
+    stage(conn, [Beat(doomed, t(1)), Beat(doomed, t(2)), Beat(kept, t(2))])
+    with psycopg.connect(dsn) as app:
+        app.execute("SELECT FROM public.workspace_agents WHERE id = %s FOR UPDATE", (doomed,))
+        first = flush(conn)
+        app.rollback()
+    assert (first.agents_updated, first.deferred_agents) == (1, 1)  # doomed's 2 beats wait in pending
+    stage(conn, [Beat(doomed, t(3)), Beat(kept, t(3))])
+    conn.execute("DELETE FROM public.workspace_agents WHERE id = %s", (doomed,))
+    result = flush(conn)
+    assert (result.rows_staged, result.unknown_heartbeats, result.agents_updated) == (2, 3, 1)
+    assert actual_states(conn, [kept])[kept].last_connected_at == t(3)
+
+
 def test_updated_at_set_on_changed_rows(conn: psycopg.Connection) -> None:
     (a,) = make_agents(conn, 1)
     stage(conn, [Beat(a, t(5))])

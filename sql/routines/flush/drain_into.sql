@@ -54,30 +54,34 @@ BEGIN
             SELECT r.agent_id, r.replica_id, r.first_at, r.last_at, r.beats FROM retried r
         ),
         latest AS (
-            -- One row per agent: its latest beat (ties: greater replica, NULL
-            -- lowest), its earliest beat and its count. One sort serves both.
-            SELECT DISTINCT ON (e.agent_id)
+            -- One row per agent that has a row: its latest beat (ties: greater
+            -- replica, NULL lowest), its earliest beat and its count. A row stands
+            -- for its agent, so the one sort, by row, also leaves them in heap order.
+            SELECT DISTINCT ON (wa.ctid)
                 e.agent_id,
+                wa.ctid AS row_at,
                 e.replica_id,
                 e.last_at,
                 pg_catalog.min(e.first_at) OVER per_agent AS first_at,
                 pg_catalog.sum(e.beats) OVER per_agent AS beats
             FROM events e
+            JOIN %3$s wa ON wa.id = e.agent_id
             WINDOW per_agent AS (
-                PARTITION BY e.agent_id
+                PARTITION BY wa.ctid
                 ORDER BY e.last_at DESC, e.replica_id DESC NULLS LAST
                 ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)
-            ORDER BY e.agent_id, e.last_at DESC, e.replica_id DESC NULLS LAST
+            ORDER BY wa.ctid, e.last_at DESC, e.replica_id DESC NULLS LAST
         ),
         placed AS (
             -- Number each agent within its row's heap page: pass k takes the k-th.
+            -- (The planner sorts again by page; the rows come already in order,
+            -- which its sort checks first, so that costs one comparison a row.)
             SELECT l.agent_id, l.first_at, l.last_at, l.replica_id, l.beats,
                    pg_catalog.row_number() OVER (
-                       PARTITION BY (wa.ctid::text::point)[0] ORDER BY wa.ctid)::integer AS pass_no,
+                       PARTITION BY (l.row_at::text::point)[0] ORDER BY l.row_at)::integer AS pass_no,
                    EXISTS (SELECT FROM %4$s q
                            WHERE q.agent_id = l.agent_id AND q.retry_at > $3) AS held
             FROM latest l
-            JOIN %3$s wa ON wa.id = l.agent_id
         ),
         queued AS (
             -- In pass order, so each pass reads and deletes neighbouring rows.
@@ -104,9 +108,12 @@ BEGIN
         SELECT
             (SELECT pg_catalog.count(*) FROM drained),
             (SELECT pg_catalog.count(*) FROM drained d WHERE d.is_future),
-            -- Agents with no row (never created, or deleted since): nothing to merge into.
-            (SELECT COALESCE(pg_catalog.sum(l.beats), 0)::bigint FROM latest l
-              WHERE NOT EXISTS (SELECT FROM placed pl WHERE pl.agent_id = l.agent_id))
+            -- Agents with no row (never created, or deleted since): nothing to merge
+            -- into. Counted by difference, with no second join with the table.
+            ((SELECT pg_catalog.count(*) FROM drained d WHERE NOT d.is_future)
+            + (SELECT COALESCE(pg_catalog.sum(c.beats), 0) FROM carried c)
+            + (SELECT COALESCE(pg_catalog.sum(r.beats), 0) FROM retried r)
+            - (SELECT COALESCE(pg_catalog.sum(l.beats), 0) FROM latest l))::bigint
         $q$, staging, pending, agents, quarantine)
     INTO rows_staged, future_heartbeats, unknown_heartbeats
     USING row_cap, tolerance, handoff_at;
