@@ -550,6 +550,7 @@ def server(shared_buffers: str, server_log: str | None, statements: bool = False
         "auto_explain.log_min_duration": "'5s'",
         "auto_explain.log_nested_statements": "on",
         "log_autovacuum_min_duration": "'1s'",
+        "log_temp_files": "'10MB'",  # a sort or hash that spilled to disk
     }
     if statements:
         # Every statement, nested ones too (a flush's steps run inside its procedure).
