@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime
+from pathlib import Path
 from typing import Concatenate, ParamSpec, TypeVar
 
 import psycopg
@@ -54,3 +57,17 @@ def wait_until_blocked_by(conn: psycopg.Connection, holder_pid: int, timeout: fl
             return
         assert time.monotonic() < deadline, f"nothing waited on backend {holder_pid} within {timeout:.0f}s"
         time.sleep(0.02)
+
+
+def run_benchmark(script: str, *args: str) -> str:
+    """Run benchmarks/`script` with `args` from the repository's root; its stdout. Fails on a non-zero exit."""
+    done = subprocess.run(
+        [sys.executable, f"benchmarks/{script}", *args],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout

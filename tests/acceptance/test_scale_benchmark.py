@@ -5,15 +5,12 @@ for speed: the figures it prints are measured on a quiet machine (docs/scale.md)
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-
+from tests.helpers import run_benchmark
 
 # A tiny fleet, a short window, a small server: the script's whole path, quickly.
 TINY = ["--search-seconds", "6", "--warmup", "17", "--shared-buffers", "128MB"]
@@ -22,16 +19,8 @@ TINY = ["--search-seconds", "6", "--warmup", "17", "--shared-buffers", "128MB"]
 def run_scale(tmp_path: Path, *args: str) -> tuple[str, dict[str, Any]]:
     """Run the script with `args` and TINY; its stdout and its JSON report."""
     out = tmp_path / "scale.json"
-    done = subprocess.run(
-        [sys.executable, "benchmarks/scale.py", *args, *TINY, "--json", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    return done.stdout, json.loads(out.read_text())
+    stdout = run_benchmark("scale.py", *args, *TINY, "--json", str(out))
+    return stdout, json.loads(out.read_text())
 
 
 @pytest.mark.slow

@@ -175,7 +175,6 @@ def test_unchanged_rows_are_not_rewritten(conn: psycopg.Connection) -> None:
     assert before == after
 
 
-
 def test_every_beat_of_an_agent_without_a_row_is_counted_unknown(dsn: str, conn: psycopg.Connection) -> None:
     """Carried over in pending or freshly staged, each beat of a deleted agent counts once."""
     kept, doomed = make_agents(conn, 2)
