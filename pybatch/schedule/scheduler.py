@@ -127,8 +127,8 @@ class StopRequest:
     threading.Event will not do: a signal handler runs in the main thread between two bytecodes,
     and Event.set() takes a lock the main thread holds for a moment inside each Event.wait(), so a
     SIGTERM that lands there waits for itself forever (Python's signal docs warn against locks in
-    handlers; a CI run caught a scheduler hung this way). Here set() only writes a flag and one byte down a
-    socket pair, and wait() is a select() on the pair, so it wakes at once. Nothing is cleared:
+    handlers; a CI run caught a scheduler hung this way). Here set() only writes a flag and one
+    byte down a socket pair, and wait() polls the pair, so it wakes at once. Nothing is cleared:
     once asked to stop, the request stays made.
     """
 
@@ -152,12 +152,16 @@ class StopRequest:
         """Wait up to `timeout` seconds for the request. With `conns`, return early too when one
         of those idle connections turns readable (the server is almost always closing it). True
         when a connection spoke, or could not be watched."""
+        # poll(), not select(): an application with over 1,024 open files may embed a scheduler.
         try:
-            watched = [self._wake_reader.fileno(), *(conn.fileno() for conn in conns)]
-            readable, _, _ = select.select(watched, [], [], max(timeout, 0.0))
+            wake = self._wake_reader.fileno()
+            poller = select.poll()
+            for fd in (wake, *(conn.fileno() for conn in conns)):
+                poller.register(fd, select.POLLIN)
+            ready = poller.poll(max(timeout, 0.0) * 1000)
         except (OSError, ValueError, psycopg.Error):
             return bool(conns)
-        return any(fd != watched[0] for fd in readable)
+        return any(fd != wake for fd, _ in ready)
 
     def close(self) -> None:
         self._wake_reader.close()

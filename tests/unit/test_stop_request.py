@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import resource
 import subprocess
 import sys
 import threading
@@ -64,3 +66,26 @@ def test_the_first_reason_is_kept_and_a_closed_request_can_still_be_asked() -> N
     request.set("SIGTERM")
     request.set("SIGINT")
     assert request.reason == "SIGTERM"
+
+
+def test_wait_works_past_file_descriptor_1024() -> None:
+    """An application with many open files may embed a scheduler: select() would refuse its fds."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))  # a normal user's soft limit is 1,024
+    held: list[int] = []
+    try:
+        while not held or held[-1] < 1100:
+            held.append(os.open(os.devnull, os.O_RDONLY))
+        request = StopRequest()
+        assert request._wake_reader.fileno() > 1024
+        started = time.monotonic()
+        assert request.wait(0.3) is False and not request.is_set()
+        assert time.monotonic() - started >= 0.25  # it waited: no error cut it short
+        threading.Timer(0.1, request.set, args=("requested",)).start()
+        request.wait(30)
+        assert request.reason == "requested" and time.monotonic() - started < 10
+        request.close()
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
