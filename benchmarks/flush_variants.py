@@ -20,16 +20,14 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import psycopg
 
 from pybatch import db, migrate
-from pybatch._core import COPY_BEATS
-from pybatch.bench.fleet import REPLICAS, agent_ids
+from pybatch.bench.fleet import agent_ids
 from pybatch.bench.fleet_run import reset_agents
+from pybatch.bench.flush_rounds import stage_every_agent
 from pybatch.bench.target import bench_target
 from pybatch.flush import flush
 from pybatch.local import temporary_cluster
@@ -40,17 +38,6 @@ SETTLE_ROUNDS = 2
 def backend_cpu_ms(pid: int) -> int:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) * 10  # utime + stime, in 10 ms ticks
-
-
-def stage_beats(conn: psycopg.Connection, ids: list[Any], beats: int) -> None:
-    """`beats` heartbeats for every agent, the last stamped now, in one COPY."""
-    now = datetime.now(UTC)
-    with conn.cursor() as cur, cur.copy(COPY_BEATS) as copy:
-        copy.set_types(["uuid", "uuid", "timestamptz"])
-        for k in range(beats):
-            at = now - timedelta(milliseconds=beats - 1 - k)
-            for index, agent in enumerate(ids):
-                copy.write_row((agent, REPLICAS[index % len(REPLICAS)], at))
 
 
 def apply(conn: psycopg.Connection, variant: str) -> None:
@@ -86,7 +73,7 @@ def main(argv: list[str]) -> None:
             for number in range(1, args.rounds + 1):
                 for variant in args.variants:
                     apply(conn, variant)
-                    stage_beats(conn, ids, args.beats)
+                    stage_every_agent(conn, ids, args.beats)
                     before = backend_cpu_ms(pid)
                     result = flush(conn)
                     cpu = backend_cpu_ms(pid) - before

@@ -19,7 +19,7 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -183,10 +183,13 @@ def summarise(results: list[FlushRound], sizes_at: dict[int, dict[str, Any]]) ->
     }
 
 
-def stage_every_agent(conn: psycopg.Connection, ids: list[Any]) -> None:
-    """One heartbeat per agent, stamped now, in one COPY (as buffered clients would)."""
+def stage_every_agent(conn: psycopg.Connection, ids: list[Any], beats: int = 1) -> None:
+    """`beats` heartbeats per agent, a millisecond apart, the last stamped now, in one COPY (as
+    buffered clients would; more than one as after a flush that fell behind)."""
     now = datetime.now(UTC)
     with db.translated("cannot stage heartbeats"), conn.cursor() as cur, cur.copy(COPY_BEATS) as copy:
         copy.set_types(["uuid", "uuid", "timestamptz"])
-        for index, agent in enumerate(ids):
-            copy.write_row((agent, REPLICAS[index % len(REPLICAS)], now))
+        for k in range(beats):
+            at = now - timedelta(milliseconds=beats - 1 - k)
+            for index, agent in enumerate(ids):
+                copy.write_row((agent, REPLICAS[index % len(REPLICAS)], at))
