@@ -34,6 +34,7 @@ from pybatch.bench.measure import (
     StalenessMonitor,
     TableCounters,
     backend_pid,
+    keep_wal,
     percentile,
     read_counters,
     relation_update_records,
@@ -246,6 +247,8 @@ def run_strategy(dsn: str, name: str, config: BenchConfig, say: Progress) -> dic
                 cpu.excluded_pids.add(backend_pid(flusher.conn))
         loaded = table_sizes(measure_conn)
         walinspect = walinspect_schema(measure_conn, may_install=is_scratch(measure_conn))
+        if walinspect is not None:
+            keep_wal(measure_conn)
         load = LoadGenerator(fleet, strategy.beat)
         try:
             load.start()

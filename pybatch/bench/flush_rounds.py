@@ -28,7 +28,7 @@ from pybatch import db
 from pybatch._core import COPY_BEATS
 from pybatch.bench.fleet import REPLICAS, agent_ids
 from pybatch.bench.fleet_run import check_bench_database, reset_agents, set_fillfactor
-from pybatch.bench.measure import read_counters, wal_records, walinspect_schema
+from pybatch.bench.measure import keep_wal, read_counters, wal_records, walinspect_schema
 from pybatch.bench.target import bench_target, growth, is_scratch, table_sizes
 from pybatch.errors import ConfigError, FlushFailed
 from pybatch.flush import flush
@@ -109,6 +109,8 @@ def _run_mode(dsn: str, agents: int, rounds: int, mode: str, table: str, say: Ca
         reset_agents(conn, agents, table)
         sizes_at[0] = table_sizes(conn)
         walinspect = walinspect_schema(conn, may_install=is_scratch(conn))
+        if walinspect is not None:
+            keep_wal(conn)
         ids = agent_ids(agents)
         for number in range(1, rounds + 1):
             stage_every_agent(conn, ids)

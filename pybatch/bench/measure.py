@@ -84,6 +84,24 @@ def walinspect_schema(conn: psycopg.Connection, *, may_install: bool) -> str | N
     return None if row is None else str(row[0])
 
 
+def keep_wal(conn: psycopg.Connection) -> bool:
+    """Keep the server's WAL from now until conn's session ends, so that wal_records() can still
+    read a window after a checkpoint has recycled its segments (one did, in a loaded test run).
+    A temporary physical replication slot: it goes with the session, even if the bench dies.
+    False, with the reason logged, where the role or the server does not allow one."""
+    name = f"pybatch_bench_{conn.info.backend_pid}"
+    try:
+        conn.execute("SELECT pg_catalog.pg_create_physical_replication_slot(%s, true, true)", (name,))
+    except psycopg.Error as exc:
+        log.info(
+            "WAL of the window may be recycled before it is read: %s",
+            db.first_line(exc),
+            extra={"reason": db.first_line(exc)},
+        )
+        return False
+    return True
+
+
 def wal_records(conn: psycopg.Connection, schema: str | None, start: int, end: int, per: int) -> dict[str, Any] | None:
     """WAL between two positions by record type, each as records and bytes per `per`
     (heartbeats or merged rows): {"Heap/HOT_UPDATE": {"records": 1.0, "bytes": 110.3, "fpi_bytes": 0.0}, ...}."""
