@@ -18,7 +18,6 @@ random-looking ids in creation order).
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from pathlib import Path
 
@@ -27,17 +26,13 @@ import psycopg
 from pybatch import db, migrate
 from pybatch.bench.fleet import agent_ids
 from pybatch.bench.fleet_run import reset_agents
-from pybatch.bench.flush_rounds import stage_every_agent
+from pybatch.bench.flush_rounds import RoundLog, stage_every_agent
+from pybatch.bench.measure import backend_cpu_ms
 from pybatch.bench.target import bench_target
 from pybatch.flush import flush
 from pybatch.local import temporary_cluster
 
 SETTLE_ROUNDS = 2
-
-
-def backend_cpu_ms(pid: int) -> int:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) * 10  # utime + stime, in 10 ms ticks
 
 
 def apply(conn: psycopg.Connection, variant: str) -> None:
@@ -69,7 +64,7 @@ def main(argv: list[str]) -> None:
             print(f"{args.agents} agents on {row[0]} pages: {row[1] / row[0]:.1f} rows per page", flush=True)
             ids = agent_ids(args.agents)
             pid = conn.info.backend_pid
-            kept: dict[str, list[tuple[int, float]]] = {v: [] for v in args.variants}
+            log = RoundLog(args.variants, SETTLE_ROUNDS)
             for number in range(1, args.rounds + 1):
                 for variant in args.variants:
                     apply(conn, variant)
@@ -80,19 +75,8 @@ def main(argv: list[str]) -> None:
                     if not result.ok or result.agents_updated != args.agents:
                         raise SystemExit(f"round {number} of {variant}: {result}")
                     duration = result.duration.total_seconds() * 1000
-                    print(
-                        f"round {number} {variant}: {duration:.0f} ms, CPU {cpu} ms, {result.passes} passes,"
-                        f" {result.hot_updates} HOT",
-                        flush=True,
-                    )
-                    if number > SETTLE_ROUNDS:
-                        kept[variant].append((cpu, duration))
-            for variant, rounds in kept.items():
-                if rounds:
-                    print(
-                        f"{variant}: median {statistics.median(r[1] for r in rounds):.0f} ms,"
-                        f" CPU {statistics.median(r[0] for r in rounds):.0f} ms over {len(rounds)} rounds"
-                    )
+                    log.add(number, variant, duration, cpu, f"{result.passes} passes, {result.hot_updates} HOT")
+            log.print_medians()
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import random
-import statistics
 import sys
 import threading
 import time
@@ -36,7 +35,8 @@ import psycopg
 from pybatch import db, migrate
 from pybatch.bench.fleet import agent_ids
 from pybatch.bench.fleet_run import reset_agents
-from pybatch.bench.flush_rounds import stage_every_agent
+from pybatch.bench.flush_rounds import RoundLog, stage_every_agent
+from pybatch.bench.measure import backend_cpu_ms
 from pybatch.bench.target import bench_target
 from pybatch.flush import flush
 from pybatch.local import temporary_cluster
@@ -64,11 +64,6 @@ def two_lane_drain() -> str:
         raise SystemExit(f"{DRAIN}: the pass numbering is not where this benchmark expects it")
     lanes = f"(({RANK} - 1) * 2 + ({PAGE})::bigint %% 2 + 1)::integer AS pass_no,"
     return text.replace(numbered, lanes)
-
-
-def backend_cpu_ms(pid: int) -> int:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) * 10  # utime + stime, in 10 ms ticks
 
 
 def run_pass(conn: psycopg.Connection, pass_no: int, into: list[int]) -> None:
@@ -136,7 +131,7 @@ def main(argv: list[str]) -> None:
             ids, rng = agent_ids(args.agents), random.Random(1)
             staged = max(1, round(args.agents * args.share))
             pids = (lane0.info.backend_pid, lane1.info.backend_pid)
-            kept: dict[str, list[tuple[float, int]]] = {mode: [] for mode in MODES}
+            log = RoundLog(MODES, SETTLE_ROUNDS)
             for number in range(1, args.rounds + 1):
                 for mode in MODES:
                     lane0.execute(shipped if mode == "procedure" else lanes)
@@ -156,18 +151,8 @@ def main(argv: list[str]) -> None:
                     total, hot = (after - before for after, before in zip(updates(lane0, lane1), counted, strict=True))
                     if updated != staged:
                         raise SystemExit(f"round {number} {mode}: {updated} agents updated, {staged} staged")
-                    print(
-                        f"round {number} {mode}: {wall:.0f} ms, CPU {cpu} ms, {passes} passes, HOT {hot / total:.3f}",
-                        flush=True,
-                    )
-                    if number > SETTLE_ROUNDS:
-                        kept[mode].append((wall, cpu))
-            for mode, rounds in kept.items():
-                if rounds:
-                    print(
-                        f"{mode}: median {statistics.median(r[0] for r in rounds):.0f} ms,"
-                        f" CPU {statistics.median(r[1] for r in rounds):.0f} ms over {len(rounds)} rounds"
-                    )
+                    log.add(number, mode, wall, cpu, f"{passes} passes, HOT {hot / total:.3f}")
+            log.print_medians()
 
 
 if __name__ == "__main__":

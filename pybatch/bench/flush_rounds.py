@@ -195,3 +195,25 @@ def stage_every_agent(conn: psycopg.Connection, ids: list[Any], beats: int = 1) 
             at = now - timedelta(milliseconds=beats - 1 - k)
             for index, agent in enumerate(ids):
                 copy.write_row((agent, REPLICAS[index % len(REPLICAS)], at))
+
+
+class RoundLog:
+    """The rounds of a benchmark script that times flushes, variant after variant: prints each
+    round, keeps those after the settling ones, and prints the medians of each variant."""
+
+    def __init__(self, variants: Sequence[str], settle: int) -> None:
+        self.settle = settle
+        self.kept: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
+
+    def add(self, number: int, variant: str, duration_ms: float, cpu_ms: float, details: str) -> None:
+        print(f"round {number} {variant}: {duration_ms:.0f} ms, CPU {cpu_ms:.0f} ms, {details}", flush=True)
+        if number > self.settle:
+            self.kept[variant].append((duration_ms, cpu_ms))
+
+    def print_medians(self) -> None:
+        for name, rounds in self.kept.items():
+            if rounds:
+                print(
+                    f"{name}: median {statistics.median(r[0] for r in rounds):.0f} ms,"
+                    f" CPU {statistics.median(r[1] for r in rounds):.0f} ms over {len(rounds)} rounds"
+                )

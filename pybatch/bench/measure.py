@@ -140,6 +140,13 @@ def relation_update_records(
     return None if row is None else int(row[0])
 
 
+def backend_cpu_ms(pid: int) -> int:
+    """CPU used so far by one process of this machine (a server backend), ms; /proc counts in
+    10 ms ticks."""
+    times = psutil.Process(pid).cpu_times()
+    return round(float(times.user + times.system) * 1000)
+
+
 def backend_pid(conn: psycopg.Connection) -> int:
     return int(conn.info.backend_pid)
 
