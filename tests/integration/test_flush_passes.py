@@ -555,6 +555,10 @@ PENDING_SIZE = "SELECT pg_relation_size('pybatch.pending')"
 TIDY_THRESHOLD = 8 * 1024 * 1024
 
 
+def pending_size(conn: psycopg.Connection) -> int:
+    return int(str(one(conn, PENDING_SIZE)))
+
+
 def test_the_hand_off_file_is_truncated_once_past_8_mb(conn: psycopg.Connection) -> None:
     """Each flush writes and deletes a flush's worth of pending rows. A small file is left to
     autovacuum (a TRUNCATE scans every shared buffer); past 8 MB the default path truncates it
@@ -564,17 +568,17 @@ def test_the_hand_off_file_is_truncated_once_past_8_mb(conn: psycopg.Connection)
     agents = make_agents(conn, 2000)
     stage_all(conn, agents, datetime.now(UTC) - timedelta(seconds=10))
     assert flush(conn).agents_updated == 2000
-    assert 0 < one(conn, PENDING_SIZE) < TIDY_THRESHOLD  # left as it is
+    assert 0 < pending_size(conn) < TIDY_THRESHOLD  # left as it is
     # Dead rows of earlier hand-offs, past 8 MB: the next flush starts again from an empty file.
     conn.execute(
         "INSERT INTO pybatch.pending (agent_id, first_at, last_at, beats, pass_no)"
         " SELECT gen_random_uuid(), now(), now(), 1, 1 FROM generate_series(1, 120000)"
     )
     conn.execute("DELETE FROM pybatch.pending")
-    assert one(conn, PENDING_SIZE) >= TIDY_THRESHOLD
+    assert pending_size(conn) >= TIDY_THRESHOLD
     stage_all(conn, agents, datetime.now(UTC) - timedelta(seconds=5))
     assert flush(conn).agents_updated == 2000
-    assert one(conn, PENDING_SIZE) == 0
+    assert pending_size(conn) == 0
     # In one transaction (SELECT pybatch.flush()) nothing is truncated, so the views stay readable.
     conn.execute(
         "INSERT INTO pybatch.pending (agent_id, first_at, last_at, beats, pass_no)"
@@ -590,7 +594,7 @@ def test_the_hand_off_file_is_truncated_once_past_8_mb(conn: psycopg.Connection)
             " AND mode = 'AccessExclusiveLock'",
         )
     assert locks == 0
-    assert one(conn, PENDING_SIZE) >= TIDY_THRESHOLD
+    assert pending_size(conn) >= TIDY_THRESHOLD
 
 
 # -- Hardening III: nobody gains superuser through the merge functions ------------------------------
