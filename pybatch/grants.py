@@ -44,7 +44,10 @@ SCHEMA_USAGE = sql.SQL("GRANT USAGE ON SCHEMA pybatch TO {role}")
 FLUSH_ROUTINES = (
     "PROCEDURE pybatch.flush_in_passes(bigint, interval, pybatch.flush_result)",
     "FUNCTION pybatch.flush_begin(bigint, interval)",
+    "FUNCTION pybatch.flush_begin_lanes(bigint, interval, integer)",
     "FUNCTION pybatch.flush_pass(pybatch.flush_result)",
+    "FUNCTION pybatch.flush_lane_pass(pybatch.flush_result, integer)",
+    "FUNCTION pybatch.flush_last_pass()",
     "FUNCTION pybatch.flush_finish(pybatch.flush_result)",
     "FUNCTION pybatch.flush_distributed(bigint, interval)",
     "FUNCTION pybatch.flush_tidy()",

@@ -17,6 +17,7 @@ from pybatch.cli.common import dsn, print_json, resolved_dsn
 from pybatch.config import describe_dsn
 from pybatch.durations import format_duration, parse_timedelta, well_formed
 from pybatch.errors import ConfigError, InvalidDuration, InvalidSetting
+from pybatch.flush import MAX_LANES
 from pybatch.schedule import cron
 from pybatch.settings import DURATION_BOUNDS, check_duration
 
@@ -74,6 +75,13 @@ def register(subparsers: Any) -> None:
         default=None,
         help="serve Prometheus metrics on this port (env: PYBATCH_METRICS_PORT; default: off)",
     )
+    p.add_argument(
+        "--lanes",
+        type=_lanes,
+        default=None,
+        help=f"merge each flush on this many sessions at once, 1-{MAX_LANES}: for fleets whose flush keeps "
+        "one core busy, on a server with a core to spare per lane (env: PYBATCH_LANES; default: 1)",
+    )
     p.set_defaults(handler=cmd_scheduler, setup_logging=setup_scheduler_logging)
 
 
@@ -89,6 +97,13 @@ def _duration(text: str) -> float:
                 f"{text!r} is out of range: the flush interval must be between {LOW} and {HIGH}"
             ) from None
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _lanes(text: str) -> int:
+    stripped = text.strip()
+    if not (stripped.isascii() and stripped.isdigit()) or not 1 <= int(stripped) <= MAX_LANES:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of lanes (1-{MAX_LANES})")
+    return int(stripped)
 
 
 def _port(text: str) -> int:
@@ -199,6 +214,7 @@ def _print_status(state: cron.CronStatus) -> None:
 def cmd_scheduler(args: argparse.Namespace) -> int:
     interval = _flag_or_env(args.interval, "PYBATCH_INTERVAL", _duration)
     port = _flag_or_env(args.metrics_port, "PYBATCH_METRICS_PORT", _port)
+    lanes = _flag_or_env(args.lanes, "PYBATCH_LANES", _lanes) or 1
     if port is not None:
         _check_port_free(port, "--metrics-port" if args.metrics_port is not None else "PYBATCH_METRICS_PORT")
     target = resolved_dsn(args)
@@ -207,15 +223,17 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
         "the stored pybatch.settings.flush_interval" if interval is None else f"{format_duration(interval)} ({origin})"
     )
     log.info(
-        "scheduler starting on %s (from %s): interval %s, metrics %s; it leads (flushes) or stands by, and says which",
+        "scheduler starting on %s (from %s): interval %s, %s, metrics %s; it leads (flushes) or stands by, "
+        "and says which",
         describe_dsn(target.dsn),
         target.source,
         interval_text,
+        "1 lane" if lanes == 1 else f"{lanes} lanes",
         "off" if port is None else f"on port {port}",
     )
     from pybatch.schedule import scheduler  # imported here: it brings prometheus_client
 
-    scheduler.run_scheduler(target.dsn, interval=interval, metrics_port=port)
+    scheduler.run_scheduler(target.dsn, interval=interval, metrics_port=port, lanes=lanes)
     return 0
 
 

@@ -10,7 +10,8 @@ outside pybatch's grants can hold it (a public advisory key could be held
 forever by any role). Flush steps lock pybatch.flush_lock too, so even two
 leaders could never double-apply a batch.
 
-The leader flushes on a second connection with CALL pybatch.flush_in_passes().
+The leader flushes on a second connection with CALL pybatch.flush_in_passes(), or, with
+`lanes`, on one connection per lane (pybatch.flush.flush_in_lanes).
 
 Each process claims the lease under a token of its own (host, pid and a random part): a pooler
 in transaction mode hands each transaction another server backend, so the backend must not be
@@ -28,7 +29,7 @@ import socket
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from datetime import timedelta
 from types import FrameType
 from typing import Any
@@ -37,8 +38,8 @@ import psycopg
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from pybatch import db
-from pybatch.errors import DatabaseUnavailable, PybatchError, StandbyServer
-from pybatch.flush import FlushResult, flush
+from pybatch.errors import ConfigError, DatabaseUnavailable, PybatchError, StandbyServer
+from pybatch.flush import MAX_LANES, FlushResult, flush_in_lanes
 from pybatch.settings import read_flush_settings, store_setting
 
 log = logging.getLogger(__name__)
@@ -178,8 +179,12 @@ class Scheduler:
         interval: float | None = None,
         metrics_port: int | None = None,
         metrics: SchedulerMetrics | None = None,
+        lanes: int = 1,
     ) -> None:
+        if not 1 <= lanes <= MAX_LANES:
+            raise ConfigError(f"lanes must be between 1 and {MAX_LANES}, not {lanes}")
         self.dsn = dsn
+        self.lanes = lanes
         self.explicit_interval = interval
         self.interval = interval or 10.0  # replaced by settings.flush_interval when not given
         self.metrics_port = metrics_port
@@ -280,13 +285,15 @@ class Scheduler:
             if self.explicit_interval is not None:
                 store_setting(lock_conn, "flush_interval", timedelta(seconds=self.explicit_interval))
             log.info("became leader", extra={"interval": self.interval})
-            with _closing(db.connect(self.dsn)) as flush_conn:
+            with ExitStack() as stack:
+                # One connection per lane; the first also hands off and finishes each flush.
+                flush_conns = [stack.enter_context(_closing(db.connect(self.dsn))) for _ in range(self.lanes)]
                 due = time.monotonic()
                 while True:
-                    self._sleep_until(due, lock_conn, flush_conn)
+                    self._sleep_until(due, lock_conn, *flush_conns)
                     if self._stop.is_set():
                         log.info("stopping scheduler", extra={"reason": self._stop.reason})
-                        self._final_flush(flush_conn)
+                        self._final_flush(flush_conns)
                         return
                     self._read_settings(lock_conn)
                     if not self._claim(lock_conn):
@@ -296,7 +303,7 @@ class Scheduler:
                         )
                         return
                     started = time.monotonic()
-                    result = self._flush(flush_conn)
+                    result = self._flush(flush_conns)
                     due = time.monotonic() if self._capped(result) else max(started + self.interval, time.monotonic())
         finally:
             self.metrics.leader.set(0)
@@ -313,8 +320,9 @@ class Scheduler:
                 log.debug("a connection turned readable between flushes: checking the server now")
                 return
 
-    def _flush(self, conn: psycopg.Connection, *, lock_wait: float = 0.0) -> FlushResult:
-        result = flush(conn, lock_wait=lock_wait)  # logs each flush's statistics at debug
+    def _flush(self, conns: list[psycopg.Connection], *, lock_wait: float = 0.0) -> FlushResult:
+        conn = conns[0]
+        result = flush_in_lanes(conns, lock_wait=lock_wait)  # logs each flush's statistics at debug
         self.metrics.record(result)
         seconds = result.duration.total_seconds()
         if seconds > self.interval / 2:
@@ -331,9 +339,9 @@ class Scheduler:
             self.metrics.staging_rows.set(row[0] if row else 0)
         return result
 
-    def _final_flush(self, conn: psycopg.Connection) -> None:
+    def _final_flush(self, conns: list[psycopg.Connection]) -> None:
         try:
-            result = self._flush(conn, lock_wait=FINAL_FLUSH_LOCK_WAIT)
+            result = self._flush(conns, lock_wait=FINAL_FLUSH_LOCK_WAIT)
         except PybatchError as exc:
             log.warning("final flush failed, staged rows stay for the next flush: %s", exc, extra={"error": str(exc)})
             return

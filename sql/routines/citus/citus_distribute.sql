@@ -46,8 +46,9 @@ BEGIN
     FOREACH fn IN ARRAY ARRAY[
         'pybatch.empty_result()',
         'pybatch.lock_pending(regclass, interval)',
-        'pybatch.drain_into(regclass, regclass, regclass, regclass, bigint, interval)',
+        'pybatch.drain_into(regclass, regclass, regclass, regclass, bigint, interval, integer)',
         'pybatch.merge_pass_in(regclass, regclass, integer, uuid)',
+        'pybatch.pass_in(pybatch.flush_result, regclass, regclass, regclass, integer)',
         'pybatch.next_pass_in(pybatch.flush_result, regclass, regclass, regclass)',
         'pybatch.shard_begin(regclass, regclass, regclass, regclass, bigint, interval, interval)',
         'pybatch.shard_pass(pybatch.flush_result, regclass, regclass, regclass)',

@@ -20,7 +20,7 @@ BEGIN
         RETURN result;
     END IF;
     BEGIN
-        SELECT * INTO STRICT drained FROM pybatch.drain_into(staging, pending, agents, quarantine, row_cap, tolerance);
+        SELECT * INTO STRICT drained FROM pybatch.drain_into(staging, pending, agents, quarantine, row_cap, tolerance, 1);
         result.rows_staged := drained.rows_staged;
         result.future_heartbeats := drained.future_heartbeats;
         result.unknown_heartbeats := drained.unknown_heartbeats;

@@ -3,7 +3,7 @@
 -- tables here; one shard group of each on Citus).
 -- ---------------------------------------------------------------------------
 CREATE OR REPLACE FUNCTION pybatch.drain_into(staging regclass, pending regclass, agents regclass, quarantine regclass,
-                                   row_cap bigint, tolerance interval,
+                                   row_cap bigint, tolerance interval, lanes integer,
                                    OUT rows_staged bigint, OUT future_heartbeats bigint,
                                    OUT unknown_heartbeats bigint)
 LANGUAGE plpgsql
@@ -14,6 +14,10 @@ DECLARE
     handoff_at timestamptz := pg_catalog.clock_timestamp();
     previous_nestloop text := pg_catalog.current_setting('enable_nestloop');
 BEGIN
+    IF lanes IS NULL OR lanes < 1 THEN
+        RAISE EXCEPTION 'pybatch.flush: lanes must be 1 or more, not %', COALESCE(lanes::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     -- The planner cannot know how many rows a drain returns (it guesses ten)
     -- and would look each agent up by index; past a few pages of staging one
     -- hash join with the table is many times cheaper.
@@ -73,12 +77,17 @@ BEGIN
             ORDER BY wa.ctid, e.last_at DESC, e.replica_id DESC NULLS LAST
         ),
         placed AS (
-            -- Number each agent within its row's heap page: pass k takes the k-th.
+            -- Number each agent within its row's heap page: round k takes the k-th.
+            -- Each page belongs to one lane (page mod lanes), and round k's pass of
+            -- lane j is lanes * (k - 1) + j + 1, so no pass number holds two rows
+            -- of one page and the passes of one round share no page: the lanes of
+            -- a round can merge at once in their own sessions. One lane: pass k.
             -- (The planner sorts again by page; the rows come already in order,
             -- which its sort checks first, so that costs one comparison a row.)
             SELECT l.agent_id, l.first_at, l.last_at, l.replica_id, l.beats,
-                   pg_catalog.row_number() OVER (
-                       PARTITION BY (l.row_at::text::point)[0] ORDER BY l.row_at)::integer AS pass_no,
+                   ((pg_catalog.row_number() OVER (
+                       PARTITION BY (l.row_at::text::point)[0] ORDER BY l.row_at) - 1) * $4
+                    + pg_catalog.mod(((l.row_at::text::point)[0])::bigint, $4) + 1)::integer AS pass_no,
                    EXISTS (SELECT FROM %4$s q
                            WHERE q.agent_id = l.agent_id AND q.retry_at > $3) AS held
             FROM latest l
@@ -116,10 +125,10 @@ BEGIN
             - (SELECT COALESCE(pg_catalog.sum(l.beats), 0) FROM latest l))::bigint
         $q$, staging, pending, agents, quarantine)
     INTO rows_staged, future_heartbeats, unknown_heartbeats
-    USING row_cap, tolerance, handoff_at;
+    USING row_cap, tolerance, handoff_at, lanes::bigint;
     -- Only for the hand-off: the caller's transaction may go on (SELECT pybatch.flush()).
     PERFORM pg_catalog.set_config('enable_nestloop', previous_nestloop, true);
 END
 $fn$;
-COMMENT ON FUNCTION pybatch.drain_into(regclass, regclass, regclass, regclass, bigint, interval) IS
-    'Internal: the hand-off of a flush on the given relations (staging, pending, agents, quarantine; a shard group on Citus). Drains at most row_cap staged rows into pending, one row per agent numbered by heap page.';
+COMMENT ON FUNCTION pybatch.drain_into(regclass, regclass, regclass, regclass, bigint, interval, integer) IS
+    'Internal: the hand-off of a flush on the given relations (staging, pending, agents, quarantine; a shard group on Citus). Drains at most row_cap staged rows into pending, one row per agent numbered by heap page, in lanes that share no page.';

@@ -14,7 +14,10 @@ AS $$
     SELECT r.routine::pg_catalog.regprocedure, r.definer
     FROM (VALUES
         ('pybatch.flush_begin(bigint, interval)', true),
+        ('pybatch.flush_begin_lanes(bigint, interval, integer)', true),
         ('pybatch.flush_pass(pybatch.flush_result)', true),
+        ('pybatch.flush_lane_pass(pybatch.flush_result, integer)', true),
+        ('pybatch.flush_last_pass()', true),
         ('pybatch.flush_finish(pybatch.flush_result)', true),
         ('pybatch.flush(bigint, interval)', true),
         ('pybatch.flush_distributed(bigint, interval)', true),
