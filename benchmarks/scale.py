@@ -192,6 +192,7 @@ def run_pybatch(
     limit: float,
     warm_start: bool = False,
     statements: int = 0,
+    lanes: int = 1,
 ) -> Run:
     prepare(dsn, agents, warm_start)
     ids = [str(i) for i in agent_ids(agents)]
@@ -228,7 +229,7 @@ def run_pybatch(
         except BaseException as exc:  # reported by the main thread
             errors.append(exc)
 
-    scheduler = Scheduler(dsn)  # settings.flush_interval, as `pybatch scheduler` runs it
+    scheduler = Scheduler(dsn, lanes=lanes)  # settings.flush_interval, as `pybatch scheduler --lanes` runs it
     threads = [threading.Thread(target=writer, args=(w,), daemon=True) for w in range(WRITERS)]
     threads.append(threading.Thread(target=scheduler.run, daemon=True))
     for thread in threads:
@@ -369,7 +370,7 @@ def top_statements(conn: psycopg.Connection, limit: int, elapsed: float) -> list
 
 def _flush_backend(conn: psycopg.Connection) -> int | None:
     row = conn.execute(
-        "SELECT pid FROM pg_catalog.pg_stat_activity WHERE query LIKE '%%flush_in_passes%%'"
+        "SELECT pid FROM pg_catalog.pg_stat_activity WHERE query ~ 'flush_in_passes|flush_begin_lanes|flush_lane_pass'"
         " AND pid <> pg_catalog.pg_backend_pid() ORDER BY backend_start LIMIT 1"
     ).fetchone()
     return None if row is None else int(row[0])
@@ -590,6 +591,7 @@ def main(argv: list[str]) -> None:
         action="store_true",
         help="every agent has connected once before a run, as in a table in use (default: never connected)",
     )
+    parser.add_argument("--lanes", type=int, default=1, help="the scheduler's lanes (default 1)")
     parser.add_argument(
         "--statements",
         type=int,
@@ -616,13 +618,22 @@ def main(argv: list[str]) -> None:
             interval = conn.execute("SELECT extract(epoch FROM flush_interval) FROM pybatch.settings").fetchone()
             report["settings"]["flush_interval_s"] = float(interval[0]) if interval else None
             report["settings"]["warm_start"] = args.warm_start
+            report["settings"]["lanes"] = args.lanes
         print(f"scale: PostgreSQL {report['server_version']}, {report['settings']}", flush=True)
         long_size = args.agents
         if args.search:
             for strategy in args.strategies.split(","):
                 if strategy == "pybatch":
                     attempt = lambda n: run_pybatch(  # noqa: E731
-                        cluster, dsn, n, args.warmup, args.search_seconds, args.limit, args.warm_start, args.statements
+                        cluster,
+                        dsn,
+                        n,
+                        args.warmup,
+                        args.search_seconds,
+                        args.limit,
+                        args.warm_start,
+                        args.statements,
+                        args.lanes,
                     )
                 else:
                     attempt = lambda n: run_direct(  # noqa: E731
@@ -640,7 +651,7 @@ def main(argv: list[str]) -> None:
         if long_size and (args.minutes or not args.search):
             seconds = args.minutes * 60 if args.minutes else args.search_seconds
             run = run_pybatch(
-                cluster, dsn, long_size, args.warmup, seconds, args.limit, args.warm_start, args.statements
+                cluster, dsn, long_size, args.warmup, seconds, args.limit, args.warm_start, args.statements, args.lanes
             )
             show(run)
             report["long_run"] = asdict(run)

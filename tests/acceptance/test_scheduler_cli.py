@@ -112,6 +112,9 @@ def test_rollback_removes_the_jobs(cron_dsn: str) -> None:
         (["scheduler"], {"PYBATCH_INTERVAL": "soon"}, "PYBATCH_INTERVAL"),
         (["scheduler", "--metrics-port", "99999"], {}, "port"),
         (["scheduler"], {"PYBATCH_METRICS_PORT": "http"}, "PYBATCH_METRICS_PORT"),
+        (["scheduler", "--lanes", "0"], {}, "--lanes"),
+        (["scheduler", "--lanes", "two"], {}, "'two' is not a number of lanes (1-64)"),
+        (["scheduler"], {"PYBATCH_LANES": "65"}, "PYBATCH_LANES"),
         (["cron", "install", "--interval", "-1s"], {}, "--interval"),
     ],
 )
@@ -123,6 +126,6 @@ def test_bad_flags_are_one_line_usage_errors(dsn: str, argv: list[str], env: dic
 
 def test_help_names_the_environment_variables() -> None:
     scheduler = run_pybatch("scheduler", "--help")
-    assert "PYBATCH_INTERVAL" in scheduler.stdout and "PYBATCH_METRICS_PORT" in scheduler.stdout
+    assert all(f"PYBATCH_{name}" in scheduler.stdout for name in ("INTERVAL", "METRICS_PORT", "LANES"))
     install = run_pybatch("cron", "install", "--help")
     assert "PYBATCH_INTERVAL" in install.stdout

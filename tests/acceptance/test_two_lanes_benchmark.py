@@ -7,7 +7,7 @@ import re
 
 from tests.helpers import run_benchmark
 
-MODES = ("procedure", "one-lane", "two-lanes")
+MODES = ("one-lane", "two-lanes")
 
 
 def test_every_mode_flushes_every_staged_agent_round_by_round() -> None:

@@ -57,6 +57,10 @@ FLUSHER_PRIVILEGES = {
     ("function", "pybatch.flush_distributed(bigint,interval)", "EXECUTE"),
     ("function", "pybatch.flush_tidy()", "EXECUTE"),
     ("function", "pybatch.flush(bigint,interval)", "EXECUTE"),
+    # A flush in lanes (flush_in_lanes, `scheduler --lanes`): its own steps, from Python.
+    ("function", "pybatch.flush_begin_lanes(bigint,interval,integer)", "EXECUTE"),
+    ("function", "pybatch.flush_lane_pass(pybatch.flush_result,integer)", "EXECUTE"),
+    ("function", "pybatch.flush_last_pass()", "EXECUTE"),
     # The pg_cron 1.4 loop.
     ("function", "pybatch.flush_loop(interval,timestamp with time zone)", "EXECUTE"),
     ("function", "pybatch.flush_loop_deadline(timestamp with time zone)", "EXECUTE"),

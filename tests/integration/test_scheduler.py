@@ -23,6 +23,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from pybatch.errors import ConfigError
 from pybatch.local import LocalCluster
 from pybatch.schedule.scheduler import Scheduler
 from tests.helpers import last_connected, make_agents, stage
@@ -212,6 +213,23 @@ def test_capped_drains_flush_again_at_once(conn: psycopg.Connection, dsn: str) -
     rows = conn.execute("SELECT rows_staged, started_at FROM pybatch.flush_log ORDER BY id").fetchall()
     assert [r[0] for r in rows[:4]] == [10, 10, 10, 5]
     assert (rows[3][1] - rows[0][1]).total_seconds() < 5  # not one 60 s interval apart
+
+
+def test_a_scheduler_in_lanes_merges_every_beat_and_logs_one_flush_each(conn: psycopg.Connection, dsn: str) -> None:
+    agents = make_agents(conn, 300)
+    at = datetime.now(UTC) - timedelta(seconds=1)
+    stage(conn, agents, at)
+    with running(Scheduler(dsn, interval=0.2, lanes=3)):
+        wait_until(lambda: set(last_connected(conn, agents).values()) == {at}, 10, "the flush in three lanes")
+    row = conn.execute(
+        "SELECT count(*), sum(agents_updated), bool_and(error IS NULL) FROM pybatch.flush_log WHERE rows_staged > 0"
+    ).fetchone()
+    assert row == (1, 300, True)
+
+
+def test_a_bad_lane_count_is_refused_before_connecting() -> None:
+    with pytest.raises(ConfigError, match="lanes must be between 1 and 64, not 0"):
+        Scheduler("host=/nonexistent", lanes=0)
 
 
 def test_slow_flush_is_warned_and_stats_logged_at_debug(
