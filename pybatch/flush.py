@@ -178,6 +178,14 @@ def flush_in_lanes(
     busy = [i for i, conn in enumerate(conns) if conn.info.transaction_status != TransactionStatus.IDLE]
     if busy:
         raise ConfigError(f"flush_in_lanes needs idle connections; connection {busy[0]} is in a transaction")
+    where = [(conn.info.host, conn.info.port, conn.info.dbname) for conn in conns]
+    elsewhere = [i for i, place in enumerate(where) if place != where[0]]
+    if elsewhere:
+        host, port, dbname = where[elsewhere[0]]
+        raise ConfigError(
+            f"flush_in_lanes needs connections to one database; connection {elsewhere[0]} is to "
+            f"{dbname} on {host}:{port}, connection 0 to {where[0][2]} on {where[0][0]}:{where[0][1]}"
+        )
     if len(conns) == 1:
         return flush(conns[0], max_rows=max_rows, lock_wait=lock_wait, raise_on_error=raise_on_error)
     lead = conns[0]

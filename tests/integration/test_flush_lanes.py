@@ -20,6 +20,7 @@ from psycopg import sql
 from pybatch.errors import ConfigError
 from pybatch.flush import FlushResult, flush, flush_in_lanes
 from pybatch.grants import Grant, grant
+from pybatch.local import LocalCluster
 from tests.integration.roles import as_role, login_role
 from tests.integration.test_flush_passes import (
     POISON_TRIGGER,
@@ -86,7 +87,7 @@ def test_a_bad_lane_count_is_refused_and_staging_kept(conn: psycopg.Connection, 
 
 
 def test_flush_in_lanes_refuses_connections_it_cannot_use(
-    conn: psycopg.Connection, lanes: list[psycopg.Connection]
+    conn: psycopg.Connection, lanes: list[psycopg.Connection], pg_cluster: LocalCluster
 ) -> None:
     with pytest.raises(ConfigError, match="at least one connection"):
         flush_in_lanes([])
@@ -94,6 +95,11 @@ def test_flush_in_lanes_refuses_connections_it_cannot_use(
         flush_in_lanes([conn, conn])
     with pytest.raises(ConfigError, match="not 65"):
         flush_in_lanes([conn] * 65)
+    with (
+        psycopg.connect(pg_cluster.url("postgres"), autocommit=True) as elsewhere,
+        pytest.raises(ConfigError, match="connection 1 is to postgres on"),
+    ):
+        flush_in_lanes([conn, elsewhere])
     lanes[1].autocommit = False
     lanes[1].execute("SELECT 1")
     with pytest.raises(ConfigError, match="connection 2 is in a transaction"):
