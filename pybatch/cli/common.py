@@ -114,6 +114,29 @@ def bounded_int(low: int, high: int) -> Callable[[str], int]:
     return convert
 
 
+def lanes_count(text: str) -> int:
+    """argparse type of --lanes: 1 to MAX_LANES sessions."""
+    from pybatch.flush import MAX_LANES  # imported here: it brings psycopg
+
+    return whole_number(text, 1, MAX_LANES)
+
+
+LANES_HELP = (
+    "merge each flush on this many sessions at once, 1-64: for fleets whose flush keeps one core busy, "
+    "on a server with a core to spare per lane (env: PYBATCH_LANES; default: 1)"
+)
+
+
+def flag_or_env(value: Any, name: str, convert: Callable[[str], Any]) -> Any:
+    """The flag's value, else the environment variable's (an error names the variable)."""
+    if value is not None or not os.environ.get(name):
+        return value
+    try:
+        return convert(os.environ[name])
+    except argparse.ArgumentTypeError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+
+
 # Large enough for any sensible count (agents, rounds, workers), small enough for PostgreSQL's integer.
 positive_int = bounded_int(1, 2**31 - 1)
 

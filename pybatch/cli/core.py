@@ -6,16 +6,17 @@ import argparse
 import os
 import shutil
 import sys
+from contextlib import ExitStack
 from typing import Any
 
 import psycopg
 
 from pybatch import db, migrate
 from pybatch.cli.commands import COMMANDS
-from pybatch.cli.common import bounded_int, dsn, invoked_as, print_json
+from pybatch.cli.common import LANES_HELP, bounded_int, dsn, flag_or_env, invoked_as, lanes_count, print_json
 from pybatch.durations import format_duration
 from pybatch.errors import PybatchError
-from pybatch.flush import flush
+from pybatch.flush import flush_in_lanes
 from pybatch.schedule import cron
 from pybatch.settings import COUNT_BOUNDS
 from pybatch.uninstall import plan as uninstall_plan
@@ -41,6 +42,7 @@ def register(subparsers: Any) -> None:
         help=f"drain at most this many staged rows, {MAX_ROWS_LOW} to {MAX_ROWS_HIGH} "
         "(default: settings.max_rows_per_flush)",
     )
+    p.add_argument("--lanes", type=lanes_count, default=None, help=LANES_HELP)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(handler=cmd_flush)
 
@@ -134,9 +136,12 @@ def _no_flush_job(conn: psycopg.Connection) -> bool:
 
 
 def cmd_flush(args: argparse.Namespace) -> int:
-    with db.connect(dsn(args)) as conn:
-        db.require_primary(conn, "flush")
-        result = flush(conn, max_rows=args.max_rows, raise_on_error=True)
+    lanes = flag_or_env(args.lanes, "PYBATCH_LANES", lanes_count) or 1
+    target = dsn(args)
+    with ExitStack() as stack:
+        conns = [stack.enter_context(db.connect(target)) for _ in range(lanes)]
+        db.require_primary(conns[0], "flush")
+        result = flush_in_lanes(conns, max_rows=args.max_rows, raise_on_error=True)
     if args.json:
         print_json(result.as_dict())
     else:

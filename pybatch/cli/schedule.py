@@ -5,19 +5,16 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
-import os
 import socket
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pybatch import db
 from pybatch.cli.commands import COMMANDS
-from pybatch.cli.common import dsn, print_json, resolved_dsn
+from pybatch.cli.common import LANES_HELP, dsn, flag_or_env, lanes_count, print_json, resolved_dsn
 from pybatch.config import describe_dsn
 from pybatch.durations import format_duration, parse_timedelta, well_formed
 from pybatch.errors import ConfigError, InvalidDuration, InvalidSetting
-from pybatch.flush import MAX_LANES
 from pybatch.schedule import cron
 from pybatch.settings import DURATION_BOUNDS, check_duration
 
@@ -77,10 +74,9 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument(
         "--lanes",
-        type=_lanes,
+        type=lanes_count,
         default=None,
-        help=f"merge each flush on this many sessions at once, 1-{MAX_LANES}: for fleets whose flush keeps "
-        "one core busy, on a server with a core to spare per lane (env: PYBATCH_LANES; default: 1)",
+        help=LANES_HELP,
     )
     p.set_defaults(handler=cmd_scheduler, setup_logging=setup_scheduler_logging)
 
@@ -97,13 +93,6 @@ def _duration(text: str) -> float:
                 f"{text!r} is out of range: the flush interval must be between {LOW} and {HIGH}"
             ) from None
         raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _lanes(text: str) -> int:
-    stripped = text.strip()
-    if not (stripped.isascii() and stripped.isdigit()) or not 1 <= int(stripped) <= MAX_LANES:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of lanes (1-{MAX_LANES})")
-    return int(stripped)
 
 
 def _port(text: str) -> int:
@@ -125,19 +114,9 @@ def _check_port_free(port: int, origin: str) -> None:
             raise ConfigError(f"{origin}: cannot serve metrics on port {port}: {reason}") from None
 
 
-def _flag_or_env(value: Any, name: str, convert: Callable[[str], Any]) -> Any:
-    """The flag's value, else the environment variable's (an error names the variable)."""
-    if value is not None or not os.environ.get(name):
-        return value
-    try:
-        return convert(os.environ[name])
-    except argparse.ArgumentTypeError as exc:
-        raise ConfigError(f"{name}: {exc}") from None
-
-
 def cmd_install(args: argparse.Namespace) -> int:
     target = dsn(args)
-    interval = _flag_or_env(args.interval, "PYBATCH_INTERVAL", _duration)
+    interval = flag_or_env(args.interval, "PYBATCH_INTERVAL", _duration)
     with db.connect(target) as conn:
         db.require_primary(conn, "cron install")
         if interval is None:
@@ -212,9 +191,9 @@ def _print_status(state: cron.CronStatus) -> None:
 
 
 def cmd_scheduler(args: argparse.Namespace) -> int:
-    interval = _flag_or_env(args.interval, "PYBATCH_INTERVAL", _duration)
-    port = _flag_or_env(args.metrics_port, "PYBATCH_METRICS_PORT", _port)
-    lanes = _flag_or_env(args.lanes, "PYBATCH_LANES", _lanes) or 1
+    interval = flag_or_env(args.interval, "PYBATCH_INTERVAL", _duration)
+    port = flag_or_env(args.metrics_port, "PYBATCH_METRICS_PORT", _port)
+    lanes = flag_or_env(args.lanes, "PYBATCH_LANES", lanes_count) or 1
     if port is not None:
         _check_port_free(port, "--metrics-port" if args.metrics_port is not None else "PYBATCH_METRICS_PORT")
     target = resolved_dsn(args)

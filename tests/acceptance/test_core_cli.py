@@ -63,6 +63,21 @@ def test_migrate_flush_status_rollback(empty_dsn: str) -> None:
     assert env_flush.returncode == 0 and "rows_staged=0" in env_flush.stdout
 
 
+def test_flush_in_lanes_from_the_command_line(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO public.workspace_agents (id) SELECT gen_random_uuid() FROM generate_series(1, 500);"
+            "INSERT INTO pybatch.heartbeats (agent_id) SELECT id FROM public.workspace_agents"
+        )
+    flushed = run_pybatch("--dsn", dsn, "flush", "--lanes", "3", "--json")
+    assert flushed.returncode == 0, flushed.stderr
+    document = json.loads(flushed.stdout)
+    assert (document["rows_staged"], document["agents_updated"], document["error"]) == (500, 500, None)
+    assert document["passes"] > 3  # ~100 narrow rows a page: several rounds of three lanes
+    from_env = run_pybatch("--dsn", dsn, "flush", env={"PYBATCH_LANES": "2"})
+    assert from_env.returncode == 0 and "rows_staged=0" in from_env.stdout, from_env.stderr
+
+
 def test_flush_failure_exits_non_zero_and_keeps_staging(dsn: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("INSERT INTO public.workspace_agents (id) VALUES ('00000000-0000-0000-0000-000000000001')")
