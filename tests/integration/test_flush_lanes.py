@@ -6,6 +6,7 @@ the lanes of a round share no heap page, and every lane commits before the next 
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -17,10 +18,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg import sql
 
-from pybatch.errors import ConfigError
+from pybatch.errors import ConfigError, PybatchError
 from pybatch.flush import FlushResult, flush, flush_in_lanes
 from pybatch.grants import Grant, grant
 from pybatch.local import LocalCluster
+from tests.helpers import wait_until_blocked_by
 from tests.integration.roles import as_role, login_role
 from tests.integration.test_flush_passes import (
     POISON_TRIGGER,
@@ -249,3 +251,55 @@ def test_a_lane_flush_and_a_one_lane_flush_at_once_lose_nothing(
         while unmerged(conn):
             flush(other)
     assert one(conn, "SELECT count(*) FROM public.workspace_agents WHERE last_connected_at = %s", (newest,)) == 400
+
+
+def test_a_lane_whose_session_dies_mid_flush_loses_nothing(
+    dsn: str, conn: psycopg.Connection, lanes: list[psycopg.Connection]
+) -> None:
+    """Lane 1's backend is terminated while its pass waits in a trigger: the flush raises, what
+    lane 0 merged stays merged, the rest waits in pending, and the next flush merges it."""
+    agents = agents_on_pages(conn, (5, 5))
+    stuck = agents[7]  # page 1: lane 1's
+    conn.execute(
+        sql.SQL("""
+        CREATE FUNCTION public.wait_for_the_test() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NEW.id = {stuck} THEN PERFORM pg_advisory_xact_lock(4242); END IF;
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER wait_for_the_test BEFORE UPDATE ON public.workspace_agents
+            FOR EACH ROW EXECUTE FUNCTION public.wait_for_the_test();
+    """).format(stuck=sql.Literal(str(stuck)))
+    )
+    beat = datetime.now(UTC) - timedelta(seconds=5)
+    stage_all(conn, agents, beat)
+    lane_pid = lanes[0].info.backend_pid
+    failure: list[BaseException] = []
+    with psycopg.connect(dsn, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(4242)")
+
+        def run() -> None:
+            try:
+                flush_in_lanes([conn, lanes[0]])
+            except BaseException as exc:
+                failure.append(exc)
+
+        flusher = threading.Thread(target=run)
+        flusher.start()
+        wait_until_blocked_by(holder, holder.info.backend_pid)
+        holder.execute("SELECT pg_terminate_backend(%s)", (lane_pid,))
+        flusher.join(timeout=30)
+        assert not flusher.is_alive()
+        holder.execute("SELECT pg_advisory_unlock(4242)")
+    assert len(failure) == 1 and isinstance(failure[0], PybatchError), failure
+    assert conn.autocommit and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    assert unmerged(conn) > 0  # lane 1's pass was undone with its session
+    after = flush(conn)
+    assert after.ok, after
+    assert unmerged(conn) == 0
+    merged = one(
+        conn,
+        "SELECT count(*) FROM public.workspace_agents WHERE id = ANY (%s) AND last_connected_at = %s",
+        (agents, beat),
+    )
+    assert merged == 10
