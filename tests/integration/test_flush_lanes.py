@@ -26,6 +26,7 @@ from tests.helpers import wait_until_blocked_by
 from tests.integration.roles import as_role, login_role
 from tests.integration.test_flush_passes import (
     POISON_TRIGGER,
+    REJECT_ALL_TRIGGER,
     coder_shaped,
     heap_and_indexes,
     make_agents,
@@ -34,8 +35,8 @@ from tests.integration.test_flush_passes import (
     stage_all,
     unmerged,
 )
-from tests.integration.test_flush_semantics import disconnect, event_strategy, stage, t
-from tests.model import AgentState, Beat, Disconnect, actual_states, expected_states
+from tests.integration.test_flush_semantics import event_strategy, play
+from tests.model import AgentState, actual_states, expected_states
 
 
 @pytest.fixture
@@ -130,22 +131,11 @@ def test_any_order_in_lanes_equals_timestamp_order(
     share page 0 (two rounds of lane 0), one is on page 1 (lane 1), and lane 2 has none."""
     conn.execute("TRUNCATE public.workspace_agents, pybatch.heartbeats, pybatch.pending, pybatch.quarantine")
     agents = agents_on_pages(conn, (2, 1))
-    sessions = [conn, *lanes]
-    applied: list[Beat | Disconnect] = []
-    for kind, index, second, replica in script:
-        agent = agents[index]
-        if kind == "beat":
-            beat = Beat(agent, t(second), replica)
-            stage(conn, [beat])
-            applied.append(beat)
-        elif kind == "disc":
-            disc = Disconnect(agent, t(second))
-            disconnect(conn, disc)
-            applied.append(disc)
-        else:
-            assert flush_in_lanes(sessions, max_rows=2).error is None
-    while unmerged(conn):
-        assert flush_in_lanes(sessions).error is None
+
+    def in_three_lanes(max_rows: int | None) -> None:
+        assert flush_in_lanes([conn, *lanes], max_rows=max_rows).error is None
+
+    applied = play(conn, agents, script, in_three_lanes)
     expected = expected_states(applied)
     assert actual_states(conn, agents) == {a: expected.get(a, AgentState()) for a in agents}
 
@@ -195,12 +185,7 @@ def test_a_failure_of_every_agent_in_lanes_is_systemic_and_keeps_them_pending(
     conn: psycopg.Connection, lanes: list[psycopg.Connection]
 ) -> None:
     agents = agents_on_pages(conn, (5, 5, 5))
-    conn.execute("""
-        CREATE FUNCTION public.reject_all() RETURNS trigger LANGUAGE plpgsql AS
-        $$ BEGIN RAISE EXCEPTION 'the app is down'; END $$;
-        CREATE TRIGGER reject_all BEFORE UPDATE ON public.workspace_agents
-            FOR EACH ROW EXECUTE FUNCTION public.reject_all();
-    """)
+    conn.execute(REJECT_ALL_TRIGGER)
     stage_all(conn, agents, datetime.now(UTC) - timedelta(seconds=5))
     result = flush_in_lanes([conn, *lanes])
     assert result.error is not None and "the app is down" in result.error

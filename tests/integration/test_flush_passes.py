@@ -352,14 +352,17 @@ def test_one_poisoned_agent_on_a_small_fleets_only_page_never_stops_the_others(
     assert one(conn, "SELECT last_connected_at FROM public.workspace_agents WHERE id = %s", (poison,)) is None
 
 
+REJECT_ALL_TRIGGER = """
+    CREATE FUNCTION public.reject_all() RETURNS trigger LANGUAGE plpgsql AS
+    $$ BEGIN RAISE EXCEPTION 'the app is down'; END $$;
+    CREATE TRIGGER reject_all BEFORE UPDATE ON public.workspace_agents
+        FOR EACH ROW EXECUTE FUNCTION public.reject_all();
+"""
+
+
 def test_a_failure_of_every_agent_is_systemic_and_keeps_them_pending(conn: psycopg.Connection) -> None:
     agents = make_agents(conn, 20)
-    conn.execute("""
-        CREATE FUNCTION public.reject_all() RETURNS trigger LANGUAGE plpgsql AS
-        $$ BEGIN RAISE EXCEPTION 'the app is down'; END $$;
-        CREATE TRIGGER reject_all BEFORE UPDATE ON public.workspace_agents
-            FOR EACH ROW EXECUTE FUNCTION public.reject_all();
-    """)
+    conn.execute(REJECT_ALL_TRIGGER)
     stage_all(conn, agents, datetime.now(UTC) - timedelta(seconds=5))
     result = flush(conn)
     assert result.error is not None and "the app is down" in result.error

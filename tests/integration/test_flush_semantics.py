@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
 import psycopg
@@ -355,14 +355,14 @@ def assert_updated_at_follows_events(
         assert updated_at <= max([created_at, *given_times]), agent
 
 
-@pytest.mark.parametrize("in_transaction", [False, True], ids=["in_passes", "one_transaction"])
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.lists(event_strategy, max_size=25))
-def test_any_order_equals_timestamp_order(
-    conn: psycopg.Connection, in_transaction: bool, script: list[tuple[str, int, int, uuid.UUID]]
-) -> None:
-    conn.execute("TRUNCATE public.workspace_agents, pybatch.heartbeats, pybatch.pending, pybatch.quarantine")
-    agents = make_agents(conn, 3)
+def play(
+    conn: psycopg.Connection,
+    agents: list[uuid.UUID],
+    script: list[tuple[str, int, int, uuid.UUID]],
+    flush_some: Callable[[int | None], object],
+) -> list[Beat | Disconnect]:
+    """Stage the script's beats, send its disconnects and flush at its flushes (2 rows at most),
+    then flush until nothing is left; the events applied, for the model."""
     applied: list[Beat | Disconnect] = []
     for kind, index, second, replica in script:
         agent = agents[index]
@@ -375,9 +375,21 @@ def test_any_order_equals_timestamp_order(
             disconnect(conn, disc)
             applied.append(disc)
         else:
-            flush_by(conn, in_transaction, max_rows=2)
+            flush_some(2)
     while staged_count(conn):
-        flush_by(conn, in_transaction)
+        flush_some(None)
+    return applied
+
+
+@pytest.mark.parametrize("in_transaction", [False, True], ids=["in_passes", "one_transaction"])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(event_strategy, max_size=25))
+def test_any_order_equals_timestamp_order(
+    conn: psycopg.Connection, in_transaction: bool, script: list[tuple[str, int, int, uuid.UUID]]
+) -> None:
+    conn.execute("TRUNCATE public.workspace_agents, pybatch.heartbeats, pybatch.pending, pybatch.quarantine")
+    agents = make_agents(conn, 3)
+    applied = play(conn, agents, script, lambda max_rows: flush_by(conn, in_transaction, max_rows))
     expected = expected_states(applied)
     actual = actual_states(conn, agents)
     for agent in agents:
